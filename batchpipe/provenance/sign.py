@@ -1,0 +1,138 @@
+"""The emulator's C2PA signer: embed an OpenAI-shaped manifest, signed with the TEST PKI in ``pki/``.
+
+The manifest copies the *shape* of OpenAI's 2026 GPT Image manifests (c2pa-notes §4c):
+``claim_generator_info`` with one ``{name, version}``, a ``title``, and a ``c2pa.actions.v2`` assertion
+whose first action is ``c2pa.created`` with digitalSourceType ``trainedAlgorithmicMedia`` and a
+``softwareAgent {name, version}``, then ``c2pa.converted``. Every name says "emulator"/"emulated", and the
+certificate is the batchpipe emulator test chain, so the output can never pass for a real OpenAI image: it
+verifies as ``valid`` under the default trust lists and ``trusted`` only under ``--trust emulator``.
+
+Thumbnails are disabled (on a noisy 1024x1024 PNG a thumbnail alone adds ~680 KB; c2pa-notes §1) and no
+time-stamp authority is used (no network).
+
+Concurrency: one process-wide ``c2pa.Signer`` and ``c2pa.Context`` are made lazily and shared by every thread
+(c2pa-python 0.38 takes the signer as a *shared* native call during ``Builder.sign`` and Builders copy what
+they need from the Context); one ``Builder`` is made per image, since a Builder signs only once.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any, Final
+
+import c2pa
+
+from batchpipe import __version__
+from batchpipe.errors import ProvenanceError
+from batchpipe.provenance.trust import EMULATOR_ROOT_PEM
+
+__all__ = [
+    "CLAIM_GENERATOR_NAME",
+    "EMULATOR_CHAIN_PEM",
+    "EMULATOR_LEAF_KEY_PEM",
+    "EMULATOR_ROOT_PEM",
+    "SIGNABLE_MIME_TYPES",
+    "SOFTWARE_AGENT_NAME",
+    "TRAINED_ALGORITHMIC_MEDIA",
+    "build_manifest",
+    "sign_image",
+]
+
+_PKI: Final = Path(__file__).resolve().parent / "pki"
+EMULATOR_CHAIN_PEM: Final[Path] = _PKI / "emulator-chain.pem"
+"""Leaf + intermediate certificates (PEM) of the emulator's TEST signing chain."""
+EMULATOR_LEAF_KEY_PEM: Final[Path] = _PKI / "emulator-leaf-key.pem"
+"""The emulator leaf's PKCS#8 private key. A TEST key published in the repository."""
+
+CLAIM_GENERATOR_NAME: Final = "batchpipe emulator (imitation of OpenAI Media Service API)"
+"""``claim_generator_info[0].name``; OpenAI's real one is "OpenAI Media Service API" (c2pa-notes §4c)."""
+SOFTWARE_AGENT_NAME: Final = "gpt-image (emulated)"
+"""``softwareAgent.name`` of the ``c2pa.created`` action; OpenAI's real one is "gpt-image"."""
+TRAINED_ALGORITHMIC_MEDIA: Final = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+"""IPTC digital source type for generative-AI output (c2pa-notes §4c)."""
+
+SIGNABLE_MIME_TYPES: Final[dict[str, str]] = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+"""MIME type -> the extension used in the manifest title (the three GPT Image ``output_format`` values)."""
+
+_lock = threading.Lock()
+_shared: tuple[Any, Any] | None = None  # (c2pa.Signer, c2pa.Context), created on first use
+
+
+def _signer_and_context() -> tuple[Any, Any]:
+    """The process-wide (Signer, Context), created once under a lock.
+
+    Raises:
+        ProvenanceError: the PKI files are missing or the c2pa library rejects them.
+    """
+    global _shared
+    if _shared is not None:
+        return _shared
+    with _lock:
+        if _shared is None:
+            try:
+                chain = EMULATOR_CHAIN_PEM.read_bytes()
+                key = EMULATOR_LEAF_KEY_PEM.read_bytes()
+            except OSError as exc:
+                raise ProvenanceError(f"emulator signing PKI is missing: {exc}") from exc
+            try:
+                info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, key, None)
+                signer = c2pa.Signer.from_info(info)
+                context = c2pa.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
+            except c2pa.C2paError as exc:
+                raise ProvenanceError(f"the c2pa library rejected the emulator signing PKI: {exc}") from exc
+            _shared = (signer, context)
+    return _shared
+
+
+def build_manifest(mime: str, *, model: str) -> dict[str, object]:
+    """The manifest definition (c2pa ``Builder`` JSON) for one emulated image of type ``mime`` from ``model``.
+
+    Raises:
+        ValueError: ``mime`` is not one of :data:`SIGNABLE_MIME_TYPES`.
+    """
+    ext = SIGNABLE_MIME_TYPES.get(mime)
+    if ext is None:
+        raise ValueError(f"cannot sign {mime!r}: expected one of {', '.join(SIGNABLE_MIME_TYPES)}")
+    return {
+        "claim_generator_info": [{"name": CLAIM_GENERATOR_NAME, "version": __version__}],
+        "title": f"image.{ext}",
+        "format": mime,
+        "assertions": [
+            {
+                "label": "c2pa.actions.v2",
+                "data": {
+                    "actions": [
+                        {
+                            "action": "c2pa.created",
+                            "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+                            "softwareAgent": {"name": SOFTWARE_AGENT_NAME, "version": model},
+                        },
+                        {"action": "c2pa.converted"},
+                    ]
+                },
+            }
+        ],
+    }
+
+
+def sign_image(data: bytes, mime: str, *, model: str) -> bytes:
+    """Return ``data`` (an encoded image of type ``mime``) with an embedded, signed C2PA manifest.
+
+    ``model`` (e.g. ``"gpt-image-1.5"``) becomes ``softwareAgent.version`` of the ``c2pa.created`` action.
+    Thread-safe; the c2pa native calls release the GIL. Output grows by about 4 KB (no thumbnail).
+
+    Raises:
+        ValueError: ``mime`` is not image/png, image/jpeg or image/webp.
+        ProvenanceError: the bytes are not a well-formed image of that type, or signing failed.
+    """
+    manifest = build_manifest(mime, model=model)
+    signer, context = _signer_and_context()
+    out = io.BytesIO()
+    try:
+        with c2pa.Builder(manifest, context=context) as builder:
+            builder.sign(signer, mime, io.BytesIO(data), out)
+    except c2pa.C2paError as exc:
+        raise ProvenanceError(f"could not sign the {mime} image: {exc}") from exc
+    return out.getvalue()
