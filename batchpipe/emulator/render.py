@@ -1,0 +1,317 @@
+"""Pure Pillow rendering for the emulator's image engine: no I/O, no asyncio, safe in worker threads.
+
+What a rendered image looks like (all of it deterministic in ``seed``):
+
+- a two-colour gradient background with a few flat shapes (``detail="fast"``), plus a cached, seeded
+  noise layer for ``detail="realistic"`` (a 1024x1024 PNG is then about 1.5 MB);
+- a dark banner along the top reading ``EMULATOR · <model>`` and, along the bottom, the first words of the
+  prompt, drawn with Pillow's default font (``ImageFont.load_default(size=...)``);
+- for an edit, the first input image scaled into the centre (about 60% of the short edge), its masked
+  area (fully transparent mask pixels, FACTS §4.2) tinted magenta, and thumbnails of the other inputs in a
+  row above the prompt text.
+
+``transparent=True`` gives an RGBA image whose background is fully transparent (alpha 0) while the shapes,
+banner, text and composed inputs stay opaque; otherwise the image is RGB.
+
+Errors: :class:`InputImageError` (``code`` is the API error code, ``invalid_image_file`` or ``invalid_mask``)
+for input bytes that cannot be used. Everything else raising is a bug.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final, Literal
+
+from PIL import Image, ImageChops, ImageDraw, ImageFont
+
+__all__ = [
+    "ACCEPTED_INPUT_FORMATS",
+    "Detail",
+    "EditLayer",
+    "InputImageError",
+    "OutputFormat",
+    "RenderSpec",
+    "build_edit_layer",
+    "decode_input",
+    "decode_mask",
+    "encode_image",
+    "render_image",
+]
+
+Detail = Literal["fast", "realistic"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+#: FACTS §4.2: input images for GPT image models are png, webp or jpg (Pillow format names).
+ACCEPTED_INPUT_FORMATS: Final[frozenset[str]] = frozenset({"PNG", "JPEG", "WEBP"})
+#: Half-width of the uniform noise added in ``realistic`` mode (pixel levels); tuned so a 1024x1024 PNG
+#: at ``compress_level=1`` is about 1.5 MB.
+_NOISE_HALF_WIDTH: Final = 3
+_NOISE_SEED: Final = 0x5EED
+_TINT: Final = (255, 0, 200)
+
+
+class InputImageError(Exception):
+    """Input bytes the engine cannot use. ``code``: API error code; ``message``: a sentence for the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderSpec:
+    """What to draw: ``width``/``height`` in pixels, ``seed`` (bytes, any length) fixing every random
+    choice, ``index`` the image's position among the request's ``n``, ``model``/``prompt`` for the marks."""
+
+    width: int
+    height: int
+    model: str
+    prompt: str
+    seed: bytes
+    index: int = 0
+    transparent: bool = False
+    detail: Detail = "fast"
+
+
+@dataclass(frozen=True, slots=True)
+class EditLayer:
+    """The inputs of an edit, prepared once per request and composed into each of its ``n`` images.
+
+    ``first``: the first input (RGBA) already scaled to its place; ``box`` its top-left corner (x, y) in
+    pixels; ``thumbs``: thumbnails (RGBA) of the other inputs with their top-left corners.
+    """
+
+    first: Image.Image
+    box: tuple[int, int]
+    thumbs: tuple[tuple[Image.Image, tuple[int, int]], ...] = ()
+
+
+_fonts = threading.local()
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The default font at ``size`` px, cached per thread (a FreeType face must not be shared by threads)."""
+    cache: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] | None = getattr(_fonts, "cache", None)
+    if cache is None:
+        cache = {}
+        _fonts.cache = cache
+    font = cache.get(size)
+    if font is None:
+        font = ImageFont.load_default(size=size)
+        cache[size] = font
+    return font
+
+
+def _open(data: bytes, what: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.format not in ACCEPTED_INPUT_FORMATS:
+            raise InputImageError(
+                "invalid_image_file",
+                f"Invalid image file for {what}: format {image.format or 'unknown'} is not supported; "
+                "use png, jpeg or webp.",
+            )
+        image.load()
+    except InputImageError:
+        raise
+    except Exception as exc:  # Pillow raises many types (OSError, ValueError, DecompressionBombError...)
+        raise InputImageError(
+            "invalid_image_file",
+            f"Invalid image file for {what}: the bytes could not be decoded as png, jpeg or webp.",
+        ) from exc
+    return image
+
+
+def decode_input(data: bytes, what: str) -> Image.Image:
+    """Decode one input image (``what`` names it in messages, e.g. ``"images[0]"``).
+
+    Returns the loaded Pillow image (its ``format`` is PNG, JPEG or WEBP).
+    Raises :class:`InputImageError` ``invalid_image_file`` if Pillow cannot decode it or the format is another
+    one (FACTS §4.2 accepted formats, §5 obs error code).
+    """
+    return _open(data, what)
+
+
+def decode_mask(data: bytes, first_size: tuple[int, int]) -> Image.Image:
+    """Decode and check a mask against the first input's ``(width, height)``; returns it as mode ``"L"``
+    holding the mask's alpha (0 = area to edit).
+
+    Raises :class:`InputImageError`: ``invalid_image_file`` when undecodable; ``invalid_mask`` when it is not
+    a PNG, has no alpha channel, or its size differs from the first image's (FACTS §4.2, G-IMG).
+    """
+    mask = _open(data, "mask")
+    if mask.format != "PNG":
+        raise InputImageError("invalid_mask", f"Invalid mask: it must be a PNG image, got {mask.format}.")
+    has_alpha = mask.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in mask.info
+    if not has_alpha:
+        raise InputImageError("invalid_mask", "Invalid mask: it must have an alpha channel.")
+    if mask.size != first_size:
+        raise InputImageError(
+            "invalid_mask",
+            f"Invalid mask: its size {mask.size[0]}x{mask.size[1]} differs from the first image's "
+            f"{first_size[0]}x{first_size[1]}.",
+        )
+    return mask.convert("RGBA").getchannel("A")
+
+
+def build_edit_layer(
+    first: Image.Image, extras: list[Image.Image], mask_alpha: Image.Image | None, size: tuple[int, int]
+) -> EditLayer:
+    """Place the inputs of an edit on a ``size`` (width, height) canvas.
+
+    ``first`` is scaled (aspect kept) to fit 60% of the short edge and centred; where ``mask_alpha`` (same
+    size as ``first``) is 0 it is tinted magenta. ``extras`` become thumbnails of 1/8 of the short edge in a
+    row above the bottom text, left to right. Returns an :class:`EditLayer`.
+    """
+    width, height = size
+    short = min(width, height)
+    target = max(1, int(short * 0.6))
+    scale = target / max(first.size)
+    placed_size = (max(1, round(first.size[0] * scale)), max(1, round(first.size[1] * scale)))
+    placed = first.convert("RGBA").resize(placed_size, Image.Resampling.BILINEAR)
+    if mask_alpha is not None:
+        edit_area = mask_alpha.resize(placed_size, Image.Resampling.NEAREST).point(
+            lambda a: 255 if a == 0 else 0
+        )
+        tint = Image.new("RGBA", placed_size, (*_TINT, 255))
+        tinted = Image.blend(placed, tint, 0.5)
+        tinted.putalpha(placed.getchannel("A"))
+        placed = Image.composite(tinted, placed, edit_area)
+    box = ((width - placed_size[0]) // 2, (height - placed_size[1]) // 2)
+    thumb_edge = max(8, short // 8)
+    gap = max(2, thumb_edge // 8)
+    y = height - _text_band(height) - thumb_edge - gap
+    thumbs: list[tuple[Image.Image, tuple[int, int]]] = []
+    x = gap
+    for extra in extras:
+        if x + thumb_edge > width:
+            break
+        thumb = extra.convert("RGBA")
+        thumb.thumbnail((thumb_edge, thumb_edge), Image.Resampling.BILINEAR)
+        thumbs.append((thumb, (x, y)))
+        x += thumb_edge + gap
+    return EditLayer(placed, box, tuple(thumbs))
+
+
+def _text_band(height: int) -> int:
+    """Height in pixels of the top banner and of the bottom prompt band."""
+    return max(12, height // 14)
+
+
+@lru_cache(maxsize=8)
+def _gradient(width: int, height: int) -> Image.Image:
+    """A cached diagonal 0..255 ``"L"`` gradient of ``(width, height)``; read-only, shared by threads."""
+    horizontal = Image.linear_gradient("L").rotate(90).resize((width, height), Image.Resampling.BILINEAR)
+    vertical = Image.linear_gradient("L").resize((width, height), Image.Resampling.BILINEAR)
+    return Image.blend(horizontal, vertical, 0.5)
+
+
+_noise_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _noise_cached(width: int, height: int) -> Image.Image:
+    raw = random.Random(_NOISE_SEED).randbytes(width * height * 3)
+    a = _NOISE_HALF_WIDTH
+    lut = [128 - a + v * (2 * a + 1) // 256 for v in range(256)]
+    return Image.frombytes("RGB", (width, height), raw).point(lut * 3)
+
+
+def _noise(width: int, height: int) -> Image.Image:
+    """A cached, fixed-seed RGB noise layer centred on 128 (add with offset -128)."""
+    with _noise_lock:
+        return _noise_cached(width, height)
+
+
+def _colour(rng: random.Random) -> tuple[int, int, int]:
+    return rng.randrange(256), rng.randrange(256), rng.randrange(256)
+
+
+def _draw_background(spec: RenderSpec, rng: random.Random) -> Image.Image:
+    width, height = spec.width, spec.height
+    grad = _gradient(width, height)
+    c0, c1 = _colour(rng), _colour(rng)
+    channels = [
+        grad.point([lo + (hi - lo) * v // 255 for v in range(256)]) for lo, hi in zip(c0, c1, strict=True)
+    ]
+    image = Image.merge("RGB", channels)
+    if spec.detail == "realistic":
+        image = ImageChops.add(image, _noise(width, height), 1.0, -128)
+    if spec.transparent:
+        image.putalpha(0)
+    return image
+
+
+def _draw_shapes(draw: ImageDraw.ImageDraw, spec: RenderSpec, rng: random.Random) -> None:
+    width, height = spec.width, spec.height
+    band = _text_band(height)
+    for _ in range(3 + rng.randrange(3)):
+        w = rng.randrange(width // 8, width // 3)
+        h = rng.randrange(height // 8, height // 3)
+        x = rng.randrange(0, width - w)
+        y = rng.randrange(band, height - band - h)
+        fill = (*_colour(rng), 255)
+        if rng.random() < 0.5:
+            draw.ellipse((x, y, x + w, y + h), fill=fill)
+        else:
+            draw.rectangle((x, y, x + w, y + h), fill=fill)
+
+
+def _fit(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, room: int
+) -> str:
+    """``text`` cut at a word boundary (with an ellipsis) so that it is at most ``room`` pixels wide."""
+    if draw.textlength(text, font=font) <= room:
+        return text
+    words = text.split()
+    while words and draw.textlength(" ".join(words) + " …", font=font) > room:
+        words.pop()
+    return " ".join(words) + " …" if words else ""
+
+
+def _draw_marks(draw: ImageDraw.ImageDraw, spec: RenderSpec) -> None:
+    width, height = spec.width, spec.height
+    band = _text_band(height)
+    draw.rectangle((0, 0, width, band), fill=(20, 20, 28, 255))
+    font = _font(max(8, band * 6 // 10))
+    margin = band // 4
+    banner = _fit(draw, f"EMULATOR · {spec.model} · #{spec.index + 1}", font, width - 2 * margin)
+    draw.text((margin, band // 2), banner, font=font, fill=(255, 220, 0, 255), anchor="lm")
+    words = " ".join(spec.prompt.split()[:12])
+    caption = _fit(draw, words, font, width - 2 * margin)
+    draw.rectangle((0, height - band, width, height), fill=(20, 20, 28, 255))
+    draw.text((margin, height - band // 2), caption, font=font, fill=(255, 255, 255, 255), anchor="lm")
+
+
+def render_image(spec: RenderSpec, layer: EditLayer | None = None) -> Image.Image:
+    """Draw one image for ``spec`` (composing ``layer`` for an edit): mode RGBA if ``spec.transparent``
+    else RGB, size ``(spec.width, spec.height)``. Same ``spec`` and ``layer`` give identical pixels."""
+    rng = random.Random(spec.seed + spec.index.to_bytes(4, "big"))
+    image = _draw_background(spec, rng)
+    draw = ImageDraw.Draw(image)
+    _draw_shapes(draw, spec, rng)
+    if layer is not None:
+        image.paste(layer.first, layer.box, layer.first)
+        for thumb, at in layer.thumbs:
+            image.paste(thumb, at, thumb)
+    _draw_marks(draw, spec)
+    return image
+
+
+def encode_image(image: Image.Image, fmt: OutputFormat, compression: int | None) -> bytes:
+    """Encode ``image`` as ``fmt``: PNG at ``compress_level=1`` (fast, lossless); JPEG and WebP with quality
+    ``compression`` (SPEC ``output_compression`` 0..100, default 100). JPEG drops any alpha (RGB)."""
+    out = io.BytesIO()
+    quality = 100 if compression is None else compression
+    if fmt == "png":
+        image.save(out, "PNG", compress_level=1)
+    elif fmt == "jpeg":
+        image.convert("RGB").save(out, "JPEG", quality=quality)
+    else:
+        image.save(out, "WEBP", quality=quality, method=0)
+    return out.getvalue()
