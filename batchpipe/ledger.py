@@ -1,0 +1,753 @@
+"""The results ledger: the source of truth for every item, shard, batch and file of every run.
+
+One narrow interface, :class:`Ledger`, with one implementation today, :class:`SqliteLedger` (WAL, one
+transaction per logical step). The SQL is kept portable (standard types, ``INSERT ... ON CONFLICT``, no
+SQLite-only functions in queries) so a PostgreSQL implementation with several workers can follow: every status
+change is a guarded ``UPDATE ... WHERE status IN (...)`` (compare-and-set) and every change appends to
+``events``.
+
+Tables::
+
+    runs      one row per run of a job (run_id, job, spec hash, started/finished)
+    items     one row per attempt of an item (custom_id PK; job+key+attempt unique)
+    shards    one row per batch input file: the submission *intent* record (status, file id, batch id)
+    batches   one row per batch the service created (status, file ids, request_counts, collection progress)
+    files     one row per Files API object we created or collected (role, expiry, deleted_at)
+    events    append-only log of status transitions
+
+Item statuses and their allowed transitions are :data:`ITEM_TRANSITIONS`; shard statuses
+:data:`SHARD_TRANSITIONS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from batchpipe.errors import LedgerError, TransitionError
+from batchpipe.models import ItemStatus
+
+__all__ = [
+    "ITEM_TRANSITIONS",
+    "SHARD_TRANSITIONS",
+    "ItemRow",
+    "Ledger",
+    "ShardRow",
+    "SqliteLedger",
+    "open_ledger",
+]
+
+S = ItemStatus
+#: Allowed item status changes: from → the statuses it may move to.
+ITEM_TRANSITIONS: Final[Mapping[ItemStatus, frozenset[ItemStatus]]] = {
+    S.PENDING: frozenset({S.SUBMITTED, S.FAILED, S.SUPERSEDED}),
+    S.SUBMITTED: frozenset({S.SUCCEEDED, S.FAILED, S.EXPIRED, S.CANCELLED, S.MISSING}),
+    S.SUCCEEDED: frozenset({S.SUPERSEDED}),
+    S.FAILED: frozenset({S.SUPERSEDED}),
+    S.EXPIRED: frozenset({S.SUPERSEDED}),
+    S.CANCELLED: frozenset({S.SUPERSEDED}),
+    S.MISSING: frozenset({S.SUPERSEDED}),
+    S.INVALID: frozenset({S.SUPERSEDED}),
+    S.SUPERSEDED: frozenset(),
+}
+
+#: Shard (submission intent) statuses, in order; ``indeterminate`` stops the run for a human.
+SHARD_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
+    "built": frozenset({"uploading"}),
+    "uploading": frozenset({"uploaded", "built", "indeterminate"}),
+    "uploaded": frozenset({"creating"}),
+    "creating": frozenset({"created", "uploaded", "indeterminate"}),
+    "created": frozenset({"done"}),
+    "indeterminate": frozenset({"built", "uploaded", "created"}),
+    "done": frozenset(),
+}
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        TEXT PRIMARY KEY,
+    job           TEXT NOT NULL,
+    spec_hash     TEXT NOT NULL,
+    api           TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    started_at    DOUBLE PRECISION NOT NULL,
+    finished_at   DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS items (
+    custom_id     TEXT PRIMARY KEY,
+    job           TEXT NOT NULL,
+    item_key      TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    run_id        TEXT NOT NULL,
+    previous_custom_id TEXT,
+    endpoint      TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    body_json     TEXT NOT NULL,
+    metadata_json TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    product_key   TEXT,
+    variant       TEXT,
+    inputs_json   TEXT,
+    input_tokens_est INTEGER NOT NULL DEFAULT 0,
+    shard         TEXT,
+    batch_id      TEXT,
+    status        TEXT NOT NULL,
+    retryable     INTEGER,
+    error_code    TEXT,
+    error_message TEXT,
+    output_path   TEXT,
+    sha256        TEXT,
+    bytes         INTEGER,
+    format        TEXT,
+    width         INTEGER,
+    height        INTEGER,
+    c2pa_state    TEXT,
+    c2pa_json     TEXT,
+    usage_json    TEXT,
+    cost_usd      DOUBLE PRECISION,
+    created_at    DOUBLE PRECISION NOT NULL,
+    updated_at    DOUBLE PRECISION NOT NULL,
+    UNIQUE (job, item_key, attempt)
+);
+CREATE INDEX IF NOT EXISTS items_job_key ON items (job, item_key);
+CREATE INDEX IF NOT EXISTS items_run_status ON items (run_id, status);
+CREATE INDEX IF NOT EXISTS items_shard ON items (shard);
+CREATE INDEX IF NOT EXISTS items_batch ON items (batch_id);
+CREATE TABLE IF NOT EXISTS shards (
+    name          TEXT PRIMARY KEY,
+    run_id        TEXT NOT NULL,
+    job           TEXT NOT NULL,
+    endpoint      TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    path          TEXT NOT NULL,
+    requests      INTEGER NOT NULL,
+    bytes         INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    input_tokens  INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    input_file_id TEXT,
+    batch_id      TEXT,
+    intent_at     DOUBLE PRECISION,
+    note          TEXT,
+    created_at    DOUBLE PRECISION NOT NULL,
+    updated_at    DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id      TEXT PRIMARY KEY,
+    shard         TEXT NOT NULL,
+    run_id        TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    input_file_id TEXT NOT NULL,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    request_counts_json TEXT,
+    errors_json   TEXT,
+    created_at    DOUBLE PRECISION NOT NULL,
+    ended_at      DOUBLE PRECISION,
+    output_offset INTEGER NOT NULL DEFAULT 0,
+    error_offset  INTEGER NOT NULL DEFAULT 0,
+    output_done   INTEGER NOT NULL DEFAULT 0,
+    error_done    INTEGER NOT NULL DEFAULT 0,
+    reconciled    INTEGER NOT NULL DEFAULT 0,
+    updated_at    DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    file_id       TEXT PRIMARY KEY,
+    role          TEXT NOT NULL,
+    purpose       TEXT NOT NULL,
+    filename      TEXT,
+    bytes         INTEGER,
+    sha256        TEXT,
+    created_at    DOUBLE PRECISION NOT NULL,
+    expires_at    DOUBLE PRECISION,
+    deleted_at    DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS files_sha ON files (sha256, role);
+CREATE TABLE IF NOT EXISTS events (
+    event_id      INTEGER PRIMARY KEY,
+    at            DOUBLE PRECISION NOT NULL,
+    entity        TEXT NOT NULL,
+    entity_id     TEXT NOT NULL,
+    from_status   TEXT,
+    to_status     TEXT NOT NULL,
+    detail        TEXT
+);
+"""
+
+_ITEM_COLUMNS: Final = (
+    "custom_id job item_key attempt run_id previous_custom_id endpoint model request_hash body_json "
+    "metadata_json source product_key variant inputs_json input_tokens_est shard batch_id status retryable "
+    "error_code error_message output_path sha256 bytes format width height c2pa_state c2pa_json usage_json "
+    "cost_usd created_at updated_at"
+).split()
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """One ledger item row (one attempt of one item). Times are unix seconds; ``bytes`` is the image size."""
+
+    custom_id: str
+    job: str
+    item_key: str
+    attempt: int
+    run_id: str
+    previous_custom_id: str | None
+    endpoint: str
+    model: str
+    request_hash: str
+    body_json: str
+    metadata_json: str
+    source: str
+    product_key: str | None
+    variant: str | None
+    inputs_json: str | None
+    input_tokens_est: int
+    shard: str | None
+    batch_id: str | None
+    status: str
+    retryable: int | None
+    error_code: str | None
+    error_message: str | None
+    output_path: str | None
+    sha256: str | None
+    bytes: int | None
+    format: str | None
+    width: int | None
+    height: int | None
+    c2pa_state: str | None
+    c2pa_json: str | None
+    usage_json: str | None
+    cost_usd: float | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def body(self) -> dict[str, object]:
+        """The request body as sent (parsed from ``body_json``)."""
+        parsed: dict[str, object] = orjson.loads(self.body_json)
+        return parsed
+
+    def to_record(self) -> dict[str, object]:
+        """A flat JSON-ready dict for exports: every column, with JSON columns parsed."""
+        record: dict[str, object] = {}
+        for name in _ITEM_COLUMNS:
+            value = getattr(self, name)
+            if name.endswith("_json"):
+                record[name.removesuffix("_json")] = orjson.loads(value) if value else None
+            else:
+                record["key" if name == "item_key" else name] = value
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRow:
+    """One shard: a batch input file and its submission intent (``status`` in :data:`SHARD_TRANSITIONS`)."""
+
+    name: str
+    run_id: str
+    job: str
+    endpoint: str
+    model: str
+    path: str
+    requests: int
+    bytes: int
+    sha256: str
+    input_tokens: int
+    status: str
+    input_file_id: str | None
+    batch_id: str | None
+    intent_at: float | None
+    note: str | None
+    created_at: float
+    updated_at: float
+
+
+class Ledger:
+    """The narrow ledger interface every stage uses. See :class:`SqliteLedger` for the semantics."""
+
+    # The methods are defined on SqliteLedger; this base exists so callers type against the interface.
+    path: Path
+
+
+class SqliteLedger(Ledger):
+    """SQLite implementation of the ledger (WAL mode, ``synchronous=FULL``).
+
+    Thread-safe: one connection guarded by a lock (the pipeline is one asyncio loop plus worker threads that
+    never touch the ledger directly). ``transaction()`` groups writes; every public write method either runs
+    inside an open transaction or opens its own.
+
+    Raises :class:`~batchpipe.errors.LedgerError` if the file cannot be opened and
+    :class:`~batchpipe.errors.TransitionError` for a status change not allowed from the current status.
+    """
+
+    def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._depth = 0
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one transaction (re-entrant: inner blocks join the outer one)."""
+        with self._lock:
+            if self._depth == 0:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("COMMIT")
+
+    def _exec(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, params)
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _event(self, entity: str, entity_id: str, from_status: str | None, to_status: str, detail: str | None) -> None:
+        self._exec(
+            "INSERT INTO events (at, entity, entity_id, from_status, to_status, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (self._clock(), entity, entity_id, from_status, to_status, detail),
+        )
+
+    # -- runs -------------------------------------------------------------------------------------------
+    def open_run(self, job: str, spec_hash: str, api: str) -> tuple[str, bool]:
+        """The unfinished run of ``job`` if there is one, else a new one: ``(run_id, resumed)``."""
+        with self.transaction():
+            rows = self._rows(
+                "SELECT run_id FROM runs WHERE job = ? AND status = 'running' ORDER BY started_at DESC", (job,)
+            )
+            if rows:
+                return str(rows[0]["run_id"]), True
+            now = self._clock()
+            run_id = f"{job}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}"
+            suffix = 1
+            while self._rows("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)):
+                suffix += 1
+                run_id = f"{job}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{suffix}"
+            self._exec(
+                "INSERT INTO runs (run_id, job, spec_hash, api, status, started_at) VALUES (?, ?, ?, ?, 'running', ?)",
+                (run_id, job, spec_hash, api, now),
+            )
+            self._event("run", run_id, None, "running", None)
+            return run_id, False
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        """Mark a run ``finished`` (every item terminal) or ``stopped``; a finished run is never resumed."""
+        with self.transaction():
+            self._exec(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ? AND status = 'running'",
+                (status, self._clock(), run_id),
+            )
+            self._event("run", run_id, "running", status, None)
+
+    def run_info(self, run_id: str) -> dict[str, object] | None:
+        """The run's row as a dict, or None."""
+        rows = self._rows("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return dict(rows[0]) if rows else None
+
+    def latest_run(self, job: str | None = None) -> dict[str, object] | None:
+        """The most recently started run (of ``job`` if given)."""
+        if job is None:
+            rows = self._rows("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1")
+        else:
+            rows = self._rows("SELECT * FROM runs WHERE job = ? ORDER BY started_at DESC LIMIT 1", (job,))
+        return dict(rows[0]) if rows else None
+
+    # -- items ------------------------------------------------------------------------------------------
+    def insert_items(self, rows: Iterable[Mapping[str, object]]) -> int:
+        """Insert new item rows (``status`` must be ``pending`` or ``invalid``); returns how many.
+
+        Each mapping gives the ``items`` columns (see ``_ITEM_COLUMNS``); missing optional ones are NULL.
+        Raises :class:`LedgerError` on a duplicate ``custom_id`` or (job, key, attempt).
+        """
+        now = self._clock()
+        columns = _ITEM_COLUMNS
+        sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        params = []
+        for row in rows:
+            values = dict(row)
+            values.setdefault("created_at", now)
+            values.setdefault("updated_at", now)
+            values.setdefault("input_tokens_est", 0)
+            if values.get("status") not in (S.PENDING, S.INVALID):
+                raise LedgerError(f"new items start as pending or invalid, not {values.get('status')!r}")
+            params.append([values.get(c) for c in columns])
+        if not params:
+            return 0
+        try:
+            with self.transaction(), self._lock:
+                self._db.executemany(sql, params)
+        except sqlite3.IntegrityError as exc:
+            raise LedgerError(f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}") from exc
+        return len(params)
+
+    def transition_items(
+        self,
+        custom_ids: Sequence[str],
+        to_status: ItemStatus,
+        *,
+        from_statuses: Iterable[ItemStatus] | None = None,
+        fields: Mapping[str, object] | None = None,
+        strict: bool = True,
+    ) -> int:
+        """Move items to ``to_status`` (setting ``fields`` too) with a guarded update; returns rows changed.
+
+        ``from_statuses`` defaults to every status allowed to reach ``to_status``. With ``strict``, a row that
+        is not in an allowed status raises :class:`TransitionError` (and nothing is changed); without it, such
+        rows are left as they are (idempotent replays after a crash).
+        """
+        allowed = (
+            frozenset(from_statuses)
+            if from_statuses is not None
+            else frozenset(s for s, targets in ITEM_TRANSITIONS.items() if to_status in targets)
+        )
+        bad = allowed - {s for s, t in ITEM_TRANSITIONS.items() if to_status in t}
+        if bad:
+            raise TransitionError(f"items cannot move from {sorted(bad)} to {to_status}")
+        sets = {**(fields or {}), "status": str(to_status), "updated_at": self._clock()}
+        set_sql = ", ".join(f"{k} = ?" for k in sets)
+        placeholders = ", ".join("?" for _ in allowed)
+        changed = 0
+        with self.transaction():
+            for start in range(0, len(custom_ids), 500):
+                chunk = list(custom_ids[start : start + 500])
+                marks = ", ".join("?" for _ in chunk)
+                cur = self._exec(
+                    f"UPDATE items SET {set_sql} WHERE custom_id IN ({marks}) AND status IN ({placeholders})",
+                    [*sets.values(), *chunk, *[str(s) for s in allowed]],
+                )
+                changed += cur.rowcount
+                if strict and cur.rowcount != len(chunk):
+                    raise TransitionError(
+                        f"{len(chunk) - cur.rowcount} of {len(chunk)} items are not in {sorted(allowed)}; "
+                        f"cannot move them to {to_status}"
+                    )
+            if changed:
+                self._event("items", custom_ids[0], None, str(to_status), f"{changed} items")
+        return changed
+
+    def update_item_fields(self, custom_id: str, fields: Mapping[str, object]) -> None:
+        """Set non-status columns of one item (e.g. its shard name)."""
+        if "status" in fields:
+            raise LedgerError("use transition_items to change a status")
+        sets = {**fields, "updated_at": self._clock()}
+        self._exec(
+            f"UPDATE items SET {', '.join(f'{k} = ?' for k in sets)} WHERE custom_id = ?",
+            [*sets.values(), custom_id],
+        )
+
+    def item(self, custom_id: str) -> ItemRow | None:
+        """One item row by ``custom_id``."""
+        rows = self._rows("SELECT * FROM items WHERE custom_id = ?", (custom_id,))
+        return ItemRow(**dict(rows[0])) if rows else None
+
+    def items(
+        self,
+        *,
+        run_id: str | None = None,
+        job: str | None = None,
+        statuses: Iterable[str] | None = None,
+        shard: str | None = None,
+        batch_id: str | None = None,
+        error_codes: Iterable[str] | None = None,
+        c2pa_states: Iterable[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        latest_only: bool = False,
+    ) -> Iterator[ItemRow]:
+        """Item rows matching every given filter, in insertion order, streamed in pages of 1,000.
+
+        ``latest_only`` keeps, per (job, key), only the highest attempt (the row that speaks for the item).
+        """
+        where, params = ["1 = 1"], []
+        for column, value in (("run_id", run_id), ("job", job), ("shard", shard), ("batch_id", batch_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        for column, values in (("status", statuses), ("error_code", error_codes), ("c2pa_state", c2pa_states)):
+            if values is not None:
+                listed = [str(v) for v in values]
+                where.append(f"{column} IN ({', '.join('?' for _ in listed)})" if listed else "1 = 0")
+                params.extend(listed)
+        if since is not None:
+            where.append("updated_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("updated_at < ?")
+            params.append(until)
+        if latest_only:
+            where.append(
+                "attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job "
+                "AND i2.item_key = items.item_key)"
+            )
+        last = ""
+        while True:
+            rows = self._rows(
+                f"SELECT * FROM items WHERE {' AND '.join(where)} AND custom_id > ? ORDER BY custom_id LIMIT 1000",
+                [*params, last],
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield ItemRow(**dict(row))
+            last = str(rows[-1]["custom_id"])
+
+    def latest_attempts(self, job: str, keys: Sequence[str]) -> dict[str, ItemRow]:
+        """For each key of ``job`` that has rows, its highest attempt."""
+        result: dict[str, ItemRow] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            rows = self._rows(
+                f"SELECT * FROM items WHERE job = ? AND item_key IN ({', '.join('?' for _ in chunk)}) "
+                "ORDER BY attempt",
+                [job, *chunk],
+            )
+            for row in rows:
+                result[str(row["item_key"])] = ItemRow(**dict(row))
+        return result
+
+    def succeeded_hashes(self, job: str) -> Iterator[tuple[str, str]]:
+        """``(item_key, request_hash)`` of every succeeded item of ``job`` (for skip-unchanged re-runs)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT item_key, request_hash FROM items WHERE job = ? AND status = 'succeeded'", (job,)
+            )
+            rows = cursor.fetchall()
+        for row in rows:
+            yield str(row[0]), str(row[1])
+
+    def count_items(self, *, run_id: str | None = None, job: str | None = None) -> dict[str, int]:
+        """Item counts by status (only statuses that occur), for a run, a job, or everything."""
+        where, params = "1 = 1", []
+        if run_id is not None:
+            where, params = "run_id = ?", [run_id]
+        elif job is not None:
+            where, params = "job = ?", [job]
+        rows = self._rows(f"SELECT status, COUNT(*) AS n FROM items WHERE {where} GROUP BY status", params)
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
+    def cost_usd(self, *, run_id: str | None = None) -> float:
+        """Sum of recorded costs (USD), for a run or everything."""
+        if run_id is None:
+            rows = self._rows("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM items")
+        else:
+            rows = self._rows("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM items WHERE run_id = ?", (run_id,))
+        return float(rows[0]["c"])
+
+    # -- shards (submission intents) --------------------------------------------------------------------
+    def insert_shard(self, row: Mapping[str, object]) -> None:
+        """Record a built shard (``status`` ``built``)."""
+        now = self._clock()
+        values = {**row, "status": "built", "created_at": now, "updated_at": now}
+        columns = list(values)
+        with self.transaction():
+            self._exec(
+                f"INSERT INTO shards ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                list(values.values()),
+            )
+            self._event("shard", str(values["name"]), None, "built", None)
+
+    def transition_shard(
+        self, name: str, to_status: str, *, fields: Mapping[str, object] | None = None, note: str | None = None
+    ) -> None:
+        """Guarded shard status change along :data:`SHARD_TRANSITIONS` (raises :class:`TransitionError`)."""
+        allowed = [s for s, targets in SHARD_TRANSITIONS.items() if to_status in targets]
+        sets = {**(fields or {}), "status": to_status, "updated_at": self._clock(), "note": note}
+        with self.transaction():
+            current = self._rows("SELECT status FROM shards WHERE name = ?", (name,))
+            if not current:
+                raise LedgerError(f"no shard {name!r}")
+            cur = self._exec(
+                f"UPDATE shards SET {', '.join(f'{k} = ?' for k in sets)} WHERE name = ? "
+                f"AND status IN ({', '.join('?' for _ in allowed)})",
+                [*sets.values(), name, *allowed],
+            )
+            if cur.rowcount != 1:
+                raise TransitionError(f"shard {name} is {current[0]['status']}, cannot move to {to_status}")
+            self._event("shard", name, str(current[0]["status"]), to_status, note)
+
+    def shards(self, *, run_id: str | None = None, statuses: Iterable[str] | None = None) -> list[ShardRow]:
+        """Shards of a run (or all), optionally by status, in creation order."""
+        where, params = ["1 = 1"], []
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if statuses is not None:
+            listed = list(statuses)
+            where.append(f"status IN ({', '.join('?' for _ in listed)})" if listed else "1 = 0")
+            params.extend(listed)
+        rows = self._rows(f"SELECT * FROM shards WHERE {' AND '.join(where)} ORDER BY created_at, name", params)
+        return [ShardRow(**dict(r)) for r in rows]
+
+    def shard(self, name: str) -> ShardRow | None:
+        """One shard by name."""
+        rows = self._rows("SELECT * FROM shards WHERE name = ?", (name,))
+        return ShardRow(**dict(rows[0])) if rows else None
+
+    # -- batches ----------------------------------------------------------------------------------------
+    def record_batch(self, batch: Mapping[str, Any], *, shard: str, run_id: str, model: str) -> bool:
+        """Record a batch the service created (idempotent on ``batch_id``); True if it was new.
+
+        ``created_at`` is the service's (unix seconds), which the poller compares with list pages.
+        """
+        now = self._clock()
+        with self.transaction():
+            cur = self._exec(
+                "INSERT INTO batches (batch_id, shard, run_id, model, status, input_file_id, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id) DO NOTHING",
+                (
+                    batch["id"], shard, run_id, model, batch["status"], batch["input_file_id"],
+                    float(batch.get("created_at") or now), now,
+                ),
+            )
+            if cur.rowcount:
+                self._event("batch", str(batch["id"]), None, str(batch["status"]), shard)
+            return bool(cur.rowcount)
+
+    def update_batch(self, batch: Mapping[str, Any]) -> str | None:
+        """Store the service's view of a batch; returns the previous status if it changed, else None."""
+        rows = self._rows("SELECT status FROM batches WHERE batch_id = ?", (batch["id"],))
+        if not rows:
+            raise LedgerError(f"unknown batch {batch['id']!r}")
+        previous = str(rows[0]["status"])
+        errors = batch.get("errors")
+        ended = None
+        for key in ("completed_at", "failed_at", "expired_at", "cancelled_at"):
+            if batch.get(key):
+                ended = float(batch[key])
+        with self.transaction():
+            self._exec(
+                "UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, request_counts_json = ?, "
+                "errors_json = ?, ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE batch_id = ?",
+                (
+                    batch["status"],
+                    batch.get("output_file_id"),
+                    batch.get("error_file_id"),
+                    orjson.dumps(batch.get("request_counts")).decode(),
+                    orjson.dumps(errors).decode() if errors else None,
+                    ended,
+                    self._clock(),
+                    batch["id"],
+                ),
+            )
+            if previous != batch["status"]:
+                self._event("batch", str(batch["id"]), previous, str(batch["status"]), None)
+                return previous
+        return None
+
+    def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
+        """Batch rows (as dicts) of a run or all; ``unfinished``: not yet reconciled."""
+        where, params = ["1 = 1"], []
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if unfinished:
+            where.append("reconciled = 0")
+        return [
+            dict(r)
+            for r in self._rows(f"SELECT * FROM batches WHERE {' AND '.join(where)} ORDER BY created_at", params)
+        ]
+
+    def set_batch_progress(self, batch_id: str, **fields: object) -> None:
+        """Set collection progress columns (``output_offset``, ``error_offset``, ``output_done``, ``error_done``,
+        ``reconciled``) of a batch."""
+        allowed = {"output_offset", "error_offset", "output_done", "error_done", "reconciled"}
+        if not fields or set(fields) - allowed:
+            raise LedgerError(f"unknown batch progress fields: {sorted(set(fields) - allowed)}")
+        self._exec(
+            f"UPDATE batches SET {', '.join(f'{k} = ?' for k in fields)}, updated_at = ? WHERE batch_id = ?",
+            [*fields.values(), self._clock(), batch_id],
+        )
+
+    # -- files ------------------------------------------------------------------------------------------
+    def record_file(self, file_obj: Mapping[str, Any], *, role: str, sha256: str | None = None) -> None:
+        """Record a Files API object (``OpenAIFile``) with our ``role`` (input/output/error/reference)."""
+        self._exec(
+            "INSERT INTO files (file_id, role, purpose, filename, bytes, sha256, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file_id) DO NOTHING",
+            (
+                file_obj["id"],
+                role,
+                file_obj.get("purpose", ""),
+                file_obj.get("filename"),
+                file_obj.get("bytes"),
+                sha256,
+                float(file_obj.get("created_at") or self._clock()),
+                file_obj.get("expires_at"),
+            ),
+        )
+
+    def mark_file_deleted(self, file_id: str) -> None:
+        """Record that a file was deleted from the Files API."""
+        self._exec("UPDATE files SET deleted_at = ? WHERE file_id = ? AND deleted_at IS NULL", (self._clock(), file_id))
+
+    def files(self, *, role: str | None = None, deleted: bool | None = None) -> list[dict[str, Any]]:
+        """File rows as dicts, by role and deletion state."""
+        where, params = ["1 = 1"], []
+        if role is not None:
+            where.append("role = ?")
+            params.append(role)
+        if deleted is not None:
+            where.append("deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL")
+        return [dict(r) for r in self._rows(f"SELECT * FROM files WHERE {' AND '.join(where)}", params)]
+
+    def file_by_sha256(self, sha256: str, *, role: str, not_expired_at: float) -> dict[str, Any] | None:
+        """A live (not deleted, not expiring before ``not_expired_at``) file of ``role`` with this content hash."""
+        rows = self._rows(
+            "SELECT * FROM files WHERE sha256 = ? AND role = ? AND deleted_at IS NULL "
+            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at DESC",
+            (sha256, role, not_expired_at),
+        )
+        return dict(rows[0]) if rows else None
+
+    # -- events -----------------------------------------------------------------------------------------
+    def events(self, *, entity: str | None = None, entity_id: str | None = None) -> list[dict[str, Any]]:
+        """The append-only transition log, oldest first."""
+        where, params = ["1 = 1"], []
+        if entity is not None:
+            where.append("entity = ?")
+            params.append(entity)
+        if entity_id is not None:
+            where.append("entity_id = ?")
+            params.append(entity_id)
+        return [dict(r) for r in self._rows(f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY event_id", params)]
+
+
+def open_ledger(workdir: Path) -> SqliteLedger:
+    """The ledger of a work directory: ``<workdir>/ledger.sqlite``."""
+    return SqliteLedger(workdir / "ledger.sqlite")

@@ -1,0 +1,109 @@
+"""Where images go: one narrow interface, :class:`ImageStore`, and the local-directory implementation.
+
+The collector hands the store the exact decoded bytes of each image (never re-encoded: re-encoding strips
+the C2PA manifest, gotchas #12). A later object-storage implementation keeps the same three methods.
+
+Locations are deterministic functions of the item key, so a collector that is killed and restarted writes
+the same file again instead of a second one, and no key can escape the root (``..``, absolute paths,
+backslashes and control characters are neutralised segment by segment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+__all__ = ["ImageStore", "LocalImageStore", "StoredImage", "safe_relative_path"]
+
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._@+=,-]+")
+_MAX_SEGMENT: Final = 120
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """Where an image went: ``location`` (a filesystem path or URL as str), ``sha256`` (hex), ``size_bytes``."""
+
+    location: str
+    sha256: str
+    size_bytes: int
+
+
+class ImageStore(Protocol):
+    """The narrow image-store interface used by the collector (thread-safe; called from worker threads)."""
+
+    def location_for(self, key: str, index: int, ext: str) -> str:
+        """The deterministic location of image ``index`` (0-based, of ``n``) of item ``key`` with extension."""
+        ...
+
+    def put(self, location: str, data: bytes) -> StoredImage:
+        """Store ``data`` at ``location`` atomically and durably (all or nothing); returns what was stored."""
+        ...
+
+    def exists(self, location: str) -> bool:
+        """True if something is stored at ``location``."""
+        ...
+
+
+def safe_relative_path(key: str, index: int, ext: str) -> Path:
+    """A relative path for an item key that cannot escape its root.
+
+    ``/`` in the key groups into sub-folders; each segment keeps ``[A-Za-z0-9._@+=,-]``, other runs become
+    ``_``, leading dots are dropped, and long segments are cut. Because sanitising can map two keys to one
+    name, a short hash of the exact key is appended to the file name: ``"shoes/red sneaker"`` →
+    ``shoes/red_sneaker-<8 hex>.png`` (``-<index>`` is added before the extension when ``index > 0``).
+    """
+    segments = []
+    for raw in key.replace("\\", "/").split("/"):
+        clean = _UNSAFE.sub("_", raw).lstrip(".")[:_MAX_SEGMENT]
+        if clean:
+            segments.append(clean)
+    if not segments:
+        segments = ["item"]
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    suffix = f"-{index}" if index else ""
+    segments[-1] = f"{segments[-1]}-{digest}{suffix}.{ext.lstrip('.')}"
+    return Path(*segments)
+
+
+class LocalImageStore:
+    """Images as files under ``root``: written to a temporary name, fsynced, then renamed (crash-safe)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def location_for(self, key: str, index: int, ext: str) -> str:
+        """See :meth:`ImageStore.location_for`; raises ``ValueError`` if the result would leave ``root``."""
+        path = (self.root / safe_relative_path(key, index, ext)).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"item key {key!r} maps outside the output directory")
+        return str(path)
+
+    def put(self, location: str, data: bytes) -> StoredImage:
+        """Write ``data`` to ``location`` via ``<name>.tmp-<pid>``, fsync, rename, fsync the folder."""
+        path = Path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return StoredImage(str(path), hashlib.sha256(data).hexdigest(), len(data))
+
+    def exists(self, location: str) -> bool:
+        """True if the file exists."""
+        return Path(location).is_file()
