@@ -3,7 +3,8 @@
 What a rendered image looks like (all of it deterministic in ``seed``):
 
 - a two-colour gradient background with a few flat shapes (``detail="fast"``), plus a cached, seeded
-  noise layer for ``detail="realistic"`` (a 1024x1024 PNG is then about 1.5 MB);
+  noise layer over everything but the text bands for ``detail="realistic"`` (a 1024x1024 PNG is then
+  about 1.5 MB);
 - a dark banner along the top reading ``EMULATOR · <model>`` and, along the bottom, the first words of the
   prompt, drawn with Pillow's default font (``ImageFont.load_default(size=...)``);
 - for an edit, the first input image scaled into the centre (about 60% of the short edge), its masked
@@ -240,8 +241,6 @@ def _draw_background(spec: RenderSpec, rng: random.Random) -> Image.Image:
         grad.point([lo + (hi - lo) * v // 255 for v in range(256)]) for lo, hi in zip(c0, c1, strict=True)
     ]
     image = Image.merge("RGB", channels)
-    if spec.detail == "realistic":
-        image = ImageChops.add(image, _noise(width, height), 1.0, -128)
     if spec.transparent:
         image.putalpha(0)
     return image
@@ -299,8 +298,21 @@ def render_image(spec: RenderSpec, layer: EditLayer | None = None) -> Image.Imag
         image.paste(layer.first, layer.box, layer.first)
         for thumb, at in layer.thumbs:
             image.paste(thumb, at, thumb)
+    if spec.detail == "realistic":
+        image = _add_noise(image)
+        draw = ImageDraw.Draw(image)
     _draw_marks(draw, spec)
     return image
+
+
+def _add_noise(image: Image.Image) -> Image.Image:
+    """``image`` with the cached noise layer added to its colour channels (alpha kept)."""
+    noise = _noise(*image.size)
+    if image.mode == "RGBA":
+        noisy = ImageChops.add(image.convert("RGB"), noise, 1.0, -128)
+        noisy.putalpha(image.getchannel("A"))
+        return noisy
+    return ImageChops.add(image, noise, 1.0, -128)
 
 
 def encode_image(image: Image.Image, fmt: OutputFormat, compression: int | None) -> bytes:

@@ -218,6 +218,11 @@ async def test_realistic_detail_is_heavier() -> None:
             sizes.append(len(base64.b64decode(data[0]["b64_json"])))
         assert sizes[1] > 1_000_000  # about 1.5 MB for 1024x1024
         assert sizes[1] > 5 * sizes[0]
+        # the noise layer is seeded too: realistic pixels are deterministic
+        again = [_images(await ex.execute(GEN, _body(), open_file=_no_files))[0] for ex in (realistic, fast)]
+        first = _images(await realistic.execute(GEN, _body(), open_file=_no_files))[0]
+        assert first.tobytes() == again[0].tobytes()
+        assert first.tobytes() != again[1].tobytes()
     finally:
         await fast.aclose()
         await realistic.aclose()
