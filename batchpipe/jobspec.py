@@ -1,0 +1,573 @@
+"""Job specs: a TOML file naming the manifest, how rows become requests, and how the run behaves.
+
+Format (every section optional except ``[job]`` and ``[manifest]``; unknown keys are errors)::
+
+    [job]
+    name = "catalog-nightly"              # 1..64 chars of A-Z a-z 0-9 . _ -
+    [manifest]
+    path = "data/catalog.csv"             # relative to the spec file
+    format = "csv"                        # "csv" | "jsonl"; default from the extension
+    max_line_bytes = 67108864             # cap on one manifest line, bytes
+    [item]                                # catalog mode (required for CSV): requests built from templates
+    key = "{pid}"
+    prompt = "Studio product photo of {product_name}{? by {brand}}."
+    on_duplicate_key = "suffix"           # "suffix" (K, K~2, K~3...) | "error"
+    metadata = ["uniq_id", "pid"]         # columns copied to item metadata; default: the template columns
+    [defaults]                            # Images API body fields applied to every request
+    model = "gpt-image-1.5"               # also: size, quality, background, output_format,
+    size = "1024x1024"                    #   output_compression, n, moderation
+    [output]
+    dir = "out/catalog-nightly"           # relative to the working directory unless absolute
+    [c2pa]
+    trust = "default"
+    [run]
+    max_attempts = 3
+    skip_invalid = false
+    max_requests_per_shard = 50000
+    max_shard_bytes = 200000000
+    max_input_tokens_per_shard = 1000000  # optional
+    [run.enqueued_token_budget]           # per model, input tokens
+    "gpt-image-1.5" = 2000000
+
+Without ``[item]`` the manifest must be a *plain JSONL* item file: one object per line with ``key``, any
+Images API body fields and ``metadata`` (see :mod:`batchpipe.validate`).
+
+Templates (:class:`Template`) do plain field substitution only: ``{column}`` inserts a manifest column's
+value verbatim (column names may contain spaces), ``{{`` and ``}}`` are literal braces, and ``{? ...}`` is an
+optional segment, dropped when any field inside it renders empty. Nothing else: no attribute or index
+access, conversions, format specs or expressions, and inserted values are never expanded again.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from batchpipe import spec
+from batchpipe.errors import JobSpecError, ManifestError
+from batchpipe.manifest import DEFAULT_MAX_LINE_BYTES, ManifestFormat, detect_format, read_columns
+
+__all__ = [
+    "BODY_DEFAULT_FIELDS",
+    "DuplicatePolicy",
+    "JobSpec",
+    "RunOptions",
+    "Template",
+    "TemplateSyntaxError",
+]
+
+DuplicatePolicy = Literal["suffix", "error"]
+
+#: The request body fields a spec may default (SPEC ``CreateImageRequest``), in the order bodies are built.
+BODY_DEFAULT_FIELDS: Final[tuple[str, ...]] = (
+    "model",
+    "size",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "n",
+    "moderation",
+)
+
+
+# --------------------------------------------------------------------------------------------- templates
+
+
+class TemplateSyntaxError(ValueError):
+    """A template that does not parse; ``position`` is the 0-based character offset of the problem."""
+
+    def __init__(self, message: str, position: int) -> None:
+        self.position = position
+        super().__init__(f"{message} (at character {position + 1})")
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Optional:
+    parts: tuple[str | _Field, ...]
+
+
+_Part = str | _Field | _Optional
+_SUSPICIOUS: Final = re.compile(r"[.\[\]!:()]")
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A parsed template: literal text, ``{field}`` substitutions and ``{? ...}`` optional segments.
+
+    Build with :meth:`parse`; :meth:`render` takes a ``Mapping[str, object]`` of column values.
+    """
+
+    source: str
+    parts: tuple[_Part, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Template:
+        """Parse ``text``; raises :class:`TemplateSyntaxError` for a lone ``{`` or ``}``, an empty ``{}``, a
+        field name containing a brace, an unclosed ``{?`` segment, or an optional segment inside another."""
+        parts, end = _parse_parts(text, 0, in_optional=False)
+        assert end == len(text)
+        return cls(text, tuple(parts))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Field names in order of first appearance (each once)."""
+        seen: dict[str, None] = {}
+        for part in self.parts:
+            if isinstance(part, _Field):
+                seen.setdefault(part.name)
+            elif isinstance(part, _Optional):
+                for inner in part.parts:
+                    if isinstance(inner, _Field):
+                        seen.setdefault(inner.name)
+        return tuple(seen)
+
+    def render(self, values: Mapping[str, object]) -> str:
+        """The template with each field replaced by ``values[name]`` as text (``None``/missing → ``""``).
+
+        Values are inserted literally: braces or ``{x}`` inside a value are never expanded. ``str`` values as
+        they are, ``bool`` as ``true``/``false``, numbers with ``str()``. Raises ``TypeError`` (naming the
+        field) for a list or object value.
+        """
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, _Field):
+                out.append(_text(part.name, values.get(part.name)))
+            else:
+                segment: list[str] = []
+                for inner in part.parts:
+                    if isinstance(inner, str):
+                        segment.append(inner)
+                        continue
+                    value = _text(inner.name, values.get(inner.name))
+                    if not value.strip():
+                        break
+                    segment.append(value)
+                else:
+                    out.extend(segment)
+        return "".join(out)
+
+
+def _text(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise TypeError(f"template field '{name}' holds {type(value).__name__}, not a text or number value")
+
+
+def _parse_parts(text: str, start: int, *, in_optional: bool) -> tuple[list[_Part], int]:
+    """Parse from ``start`` until the end (or, inside ``{? ...}``, until its closing ``}``)."""
+    parts: list[_Part] = []
+    literal: list[str] = []
+    i = start
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "{":
+            if text.startswith("{{", i):
+                literal.append("{")
+                i += 2
+                continue
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            if text.startswith("{?", i):
+                if in_optional:
+                    raise TemplateSyntaxError("optional segments cannot be nested", i)
+                inner, i = _parse_parts(text, i + 2, in_optional=True)
+                parts.append(_Optional(tuple(p for p in inner if not isinstance(p, _Optional))))
+                continue
+            close = text.find("}", i + 1)
+            brace = text.find("{", i + 1)
+            if close < 0 or (0 <= brace < close):
+                raise TemplateSyntaxError(
+                    "'{' opens a field that is never closed (write '{{' for a brace)", i
+                )
+            name = text[i + 1 : close]
+            if not name:
+                raise TemplateSyntaxError("empty field name '{}'", i)
+            parts.append(_Field(name))
+            i = close + 1
+        elif ch == "}":
+            if text.startswith("}}", i):
+                literal.append("}")
+                i += 2
+                continue
+            if in_optional:
+                if literal:
+                    parts.append("".join(literal))
+                return parts, i + 1
+            raise TemplateSyntaxError("'}' closes nothing (write '}}' for a brace)", i)
+        else:
+            literal.append(ch)
+            i += 1
+    if in_optional:
+        raise TemplateSyntaxError("optional segment '{?' is never closed", start - 2)
+    if literal:
+        parts.append("".join(literal))
+    return parts, i
+
+
+# --------------------------------------------------------------------------------------------- the file
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+_JobName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+class _JobSection(_Strict):
+    name: _JobName
+    description: str = ""
+
+
+class _ManifestSection(_Strict):
+    path: Annotated[str, Field(min_length=1)]
+    format: ManifestFormat | None = None
+    max_line_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_LINE_BYTES
+
+
+class _ItemSection(_Strict):
+    key: str | None = None
+    prompt: str | None = None
+    on_duplicate_key: DuplicatePolicy = "suffix"
+    metadata: list[str] | None = None
+
+
+class _Defaults(_Strict):
+    model: str | None = None
+    size: str | None = None
+    quality: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    n: int | None = None
+    moderation: str | None = None
+
+
+class _OutputSection(_Strict):
+    dir: str | None = None
+
+
+class _C2paSection(_Strict):
+    trust: Annotated[str, Field(min_length=1)] = "default"
+
+
+class RunOptions(_Strict):
+    """``[run]`` options.
+
+    ``max_attempts`` per item (1..10); ``skip_invalid``: record invalid rows and go on instead of refusing the
+    job; ``enqueued_token_budget``: model → input tokens allowed in flight (FACTS §3.1 enqueued tokens);
+    shard limits ``max_requests_per_shard`` (≤ 50,000, FACTS §3.1), ``max_shard_bytes`` (bytes, ≤
+    ``spec.MAX_BATCH_FILE_BYTES``) and ``max_input_tokens_per_shard`` (estimated input tokens, optional).
+    """
+
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    skip_invalid: bool = False
+    enqueued_token_budget: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    max_requests_per_shard: Annotated[int, Field(ge=1, le=spec.MAX_REQUESTS_PER_BATCH)] = (
+        spec.MAX_REQUESTS_PER_BATCH
+    )
+    max_shard_bytes: Annotated[int, Field(ge=1024, le=spec.MAX_BATCH_FILE_BYTES)] = spec.MAX_BATCH_FILE_BYTES
+    max_input_tokens_per_shard: Annotated[int, Field(ge=1)] | None = None
+
+
+class _SpecFile(_Strict):
+    job: _JobSection
+    manifest: _ManifestSection
+    item: _ItemSection = Field(default_factory=_ItemSection)
+    defaults: _Defaults = Field(default_factory=_Defaults)
+    output: _OutputSection = Field(default_factory=_OutputSection)
+    c2pa: _C2paSection = Field(default_factory=_C2paSection)
+    run: RunOptions = Field(default_factory=RunOptions)
+
+
+_TOML_LINE: Final = re.compile(r"at line (\d+)")
+#: Builds the error for a message and a location in the spec (section, key...).
+_Fail = Callable[[str, tuple[str, ...]], JobSpecError]
+
+
+def _locate(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """Best-effort 1-based line of the TOML key at ``loc`` (``tomllib`` gives no positions for values).
+
+    Tries the full location, then its parents (a missing key is reported at its table's header).
+    """
+    lines = text.splitlines()
+    parts = [str(p) for p in loc]
+    for depth in range(len(parts) - 1, -1, -1):
+        line = _find_key(lines, parts[:depth], parts[depth])
+        if line is not None:
+            return line
+    return None
+
+
+def _header_re(names: list[str]) -> re.Pattern[str]:
+    quoted = (r"[\"']?" + re.escape(name) + r"[\"']?" for name in names)
+    return re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(quoted) + r"\s*\]")
+
+
+def _find_key(lines: list[str], section: list[str], key: str) -> int | None:
+    start = 0
+    if section:
+        header = _header_re(section)
+        found = next((i for i, raw in enumerate(lines) if header.match(raw)), None)
+        if found is None:
+            return None
+        start = found + 1
+    key_re = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=")
+    for index in range(start, len(lines)):
+        if lines[index].lstrip().startswith("["):
+            break
+        if key_re.match(lines[index]):
+            return index + 1
+    table = _header_re([*section, key])
+    return next((i + 1 for i, raw in enumerate(lines) if table.match(raw)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A loaded, checked job spec with every path resolved.
+
+    ``name``: job name. ``spec_path``: the TOML file (``None`` for :meth:`for_manifest`). ``manifest_path``,
+    ``manifest_format``, ``max_line_bytes`` (bytes): the manifest. ``key_template``/``prompt_template``: set
+    together in catalog mode, both ``None`` for a plain JSONL item manifest. ``metadata_columns``: columns
+    copied to each item's metadata (catalog mode). ``defaults``: body fields applied under each row's own
+    (only those set). ``output_dir``: absolute. ``c2pa_trust``: trust setting name. ``run``: run options.
+    ``columns``: the manifest's columns as read at load time (catalog mode), else ``None``.
+    """
+
+    name: str
+    manifest_path: Path
+    manifest_format: ManifestFormat
+    output_dir: Path
+    spec_path: Path | None = None
+    key_template: Template | None = None
+    prompt_template: Template | None = None
+    on_duplicate_key: DuplicatePolicy = "suffix"
+    metadata_columns: tuple[str, ...] = ()
+    defaults: dict[str, object] = field(default_factory=dict)
+    c2pa_trust: str = "default"
+    run: RunOptions = field(default_factory=RunOptions)
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    columns: tuple[str, ...] | None = None
+
+    @property
+    def source_name(self) -> str:
+        """The file problems with the spec itself are reported against (the spec, else the manifest)."""
+        return str(self.spec_path if self.spec_path is not None else self.manifest_path)
+
+    @classmethod
+    def load(cls, path: Path, *, workdir: Path | None = None) -> JobSpec:
+        """Read and check the TOML spec at ``path``; ``workdir`` (default: the current directory) anchors a
+        relative ``[output] dir``.
+
+        Checks: TOML syntax, the schema (unknown keys, types, ranges), the manifest (exists, format, header),
+        template syntax and that every template field names a manifest column, the ``[defaults]`` against
+        ``spec.check_image_request``, and token-budget model names. Raises ``JobSpecError`` naming the spec
+        file, the line when known, and the field (pydantic location joined with dots).
+        """
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise JobSpecError(f"cannot read job spec: {exc.strerror or exc}", file=name) from exc
+        except UnicodeDecodeError as exc:
+            raise JobSpecError(f"job spec is not UTF-8: {exc.reason}", file=name) from exc
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            match = _TOML_LINE.search(str(exc))
+            raise JobSpecError(
+                f"not valid TOML: {exc}", file=name, line=int(match.group(1)) if match else None
+            ) from exc
+        try:
+            parsed = _SpecFile.model_validate(raw)
+        except ValidationError as exc:
+            errors = exc.errors()
+            first = errors[0]
+            loc = tuple(first["loc"])
+            more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+            raise JobSpecError(
+                f"{first['msg']}{more}",
+                file=name,
+                line=_locate(text, loc),
+                field=".".join(str(p) for p in loc),
+            ) from exc
+
+        def fail(message: str, loc: tuple[str, ...]) -> JobSpecError:
+            return JobSpecError(message, file=name, line=_locate(text, loc), field=".".join(loc))
+
+        manifest_path = (path.parent / parsed.manifest.path).resolve()
+        fmt = parsed.manifest.format or detect_format(manifest_path)
+        if fmt is None:
+            raise fail(
+                f"cannot tell the format of {parsed.manifest.path!r} from its extension: set format",
+                ("manifest", "format"),
+            )
+        if not manifest_path.is_file():
+            raise fail(f"no such manifest file: {manifest_path}", ("manifest", "path"))
+
+        defaults = {k: v for k, v in parsed.defaults.model_dump().items() if v is not None}
+        _check_defaults(defaults, fail)
+        for model in parsed.run.enqueued_token_budget:
+            if spec.model_rules(model) is None:
+                raise fail(
+                    f"not a GPT Image model: {model!r} (known: {', '.join(sorted(spec.MODELS))})",
+                    ("run", "enqueued_token_budget", model),
+                )
+
+        item = parsed.item
+        key_template = prompt_template = None
+        columns: tuple[str, ...] | None = None
+        metadata_columns: tuple[str, ...] = ()
+        if item.key is not None or item.prompt is not None or fmt == "csv":
+            if item.key is None or item.prompt is None:
+                missing = "key" if item.key is None else "prompt"
+                raise fail(
+                    f"catalog manifests need both [item] key and prompt templates ({missing} is missing)",
+                    ("item", missing),
+                )
+            if "model" not in defaults:
+                raise fail("catalog jobs need a default model in [defaults]", ("defaults", "model"))
+            key_template = _parse_template(item.key, ("item", "key"), fail)
+            prompt_template = _parse_template(item.prompt, ("item", "prompt"), fail)
+            try:
+                columns = tuple(
+                    read_columns(manifest_path, fmt=fmt, max_line_bytes=parsed.manifest.max_line_bytes)
+                )
+            except ManifestError as exc:
+                raise JobSpecError(
+                    f"cannot read the manifest's columns: {exc}",
+                    file=name,
+                    line=_locate(text, ("manifest", "path")),
+                    field="manifest.path",
+                ) from exc
+            known = set(columns)
+            for loc, template in ((("item", "key"), key_template), (("item", "prompt"), prompt_template)):
+                for column in template.fields:
+                    if column not in known:
+                        raise fail(_unknown_column(column, columns), loc)
+            metadata_columns = tuple(
+                item.metadata
+                if item.metadata is not None
+                else dict.fromkeys((*key_template.fields, *prompt_template.fields))
+            )
+            for column in metadata_columns:
+                if column not in known:
+                    raise fail(_unknown_column(column, columns), ("item", "metadata"))
+        elif item.metadata is not None:
+            raise fail(
+                "[item] metadata columns need catalog mode (key and prompt templates)", ("item", "metadata")
+            )
+
+        out = Path(parsed.output.dir) if parsed.output.dir else Path("out") / parsed.job.name
+        base = workdir if workdir is not None else Path.cwd()
+        return cls(
+            name=parsed.job.name,
+            spec_path=path,
+            manifest_path=manifest_path,
+            manifest_format=fmt,
+            output_dir=(out if out.is_absolute() else base / out).resolve(),
+            key_template=key_template,
+            prompt_template=prompt_template,
+            on_duplicate_key=item.on_duplicate_key,
+            metadata_columns=metadata_columns,
+            defaults=defaults,
+            c2pa_trust=parsed.c2pa.trust,
+            run=parsed.run,
+            max_line_bytes=parsed.manifest.max_line_bytes,
+            columns=columns,
+        )
+
+    @classmethod
+    def for_manifest(
+        cls,
+        path: Path,
+        job_name: str,
+        *,
+        defaults: Mapping[str, object] | None = None,
+        output_dir: Path | None = None,
+        run: RunOptions | None = None,
+        workdir: Path | None = None,
+    ) -> JobSpec:
+        """A spec for running a plain JSONL item manifest directly (no TOML file).
+
+        ``defaults`` as in ``[defaults]``; ``output_dir`` defaults to ``out/<job_name>`` under ``workdir``
+        (default: the current directory). Raises ``JobSpecError`` for a bad job name or defaults, and for
+        a manifest that is missing or not JSONL.
+        """
+        name = str(path)
+
+        def fail(message: str, loc: tuple[str, ...]) -> JobSpecError:
+            return JobSpecError(message, file=name, field=".".join(loc))
+
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", job_name):
+            raise fail(f"job name {job_name!r} must be 1..64 chars of A-Z a-z 0-9 . _ -", ("job", "name"))
+        fmt = detect_format(path)
+        if fmt != "jsonl":
+            raise fail("a manifest run without a job spec must be a .jsonl item file", ("manifest", "format"))
+        if not path.is_file():
+            raise fail(f"no such manifest file: {path}", ("manifest", "path"))
+        try:
+            checked = _Defaults.model_validate(dict(defaults or {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise fail(first["msg"], ("defaults", *(str(p) for p in first["loc"]))) from exc
+        clean = {k: v for k, v in checked.model_dump().items() if v is not None}
+        _check_defaults(clean, fail)
+        base = workdir if workdir is not None else Path.cwd()
+        out = output_dir if output_dir is not None else Path("out") / job_name
+        return cls(
+            name=job_name,
+            manifest_path=path.resolve(),
+            manifest_format="jsonl",
+            output_dir=(out if out.is_absolute() else base / out).resolve(),
+            defaults=clean,
+            run=run or RunOptions(),
+        )
+
+
+def _check_defaults(defaults: dict[str, object], fail: _Fail) -> None:
+    """Check the defaults alone with the service's rules (a stand-in prompt, the lenient generation rules)."""
+    probe = {**defaults, "prompt": "x"}
+    for problem in spec.check_image_request("/v1/images/generations", probe):
+        if problem.param == "model" and "model" not in defaults:
+            continue  # plain JSONL lines may each name their model
+        raise fail(problem.message, ("defaults", problem.param.split("[")[0].split(".")[0]))
+
+
+def _parse_template(text: str, loc: tuple[str, ...], fail: _Fail) -> Template:
+    try:
+        return Template.parse(text)
+    except TemplateSyntaxError as exc:
+        raise fail(f"bad template: {exc}", loc) from exc
+
+
+def _unknown_column(column: str, columns: tuple[str, ...]) -> str:
+    hint = ""
+    if _SUSPICIOUS.search(column):
+        hint = (
+            " (templates substitute plain fields only: no attribute/index access, conversions, format specs)"
+        )
+    shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
+    return f"template field '{{{column}}}' names no manifest column{hint}; columns: {shown}"

@@ -1,0 +1,341 @@
+"""Streamed reading of manifests: CSV catalogs and JSONL item files, row by row, in bounded memory.
+
+A manifest is read through a chunked binary line splitter (``CHUNK_BYTES`` at a time), so memory stays flat
+for any number of rows and a single physical line is never held whole beyond ``max_line_bytes``. Line numbers
+are physical, 1-based lines of the file (a CSV row with a quoted multi-line field starts at its first line).
+
+Errors come in two kinds (both :class:`batchpipe.errors.ManifestError`, with ``file``, ``line``, ``field``):
+
+- **row errors** are *yielded* in place of the row (a malformed JSONL line, a CSV row with the wrong number of
+  fields, bytes that are not UTF-8, a JSONL line over the cap): the caller decides to stop at the first one
+  or to record it and go on;
+- **file errors** are *raised* (no such file, empty file, a bad CSV header, a CSV quote left open to the end
+  of the file, a CSV line or row over the cap): nothing after them can be trusted.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import orjson
+
+from batchpipe.errors import ManifestError
+
+__all__ = [
+    "CHUNK_BYTES",
+    "DEFAULT_MAX_LINE_BYTES",
+    "ManifestFormat",
+    "ManifestRow",
+    "detect_format",
+    "iter_lines",
+    "iter_manifest",
+    "read_columns",
+]
+
+ManifestFormat = Literal["csv", "jsonl"]
+
+#: Default cap on one physical line (and on one CSV row), in bytes: 64 MiB.
+DEFAULT_MAX_LINE_BYTES: Final = 64 * 1024 * 1024
+#: Size of each read from the file, in bytes.
+CHUNK_BYTES: Final = 1024 * 1024
+
+_EXTENSIONS: Final[dict[str, ManifestFormat]] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_BOM: Final = codecs.BOM_UTF8
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    """One data row: ``line`` is the 1-based physical line it starts on; ``fields`` maps column → value.
+
+    CSV values are ``str`` (header names as keys); JSONL values are whatever the JSON object holds.
+    """
+
+    line: int
+    fields: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """A physical line (:func:`iter_lines`): ``data`` without its ``\\n``, or ``None`` if over the cap."""
+
+    number: int
+    data: bytes | None
+    length: int  # bytes, without the newline
+
+
+def detect_format(path: Path) -> ManifestFormat | None:
+    """``"csv"`` for ``.csv``, ``"jsonl"`` for ``.jsonl`` / ``.ndjson`` (case-insensitive), else ``None``."""
+    return _EXTENSIONS.get(path.suffix.lower())
+
+
+def iter_lines(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[_Line]:
+    """Physical lines of ``path`` as bytes without the trailing ``\\n``, read ``CHUNK_BYTES`` at a time.
+
+    A line longer than ``max_line_bytes`` (bytes, newline excluded) comes back with ``data=None`` and its
+    true ``length``; its bytes are skipped as they are read, never accumulated. A UTF-8 byte order mark at
+    the start of the file is dropped. Raises ``ManifestError`` if the file cannot be opened.
+    """
+    if max_line_bytes < 1:
+        raise ValueError("max_line_bytes must be >= 1")
+    name = str(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ManifestError(f"cannot open manifest: {exc.strerror or exc}", file=name) from exc
+    with handle:
+        number = 0
+        pending: list[bytes] = []  # pieces of the current line (only while it is under the cap)
+        pending_len = 0
+        skipping = False  # the current line went over the cap: count its bytes, keep none
+        first = True
+        while True:
+            chunk = handle.read(CHUNK_BYTES)
+            if not chunk:
+                break
+            if first:
+                first = False
+                if chunk.startswith(_BOM):
+                    chunk = chunk[len(_BOM) :]
+            pieces = chunk.split(b"\n")
+            for piece in pieces[:-1]:  # each of these ends a line
+                number += 1
+                total = pending_len + len(piece)
+                if skipping or total > max_line_bytes:
+                    yield _Line(number, None, total)
+                elif pending:
+                    pending.append(piece)
+                    yield _Line(number, b"".join(pending), total)
+                else:
+                    yield _Line(number, piece, total)
+                pending = []
+                pending_len = 0
+                skipping = False
+            tail = pieces[-1]
+            pending_len += len(tail)
+            if skipping or pending_len > max_line_bytes:
+                skipping = True
+                pending = []
+            elif tail:
+                pending.append(tail)
+        if pending_len or skipping:
+            number += 1
+            if skipping:
+                yield _Line(number, None, pending_len)
+            else:
+                yield _Line(number, b"".join(pending), pending_len)
+
+
+def _utf8_problem(data: bytes) -> str | None:
+    """A sentence naming the first byte that is not UTF-8, or ``None`` if ``data`` decodes."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8: byte 0x{data[exc.start]:02x} at column {exc.start + 1} ({exc.reason})"
+    return None
+
+
+def _too_long(line: _Line, max_line_bytes: int) -> str:
+    return f"line is {line.length:,} bytes, over the {max_line_bytes:,}-byte limit"
+
+
+def iter_manifest(
+    path: Path,
+    *,
+    fmt: ManifestFormat | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[ManifestRow | ManifestError]:
+    """Stream the data rows of a manifest; row errors are yielded, file errors raised (see module docstring).
+
+    ``fmt`` defaults from the extension (:func:`detect_format`). CSV: the first row is the header; every row
+    must have as many fields as the header; blank lines are skipped. JSONL: one JSON object per line; blank
+    lines are skipped. ``max_line_bytes`` caps one physical line (and one CSV row), in bytes.
+
+    Raises ``ManifestError`` (file-level) for: unknown format, unreadable or empty file, a bad CSV header
+    (empty, not UTF-8, duplicate column names), a CSV line or row over the cap, a quote left open at the end.
+    CSV header errors raise at the call; the others raise when iteration reaches them.
+    """
+    fmt = fmt or detect_format(path)
+    if fmt is None:
+        raise ManifestError(
+            "cannot tell the manifest format from the extension (use .csv, .jsonl or .ndjson, or say which)",
+            file=str(path),
+        )
+    if fmt == "csv":
+        return _iter_csv(path, max_line_bytes)
+    return _iter_jsonl(path, max_line_bytes)
+
+
+def _iter_jsonl(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | ManifestError]:
+    name = str(path)
+    seen_content = False
+    for line in iter_lines(path, max_line_bytes=max_line_bytes):
+        data = line.data
+        if data is None:
+            seen_content = True
+            yield ManifestError(_too_long(line, max_line_bytes), file=name, line=line.number)
+            continue
+        if not data.strip():
+            continue
+        seen_content = True
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            problem = _utf8_problem(data) or f"not valid JSON: {exc}"
+            yield ManifestError(problem, file=name, line=line.number)
+            continue
+        if not isinstance(value, dict):
+            yield ManifestError(
+                f"expected a JSON object, got {_json_type(value)}", file=name, line=line.number
+            )
+            continue
+        yield ManifestRow(line.number, value)
+    if not seen_content:
+        raise ManifestError("empty manifest: no rows", file=name)
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+class _CsvFeed:
+    """Feeds decoded physical lines to ``csv.reader`` and remembers what it saw for the current row."""
+
+    def __init__(self, path: Path, max_line_bytes: int) -> None:
+        self._lines = iter_lines(path, max_line_bytes=max_line_bytes)
+        self._max = max_line_bytes
+        self._name = str(path)
+        self.number = 0  # last physical line handed to the reader
+        self.row_bytes = 0  # bytes of the row being read so far
+        self.row_start = 1  # first line of the row being read
+        self.bad_utf8: list[tuple[int, str]] = []  # (line, problem) inside the current row
+
+    def start_row(self) -> None:
+        self.row_start = self.number + 1
+        self.row_bytes = 0
+        self.bad_utf8 = []
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._lines:
+            self.number = line.number
+            if line.data is None:
+                raise ManifestError(_too_long(line, self._max), file=self._name, line=line.number)
+            self.row_bytes += line.length + 1
+            if self.row_bytes > self._max:
+                raise ManifestError(
+                    f"CSV row is over the {self._max:,}-byte limit (a quoted field left open?)",
+                    file=self._name,
+                    line=self.row_start,
+                )
+            try:
+                text = line.data.decode("utf-8")
+            except UnicodeDecodeError:
+                problem = _utf8_problem(line.data) or "not valid UTF-8"
+                self.bad_utf8.append((line.number, problem))
+                text = line.data.decode("utf-8", "replace")  # keep the quoting structure intact
+            yield text + "\n"
+
+
+def _raise_field_limit(limit: int) -> None:
+    """``csv`` caps a field at 131,072 chars by default; raise the (process-wide) cap to our byte cap."""
+    if csv.field_size_limit() < limit:
+        csv.field_size_limit(limit)
+
+
+def read_columns(
+    path: Path, *, fmt: ManifestFormat | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> list[str]:
+    """The column names of a manifest: the CSV header, or the keys of the first JSONL object.
+
+    Raises ``ManifestError`` like :func:`iter_manifest` does, and also when the first JSONL row is bad.
+    """
+    if (fmt or detect_format(path)) == "csv":
+        return list(_CsvRows(path, max_line_bytes).header)
+    for row in iter_manifest(path, fmt=fmt, max_line_bytes=max_line_bytes):
+        if isinstance(row, ManifestError):
+            raise row
+        return list(row.fields)
+    return []  # pragma: no cover - an empty JSONL manifest raises above
+
+
+class _CsvRows(Iterator[ManifestRow | ManifestError]):
+    """The CSV row iterator; reads the header eagerly so that errors in it raise at once."""
+
+    def __init__(self, path: Path, max_line_bytes: int) -> None:
+        _raise_field_limit(max_line_bytes)
+        self._name = str(path)
+        self._feed = _CsvFeed(path, max_line_bytes)
+        self._reader = csv.reader(self._feed, strict=True)
+        self.header = self._read_header()
+        self._width = len(self.header)
+
+    def _read_header(self) -> tuple[str, ...]:
+        while True:
+            self._feed.start_row()
+            try:
+                row = next(self._reader)
+            except StopIteration:
+                raise ManifestError("empty manifest: no header row", file=self._name) from None
+            except csv.Error as exc:
+                raise ManifestError(
+                    f"malformed CSV header: {exc}", file=self._name, line=self._feed.row_start
+                ) from exc
+            if row:
+                break
+        if self._feed.bad_utf8:
+            line, problem = self._feed.bad_utf8[0]
+            raise ManifestError(f"header {problem}", file=self._name, line=line)
+        seen: set[str] = set()
+        for column in row:
+            if column in seen:
+                raise ManifestError(
+                    f"duplicate column name {column!r} in the header",
+                    file=self._name,
+                    line=self._feed.row_start,
+                    field=column,
+                )
+            seen.add(column)
+        return tuple(row)
+
+    def __next__(self) -> ManifestRow | ManifestError:
+        while True:
+            self._feed.start_row()
+            try:
+                row = next(self._reader)  # StopIteration ends the iteration
+            except csv.Error as exc:
+                if "unexpected end of data" in str(exc):
+                    raise ManifestError(
+                        f"malformed CSV: a quoted field opened here is never closed (reached the end at line "
+                        f"{self._feed.number})",
+                        file=self._name,
+                        line=self._feed.row_start,
+                    ) from exc
+                return ManifestError(f"malformed CSV: {exc}", file=self._name, line=self._feed.row_start)
+            if not row:
+                continue  # a blank line
+            if self._feed.bad_utf8:
+                line, problem = self._feed.bad_utf8[0]
+                return ManifestError(problem, file=self._name, line=line)
+            if len(row) != self._width:
+                return ManifestError(
+                    f"expected {self._width} fields (as in the header), got {len(row)}",
+                    file=self._name,
+                    line=self._feed.row_start,
+                )
+            return ManifestRow(self._feed.row_start, dict(zip(self.header, row, strict=True)))
+
+
+def _iter_csv(path: Path, max_line_bytes: int) -> _CsvRows:
+    return _CsvRows(path, max_line_bytes)

@@ -1,0 +1,470 @@
+"""Validation before spending: manifest rows → checked :class:`batchpipe.models.Item` objects, streamed.
+
+:func:`make_items` yields an ``Item`` for every row the service would accept and one :class:`ItemProblem`
+per reason a row cannot become a request (a row with three problems yields three, and no item). It never
+stops on a row error; whether to refuse the whole job (the default) or to record invalid rows and go on
+(``[run] skip_invalid``) is the caller's decision. File-level manifest errors are raised as
+``batchpipe.errors.ManifestError``.
+
+Keys are checked (:func:`key_problem`) and de-duplicated per the spec's ``on_duplicate_key``: with
+``"suffix"`` the 2nd occurrence of ``K`` becomes ``K~2`` (3rd ``K~3``...), reported as a warning naming
+both lines and recorded in the item's metadata under ``"_batchpipe"``; with ``"error"`` it is a problem.
+Keys are registered even for rows with other problems, so a row's key never depends on another row's
+validity. Memory stays flat: seen keys are kept as 8-byte hashes (:class:`KeyIndex`), not strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import unicodedata
+from array import array
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+import click
+import structlog
+
+from batchpipe import spec as rules
+from batchpipe.errors import InputError, ManifestError
+from batchpipe.jobspec import BODY_DEFAULT_FIELDS, JobSpec
+from batchpipe.manifest import ManifestRow, iter_manifest
+from batchpipe.models import ImageRef, Item
+
+__all__ = [
+    "MAX_KEY_CHARS",
+    "PLAIN_ITEM_FIELDS",
+    "ItemProblem",
+    "KeyIndex",
+    "ValidationReport",
+    "key_problem",
+    "make_items",
+    "validate_command",
+    "validate_job",
+]
+
+_log = structlog.get_logger(__name__)
+
+#: Longest item key, in characters (after any ``~n`` suffix).
+MAX_KEY_CHARS: Final = 512
+#: Body fields of a plain JSONL item line, in the order request bodies are built (SPEC ``CreateImageRequest``,
+#: ``EditImageBodyJsonParam``); ``model`` and ``prompt`` come first.
+_BODY_ORDER: Final[tuple[str, ...]] = (
+    "model",
+    "prompt",
+    *BODY_DEFAULT_FIELDS[1:],
+    "images",
+    "mask",
+    "input_fidelity",
+)
+#: Every field a plain JSONL item line may have.
+PLAIN_ITEM_FIELDS: Final[frozenset[str]] = frozenset({"key", "metadata", *_BODY_ORDER})
+_GENERATIONS: Final = "/v1/images/generations"
+_EDITS: Final = "/v1/images/edits"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemProblem:
+    """Why one manifest row cannot become a request (``severity="error"``), or a warning about it.
+
+    ``key``: the item key when known; ``file``/``line``: where the row is (1-based physical line);
+    ``field``: the column, manifest field or request body param (``"size"``, ``"images[0].image_url"``).
+    ``str()`` reads ``file:line: field 'size': message``.
+    """
+
+    key: str | None
+    file: str
+    line: int | None
+    field: str | None
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        if self.field:
+            where = f"{where}: field '{self.field}'"
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{where}: {prefix}{self.message}"
+
+    @classmethod
+    def from_error(cls, error: InputError, *, key: str | None = None) -> ItemProblem:
+        """The problem an ``InputError`` (e.g. a yielded ``ManifestError``) describes."""
+        return cls(key, error.file, error.line, error.field, error.reason)
+
+
+class KeyIndex:
+    """A set of keys stored as 8-byte BLAKE2b hashes, each with the line it was first seen on.
+
+    Open addressing over ``array('Q')`` at most half full: about 24 bytes per key (1,000,000 keys ≈ 24 MB),
+    against ~100 for a ``dict`` of strings. Two distinct keys share a hash with probability about
+    ``n² / 2**65`` (≈ 3e-8 for a million keys); such a key would be treated as a duplicate.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        size = 1
+        while size < max(capacity, 8):
+            size *= 2
+        self._slots = array("Q", bytes(8 * size))
+        self._lines = array("I", bytes(4 * size))
+        self._mask = size - 1
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @staticmethod
+    def _hash(key: str) -> int:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        return int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
+
+    def _find(self, digest: int) -> int:
+        slots, mask = self._slots, self._mask
+        i = digest & mask
+        while True:
+            value = slots[i]
+            if value == 0 or value == digest:
+                return i
+            i = (i + 1) & mask
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._slots[self._find(self._hash(key))] != 0
+
+    def add(self, key: str, line: int) -> int | None:
+        """Add ``key`` first seen on ``line``; returns ``None`` if new, else the line it was first seen on."""
+        digest = self._hash(key)
+        i = self._find(digest)
+        if self._slots[i]:
+            return self._lines[i]
+        self._slots[i] = digest
+        self._lines[i] = min(max(line, 0), 0xFFFFFFFF)
+        self._count += 1
+        if self._count * 2 > len(self._slots):
+            self._grow()
+        return None
+
+    def _grow(self) -> None:
+        old_slots, old_lines = self._slots, self._lines
+        size = len(old_slots) * 2
+        self._slots = array("Q", bytes(8 * size))
+        self._lines = array("I", bytes(4 * size))
+        self._mask = size - 1
+        for digest, line in zip(old_slots, old_lines, strict=True):
+            if digest:
+                i = self._find(digest)
+                self._slots[i] = digest
+                self._lines[i] = line
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an item key, or ``None``.
+
+    Rules: non-empty, at most ``MAX_KEY_CHARS``, no ``..`` anywhere, no leading ``/``, no empty path
+    segment (``a//b``, trailing ``/``), no backslash, no NUL or other control character. ``/`` may group
+    keys (``shoes/red-42``); the image store maps keys to paths safely.
+    """
+    if not key:
+        return "key is empty"
+    if len(key) > MAX_KEY_CHARS:
+        return f"key is {len(key)} characters, over the {MAX_KEY_CHARS}-character limit"
+    if ".." in key:
+        return f"key {key!r} contains '..'"
+    if key.startswith("/"):
+        return f"key {key!r} starts with '/'"
+    if "\\" in key:
+        return f"key {key!r} contains a backslash"
+    if "//" in key or key.endswith("/"):
+        return f"key {key!r} has an empty path segment"
+    for ch in key:
+        if unicodedata.category(ch) == "Cc":
+            return f"key {key!r} contains the control character U+{ord(ch):04X}"
+    return None
+
+
+def _image_ref(ref: object) -> ImageRef | None:
+    """The ledger's :class:`ImageRef` for a checked ``ImageRefParam`` (SPEC) object."""
+    if not isinstance(ref, dict):
+        return None
+    file_id = ref.get("file_id")
+    if isinstance(file_id, str):
+        return ImageRef("file", file_id)
+    url = ref.get("image_url")
+    if not isinstance(url, str):
+        return None
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        mime = header[5:].split(";")[0]
+        try:
+            digest: str | None = hashlib.sha256(base64.b64decode(payload, validate=True)).hexdigest()
+        except (binascii.Error, ValueError):
+            digest = None
+        return ImageRef("data", f"data:{mime};sha256={digest}" if digest else f"data:{mime}", digest)
+    return ImageRef("url", url)
+
+
+@dataclass(slots=True)
+class _Row:
+    """A row turned into a request, before key de-duplication and the service's checks."""
+
+    key: str | None
+    endpoint: rules.Endpoint
+    body: dict[str, object]
+    metadata: dict[str, object]
+    problems: list[tuple[str | None, str]] = field(default_factory=list)  # (field, message)
+
+
+def _catalog_row(spec: JobSpec, row: ManifestRow) -> _Row:
+    assert spec.key_template is not None
+    assert spec.prompt_template is not None
+    values = row.fields
+    out = _Row(None, _GENERATIONS, {}, {})
+    try:
+        out.key = spec.key_template.render(values).strip()
+    except TypeError as exc:
+        out.problems.append(("key", str(exc)))
+    try:
+        prompt = " ".join(spec.prompt_template.render(values).split())
+    except TypeError as exc:
+        out.problems.append(("prompt", str(exc)))
+        prompt = ""
+    else:
+        if not prompt:
+            empty = ", ".join(spec.prompt_template.fields)
+            out.problems.append(("prompt", f"the prompt renders empty (columns used: {empty})"))
+    body: dict[str, object] = {"model": spec.defaults["model"], "prompt": prompt}
+    for name in BODY_DEFAULT_FIELDS[1:]:
+        if name in spec.defaults:
+            body[name] = spec.defaults[name]
+    out.body = body
+    out.metadata = {column: values.get(column) for column in spec.metadata_columns}
+    return out
+
+
+def _plain_row(spec: JobSpec, row: ManifestRow) -> _Row:
+    fields = row.fields
+    out = _Row(None, _EDITS if fields.get("images") is not None else _GENERATIONS, {}, {})
+    for name in fields:
+        if name not in PLAIN_ITEM_FIELDS:
+            out.problems.append(
+                (name, f"unknown field {name!r} (known: {', '.join(sorted(PLAIN_ITEM_FIELDS))})")
+            )
+    key = fields.get("key")
+    if isinstance(key, str):
+        out.key = key
+    else:
+        out.problems.append(
+            ("key", "missing" if key is None else f"must be a string, not {type(key).__name__}")
+        )
+    metadata = fields.get("metadata")
+    if isinstance(metadata, dict):
+        out.metadata = dict(metadata)
+    elif metadata is not None:
+        out.problems.append(("metadata", f"must be an object, not {type(metadata).__name__}"))
+    body: dict[str, object] = {}
+    for name in _BODY_ORDER:
+        value = fields.get(name)
+        if value is None:
+            value = spec.defaults.get(name)
+        if value is not None:
+            body[name] = value
+    out.body = body
+    return out
+
+
+def make_items(
+    spec: JobSpec,
+    *,
+    limit: int | None = None,
+    on_warning: Callable[[ItemProblem], None] | None = None,
+) -> Iterator[Item | ItemProblem]:
+    """Stream ``spec``'s manifest as checked items and problems, in manifest order.
+
+    ``limit``: read at most this many data rows (each row counts, valid or not). ``on_warning`` receives
+    warnings (renamed duplicate keys); without it they are logged (structlog, event ``duplicate_key``).
+    Each ``Item`` has the endpoint (``/v1/images/edits`` when the row has ``images``), the body with the
+    defaults applied under the row's own fields and ``model`` always present, metadata (catalog mode: the
+    spec's ``metadata_columns``; plain JSONL: the line's ``metadata``), ``source`` ``"file:line"`` and, for
+    edits, ``inputs`` (the images, then the mask). Problems carry the param names of
+    ``spec.check_image_request`` as ``field``. Raises ``ManifestError`` for file-level manifest errors.
+    """
+    file = str(spec.manifest_path)
+    catalog = spec.prompt_template is not None
+    index = KeyIndex()
+    warn = on_warning or _log_warning
+    read = 0
+    rows = iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes)
+    for row in rows:
+        if limit is not None and read >= limit:
+            break
+        read += 1
+        if isinstance(row, ManifestError):
+            yield ItemProblem.from_error(row)
+            continue
+        built = _catalog_row(spec, row) if catalog else _plain_row(spec, row)
+        key = built.key
+        if key is not None:
+            message = key_problem(key)
+            if message is not None:
+                built.problems.append(("key", message))
+                key = None
+        if key is not None:
+            original = key
+            key, duplicate, first = _dedupe(spec, index, key, row.line, file, warn)
+            if duplicate is not None:
+                built.problems.append(("key", duplicate))
+            elif first is not None:
+                built.metadata["_batchpipe"] = {"duplicate_of": {"key": original, "line": first}}
+        reported = {name for name, _ in built.problems}
+        problems = [ItemProblem(key, file, row.line, name, message) for name, message in built.problems]
+        problems += [
+            ItemProblem(key, file, row.line, p.param, p.message)
+            for p in rules.check_image_request(built.endpoint, built.body)
+            if p.param not in reported
+        ]
+        if problems or key is None:
+            yield from problems
+            continue
+        inputs: tuple[ImageRef, ...] = ()
+        if built.endpoint == _EDITS:
+            refs = [*_as_list(built.body.get("images")), built.body.get("mask")]
+            inputs = tuple(ref for ref in map(_image_ref, refs) if ref is not None)
+        yield Item(
+            key=key,
+            endpoint=built.endpoint,
+            body=built.body,
+            metadata=built.metadata,
+            source=f"{file}:{row.line}",
+            inputs=inputs,
+        )
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _dedupe(
+    spec: JobSpec, index: KeyIndex, key: str, line: int, file: str, warn: Callable[[ItemProblem], None]
+) -> tuple[str, str | None, int | None]:
+    """``(final key, problem or None, first line if a duplicate)`` for ``key`` seen on ``line``.
+
+    Registers the final key in ``index``.
+    """
+    first = index.add(key, line)
+    if first is None:
+        return key, None, None
+    if spec.on_duplicate_key == "error":
+        return key, f"duplicate key {key!r} (first at line {first})", first
+    suffix = 2
+    while True:
+        candidate = f"{key}~{suffix}"
+        if index.add(candidate, line) is None:
+            break
+        suffix += 1
+    if len(candidate) > MAX_KEY_CHARS:
+        return (
+            key,
+            f"duplicate key {key!r} (first at line {first}) and {candidate!r} would be too long",
+            first,
+        )
+    warn(
+        ItemProblem(
+            candidate,
+            file,
+            line,
+            "key",
+            f"duplicate key {key!r} (first at line {first}, again at line {line}): renamed to {candidate!r}",
+            "warning",
+        )
+    )
+    return candidate, None, first
+
+
+def _log_warning(problem: ItemProblem) -> None:
+    _log.warning("duplicate_key", problem=str(problem), key=problem.key)
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+@dataclass(slots=True)
+class ValidationReport:
+    """What :func:`validate_job` found. Counts are rows/items; ``input_tokens`` estimated (``spec``);
+    ``cost_usd`` the estimated Batch-priced cost of the valid items (FACTS §6); ``problems`` and
+    ``warnings`` hold the first ``max_listed`` of each, ``problem_count``/``warning_count`` all of them.
+    ``groups`` counts items per ``(endpoint, model)``."""
+
+    items: int = 0
+    problem_count: int = 0
+    warning_count: int = 0
+    problems: list[ItemProblem] = field(default_factory=list)
+    warnings: list[ItemProblem] = field(default_factory=list)
+    groups: dict[tuple[str, str], int] = field(default_factory=dict)
+    input_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no row has a problem."""
+        return self.problem_count == 0
+
+
+def validate_job(spec: JobSpec, *, limit: int | None = None, max_listed: int = 50) -> ValidationReport:
+    """Run :func:`make_items` over the whole manifest, keeping counts and the first problems (no items)."""
+    report = ValidationReport()
+
+    def on_warning(problem: ItemProblem) -> None:
+        report.warning_count += 1
+        if len(report.warnings) < max_listed:
+            report.warnings.append(problem)
+
+    for result in make_items(spec, limit=limit, on_warning=on_warning):
+        if isinstance(result, ItemProblem):
+            report.problem_count += 1
+            if len(report.problems) < max_listed:
+                report.problems.append(result)
+            continue
+        report.items += 1
+        group = (result.endpoint, result.model)
+        report.groups[group] = report.groups.get(group, 0) + 1
+        report.input_tokens += rules.estimate_input_tokens(result.body)
+        cost = rules.request_cost_usd(result.model, rules.estimate_usage(result.body))
+        report.cost_usd += cost or 0.0
+    return report
+
+
+def _count_summary(report: ValidationReport) -> Mapping[str, object]:
+    return {
+        "items": report.items,
+        "problems": report.problem_count,
+        "warnings": report.warning_count,
+        "estimated_input_tokens": report.input_tokens,
+        "estimated_cost_usd": round(report.cost_usd, 4),
+    }
+
+
+@click.command("validate")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--job-name", help="Job name when SOURCE is a plain JSONL manifest rather than a TOML spec.")
+@click.option("--limit", type=click.IntRange(min=1), help="Read at most this many manifest rows.")
+@click.option("--max-listed", type=click.IntRange(min=0), default=50, show_default=True)
+def validate_command(source: Path, job_name: str | None, limit: int | None, max_listed: int) -> None:
+    """Check a job (TOML spec, or plain JSONL manifest) before spending anything; exit 1 on any problem."""
+    try:
+        if source.suffix.lower() == ".toml":
+            spec = JobSpec.load(source)
+        else:
+            spec = JobSpec.for_manifest(source, job_name or source.stem)
+        report = validate_job(spec, limit=limit, max_listed=max_listed)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for problem in report.problems:
+        click.echo(str(problem), err=True)
+    for warning in report.warnings:
+        click.echo(str(warning), err=True)
+    for (endpoint, model), count in sorted(report.groups.items()):
+        click.echo(f"{count:>9,}  {model}  {endpoint}")
+    click.echo("  ".join(f"{k}={v}" for k, v in _count_summary(report).items()))
+    if not report.ok:
+        raise SystemExit(1)
