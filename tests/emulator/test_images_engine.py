@@ -489,3 +489,20 @@ async def test_internal_failure_is_a_500_not_an_exception(
     error = _error(outcome)
     assert (error["type"], error["code"], error["param"]) == ("server_error", None, None)
     assert "exploded" not in str(error["message"])
+
+
+async def test_image_url_that_never_answers_times_out_as_400() -> None:
+    silent = socket.socket()  # listens (the kernel accepts the connection) but never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    ex = ImageExecutor(fetch_timeout_s=0.3)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/slow.png"
+        outcome = await ex.execute(EDIT, _body(images=[{"image_url": url}]), open_file=_no_files)
+        assert outcome.status_code == 400
+        error = _error(outcome)
+        assert (error["param"], error["code"]) == ("images[0].image_url", "invalid_image_url")
+        assert "Timeout" in str(error["message"])
+    finally:
+        await ex.aclose()
+        silent.close()
