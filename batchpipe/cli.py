@@ -1,13 +1,275 @@
-"""The ``batchpipe`` command line. Subcommands are defined next to the stage they drive and attached here."""
+"""The ``batchpipe`` command line.
+
+Exit codes: 0 every item succeeded; 1 the run finished but some items did not succeed (failed, invalid,
+expired, ...); 2 bad input or usage (nothing was submitted); 3 the run stopped before finishing (API
+unusable, an indeterminate submission): run the same command again to resume.
+"""
 
 from __future__ import annotations
 
+import csv
+import os
+import sys
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Final, TextIO
+
 import click
+import orjson
 
 from batchpipe import __version__
+from batchpipe.errors import ApiError, BatchpipeError, IndeterminateSubmissionError, InputError
+from batchpipe.ledger import SqliteLedger, open_ledger
+from batchpipe.logs import configure_logging
+
+__all__ = ["main"]
+
+#: The documented default work directory (ledger, shards, images, emulator state), under the current directory.
+DEFAULT_WORKDIR: Final = Path(".batchpipe")
+EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+
+_workdir_option = click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_WORKDIR,
+    show_default=True,
+    help="Ledger, shards, images and emulator state live here.",
+)
 
 
 @click.group()
 @click.version_option(__version__, prog_name="batchpipe")
-def main() -> None:
+@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+@click.option(
+    "--log-json/--log-text", default=None, help="Force JSON or text logs (default: text on a terminal)."
+)
+def main(log_level: str, log_json: bool | None) -> None:
     """Turn product catalogs into OpenAI Batch API image jobs, and account for every image."""
+    configure_logging(level=log_level, json=log_json)
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """``(label, base_url)`` for ``--api``: ``emulator`` (base_url None: start the embedded one), ``openai``
+    (needs OPENAI_API_KEY), or a URL. Default: ``openai`` when OPENAI_API_KEY is set, else ``emulator``."""
+    if api is None:
+        api = "openai" if environ.get("OPENAI_API_KEY") else "emulator"
+    if api == "emulator":
+        return "emulator", None
+    if api == "openai":
+        if not environ.get("OPENAI_API_KEY"):
+            raise click.UsageError("--api openai needs OPENAI_API_KEY in the environment")
+        return "openai", environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    if api.startswith(("http://", "https://")):
+        return api, api.rstrip("/")
+    raise click.UsageError(f"--api must be emulator, openai or a URL, not {api!r}")
+
+
+@main.command()
+@click.argument("job_spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--manifest", type=click.Path(dir_okay=False, path_type=Path), help="A plain JSONL item manifest."
+)
+@click.option("--job-name", help="Job name for --manifest runs.")
+@click.option(
+    "--api", default=None, help="emulator | openai | URL (default: openai if OPENAI_API_KEY is set)."
+)
+@_workdir_option
+@click.option("--limit", type=click.IntRange(min=1), help="Take only the first N items of the manifest.")
+@click.option("--skip-invalid", is_flag=True, help="Record invalid items as 'invalid' and submit the rest.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, help="Seconds between polls.")
+def run(
+    job_spec: Path | None,
+    manifest: Path | None,
+    job_name: str | None,
+    api: str | None,
+    workdir: Path,
+    limit: int | None,
+    skip_invalid: bool,
+    poll_interval: float | None,
+) -> None:
+    """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
+    from batchpipe.app import run_job
+
+    if (job_spec is None) == (manifest is None):
+        raise click.UsageError("give a JOB_SPEC or --manifest FILE.jsonl --job-name NAME")
+    if manifest is not None and not job_name:
+        raise click.UsageError("--manifest needs --job-name")
+    label, base_url = resolve_api(api, os.environ)
+    try:
+        code = run_job(
+            job_spec=job_spec,
+            manifest=manifest,
+            job_name=job_name,
+            api_label=label,
+            base_url=base_url,
+            environ=os.environ,
+            workdir=workdir,
+            limit=limit,
+            skip_invalid=skip_invalid,
+            poll_interval_s=poll_interval,
+            echo=_echo_err,
+        )
+    except InputError as exc:
+        _echo_err(f"error: {exc}")
+        for problem in getattr(exc, "problems", [])[:50]:
+            _echo_err(f"  {problem}")
+        extra = len(getattr(exc, "problems", [])) - 50
+        if extra > 0:
+            _echo_err(f"  ... and {extra} more")
+        sys.exit(EXIT_INPUT)
+    except IndeterminateSubmissionError as exc:
+        _echo_err(f"stopped: {exc}")
+        sys.exit(EXIT_STOPPED)
+    except ApiError as exc:
+        _echo_err(f"stopped: the API is not usable right now: {exc}. Run the same command again to resume.")
+        sys.exit(EXIT_STOPPED)
+    except BatchpipeError as exc:
+        _echo_err(f"error: {exc}")
+        sys.exit(EXIT_STOPPED)
+    sys.exit(code)
+
+
+def _open_existing_ledger(workdir: Path) -> SqliteLedger:
+    if not (workdir / "ledger.sqlite").is_file():
+        _echo_err(f"error: no ledger in {workdir} (run a job first, or pass --workdir)")
+        sys.exit(EXIT_INPUT)
+    return open_ledger(workdir)
+
+
+@main.command()
+@_workdir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def status(workdir: Path, as_json: bool) -> None:
+    """Items by status, batches by status and cost so far, for the latest run and the whole ledger."""
+    ledger = _open_existing_ledger(workdir)
+    latest = ledger.latest_run()
+    batches: dict[str, int] = {}
+    for batch in ledger.batches():
+        batches[batch["status"]] = batches.get(batch["status"], 0) + 1
+    report: dict[str, Any] = {
+        "workdir": str(workdir),
+        "latest_run": latest,
+        "latest_run_items": ledger.count_items(run_id=str(latest["run_id"])) if latest else {},
+        "items": ledger.count_items(),
+        "current_items": _current_counts(ledger),
+        "batches": batches,
+        "cost_usd": round(ledger.cost_usd(), 6),
+        "latest_run_cost_usd": round(ledger.cost_usd(run_id=str(latest["run_id"])), 6) if latest else 0.0,
+    }
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if latest:
+        console.print(f"latest run [bold]{latest['run_id']}[/] ({latest['status']}, api {latest['api']})")
+    table = Table("status", "latest run", "all attempts", "items now")
+    statuses = sorted(set(report["items"]) | set(report["latest_run_items"]) | set(report["current_items"]))
+    for name in statuses:
+        table.add_row(
+            name,
+            str(report["latest_run_items"].get(name, 0)),
+            str(report["items"].get(name, 0)),
+            str(report["current_items"].get(name, 0)),
+        )
+    console.print(table)
+    console.print("batches: " + (", ".join(f"{k} {v}" for k, v in sorted(batches.items())) or "none"))
+    console.print(
+        f"cost: ${report['latest_run_cost_usd']:.4f} latest run, ${report['cost_usd']:.4f} in all (batch prices)"
+    )
+
+
+def _current_counts(ledger: SqliteLedger) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in ledger.items(latest_only=True):
+        counts[row.status] = counts.get(row.status, 0) + 1
+    return counts
+
+
+@main.group()
+def ledger() -> None:
+    """Read the results ledger."""
+
+
+_EXPORT_FIELDS: Final = [
+    "custom_id",
+    "key",
+    "job",
+    "attempt",
+    "run_id",
+    "status",
+    "output_path",
+    "sha256",
+    "bytes",
+    "format",
+    "width",
+    "height",
+    "c2pa_state",
+    "error_code",
+    "error_message",
+    "retryable",
+    "model",
+    "endpoint",
+    "request_hash",
+    "batch_id",
+    "shard",
+    "cost_usd",
+    "source",
+    "product_key",
+    "variant",
+    "previous_custom_id",
+    "created_at",
+    "updated_at",
+]
+
+
+@ledger.command("export")
+@_workdir_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default stdout)."
+)
+@click.option("--all-attempts", is_flag=True, help="Every attempt, not only each item's latest.")
+@click.option("--run", "run_id", help="Only this run's rows.")
+def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run_id: str | None) -> None:
+    """One record per item (its latest attempt): custom_id, key, status, output_path, sha256, c2pa_state..."""
+    store = _open_existing_ledger(workdir)
+    rows = store.items(run_id=run_id, latest_only=not all_attempts)
+    with ExitStack() as stack:
+        out: TextIO = (
+            stack.enter_context(output.open("w", encoding="utf-8", newline="")) if output else sys.stdout
+        )
+        if fmt == "jsonl":
+            for row in rows:
+                record = row.to_record()
+                record.pop("body", None)
+                out.write(orjson.dumps(record).decode() + "\n")
+        else:
+            writer = csv.DictWriter(out, fieldnames=[*_EXPORT_FIELDS, "c2pa_issuer", "c2pa_failure_codes"])
+            writer.writeheader()
+            for row in rows:
+                record = row.to_record()
+                c2pa = record.get("c2pa") if isinstance(record.get("c2pa"), dict) else {}
+                flat = {k: record.get(k) for k in _EXPORT_FIELDS}
+                flat["c2pa_issuer"] = c2pa.get("issuer") if c2pa else None  # type: ignore[union-attr]
+                codes = c2pa.get("failure_codes") if c2pa else None  # type: ignore[union-attr]
+                flat["c2pa_failure_codes"] = " ".join(codes) if codes else ""
+                writer.writerow(flat)
+
+
+def _attach_optional_commands() -> None:
+    from batchpipe.emulator.cli import emulator_group
+    from batchpipe.provenance.cli import verify_command
+
+    main.add_command(verify_command, "verify")
+    main.add_command(emulator_group, "emulator")
+
+
+_attach_optional_commands()

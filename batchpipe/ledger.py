@@ -183,12 +183,42 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-_ITEM_COLUMNS: Final = (
-    "custom_id job item_key attempt run_id previous_custom_id endpoint model request_hash body_json "
-    "metadata_json source product_key variant inputs_json input_tokens_est shard batch_id status retryable "
-    "error_code error_message output_path sha256 bytes format width height c2pa_state c2pa_json usage_json "
-    "cost_usd created_at updated_at"
-).split()
+_ITEM_COLUMNS: Final = [
+    "custom_id",
+    "job",
+    "item_key",
+    "attempt",
+    "run_id",
+    "previous_custom_id",
+    "endpoint",
+    "model",
+    "request_hash",
+    "body_json",
+    "metadata_json",
+    "source",
+    "product_key",
+    "variant",
+    "inputs_json",
+    "input_tokens_est",
+    "shard",
+    "batch_id",
+    "status",
+    "retryable",
+    "error_code",
+    "error_message",
+    "output_path",
+    "sha256",
+    "bytes",
+    "format",
+    "width",
+    "height",
+    "c2pa_state",
+    "c2pa_json",
+    "usage_json",
+    "cost_usd",
+    "created_at",
+    "updated_at",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +368,9 @@ class SqliteLedger(Ledger):
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def _event(self, entity: str, entity_id: str, from_status: str | None, to_status: str, detail: str | None) -> None:
+    def _event(
+        self, entity: str, entity_id: str, from_status: str | None, to_status: str, detail: str | None
+    ) -> None:
         self._exec(
             "INSERT INTO events (at, entity, entity_id, from_status, to_status, detail) VALUES (?, ?, ?, ?, ?, ?)",
             (self._clock(), entity, entity_id, from_status, to_status, detail),
@@ -349,7 +381,8 @@ class SqliteLedger(Ledger):
         """The unfinished run of ``job`` if there is one, else a new one: ``(run_id, resumed)``."""
         with self.transaction():
             rows = self._rows(
-                "SELECT run_id FROM runs WHERE job = ? AND status = 'running' ORDER BY started_at DESC", (job,)
+                "SELECT run_id FROM runs WHERE job = ? AND status = 'running' ORDER BY started_at DESC",
+                (job,),
             )
             if rows:
                 return str(rows[0]["run_id"]), True
@@ -413,7 +446,9 @@ class SqliteLedger(Ledger):
             with self.transaction(), self._lock:
                 self._db.executemany(sql, params)
         except sqlite3.IntegrityError as exc:
-            raise LedgerError(f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}") from exc
+            raise LedgerError(
+                f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}"
+            ) from exc
         return len(params)
 
     def transition_items(
@@ -494,12 +529,17 @@ class SqliteLedger(Ledger):
 
         ``latest_only`` keeps, per (job, key), only the highest attempt (the row that speaks for the item).
         """
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[object] = []
         for column, value in (("run_id", run_id), ("job", job), ("shard", shard), ("batch_id", batch_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        for column, values in (("status", statuses), ("error_code", error_codes), ("c2pa_state", c2pa_states)):
+        for column, values in (
+            ("status", statuses),
+            ("error_code", error_codes),
+            ("c2pa_state", c2pa_states),
+        ):
             if values is not None:
                 listed = [str(v) for v in values]
                 where.append(f"{column} IN ({', '.join('?' for _ in listed)})" if listed else "1 = 0")
@@ -583,7 +623,12 @@ class SqliteLedger(Ledger):
             self._event("shard", str(values["name"]), None, "built", None)
 
     def transition_shard(
-        self, name: str, to_status: str, *, fields: Mapping[str, object] | None = None, note: str | None = None
+        self,
+        name: str,
+        to_status: str,
+        *,
+        fields: Mapping[str, object] | None = None,
+        note: str | None = None,
     ) -> None:
         """Guarded shard status change along :data:`SHARD_TRANSITIONS` (raises :class:`TransitionError`)."""
         allowed = [s for s, targets in SHARD_TRANSITIONS.items() if to_status in targets]
@@ -611,7 +656,9 @@ class SqliteLedger(Ledger):
             listed = list(statuses)
             where.append(f"status IN ({', '.join('?' for _ in listed)})" if listed else "1 = 0")
             params.extend(listed)
-        rows = self._rows(f"SELECT * FROM shards WHERE {' AND '.join(where)} ORDER BY created_at, name", params)
+        rows = self._rows(
+            f"SELECT * FROM shards WHERE {' AND '.join(where)} ORDER BY created_at, name", params
+        )
         return [ShardRow(**dict(r)) for r in rows]
 
     def shard(self, name: str) -> ShardRow | None:
@@ -631,8 +678,14 @@ class SqliteLedger(Ledger):
                 "INSERT INTO batches (batch_id, shard, run_id, model, status, input_file_id, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id) DO NOTHING",
                 (
-                    batch["id"], shard, run_id, model, batch["status"], batch["input_file_id"],
-                    float(batch.get("created_at") or now), now,
+                    batch["id"],
+                    shard,
+                    run_id,
+                    model,
+                    batch["status"],
+                    batch["input_file_id"],
+                    float(batch.get("created_at") or now),
+                    now,
                 ),
             )
             if cur.rowcount:
@@ -680,7 +733,9 @@ class SqliteLedger(Ledger):
             where.append("reconciled = 0")
         return [
             dict(r)
-            for r in self._rows(f"SELECT * FROM batches WHERE {' AND '.join(where)} ORDER BY created_at", params)
+            for r in self._rows(
+                f"SELECT * FROM batches WHERE {' AND '.join(where)} ORDER BY created_at", params
+            )
         ]
 
     def set_batch_progress(self, batch_id: str, **fields: object) -> None:
@@ -714,7 +769,10 @@ class SqliteLedger(Ledger):
 
     def mark_file_deleted(self, file_id: str) -> None:
         """Record that a file was deleted from the Files API."""
-        self._exec("UPDATE files SET deleted_at = ? WHERE file_id = ? AND deleted_at IS NULL", (self._clock(), file_id))
+        self._exec(
+            "UPDATE files SET deleted_at = ? WHERE file_id = ? AND deleted_at IS NULL",
+            (self._clock(), file_id),
+        )
 
     def files(self, *, role: str | None = None, deleted: bool | None = None) -> list[dict[str, Any]]:
         """File rows as dicts, by role and deletion state."""
@@ -745,7 +803,10 @@ class SqliteLedger(Ledger):
         if entity_id is not None:
             where.append("entity_id = ?")
             params.append(entity_id)
-        return [dict(r) for r in self._rows(f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY event_id", params)]
+        return [
+            dict(r)
+            for r in self._rows(f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY event_id", params)
+        ]
 
 
 def open_ledger(workdir: Path) -> SqliteLedger:

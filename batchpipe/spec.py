@@ -437,5 +437,5 @@ def request_cost_usd(model: str, usage: dict[str, object], *, batch: bool = True
     else:
         text_in = int(usage.get("input_tokens") or 0)  # type: ignore[call-overload]
     out = int(usage.get("output_tokens") or 0)  # type: ignore[call-overload]
-    cost = (text_in * rules.text_in_per_m + image_in * rules.image_in_per_m + out * rules.image_out_per_m) / 1e6
+    cost: float = (text_in * rules.text_in_per_m + image_in * rules.image_in_per_m + out * rules.image_out_per_m) / 1e6
     return cost * (BATCH_DISCOUNT if batch else 1.0)

@@ -1,0 +1,645 @@
+"""The run: build → submit (intent first) → poll → collect → reconcile → follow-up attempts.
+
+Decide first, then do the I/O (STYLE.md §8): every remote call that creates something (upload, batch create)
+is preceded by a committed *intent* (the shard's status in the ledger), so a process killed at any point
+restarts, reconciles the intent against ``GET /v1/files`` / ``GET /v1/batches`` and adopts what the service
+already has instead of creating it twice (gotchas #9). The ledger is the source of truth; running the same
+command again resumes the same run.
+
+Shard statuses: ``built → uploading → uploaded → creating → created → done`` (``indeterminate`` stops the
+run). Item statuses: see :class:`batchpipe.models.ItemStatus`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from batchpipe.build import ShardBuilder, ShardInfo
+from batchpipe.collector import RETRYABLE_ERROR_CODES, Collector
+from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError
+from batchpipe.ledger import ShardRow, SqliteLedger
+from batchpipe.models import Item, ItemStatus, make_custom_id, request_hash
+from batchpipe.spec import estimate_input_tokens
+from batchpipe.store import LocalImageStore
+
+__all__ = ["RunOptions", "RunSummary", "Runner", "ValidationFailed"]
+
+log = structlog.get_logger("batchpipe.run")
+
+#: Metadata keys put on every batch we create (SPEC ``Metadata``: <= 16 pairs, keys <= 64, values <= 512).
+META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_shard_sha256"
+
+
+class ValidationFailed(InputError):
+    """Items failed validation and ``skip_invalid`` is off: nothing was recorded or submitted.
+
+    ``problems`` lists every problem found (``str()`` of each names file, line and field).
+    """
+
+    def __init__(self, problems: list[Any], *, file: str) -> None:
+        self.problems = problems
+        super().__init__(
+            f"{len(problems)} invalid item(s); nothing was submitted (fix them, or pass --skip-invalid to "
+            "record them as invalid and submit the rest)",
+            file=file,
+        )
+
+
+@dataclass
+class RunOptions:
+    """How a run behaves. Times in seconds; budgets in estimated input tokens.
+
+    ``enqueued_token_budget``: per model, the most input tokens this run keeps enqueued at once (FACTS §3.1,
+    gotchas #4): shards go out in waves under it. ``output_grace_s``: how long a ``completed`` batch with
+    ``output_file_id: null`` is waited for before its rows are reconciled from the error file alone
+    (gotchas #3). ``cleanup_inputs`` / ``cleanup_outputs``: delete input files after their batch ends and
+    output/error files after collection (gotchas #6).
+    """
+
+    workdir: Path
+    limit: int | None = None
+    skip_invalid: bool = False
+    max_attempts: int = 3
+    poll_interval_s: float = 5.0
+    max_poll_interval_s: float = 60.0
+    collect_concurrency: int = 2
+    collect_workers: int = 2
+    enqueued_token_budget: dict[str, int] = field(default_factory=dict)
+    output_grace_s: float = 600.0
+    cleanup_inputs: bool = True
+    cleanup_outputs: bool = True
+    max_shard_requests: int | None = None
+    max_shard_bytes: int | None = None
+    stop_after: str | None = None  # testing hook: "build" | "submit" stops the run early (resumable)
+
+
+@dataclass
+class RunSummary:
+    """What a run did: item counts by status, batches, cost (USD), and whether every item succeeded."""
+
+    run_id: str
+    job: str
+    items: dict[str, int]
+    batches: int
+    cost_usd: float
+    skipped_unchanged: int
+    invalid: int
+    duplicates: int
+    finished: bool
+
+    @property
+    def all_succeeded(self) -> bool:
+        """True if every item of the run succeeded (superseded attempts aside)."""
+        return self.finished and all(
+            status in (ItemStatus.SUCCEEDED, ItemStatus.SUPERSEDED) for status, n in self.items.items() if n
+        )
+
+
+class Runner:
+    """Runs one job against one API. ``client``: an ``OpenAIClient``; ``verifier``: a C2PA verifier or None.
+
+    ``sleep`` and ``clock`` are injectable for tests. Raises :class:`ValidationFailed` on invalid input,
+    :class:`IndeterminateSubmissionError` when a submission intent cannot be decided, and the client's
+    :class:`ApiError` when the API is unusable after retries (the run stays resumable).
+    """
+
+    def __init__(
+        self,
+        ledger: SqliteLedger,
+        client: Any,
+        *,
+        options: RunOptions,
+        output_dir: Path,
+        verifier: Any = None,
+        api_label: str = "openai",
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+        progress: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.options = options
+        self.store = LocalImageStore(output_dir)
+        self.verifier = verifier
+        self.api_label = api_label
+        self._sleep = sleep
+        self._clock = clock
+        self._progress = progress or (lambda event, data: None)
+        self.shard_dir = options.workdir / "shards"
+        from batchpipe.poller import Poller
+
+        self.poller = Poller(client)
+        self._round = 0
+
+    # ------------------------------------------------------------------------------------------------
+    async def run(
+        self,
+        job: str,
+        spec_hash: str,
+        items: Callable[[], Iterator[Any]],
+        *,
+        source_name: str,
+    ) -> RunSummary:
+        """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``)."""
+        run_id, resumed = self.ledger.open_run(job, spec_hash, self.api_label)
+        log.info("run", job=job, run_id=run_id, resumed=resumed)
+        built = bool(self.ledger.shards(run_id=run_id)) or bool(self.ledger.count_items(run_id=run_id))
+        stats = {"skipped": 0, "invalid": 0, "duplicates": 0}
+        if not built:
+            stats = await self._build(job, run_id, items, source_name=source_name)
+        if self.options.stop_after == "build":
+            return self._summary(job, run_id, stats, finished=False)
+        collector = Collector(
+            self.client, self.ledger, self.store, self.verifier, workers=self.options.collect_workers
+        )
+        try:
+            await self._reconcile_intents(run_id)
+            if self.options.stop_after == "submit":
+                await self._submit_ready(run_id)
+                return self._summary(job, run_id, stats, finished=False)
+            await self._drive(job, run_id, collector)
+        finally:
+            collector.close()
+        counts = self.ledger.count_items(run_id=run_id)
+        finished = not any(counts.get(s) for s in (ItemStatus.PENDING, ItemStatus.SUBMITTED))
+        if finished:
+            self.ledger.finish_run(run_id, "finished")
+        return self._summary(job, run_id, stats, finished=finished)
+
+    def _summary(self, job: str, run_id: str, stats: dict[str, int], *, finished: bool) -> RunSummary:
+        return RunSummary(
+            run_id=run_id,
+            job=job,
+            items=self.ledger.count_items(run_id=run_id),
+            batches=len(self.ledger.batches(run_id=run_id)),
+            cost_usd=self.ledger.cost_usd(run_id=run_id),
+            skipped_unchanged=stats.get("skipped", 0),
+            invalid=stats.get("invalid", 0),
+            duplicates=stats.get("duplicates", 0),
+            finished=finished,
+        )
+
+    # -- build ---------------------------------------------------------------------------------------
+    def _builder(self, prefix: str) -> ShardBuilder:
+        kwargs: dict[str, Any] = {}
+        if self.options.max_shard_requests:
+            kwargs["max_requests"] = self.options.max_shard_requests
+        if self.options.max_shard_bytes:
+            kwargs["max_bytes"] = self.options.max_shard_bytes
+        return ShardBuilder(self.shard_dir, prefix=prefix, **kwargs)
+
+    async def _build(
+        self, job: str, run_id: str, items: Callable[[], Iterator[Any]], *, source_name: str
+    ) -> dict[str, int]:
+        """Validate and write every item to shards and the ledger in ONE transaction (all or nothing)."""
+        done = dict(self.ledger.succeeded_hashes(job))
+        builder = self._builder(run_id)
+        problems: list[Any] = []
+        rows: list[dict[str, object]] = []
+        stats = {"skipped": 0, "invalid": 0, "duplicates": 0, "items": 0}
+        count = 0
+        with self.ledger.transaction():
+            for entry in items():
+                if not isinstance(entry, Item):
+                    problems.append(entry)
+                    if self.options.skip_invalid and getattr(entry, "key", None):
+                        rows.append(self._invalid_row(job, run_id, entry))
+                    continue
+                if "_batchpipe" in entry.metadata:  # a renamed duplicate key (make_items warned about it)
+                    stats["duplicates"] += 1
+                if self.options.limit is not None and count >= self.options.limit:
+                    break
+                count += 1
+                rhash = request_hash(entry.endpoint, entry.body)
+                if done.get(entry.key) == rhash:
+                    stats["skipped"] += 1
+                    continue
+                rows.append(self._pending_row(job, run_id, entry, rhash, attempt=0))
+                if len(rows) >= 500:
+                    await self._flush_rows(job, rows, builder)
+            await self._flush_rows(job, rows, builder)
+            if problems and not self.options.skip_invalid:
+                raise ValidationFailed(problems, file=source_name)
+            shards = await builder.close()
+            for shard in shards:
+                self._insert_shard(run_id, job, shard)
+            stats["invalid"] = len(problems)
+            stats["items"] = count
+        for problem in problems:
+            log.warning("invalid item", problem=str(problem))
+        self._progress("built", {"items": count, "shards": len(shards), **stats})
+        log.info(
+            "built",
+            run_id=run_id,
+            items=count,
+            shards=len(shards),
+            **{k: v for k, v in stats.items() if k != "items"},
+        )
+        return stats
+
+    def _pending_row(
+        self, job: str, run_id: str, item: Item, rhash: str, *, attempt: int
+    ) -> dict[str, object]:
+        return {
+            "job": job,
+            "item_key": item.key,
+            "attempt": attempt,  # 0 = not numbered yet: _flush_rows numbers it after the ledger's history
+            "run_id": run_id,
+            "endpoint": item.endpoint,
+            "model": item.model,
+            "request_hash": rhash,
+            "body_json": orjson.dumps(item.body).decode(),
+            "metadata_json": orjson.dumps(item.metadata).decode(),
+            "source": item.source,
+            "product_key": item.product_key,
+            "variant": item.variant,
+            "inputs_json": orjson.dumps(
+                [
+                    vars(r) if hasattr(r, "__dict__") else {"kind": r.kind, "ref": r.ref, "sha256": r.sha256}
+                    for r in item.inputs
+                ]
+            ).decode()
+            if item.inputs
+            else None,
+            "input_tokens_est": estimate_input_tokens(item.body),
+            "status": ItemStatus.PENDING,
+            "_item": item,
+        }
+
+    def _invalid_row(self, job: str, run_id: str, problem: Any) -> dict[str, object]:
+        key = str(problem.key)
+        return {
+            "job": job,
+            "item_key": key,
+            "attempt": 0,
+            "run_id": run_id,
+            "endpoint": "",
+            "model": "",
+            "request_hash": "",
+            "body_json": "{}",
+            "metadata_json": "{}",
+            "source": f"{getattr(problem, 'file', '')}:{getattr(problem, 'line', '')}",
+            "status": ItemStatus.INVALID,
+            "error_code": "invalid_item",
+            "error_message": str(problem)[:2000],
+            "retryable": 0,
+        }
+
+    async def _flush_rows(
+        self, job: str, rows: list[dict[str, object]], builder: ShardBuilder | None
+    ) -> None:
+        """Number attempts after the ledger's history, supersede older attempts, add lines to shards."""
+        if not rows:
+            return
+        previous = self.ledger.latest_attempts(job, [str(r["item_key"]) for r in rows])
+        supersede: list[str] = []
+        for row in rows:
+            prior = previous.get(str(row["item_key"]))
+            row["attempt"] = (prior.attempt + 1) if prior else 1
+            if prior is not None:
+                row["previous_custom_id"] = prior.custom_id
+                if prior.status not in (ItemStatus.SUBMITTED, ItemStatus.SUPERSEDED):
+                    supersede.append(prior.custom_id)
+            row["custom_id"] = make_custom_id(job, str(row["item_key"]), int(str(row["attempt"])))
+            item = row.pop("_item", None)
+            if builder is not None and isinstance(item, Item):
+                ref = await builder.add(str(row["custom_id"]), item)
+                row["shard"] = getattr(ref, "name", ref)
+        if supersede:
+            self.ledger.transition_items(supersede, ItemStatus.SUPERSEDED, strict=False)
+        self.ledger.insert_items(rows)
+        rows.clear()
+
+    def _insert_shard(self, run_id: str, job: str, shard: ShardInfo) -> None:
+        self.ledger.insert_shard(
+            {
+                "name": shard.name,
+                "run_id": run_id,
+                "job": job,
+                "endpoint": shard.endpoint,
+                "model": shard.model,
+                "path": str(shard.path),
+                "requests": shard.requests,
+                "bytes": shard.bytes,
+                "sha256": shard.sha256,
+                "input_tokens": shard.input_tokens,
+            }
+        )
+
+    # -- submit (intent first) -----------------------------------------------------------------------
+    async def _reconcile_intents(self, run_id: str) -> None:
+        """Settle shards a previous process left mid-submission by asking the service what it has."""
+        for shard in self.ledger.shards(run_id=run_id, statuses=["uploading", "creating", "indeterminate"]):
+            if shard.status == "uploading" or (shard.status == "indeterminate" and not shard.input_file_id):
+                await self._reconcile_upload(shard)
+            else:
+                await self._reconcile_create(shard)
+
+    async def _reconcile_upload(self, shard: ShardRow) -> None:
+        filename = Path(shard.path).name
+        since = (shard.intent_at or 0) - 120
+        try:
+            found = None
+            after = None
+            while found is None:
+                page = await self.client.list_files(purpose="batch", after=after, limit=10_000)
+                data = page.get("data") or []
+                found = next(
+                    (f for f in data if f.get("filename") == filename and f.get("bytes") == shard.bytes), None
+                )
+                if (
+                    found
+                    or not page.get("has_more")
+                    or not data
+                    or min(int(f.get("created_at") or 0) for f in data) < since
+                ):
+                    break
+                after = page.get("last_id") or data[-1]["id"]
+        except ApiError as exc:
+            self._indeterminate(shard, f"cannot list files to reconcile the upload: {exc}")
+        if found is not None:
+            self.ledger.record_file(found, role="input", sha256=shard.sha256)
+            self._shard_to(
+                shard, "uploaded", fields={"input_file_id": found["id"]}, note="adopted existing upload"
+            )
+            log.info("adopted upload", shard=shard.name, file_id=found["id"])
+        else:
+            self._shard_to(shard, "built", note="upload never reached the service")
+
+    async def _reconcile_create(self, shard: ShardRow) -> None:
+        since = (shard.intent_at or 0) - 120
+        found = None
+        try:
+            async for batch in self.client.iter_batches(
+                limit=100, stop=lambda b: int(b.get("created_at") or 0) < since
+            ):
+                meta = batch.get("metadata") or {}
+                if meta.get(META_SHARD) == shard.name and meta.get(META_RUN) == shard.run_id:
+                    found = batch
+                    break
+        except ApiError as exc:
+            self._indeterminate(shard, f"cannot list batches to reconcile the create: {exc}")
+        if found is not None:
+            if shard.status == "indeterminate":
+                self.ledger.transition_shard(
+                    shard.name, "uploaded", fields={"input_file_id": shard.input_file_id}
+                )
+                self.ledger.transition_shard(shard.name, "creating")
+            self._adopt_batch(shard, found, note="adopted existing batch")
+            log.info("adopted batch", shard=shard.name, batch_id=found["id"])
+        else:
+            self._shard_to(shard, "uploaded", note="create never reached the service")
+
+    def _shard_to(
+        self, shard: ShardRow, status: str, *, fields: dict[str, object] | None = None, note: str
+    ) -> None:
+        if shard.status == "indeterminate" and status not in ("built", "uploaded", "created"):
+            status = "uploaded"
+        self.ledger.transition_shard(shard.name, status, fields=fields, note=note)
+
+    def _indeterminate(self, shard: ShardRow, why: str) -> None:
+        if shard.status != "indeterminate":
+            self.ledger.transition_shard(shard.name, "indeterminate", note=why)
+        raise IndeterminateSubmissionError(
+            why,
+            shard=shard.name,
+            resolve_command=f"batchpipe run <same job> --workdir {self.options.workdir}",
+        )
+
+    def _inflight_tokens(self, run_id: str) -> dict[str, int]:
+        tokens: dict[str, int] = {}
+        live = {
+            b["batch_id"]
+            for b in self.ledger.batches(run_id=run_id)
+            if b["status"] in ("validating", "in_progress", "finalizing", "cancelling")
+        }
+        for shard in self.ledger.shards(run_id=run_id, statuses=["created"]):
+            if shard.batch_id in live:
+                tokens[shard.model] = tokens.get(shard.model, 0) + shard.input_tokens
+        return tokens
+
+    async def _submit_ready(self, run_id: str) -> int:
+        """Submit built shards, in order, while each model's enqueued-token budget allows; returns how many."""
+        inflight = self._inflight_tokens(run_id)
+        submitted = 0
+        for shard in self.ledger.shards(run_id=run_id, statuses=["built", "uploaded"]):
+            budget = self.options.enqueued_token_budget.get(shard.model)
+            used = inflight.get(shard.model, 0)
+            if budget is not None and used and used + shard.input_tokens > budget:
+                continue  # next wave
+            await self._submit(shard)
+            inflight[shard.model] = used + shard.input_tokens
+            submitted += 1
+        return submitted
+
+    async def _submit(self, shard: ShardRow) -> None:
+        if shard.status == "built":
+            self.ledger.transition_shard(shard.name, "uploading", fields={"intent_at": self._clock()})
+            uploaded = await self.client.upload_file(
+                Path(shard.path), purpose="batch", filename=Path(shard.path).name
+            )
+            with self.ledger.transaction():
+                self.ledger.record_file(uploaded, role="input", sha256=shard.sha256)
+                self.ledger.transition_shard(shard.name, "uploaded", fields={"input_file_id": uploaded["id"]})
+            shard = self.ledger.shard(shard.name) or shard
+        self.ledger.transition_shard(shard.name, "creating", fields={"intent_at": self._clock()})
+        metadata = {META_RUN: shard.run_id, META_SHARD: shard.name, META_SHA: shard.sha256[:64]}
+        try:
+            batch = await self.client.create_batch(
+                input_file_id=str(shard.input_file_id), endpoint=shard.endpoint, metadata=metadata
+            )
+        except ApiStatusError as exc:
+            if exc.status_code < 500 and exc.status_code not in (408, 409):
+                # The service refused (4xx): nothing was created; retrying later is safe.
+                self.ledger.transition_shard(shard.name, "uploaded", note=f"create refused: {exc}")
+            raise
+        self._adopt_batch(self.ledger.shard(shard.name) or shard, batch, note="created")
+        log.info("batch created", shard=shard.name, batch_id=batch["id"], requests=shard.requests)
+
+    def _adopt_batch(self, shard: ShardRow, batch: dict[str, Any], *, note: str) -> None:
+        with self.ledger.transaction():
+            self.ledger.record_batch(batch, shard=shard.name, run_id=shard.run_id, model=shard.model)
+            self.ledger.update_batch(batch)
+            ids = [
+                row.custom_id for row in self.ledger.items(shard=shard.name, statuses=[ItemStatus.PENDING])
+            ]
+            self.ledger.transition_items(ids, ItemStatus.SUBMITTED, fields={"batch_id": batch["id"]})
+            self.ledger.transition_shard(shard.name, "created", fields={"batch_id": batch["id"]}, note=note)
+
+    # -- drive: poll, collect, reconcile, follow up -----------------------------------------------------
+    async def _drive(self, job: str, run_id: str, collector: Collector) -> None:
+        interval = self.options.poll_interval_s
+        while True:
+            await self._submit_ready(run_id)
+            open_batches = self.ledger.batches(run_id=run_id, unfinished=True)
+            if not open_batches:
+                if await self._follow_up(job, run_id):
+                    continue
+                if self.ledger.shards(run_id=run_id, statuses=["built", "uploaded"]):
+                    continue
+                return
+            tracked = {
+                b["batch_id"]: float(b["created_at"])
+                for b in open_batches
+                if b["status"] not in ("completed", "failed", "expired", "cancelled")
+            }
+            changed = False
+            if tracked:
+                result = await self.poller.poll(tracked)
+                for batch_id, batch in result.batches.items():
+                    if self.ledger.update_batch(batch) is not None:
+                        changed = True
+                        log.info(
+                            "batch status",
+                            batch_id=batch_id,
+                            status=batch["status"],
+                            counts=batch.get("request_counts"),
+                        )
+                self._progress("poll", {"batches": result.batches})
+            ready = [
+                b
+                for b in self.ledger.batches(run_id=run_id, unfinished=True)
+                if b["status"] in ("completed", "failed", "expired", "cancelled")
+            ]
+            if ready:
+                sem = asyncio.Semaphore(self.options.collect_concurrency)
+
+                async def one(b: dict[str, Any], sem: asyncio.Semaphore = sem) -> bool:
+                    async with sem:
+                        return await self._finish_batch(b, collector)
+
+                results = await asyncio.gather(*(one(b) for b in ready))
+                changed = changed or any(results)
+            if changed:
+                interval = self.options.poll_interval_s
+            else:
+                await self._sleep(interval)
+                interval = min(self.options.max_poll_interval_s, interval * 1.5)
+
+    async def _finish_batch(self, batch: dict[str, Any], collector: Collector) -> bool:
+        """Collect a terminal batch's files, reconcile its rows, clean up; True if it was reconciled."""
+        batch_id = batch["batch_id"]
+        status = batch["status"]
+        counts = orjson.loads(batch["request_counts_json"] or "null") or {}
+        output_id, error_id = batch["output_file_id"], batch["error_file_id"]
+        if status == "completed" and output_id is None and (counts.get("completed") or 0) > 0:
+            ended = batch["ended_at"] or batch["updated_at"]
+            if self._clock() - float(ended) < self.options.output_grace_s:
+                return False  # gotchas #3: completed while output_file_id is still null; wait for it
+            log.warning("output file never appeared", batch_id=batch_id)
+        targets = collector.targets_for_batch(batch_id)
+        if output_id and not batch["output_done"]:
+            self.ledger.record_file({"id": output_id, "purpose": "batch_output"}, role="output")
+            await collector.collect_file(batch_id, output_id, "output", targets)
+        if error_id and not batch["error_done"]:
+            self.ledger.record_file({"id": error_id, "purpose": "batch_output"}, role="error")
+            await collector.collect_file(batch_id, error_id, "error", targets)
+        self._reconcile_batch(batch_id, status)
+        await self._cleanup(batch)
+        return True
+
+    def _reconcile_batch(self, batch_id: str, status: str) -> None:
+        """Every submitted custom_id ends in exactly one state; leftovers become missing (or the batch's fate)."""
+        left = [
+            row.custom_id for row in self.ledger.items(batch_id=batch_id, statuses=[ItemStatus.SUBMITTED])
+        ]
+        with self.ledger.transaction():
+            if left:
+                if status == "failed":
+                    errors = next((b for b in self.ledger.batches() if b["batch_id"] == batch_id), {}).get(
+                        "errors_json"
+                    )
+                    data = (orjson.loads(errors) or {}).get("data") if errors else None
+                    first = (data or [{}])[0]
+                    code = str(first.get("code") or "batch_failed")
+                    self.ledger.transition_items(
+                        left,
+                        ItemStatus.FAILED,
+                        fields={
+                            "error_code": code,
+                            "error_message": str(first.get("message") or "the batch failed validation")[
+                                :2000
+                            ],
+                            "retryable": 1 if code in RETRYABLE_ERROR_CODES else 0,
+                        },
+                    )
+                else:
+                    fate = {"expired": ItemStatus.EXPIRED, "cancelled": ItemStatus.CANCELLED}.get(
+                        status, ItemStatus.MISSING
+                    )
+                    code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(status, "missing")
+                    self.ledger.transition_items(
+                        left,
+                        fate,
+                        fields={
+                            "error_code": code,
+                            "error_message": "in neither the output file nor the error file"
+                            if fate == ItemStatus.MISSING
+                            else f"batch {status}",
+                            "retryable": 1,
+                        },
+                    )
+                log.warning("reconciled leftovers", batch_id=batch_id, rows=len(left), batch_status=status)
+            self.ledger.set_batch_progress(batch_id, reconciled=1)
+            shard = next(
+                (s for s in self.ledger.shards(statuses=["created"]) if s.batch_id == batch_id), None
+            )
+            if shard is not None:
+                self.ledger.transition_shard(shard.name, "done")
+
+    async def _cleanup(self, batch: dict[str, Any]) -> None:
+        ids = []
+        if self.options.cleanup_inputs:
+            ids.append(batch["input_file_id"])
+        if self.options.cleanup_outputs:
+            ids += [batch["output_file_id"], batch["error_file_id"]]
+        for file_id in filter(None, ids):
+            with contextlib.suppress(ApiError):
+                await self.client.delete_file(file_id)
+                self.ledger.mark_file_deleted(file_id)
+
+    async def _follow_up(self, job: str, run_id: str) -> bool:
+        """New attempts for retryable failures of this run (up to ``max_attempts``); True if any were made."""
+        retry = [
+            row
+            for row in self.ledger.items(
+                run_id=run_id,
+                statuses=[ItemStatus.FAILED, ItemStatus.EXPIRED, ItemStatus.CANCELLED, ItemStatus.MISSING],
+            )
+            if row.retryable and row.attempt < self.options.max_attempts
+        ]
+        latest = self.ledger.latest_attempts(job, [r.item_key for r in retry])
+        retry = [r for r in retry if latest[r.item_key].custom_id == r.custom_id]
+        if not retry:
+            return False
+        self._round += 1
+        builder = self._builder(f"{run_id}-retry{int(self._clock())}-{self._round}")
+        rows = []
+        with self.ledger.transaction():
+            for row in retry:
+                item = Item(
+                    key=row.item_key,
+                    endpoint=row.endpoint,  # type: ignore[arg-type]
+                    body=row.body,
+                    metadata=orjson.loads(row.metadata_json),
+                    source=row.source,
+                    product_key=row.product_key,
+                    variant=row.variant,
+                )
+                rows.append(self._pending_row(job, run_id, item, row.request_hash, attempt=0))
+                if len(rows) >= 500:
+                    await self._flush_rows(job, rows, builder)
+            await self._flush_rows(job, rows, builder)
+            for shard in await builder.close():
+                self._insert_shard(run_id, job, shard)
+        log.info("follow-up attempts", run_id=run_id, items=len(retry))
+        return True
