@@ -1,0 +1,150 @@
+"""Settings of the emulator: speed, limits and faults, as read-only (frozen) pydantic models.
+
+Everything is off or generous by default: an ``EmulatorConfig()`` behaves like a fast, healthy service.
+Times are in seconds (``_s``) unless the name says ``_ms``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ROUTES",
+    "EmulatorConfig",
+    "FaultConfig",
+    "RouteFaults",
+    "SpeedConfig",
+]
+
+#: Route names used by faults, logs and rate limits (one per operation).
+ROUTES: tuple[str, ...] = (
+    "files.create",
+    "files.list",
+    "files.retrieve",
+    "files.content",
+    "files.delete",
+    "batches.create",
+    "batches.list",
+    "batches.retrieve",
+    "batches.cancel",
+    "images.generations",
+    "images.edits",
+)
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class RouteFaults(BaseModel):
+    """HTTP faults for one route (or ``"*"``, every route).
+
+    ``share_429`` / ``share_5xx``: probability (0..1, seeded RNG) that a request is answered 429
+    (``rate_limit_exceeded``) or 500/503 (``server_error``) instead of being handled.
+    ``first_n_429`` / ``first_n_5xx``: the first N requests on the route are answered so, deterministically
+    (the 429 counter is consumed before the 5xx one).
+    """
+
+    model_config = _FROZEN
+
+    share_429: float = Field(default=0.0, ge=0.0, le=1.0)
+    share_5xx: float = Field(default=0.0, ge=0.0, le=1.0)
+    first_n_429: int = Field(default=0, ge=0)
+    first_n_5xx: int = Field(default=0, ge=0)
+
+
+class FaultConfig(BaseModel):
+    """Faults on demand. Probabilities use one RNG seeded with ``seed``; counters ("first N") are
+    deterministic and count from server start (they are not persisted across restarts, but a batch's
+    own fault plan is decided at creation and persisted with it).
+
+    - ``routes``: per-route HTTP 429 / 5xx faults, keyed by a name from ``ROUTES`` or ``"*"``.
+    - ``latency_ms`` (added to every response, after ``latency_share`` probability; default every one).
+    - ``cut_download_after_bytes``: cut the connection of ``GET /v1/files/{id}/content`` after this many
+      bytes of body, for the first ``cut_download_first_n`` downloads and/or a ``cut_download_share`` of them.
+    - ``null_output_file_s``: a ``completed`` batch shows null ``output_file_id``/``error_file_id`` this long.
+    - ``shuffle_output``: output and error lines are published in a shuffled order (seeded).
+    - ``drop_rows``: this many result rows (seeded choice) appear in neither output nor error file, for the
+      first ``drop_rows_first_n_batches`` batches (0 with ``drop_rows`` > 0 means every batch).
+    - ``expire_after_lines``: the batch expires mid-run after this many lines finished, for the first
+      ``expire_first_n_batches`` batches and/or an ``expire_share`` of batches.
+    - ``stuck_finalizing_s``: the batch stays in ``finalizing`` this long before completing.
+    """
+
+    model_config = _FROZEN
+
+    seed: int = 0
+    routes: dict[str, RouteFaults] = Field(default_factory=dict)
+    latency_ms: int = Field(default=0, ge=0)
+    latency_share: float = Field(default=1.0, ge=0.0, le=1.0)
+    cut_download_after_bytes: int | None = Field(default=None, ge=0)
+    cut_download_first_n: int = Field(default=0, ge=0)
+    cut_download_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    null_output_file_s: float = Field(default=0.0, ge=0.0)
+    shuffle_output: bool = False
+    drop_rows: int = Field(default=0, ge=0)
+    drop_rows_first_n_batches: int = Field(default=0, ge=0)
+    expire_after_lines: int | None = Field(default=None, ge=0)
+    expire_first_n_batches: int = Field(default=0, ge=0)
+    expire_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    stuck_finalizing_s: float = Field(default=0.0, ge=0.0)
+
+
+class SpeedConfig(BaseModel):
+    """Timing of the batch lifecycle.
+
+    ``mode="instant"``: lines run as fast as the CPU allows and every phase delay is zero, so a
+    1,000-request batch completes in seconds. ``mode="realistic"``: the phase delays below apply
+    (defaults chosen for drills: seconds, not hours). ``completion_window_s`` is how long a batch may
+    run before it expires (the real service: 86,400 s for ``"24h"``; ``expires_at`` reports it).
+    """
+
+    model_config = _FROZEN
+
+    mode: Literal["instant", "realistic"] = "instant"
+    validating_s: float = Field(default=2.0, ge=0.0)
+    per_request_s: float = Field(default=0.5, ge=0.0)
+    finalizing_s: float = Field(default=2.0, ge=0.0)
+    cancelling_s: float = Field(default=3.0, ge=0.0)
+    completion_window_s: int = Field(default=86_400, ge=1)
+
+    def delay(self, phase: Literal["validating", "per_request", "finalizing", "cancelling"]) -> float:
+        """The delay in seconds for ``phase``: 0 in instant mode, the configured value otherwise."""
+        if self.mode == "instant":
+            return 0.0
+        return float(getattr(self, f"{phase}_s"))
+
+
+class EmulatorConfig(BaseModel):
+    """The whole emulator configuration (read-only once built).
+
+    ``state_dir``: files on disk and ``state.sqlite3`` metadata; ``None`` lets ``EmbeddedEmulator`` use a
+    temporary directory. ``concurrency``: lines of one batch executed at once. ``image_detail``: passed to
+    ``ImageExecutor`` (``"fast"`` keeps images small). ``rpm_limit``: requests per minute over all routes
+    (fixed 60 s window); ``tpm_limit``: only reported in the ``x-ratelimit-*-tokens`` headers (image routes
+    count estimated input tokens; never answered 429). ``enqueued_token_limit``: per-model cap on estimated
+    input tokens of non-terminal batches (FACTS §3.1); ``None`` means unlimited. ``org``: the organisation
+    name used in error messages.
+    """
+
+    model_config = _FROZEN
+
+    state_dir: Path | None = None
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    image_detail: Literal["fast", "realistic"] = "fast"
+    image_workers: int = Field(default=2, ge=1)
+    fetch_timeout_s: float = Field(default=5.0, gt=0.0)
+    rpm_limit: int = Field(default=10_000, ge=1)
+    tpm_limit: int = Field(default=10_000_000, ge=1)
+    enqueued_token_limit: dict[str, int] | int | None = None
+    org: str = "org-emulator"
+
+    def enqueued_limit_for(self, model: str) -> int | None:
+        """The enqueued-token limit for ``model`` (a dict is looked up by model, ``"*"`` as fallback)."""
+        limit = self.enqueued_token_limit
+        if isinstance(limit, dict):
+            return limit.get(model, limit.get("*"))
+        return limit
