@@ -265,8 +265,15 @@ class FileStream:
         return self._iterate(self._response.aiter_bytes(chunk_size))
 
     def aiter_raw(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        """Like :meth:`aiter_bytes` without content decoding (identical here: identity encoding is asked)."""
-        return self._iterate(self._response.aiter_raw(chunk_size))
+        """Like :meth:`aiter_bytes` without content decoding (identical here: identity encoding is asked).
+
+        A response whose body is already in memory (e.g. built by ``httpx.MockTransport``) is served from
+        memory, since httpx cannot replay its raw stream."""
+        try:
+            _ = self._response.content
+        except httpx.ResponseNotRead:
+            return self._iterate(self._response.aiter_raw(chunk_size))
+        return self._iterate(self._response.aiter_bytes(chunk_size))
 
     async def _iterate(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         if self._consumed:

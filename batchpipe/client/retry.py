@@ -183,9 +183,7 @@ def backoff_delay_s(policy: RetryPolicy, attempt: int, rand: float) -> float:
     return max(base * (1.0 - policy.jitter * rand), 0.0)
 
 
-def _eligible(
-    status_code: int | None, *, idempotent: bool, request_sent: bool, should_retry: bool
-) -> str | None:
+def _eligible(status_code: int | None, *, idempotent: bool, request_sent: bool, should_retry: bool) -> str | None:
     """The reason to retry, or None."""
     if status_code is None:
         if not request_sent:
@@ -237,9 +235,7 @@ def decide(
     flag = _lower(headers).get("x-should-retry", "").strip().lower()
     if flag == "false":
         return RetryDecision(False, 0.0, "x-should-retry: false")
-    reason = _eligible(
-        status_code, idempotent=idempotent, request_sent=request_sent, should_retry=flag == "true"
-    )
+    reason = _eligible(status_code, idempotent=idempotent, request_sent=request_sent, should_retry=flag == "true")
     if reason is None:
         what = "connection error after sending" if status_code is None else f"status {status_code}"
         suffix = "" if idempotent else " on a non-idempotent call (caller reconciles)"
