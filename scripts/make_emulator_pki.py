@@ -102,9 +102,7 @@ def make_pki(
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(_ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
         .sign(root_key, hashes.SHA256())
     )
     inter = (
@@ -118,9 +116,7 @@ def make_pki(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(inter_key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
         .sign(root_key, hashes.SHA256())
     )
     leaf = (
@@ -133,13 +129,9 @@ def make_pki(
         .not_valid_after(start + dt.timedelta(days=LEAF_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION, DOCUMENT_SIGNING]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION, DOCUMENT_SIGNING]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(inter_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(inter_key.public_key()), critical=False)
         .sign(inter_key, hashes.SHA256())
     )
     return root, inter, leaf, leaf_key
@@ -147,16 +139,12 @@ def make_pki(
 
 def main(argv: list[str] | None = None) -> int:
     """Write the three PEM files into ``--out``; exit 1 if they exist and ``--force`` is not given."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     parser.add_argument("--force", action="store_true", help="overwrite an existing PKI")
     args = parser.parse_args(argv)
     out: Path = args.out
-    files = {
-        name: out / name for name in ("emulator-root.pem", "emulator-chain.pem", "emulator-leaf-key.pem")
-    }
+    files = {name: out / name for name in ("emulator-root.pem", "emulator-chain.pem", "emulator-leaf-key.pem")}
     if not args.force and any(p.exists() for p in files.values()):
         print(f"{out} already holds an emulator PKI; pass --force to replace it", file=sys.stderr)
         return 1

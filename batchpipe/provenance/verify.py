@@ -162,9 +162,7 @@ def _first_failure_explanation(results: Mapping[str, Any] | None) -> str | None:
 
 def _creation_action(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for assertion in manifest.get("assertions") or ():
-        if not isinstance(assertion, Mapping) or not str(assertion.get("label", "")).startswith(
-            "c2pa.actions"
-        ):
+        if not isinstance(assertion, Mapping) or not str(assertion.get("label", "")).startswith("c2pa.actions"):
             continue
         data = assertion.get("data")
         actions = data.get("actions") if isinstance(data, Mapping) else None
@@ -197,14 +195,10 @@ def _report_from_reader(reader: Any) -> C2paReport:
         reason = f"the C2PA reader returned an unknown validation state {raw_state!r}"
     elif state == "invalid":
         detail = _first_failure_explanation(results)
-        reason = _one_line(
-            f"the manifest does not validate ({detail})" if detail else "the manifest does not validate"
-        )
+        reason = _one_line(f"the manifest does not validate ({detail})" if detail else "the manifest does not validate")
     elif state == "valid":
         if any(code.startswith("signingCredential.untrusted") for code in codes):
-            reason = (
-                "signature intact, but the signer's certificate chain is not in the configured trust anchors"
-            )
+            reason = "signature intact, but the signer's certificate chain is not in the configured trust anchors"
         else:
             reason = "signature intact, but not every part of it is trusted"
     return C2paReport(
@@ -232,9 +226,7 @@ class C2paVerifier:
         try:
             self._context = c2pa.Context.from_dict(trust.context_settings())
         except c2pa.C2paError as exc:
-            raise ProvenanceError(
-                f"the c2pa library rejected trust setting {trust.setting!r}: {exc}"
-            ) from exc
+            raise ProvenanceError(f"the c2pa library rejected trust setting {trust.setting!r}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"C2paVerifier(trust={self.trust.setting!r})"

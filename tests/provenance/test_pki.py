@@ -57,9 +57,7 @@ def test_chain_links_and_names() -> None:
     leaf.verify_directly_issued_by(inter)
     inter.verify_directly_issued_by(root)
     root.verify_directly_issued_by(root)
-    assert (
-        root.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "batchpipe Emulator Test Root CA"
-    )
+    assert root.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "batchpipe Emulator Test Root CA"
     for cert in (root, inter, leaf):
         assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "batchpipe emulator"
         text = cert.subject.rfc4514_string() + cert.issuer.rfc4514_string()
@@ -129,9 +127,7 @@ def test_script_refuses_to_overwrite_and_makes_a_working_pki(tmp_path: Path) -> 
     assert report.state == "valid"  # a different root: intact but not trusted
 
 
-@pytest.mark.parametrize(
-    "name", ["emulator-root.pem", "emulator-chain.pem", "emulator-leaf-key.pem", "README.md"]
-)
+@pytest.mark.parametrize("name", ["emulator-root.pem", "emulator-chain.pem", "emulator-leaf-key.pem", "README.md"])
 def test_pki_files_are_committed(name: str) -> None:
     assert (EMULATOR_ROOT_PEM.parent / name).is_file()
     if name == "README.md":

@@ -127,9 +127,7 @@ def test_manifest_records_model_and_version(signed_images: dict[str, bytes]) -> 
     assert manifest["claim_generator_info"][0]["name"] == CLAIM_GENERATOR_NAME
     assert manifest["claim_generator_info"][0]["version"] == __version__
     assert manifest["title"] == "image.png"
-    actions = next(a for a in manifest["assertions"] if a["label"].startswith("c2pa.actions"))["data"][
-        "actions"
-    ]
+    actions = next(a for a in manifest["assertions"] if a["label"].startswith("c2pa.actions"))["data"]["actions"]
     assert actions[0]["action"] == "c2pa.created"
     assert actions[0]["softwareAgent"] == {"name": SOFTWARE_AGENT_NAME, "version": "gpt-image-1.5"}
     assert not any("thumbnail" in a["label"] for a in manifest["assertions"])
@@ -168,9 +166,7 @@ def test_truncated_file_is_unreadable(
     assert "parse" in report.reason
 
 
-def test_truncated_jpeg_fails_its_hash(
-    signed_images: dict[str, bytes], verifiers: dict[str, C2paVerifier]
-) -> None:
+def test_truncated_jpeg_fails_its_hash(signed_images: dict[str, bytes], verifiers: dict[str, C2paVerifier]) -> None:
     """A JPEG carries its manifest up front (APP11): a cut-off JPEG still parses, and the hash catches it."""
     data = signed_images["image/jpeg"]
     report = verifiers["emulator"].verify_bytes(data[: len(data) * 2 // 3])
@@ -199,9 +195,7 @@ def test_non_images_are_unreadable_with_reason(
     assert report.failure_codes == ()
 
 
-def test_missing_path_and_directory_are_unreadable(
-    tmp_path: Path, verifiers: dict[str, C2paVerifier]
-) -> None:
+def test_missing_path_and_directory_are_unreadable(tmp_path: Path, verifiers: dict[str, C2paVerifier]) -> None:
     gone = verifiers["default"].verify_path(tmp_path / "nope.png")
     assert gone.state == "unreadable"
     assert gone.reason is not None

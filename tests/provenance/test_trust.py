@@ -20,9 +20,7 @@ def _count(pem: str | None) -> int:
 
 def test_default_uses_official_and_interim_lists() -> None:
     config = TrustConfig.from_setting("default")
-    assert _count(config.trust_anchors) == len(
-        x509.load_pem_x509_certificates(C2PA_TRUST_LIST_PEM.read_bytes())
-    )
+    assert _count(config.trust_anchors) == len(x509.load_pem_x509_certificates(C2PA_TRUST_LIST_PEM.read_bytes()))
     assert _count(config.trust_anchors) == 30
     assert _count(config.user_anchors) == 18
     assert config.user_anchors == INTERIM_ANCHORS_PEM.read_text()

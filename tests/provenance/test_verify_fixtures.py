@@ -92,9 +92,7 @@ def test_real_openai_image_is_trusted_through_the_official_list(
     assert record["common_name"] == "OpenAI Media Service"
     assert record["claim_generator"] == "OpenAI Media Service API"
     assert record["software_agent"] == "gpt-image"
-    assert record["digital_source_type"] == (
-        "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-    )
+    assert record["digital_source_type"] == ("http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia")
     assert record["trust_list"] == "system_anchors"
     assert record["reason"] is None
 
