@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from batchpipe.ledger import open_ledger
 from batchpipe.runner import Runner, RunOptions, RunSummary
 
-__all__ = ["EMULATOR_API_KEY", "run_job", "run_job_async", "summary_lines"]
+__all__ = ["EMULATOR_API_KEY", "ProgressReporter", "run_job", "run_job_async", "summary_lines"]
 
 #: What batchpipe sends as the bearer token to the embedded emulator (it accepts any token).
 EMULATOR_API_KEY = "emulator-local-no-key"
@@ -28,6 +29,32 @@ def _spec_hash(spec: Any) -> str:
             digest.update(str(path).encode())
             digest.update(Path(path).read_bytes() if Path(path).stat().st_size < 64 << 20 else b"")
     return digest.hexdigest()
+
+
+class ProgressReporter:
+    """Turns runner progress events into at most one line every ``every_s`` seconds (stderr via ``echo``).
+
+    Lines read ``progress: built 20000 items in 20 shards`` and ``progress: batches in_progress 3, completed
+    5; images collected 4210``.
+    """
+
+    def __init__(self, echo: Callable[[str], None], *, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._echo = echo
+        self._every_s = every_s
+        self._clock = clock
+        self._last = -1e9
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        """Receive one event (``built``, ``poll``, ``collected``) from the runner."""
+        if event == "built":
+            self._echo(f"progress: built {data.get('items', 0)} items in {data.get('shards', 0)} shard(s)")
+            return
+        now = self._clock()
+        if now - self._last < self._every_s and not data.get("force"):
+            return
+        self._last = now
+        states = ", ".join(f"{k} {v}" for k, v in sorted(data.get("batch_states", {}).items()))
+        self._echo(f"progress: batches {states or 'none'}; items {data.get('items_done', 0)}/{data.get('items_total', 0)} done")
 
 
 def summary_lines(summary: RunSummary, *, output_dir: Path) -> list[str]:
@@ -166,6 +193,7 @@ async def run_job_async(
                 output_dir=spec.output_dir,
                 verifier=verifier,
                 api_label=api_label,
+                progress=ProgressReporter(echo),
             )
 
             def items() -> Iterator[Any]:

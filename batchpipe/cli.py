@@ -267,8 +267,10 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
 def _attach_optional_commands() -> None:
     from batchpipe.emulator.cli import emulator_group
     from batchpipe.provenance.cli import verify_command
+    from batchpipe.validate import validate_command
 
     main.add_command(verify_command, "verify")
+    main.add_command(validate_command, "validate")
     main.add_command(emulator_group, "emulator")
 
 

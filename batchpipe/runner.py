@@ -504,7 +504,7 @@ class Runner:
                             status=batch["status"],
                             counts=batch.get("request_counts"),
                         )
-                self._progress("poll", {"batches": result.batches})
+                self._report_progress(run_id)
             ready = [
                 b
                 for b in self.ledger.batches(run_id=run_id, unfinished=True)
@@ -524,6 +524,17 @@ class Runner:
             else:
                 await self._sleep(interval)
                 interval = min(self.options.max_poll_interval_s, interval * 1.5)
+
+    def _report_progress(self, run_id: str, *, force: bool = False) -> None:
+        states: dict[str, int] = {}
+        for batch in self.ledger.batches(run_id=run_id):
+            states[batch["status"]] = states.get(batch["status"], 0) + 1
+        counts = self.ledger.count_items(run_id=run_id)
+        live = counts.get(ItemStatus.PENDING, 0) + counts.get(ItemStatus.SUBMITTED, 0)
+        total = sum(n for status, n in counts.items() if status != ItemStatus.SUPERSEDED)
+        self._progress(
+            "poll", {"batch_states": states, "items_done": total - live, "items_total": total, "force": force}
+        )
 
     async def _finish_batch(self, batch: dict[str, Any], collector: Collector) -> bool:
         """Collect a terminal batch's files, reconcile its rows, clean up; True if it was reconciled."""

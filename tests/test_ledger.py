@@ -11,7 +11,9 @@ from batchpipe.ledger import ITEM_TRANSITIONS, SqliteLedger
 from batchpipe.models import ItemStatus
 
 
-def _row(custom_id: str, key: str, *, attempt: int = 1, run_id: str = "r1", status: str = "pending") -> dict[str, object]:
+def _row(
+    custom_id: str, key: str, *, attempt: int = 1, run_id: str = "r1", status: str = "pending"
+) -> dict[str, object]:
     return {
         "custom_id": custom_id,
         "job": "job",
@@ -42,7 +44,12 @@ def test_transitions_follow_the_table(ledger: SqliteLedger) -> None:
     row = ledger.item("c1")
     assert row is not None and row.status == "succeeded" and row.sha256 == "ab"
     # non-strict replays leave rows that already moved untouched
-    assert ledger.transition_items(["c1", "c2"], ItemStatus.MISSING, from_statuses=[ItemStatus.SUBMITTED], strict=False) == 1
+    assert (
+        ledger.transition_items(
+            ["c1", "c2"], ItemStatus.MISSING, from_statuses=[ItemStatus.SUBMITTED], strict=False
+        )
+        == 1
+    )
     assert ledger.count_items(run_id="r1") == {"succeeded": 1, "missing": 1}
 
 
@@ -81,14 +88,27 @@ def test_batch_records_are_idempotent_and_changes_are_logged(ledger: SqliteLedge
     assert ledger.update_batch({**batch, "status": "in_progress"}) == "validating"
     assert ledger.update_batch({**batch, "status": "in_progress"}) is None
     events = ledger.events(entity="batch", entity_id="batch_1")
-    assert [(e["from_status"], e["to_status"]) for e in events] == [(None, "validating"), ("validating", "in_progress")]
+    assert [(e["from_status"], e["to_status"]) for e in events] == [
+        (None, "validating"),
+        ("validating", "in_progress"),
+    ]
     assert ledger.batches()[0]["created_at"] == 100
 
 
 def test_shard_intents_are_guarded(ledger: SqliteLedger) -> None:
     ledger.insert_shard(
-        {"name": "s1", "run_id": "r1", "job": "job", "endpoint": "/v1/images/generations", "model": "m",
-         "path": "/x", "requests": 1, "bytes": 10, "sha256": "00", "input_tokens": 5}
+        {
+            "name": "s1",
+            "run_id": "r1",
+            "job": "job",
+            "endpoint": "/v1/images/generations",
+            "model": "m",
+            "path": "/x",
+            "requests": 1,
+            "bytes": 10,
+            "sha256": "00",
+            "input_tokens": 5,
+        }
     )
     ledger.transition_shard("s1", "uploading", fields={"intent_at": 1.0})
     with pytest.raises(TransitionError):

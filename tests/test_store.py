@@ -14,7 +14,16 @@ from batchpipe.store import LocalImageStore, safe_relative_path
 
 @pytest.mark.parametrize(
     "key",
-    ["../../etc/passwd", "/abs/path", "a\\..\\..\\b", "..", "", "a/../../b", "x\x00y", "\u00e9t\u00e9/ch\u00e2teau"],
+    [
+        "../../etc/passwd",
+        "/abs/path",
+        "a\\..\\..\\b",
+        "..",
+        "",
+        "a/../../b",
+        "x\x00y",
+        "\u00e9t\u00e9/ch\u00e2teau",
+    ],
 )
 def test_keys_never_escape_the_root(tmp_path: Path, key: str) -> None:
     store = LocalImageStore(tmp_path / "out")
