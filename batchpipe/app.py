@@ -10,13 +10,25 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from batchpipe.ledger import open_ledger
 from batchpipe.runner import Runner, RunOptions, RunSummary
 
-__all__ = ["EMULATOR_API_KEY", "ProgressReporter", "run_job", "run_job_async", "summary_lines"]
+__all__ = [
+    "EMULATOR_API_KEY",
+    "ProgressReporter",
+    "RunRequest",
+    "execute",
+    "execute_async",
+    "request_from_spec",
+    "run_job",
+    "summary_lines",
+]
 
 #: What batchpipe sends as the bearer token to the embedded emulator (it accepts any token).
 EMULATOR_API_KEY = "emulator-local-no-key"
@@ -38,7 +50,9 @@ class ProgressReporter:
     5; images collected 4210``.
     """
 
-    def __init__(self, echo: Callable[[str], None], *, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, echo: Callable[[str], None], *, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._echo = echo
         self._every_s = every_s
         self._clock = clock
@@ -54,7 +68,9 @@ class ProgressReporter:
             return
         self._last = now
         states = ", ".join(f"{k} {v}" for k, v in sorted(data.get("batch_states", {}).items()))
-        self._echo(f"progress: batches {states or 'none'}; items {data.get('items_done', 0)}/{data.get('items_total', 0)} done")
+        self._echo(
+            f"progress: batches {states or 'none'}; items {data.get('items_done', 0)}/{data.get('items_total', 0)} done"
+        )
 
 
 def summary_lines(summary: RunSummary, *, output_dir: Path) -> list[str]:
@@ -74,6 +90,62 @@ def summary_lines(summary: RunSummary, *, output_dir: Path) -> list[str]:
     return lines
 
 
+@dataclass
+class RunRequest:
+    """Everything one run needs besides the API: what to run and where results go.
+
+    ``items``: a callable that streams :class:`~batchpipe.models.Item` or problem objects (called once per
+    build). ``spec_hash``: identifies the input (recorded on the run). ``source_name``: the file problems are
+    reported against. ``trust``: the C2PA trust setting (``default`` becomes ``emulator`` on the emulator).
+    """
+
+    job: str
+    spec_hash: str
+    items: Callable[[], Iterator[Any]]
+    source_name: str
+    output_dir: Path
+    trust: str
+    options: RunOptions
+
+
+def request_from_spec(
+    *,
+    job_spec: Path | None,
+    manifest: Path | None,
+    job_name: str | None,
+    workdir: Path,
+    limit: int | None,
+    skip_invalid: bool,
+) -> RunRequest:
+    """A :class:`RunRequest` for a TOML job spec or a plain JSONL manifest (raises ``InputError`` subclasses)."""
+    from batchpipe.jobspec import JobSpec
+    from batchpipe.validate import make_items
+
+    if job_spec is not None:
+        spec = JobSpec.load(job_spec, workdir=workdir)
+    else:
+        assert manifest is not None and job_name is not None
+        spec = JobSpec.for_manifest(manifest, job_name, workdir=workdir)
+    options = RunOptions(
+        workdir=workdir,
+        limit=limit,
+        skip_invalid=skip_invalid or spec.run.skip_invalid,
+        max_attempts=spec.run.max_attempts,
+        enqueued_token_budget=dict(spec.run.enqueued_token_budget),
+        max_shard_requests=spec.run.max_requests_per_shard,
+        max_shard_bytes=spec.run.max_shard_bytes,
+    )
+    return RunRequest(
+        job=spec.name,
+        spec_hash=_spec_hash(spec),
+        items=lambda: iter(make_items(spec)),
+        source_name=spec.source_name,
+        output_dir=spec.output_dir,
+        trust=spec.c2pa_trust,
+        options=options,
+    )
+
+
 def run_job(
     *,
     job_spec: Path | None,
@@ -89,6 +161,7 @@ def run_job(
     echo: Callable[[str], None] = print,
     emulator_config: Any = None,
     stop_after: str | None = None,
+    trust: str | None = None,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -97,107 +170,111 @@ def run_job(
     Raises :class:`~batchpipe.errors.InputError` for bad input (nothing submitted) and
     :class:`~batchpipe.errors.ApiError` / ``IndeterminateSubmissionError`` when the run must stop.
     """
-    summary, output_dir = asyncio.run(
-        run_job_async(
-            job_spec=job_spec,
-            manifest=manifest,
-            job_name=job_name,
+    workdir = workdir.resolve()
+    request = request_from_spec(
+        job_spec=job_spec, manifest=manifest, job_name=job_name, workdir=workdir, limit=limit, skip_invalid=skip_invalid
+    )
+    if trust is not None:
+        request.trust = trust
+    request.options.stop_after = stop_after
+    return execute(
+        request,
+        api_label=api_label,
+        base_url=base_url,
+        environ=environ,
+        poll_interval_s=poll_interval_s,
+        echo=echo,
+        emulator_config=emulator_config,
+    )
+
+
+def execute(
+    request: RunRequest,
+    *,
+    api_label: str,
+    base_url: str | None,
+    environ: Mapping[str, str],
+    poll_interval_s: float | None = None,
+    echo: Callable[[str], None] = print,
+    emulator_config: Any = None,
+) -> int:
+    """Run ``request`` against the API and print the summary; returns the exit code (0 all succeeded, else 1)."""
+    summary = asyncio.run(
+        execute_async(
+            request,
             api_label=api_label,
             base_url=base_url,
             environ=environ,
-            workdir=workdir,
-            limit=limit,
-            skip_invalid=skip_invalid,
             poll_interval_s=poll_interval_s,
             echo=echo,
             emulator_config=emulator_config,
-            stop_after=stop_after,
         )
     )
-    for line in summary_lines(summary, output_dir=output_dir):
+    for line in summary_lines(summary, output_dir=request.output_dir):
         echo(line)
     return 0 if summary.all_succeeded else 1
 
 
-async def run_job_async(
+async def execute_async(
+    request: RunRequest,
     *,
-    job_spec: Path | None,
-    manifest: Path | None,
-    job_name: str | None,
     api_label: str,
     base_url: str | None,
     environ: Mapping[str, str],
-    workdir: Path,
-    limit: int | None = None,
-    skip_invalid: bool = False,
     poll_interval_s: float | None = None,
     echo: Callable[[str], None] = print,
     emulator_config: Any = None,
-    stop_after: str | None = None,
-) -> tuple[RunSummary, Path]:
-    """The async body of :func:`run_job`: returns the summary and the output directory."""
+) -> RunSummary:
+    """The async body of :func:`execute`.
+
+    ``api_label``: ``emulator`` (embedded when ``base_url`` is None), ``openai``, or a URL; the API key comes
+    from ``environ`` (``OPENAI_*``), or is a placeholder for emulators, which accept any bearer token.
+    """
     from batchpipe.client import ApiSettings, OpenAIClient
-    from batchpipe.jobspec import JobSpec
     from batchpipe.provenance.trust import TrustConfig
     from batchpipe.provenance.verify import C2paVerifier
-    from batchpipe.validate import make_items
 
-    workdir = workdir.resolve()  # noqa: ASYNC240 - once, before any I/O starts
-    if job_spec is not None:
-        spec = JobSpec.load(job_spec, workdir=workdir)
-    else:
-        assert manifest is not None and job_name is not None
-        spec = JobSpec.for_manifest(manifest, job_name, workdir=workdir)
     emulated = api_label == "emulator"
-    options = RunOptions(
-        workdir=workdir,
-        limit=limit,
-        skip_invalid=skip_invalid or spec.run.skip_invalid,
-        max_attempts=spec.run.max_attempts,
-        enqueued_token_budget=dict(spec.run.enqueued_token_budget),
-        max_shard_requests=spec.run.max_requests_per_shard,
-        max_shard_bytes=spec.run.max_shard_bytes,
-        poll_interval_s=poll_interval_s or (0.2 if emulated else 30.0),
-        max_poll_interval_s=2.0 if emulated else 300.0,
-        output_grace_s=30.0 if emulated else 600.0,
-        stop_after=stop_after,
-    )
-    trust = spec.c2pa_trust
+    options = request.options
+    options.poll_interval_s = poll_interval_s or (0.2 if emulated else 30.0)
+    options.max_poll_interval_s = 2.0 if emulated else 300.0
+    options.output_grace_s = 30.0 if emulated else 600.0
+    trust = request.trust
     if emulated and trust == "default":
-        trust = "emulator"  # the emulator root is added to the default lists
+        trust = "emulator"  # the emulator's test root is added to the default lists
     verifier = C2paVerifier(TrustConfig.from_setting(trust))
-    ledger = open_ledger(workdir)
+    ledger = open_ledger(options.workdir)
     with ExitStack() as stack:
         stack.callback(ledger.close)
         if emulated and base_url is None:
             from batchpipe.emulator.config import EmulatorConfig
             from batchpipe.emulator.server import EmbeddedEmulator
 
-            config = emulator_config or EmulatorConfig(state_dir=workdir / "emulator")
+            config = emulator_config or EmulatorConfig(state_dir=options.workdir / "emulator")
             emulator = stack.enter_context(EmbeddedEmulator(config))
             base_url = emulator.base_url
             echo(
                 f"No API key: using the embedded emulator at {base_url} (nothing is sent to OpenAI, nothing is billed)."
             )
-        if emulated:
-            settings = ApiSettings(base_url=base_url or "", api_key=EMULATOR_API_KEY)
-        else:
-            settings = ApiSettings.from_env(environ)
-            if base_url:
-                settings = settings.model_copy(update={"base_url": base_url})
+        settings = ApiSettings.from_env(environ)
+        if base_url:
+            settings = settings.model_copy(update={"base_url": base_url})
+        if emulated or (settings.api_key is None and api_label != "openai"):
+            settings = settings.model_copy(update={"api_key": SecretStr(EMULATOR_API_KEY)})
         async with OpenAIClient(settings) as client:
             runner = Runner(
                 ledger,
                 client,
                 options=options,
-                output_dir=spec.output_dir,
+                output_dir=request.output_dir,
                 verifier=verifier,
                 api_label=api_label,
                 progress=ProgressReporter(echo),
             )
-
-            def items() -> Iterator[Any]:
-                return iter(make_items(spec))
-
-            summary = await runner.run(spec.name, _spec_hash(spec), items, source_name=spec.source_name)
-    return summary, spec.output_dir
+            return await runner.run(
+                request.job,
+                request.spec_hash,
+                request.items,
+                source_name=request.source_name,
+                trust=request.trust,
+            )

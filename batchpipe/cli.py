@@ -82,6 +82,7 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 @click.option("--limit", type=click.IntRange(min=1), help="Take only the first N items of the manifest.")
 @click.option("--skip-invalid", is_flag=True, help="Record invalid items as 'invalid' and submit the rest.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, help="Seconds between polls.")
+@click.option("--trust", default=None, help="C2PA trust: default|emulator|none|FILE.pem (overrides the job spec).")
 def run(
     job_spec: Path | None,
     manifest: Path | None,
@@ -91,6 +92,7 @@ def run(
     limit: int | None,
     skip_invalid: bool,
     poll_interval: float | None,
+    trust: str | None,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     from batchpipe.app import run_job
@@ -113,6 +115,7 @@ def run(
             skip_invalid=skip_invalid,
             poll_interval_s=poll_interval,
             echo=_echo_err,
+            trust=trust,
         )
     except InputError as exc:
         _echo_err(f"error: {exc}")

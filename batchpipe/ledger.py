@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS runs (
     job           TEXT NOT NULL,
     spec_hash     TEXT NOT NULL,
     api           TEXT NOT NULL,
+    output_dir    TEXT,
+    trust         TEXT,
     status        TEXT NOT NULL,
     started_at    DOUBLE PRECISION NOT NULL,
     finished_at   DOUBLE PRECISION
@@ -368,33 +370,37 @@ class SqliteLedger(Ledger):
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def _event(
-        self, entity: str, entity_id: str, from_status: str | None, to_status: str, detail: str | None
-    ) -> None:
+    def _event(self, entity: str, entity_id: str, from_status: str | None, to_status: str, detail: str | None) -> None:
         self._exec(
             "INSERT INTO events (at, entity, entity_id, from_status, to_status, detail) VALUES (?, ?, ?, ?, ?, ?)",
             (self._clock(), entity, entity_id, from_status, to_status, detail),
         )
 
     # -- runs -------------------------------------------------------------------------------------------
-    def open_run(self, job: str, spec_hash: str, api: str) -> tuple[str, bool]:
-        """The unfinished run of ``job`` if there is one, else a new one: ``(run_id, resumed)``."""
+    def open_run(
+        self, job: str, spec_hash: str, api: str, *, output_dir: str | None = None, trust: str | None = None
+    ) -> tuple[str, bool]:
+        """The unfinished run of ``job`` if there is one, else a new one: ``(run_id, resumed)``.
+
+        ``output_dir`` and ``trust`` are remembered so ``batchpipe retry`` can run the job's items again.
+        """
         with self.transaction():
             rows = self._rows(
-                "SELECT run_id FROM runs WHERE job = ? AND status = 'running' ORDER BY started_at DESC",
-                (job,),
+                "SELECT run_id FROM runs WHERE job = ? AND status = 'running' ORDER BY started_at DESC", (job,)
             )
             if rows:
                 return str(rows[0]["run_id"]), True
             now = self._clock()
-            run_id = f"{job}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}"
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+            run_id = f"{job}-{stamp}"
             suffix = 1
             while self._rows("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)):
                 suffix += 1
-                run_id = f"{job}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{suffix}"
+                run_id = f"{job}-{stamp}-{suffix}"
             self._exec(
-                "INSERT INTO runs (run_id, job, spec_hash, api, status, started_at) VALUES (?, ?, ?, ?, 'running', ?)",
-                (run_id, job, spec_hash, api, now),
+                "INSERT INTO runs (run_id, job, spec_hash, api, output_dir, trust, status, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                (run_id, job, spec_hash, api, output_dir, trust, now),
             )
             self._event("run", run_id, None, "running", None)
             return run_id, False
@@ -446,9 +452,7 @@ class SqliteLedger(Ledger):
             with self.transaction(), self._lock:
                 self._db.executemany(sql, params)
         except sqlite3.IntegrityError as exc:
-            raise LedgerError(
-                f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}"
-            ) from exc
+            raise LedgerError(f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}") from exc
         return len(params)
 
     def transition_items(
@@ -573,8 +577,7 @@ class SqliteLedger(Ledger):
         for start in range(0, len(keys), 500):
             chunk = list(keys[start : start + 500])
             rows = self._rows(
-                f"SELECT * FROM items WHERE job = ? AND item_key IN ({', '.join('?' for _ in chunk)}) "
-                "ORDER BY attempt",
+                f"SELECT * FROM items WHERE job = ? AND item_key IN ({', '.join('?' for _ in chunk)}) ORDER BY attempt",
                 [job, *chunk],
             )
             for row in rows:
@@ -656,9 +659,7 @@ class SqliteLedger(Ledger):
             listed = list(statuses)
             where.append(f"status IN ({', '.join('?' for _ in listed)})" if listed else "1 = 0")
             params.extend(listed)
-        rows = self._rows(
-            f"SELECT * FROM shards WHERE {' AND '.join(where)} ORDER BY created_at, name", params
-        )
+        rows = self._rows(f"SELECT * FROM shards WHERE {' AND '.join(where)} ORDER BY created_at, name", params)
         return [ShardRow(**dict(r)) for r in rows]
 
     def shard(self, name: str) -> ShardRow | None:
@@ -733,9 +734,7 @@ class SqliteLedger(Ledger):
             where.append("reconciled = 0")
         return [
             dict(r)
-            for r in self._rows(
-                f"SELECT * FROM batches WHERE {' AND '.join(where)} ORDER BY created_at", params
-            )
+            for r in self._rows(f"SELECT * FROM batches WHERE {' AND '.join(where)} ORDER BY created_at", params)
         ]
 
     def set_batch_progress(self, batch_id: str, **fields: object) -> None:
@@ -804,8 +803,7 @@ class SqliteLedger(Ledger):
             where.append("entity_id = ?")
             params.append(entity_id)
         return [
-            dict(r)
-            for r in self._rows(f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY event_id", params)
+            dict(r) for r in self._rows(f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY event_id", params)
         ]
 
 

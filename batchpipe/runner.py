@@ -148,9 +148,12 @@ class Runner:
         items: Callable[[], Iterator[Any]],
         *,
         source_name: str,
+        trust: str | None = None,
     ) -> RunSummary:
         """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``)."""
-        run_id, resumed = self.ledger.open_run(job, spec_hash, self.api_label)
+        run_id, resumed = self.ledger.open_run(
+            job, spec_hash, self.api_label, output_dir=str(self.store.root), trust=trust
+        )
         log.info("run", job=job, run_id=run_id, resumed=resumed)
         built = bool(self.ledger.shards(run_id=run_id)) or bool(self.ledger.count_items(run_id=run_id))
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0}
@@ -158,9 +161,7 @@ class Runner:
             stats = await self._build(job, run_id, items, source_name=source_name)
         if self.options.stop_after == "build":
             return self._summary(job, run_id, stats, finished=False)
-        collector = Collector(
-            self.client, self.ledger, self.store, self.verifier, workers=self.options.collect_workers
-        )
+        collector = Collector(self.client, self.ledger, self.store, self.verifier, workers=self.options.collect_workers)
         try:
             await self._reconcile_intents(run_id)
             if self.options.stop_after == "submit":
@@ -246,9 +247,7 @@ class Runner:
         )
         return stats
 
-    def _pending_row(
-        self, job: str, run_id: str, item: Item, rhash: str, *, attempt: int
-    ) -> dict[str, object]:
+    def _pending_row(self, job: str, run_id: str, item: Item, rhash: str, *, attempt: int) -> dict[str, object]:
         return {
             "job": job,
             "item_key": item.key,
@@ -294,9 +293,7 @@ class Runner:
             "retryable": 0,
         }
 
-    async def _flush_rows(
-        self, job: str, rows: list[dict[str, object]], builder: ShardBuilder | None
-    ) -> None:
+    async def _flush_rows(self, job: str, rows: list[dict[str, object]], builder: ShardBuilder | None) -> None:
         """Number attempts after the ledger's history, supersede older attempts, add lines to shards."""
         if not rows:
             return
@@ -353,9 +350,7 @@ class Runner:
             while found is None:
                 page = await self.client.list_files(purpose="batch", after=after, limit=10_000)
                 data = page.get("data") or []
-                found = next(
-                    (f for f in data if f.get("filename") == filename and f.get("bytes") == shard.bytes), None
-                )
+                found = next((f for f in data if f.get("filename") == filename and f.get("bytes") == shard.bytes), None)
                 if (
                     found
                     or not page.get("has_more")
@@ -368,9 +363,7 @@ class Runner:
             self._indeterminate(shard, f"cannot list files to reconcile the upload: {exc}")
         if found is not None:
             self.ledger.record_file(found, role="input", sha256=shard.sha256)
-            self._shard_to(
-                shard, "uploaded", fields={"input_file_id": found["id"]}, note="adopted existing upload"
-            )
+            self._shard_to(shard, "uploaded", fields={"input_file_id": found["id"]}, note="adopted existing upload")
             log.info("adopted upload", shard=shard.name, file_id=found["id"])
         else:
             self._shard_to(shard, "built", note="upload never reached the service")
@@ -390,18 +383,14 @@ class Runner:
             self._indeterminate(shard, f"cannot list batches to reconcile the create: {exc}")
         if found is not None:
             if shard.status == "indeterminate":
-                self.ledger.transition_shard(
-                    shard.name, "uploaded", fields={"input_file_id": shard.input_file_id}
-                )
+                self.ledger.transition_shard(shard.name, "uploaded", fields={"input_file_id": shard.input_file_id})
                 self.ledger.transition_shard(shard.name, "creating")
             self._adopt_batch(shard, found, note="adopted existing batch")
             log.info("adopted batch", shard=shard.name, batch_id=found["id"])
         else:
             self._shard_to(shard, "uploaded", note="create never reached the service")
 
-    def _shard_to(
-        self, shard: ShardRow, status: str, *, fields: dict[str, object] | None = None, note: str
-    ) -> None:
+    def _shard_to(self, shard: ShardRow, status: str, *, fields: dict[str, object] | None = None, note: str) -> None:
         if shard.status == "indeterminate" and status not in ("built", "uploaded", "created"):
             status = "uploaded"
         self.ledger.transition_shard(shard.name, status, fields=fields, note=note)
@@ -444,9 +433,7 @@ class Runner:
     async def _submit(self, shard: ShardRow) -> None:
         if shard.status == "built":
             self.ledger.transition_shard(shard.name, "uploading", fields={"intent_at": self._clock()})
-            uploaded = await self.client.upload_file(
-                Path(shard.path), purpose="batch", filename=Path(shard.path).name
-            )
+            uploaded = await self.client.upload_file(Path(shard.path), purpose="batch", filename=Path(shard.path).name)
             with self.ledger.transaction():
                 self.ledger.record_file(uploaded, role="input", sha256=shard.sha256)
                 self.ledger.transition_shard(shard.name, "uploaded", fields={"input_file_id": uploaded["id"]})
@@ -469,9 +456,7 @@ class Runner:
         with self.ledger.transaction():
             self.ledger.record_batch(batch, shard=shard.name, run_id=shard.run_id, model=shard.model)
             self.ledger.update_batch(batch)
-            ids = [
-                row.custom_id for row in self.ledger.items(shard=shard.name, statuses=[ItemStatus.PENDING])
-            ]
+            ids = [row.custom_id for row in self.ledger.items(shard=shard.name, statuses=[ItemStatus.PENDING])]
             self.ledger.transition_items(ids, ItemStatus.SUBMITTED, fields={"batch_id": batch["id"]})
             self.ledger.transition_shard(shard.name, "created", fields={"batch_id": batch["id"]}, note=note)
 
@@ -560,9 +545,7 @@ class Runner:
 
     def _reconcile_batch(self, batch_id: str, status: str) -> None:
         """Every submitted custom_id ends in exactly one state; leftovers become missing (or the batch's fate)."""
-        left = [
-            row.custom_id for row in self.ledger.items(batch_id=batch_id, statuses=[ItemStatus.SUBMITTED])
-        ]
+        left = [row.custom_id for row in self.ledger.items(batch_id=batch_id, statuses=[ItemStatus.SUBMITTED])]
         with self.ledger.transaction():
             if left:
                 if status == "failed":
@@ -577,9 +560,7 @@ class Runner:
                         ItemStatus.FAILED,
                         fields={
                             "error_code": code,
-                            "error_message": str(first.get("message") or "the batch failed validation")[
-                                :2000
-                            ],
+                            "error_message": str(first.get("message") or "the batch failed validation")[:2000],
                             "retryable": 1 if code in RETRYABLE_ERROR_CODES else 0,
                         },
                     )
@@ -601,9 +582,7 @@ class Runner:
                     )
                 log.warning("reconciled leftovers", batch_id=batch_id, rows=len(left), batch_status=status)
             self.ledger.set_batch_progress(batch_id, reconciled=1)
-            shard = next(
-                (s for s in self.ledger.shards(statuses=["created"]) if s.batch_id == batch_id), None
-            )
+            shard = next((s for s in self.ledger.shards(statuses=["created"]) if s.batch_id == batch_id), None)
             if shard is not None:
                 self.ledger.transition_shard(shard.name, "done")
 
