@@ -8,6 +8,7 @@ unusable, an indeterminate submission): run the same command again to resume.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import sys
 from collections.abc import Mapping
@@ -41,9 +42,7 @@ _workdir_option = click.option(
 @click.group()
 @click.version_option(__version__, prog_name="batchpipe")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
-@click.option(
-    "--log-json/--log-text", default=None, help="Force JSON or text logs (default: text on a terminal)."
-)
+@click.option("--log-json/--log-text", default=None, help="Force JSON or text logs (default: text on a terminal).")
 def main(log_level: str, log_json: bool | None) -> None:
     """Turn product catalogs into OpenAI Batch API image jobs, and account for every image."""
     configure_logging(level=log_level, json=log_json)
@@ -71,13 +70,9 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 
 @main.command()
 @click.argument("job_spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--manifest", type=click.Path(dir_okay=False, path_type=Path), help="A plain JSONL item manifest."
-)
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="A plain JSONL item manifest.")
 @click.option("--job-name", help="Job name for --manifest runs.")
-@click.option(
-    "--api", default=None, help="emulator | openai | URL (default: openai if OPENAI_API_KEY is set)."
-)
+@click.option("--api", default=None, help="emulator | openai | URL (default: openai if OPENAI_API_KEY is set).")
 @_workdir_option
 @click.option("--limit", type=click.IntRange(min=1), help="Take only the first N items of the manifest.")
 @click.option("--skip-invalid", is_flag=True, help="Record invalid items as 'invalid' and submit the rest.")
@@ -102,8 +97,8 @@ def run(
     if manifest is not None and not job_name:
         raise click.UsageError("--manifest needs --job-name")
     label, base_url = resolve_api(api, os.environ)
-    try:
-        code = run_job(
+    _run_guarded(
+        lambda: run_job(
             job_spec=job_spec,
             manifest=manifest,
             job_name=job_name,
@@ -117,24 +112,7 @@ def run(
             echo=_echo_err,
             trust=trust,
         )
-    except InputError as exc:
-        _echo_err(f"error: {exc}")
-        for problem in getattr(exc, "problems", [])[:50]:
-            _echo_err(f"  {problem}")
-        extra = len(getattr(exc, "problems", [])) - 50
-        if extra > 0:
-            _echo_err(f"  ... and {extra} more")
-        sys.exit(EXIT_INPUT)
-    except IndeterminateSubmissionError as exc:
-        _echo_err(f"stopped: {exc}")
-        sys.exit(EXIT_STOPPED)
-    except ApiError as exc:
-        _echo_err(f"stopped: the API is not usable right now: {exc}. Run the same command again to resume.")
-        sys.exit(EXIT_STOPPED)
-    except BatchpipeError as exc:
-        _echo_err(f"error: {exc}")
-        sys.exit(EXIT_STOPPED)
-    sys.exit(code)
+    )
 
 
 def _open_existing_ledger(workdir: Path) -> SqliteLedger:
@@ -236,9 +214,7 @@ _EXPORT_FIELDS: Final = [
 @ledger.command("export")
 @_workdir_option
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option(
-    "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default stdout)."
-)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default stdout).")
 @click.option("--all-attempts", is_flag=True, help="Every attempt, not only each item's latest.")
 @click.option("--run", "run_id", help="Only this run's rows.")
 def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run_id: str | None) -> None:
@@ -246,9 +222,7 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
     store = _open_existing_ledger(workdir)
     rows = store.items(run_id=run_id, latest_only=not all_attempts)
     with ExitStack() as stack:
-        out: TextIO = (
-            stack.enter_context(output.open("w", encoding="utf-8", newline="")) if output else sys.stdout
-        )
+        out: TextIO = stack.enter_context(output.open("w", encoding="utf-8", newline="")) if output else sys.stdout
         if fmt == "jsonl":
             for row in rows:
                 record = row.to_record()
@@ -259,12 +233,145 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
             writer.writeheader()
             for row in rows:
                 record = row.to_record()
-                c2pa = record.get("c2pa") if isinstance(record.get("c2pa"), dict) else {}
+                raw = record.get("c2pa")
+                c2pa: dict[str, Any] = raw if isinstance(raw, dict) else {}
                 flat = {k: record.get(k) for k in _EXPORT_FIELDS}
-                flat["c2pa_issuer"] = c2pa.get("issuer") if c2pa else None  # type: ignore[union-attr]
-                codes = c2pa.get("failure_codes") if c2pa else None  # type: ignore[union-attr]
+                flat["c2pa_issuer"] = c2pa.get("issuer")
+                codes = c2pa.get("failure_codes")
                 flat["c2pa_failure_codes"] = " ".join(codes) if codes else ""
                 writer.writerow(flat)
+
+
+@main.command()
+@_workdir_option
+@click.option("--job", help="Only this job's items (required when the selection spans several jobs).")
+@click.option("--status", "statuses", multiple=True, help="Item status to select (repeatable; default: every failure).")
+@click.option("--error-code", "error_codes", multiple=True, help="Only items with this error code (repeatable).")
+@click.option("--c2pa-state", "c2pa_states", multiple=True, help="Only items with this C2PA state (repeatable).")
+@click.option("--since", help="Only items last updated at or after this date/time (YYYY-MM-DD or ISO, UTC).")
+@click.option("--until", help="Only items last updated before this date/time.")
+@click.option("--retryable-only", is_flag=True, help="Skip failures the service marked as final.")
+@click.option("--set", "sets", multiple=True, help="Change a request field for the new attempt: FIELD=VALUE.")
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the selection as a JSONL manifest instead of running it.",
+)
+@click.option("--api", default=None, help="emulator | openai | URL (as for run).")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Attempts allowed per item, counting earlier ones (default: 2 more than the highest selected).",
+)
+def retry(
+    workdir: Path,
+    job: str | None,
+    statuses: tuple[str, ...],
+    error_codes: tuple[str, ...],
+    c2pa_states: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    retryable_only: bool,
+    sets: tuple[str, ...],
+    export_path: Path | None,
+    api: str | None,
+    poll_interval: float | None,
+    max_attempts: int | None,
+) -> None:
+    """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
+    from batchpipe import reprocess
+    from batchpipe.app import RunRequest, execute
+    from batchpipe.runner import RunOptions
+
+    store = _open_existing_ledger(workdir)
+    try:
+        selection = reprocess.RetrySelection(
+            job=job,
+            statuses=statuses or reprocess.DEFAULT_RETRY_STATUSES,
+            error_codes=error_codes or None,
+            c2pa_states=c2pa_states or None,
+            since=reprocess.parse_when(since, option="--since") if since else None,
+            until=reprocess.parse_when(until, option="--until") if until else None,
+            retryable_only=retryable_only,
+        )
+        changes = reprocess.parse_set_options(sets)
+    except InputError as exc:
+        _echo_err(f"error: {exc}")
+        sys.exit(EXIT_INPUT)
+    rows = list(reprocess.select_rows(store, selection))
+    jobs = sorted({row.job for row in rows})
+    _echo_err(f"selected {len(rows)} item(s) from {len(jobs)} job(s): {', '.join(jobs) or '-'}")
+    if export_path is not None:
+        with export_path.open("wb") as out:
+            count, problems = reprocess.export_manifest(reprocess.retry_items(rows, changes), out)
+        for problem in problems:
+            _echo_err(f"  {problem}")
+        _echo_err(f"wrote {count} manifest line(s) to {export_path}")
+        sys.exit(EXIT_INPUT if problems else EXIT_OK)
+    if not rows:
+        sys.exit(EXIT_OK)
+    if len(jobs) > 1:
+        _echo_err("error: the selection spans several jobs; pick one with --job (or use --export)")
+        sys.exit(EXIT_INPUT)
+    running = store.latest_run(jobs[0])
+    if running and running["status"] == "running":
+        _echo_err(
+            f"error: run {running['run_id']} of job {jobs[0]} is not finished; resume it first with the same "
+            "batchpipe run command"
+        )
+        sys.exit(EXIT_INPUT)
+    output_dir, trust = reprocess.default_output_dir(store, jobs[0], workdir.resolve())
+    store.close()
+    label, base_url = resolve_api(api, os.environ)
+    highest = max(row.attempt for row in rows)
+    options = RunOptions(workdir=workdir.resolve(), max_attempts=max_attempts or highest + 2)
+    digest = orjson.dumps(sorted(row.custom_id for row in rows)) + orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
+    request = RunRequest(
+        job=jobs[0],
+        spec_hash="retry:" + hashlib.sha256(digest).hexdigest(),
+        items=lambda: reprocess.retry_items(rows, changes),
+        source_name="ledger",
+        output_dir=output_dir,
+        trust=trust,
+        options=options,
+    )
+    _run_guarded(
+        lambda: execute(
+            request,
+            api_label=label,
+            base_url=base_url,
+            environ=os.environ,
+            poll_interval_s=poll_interval,
+            echo=_echo_err,
+        )
+    )
+
+
+def _run_guarded(action: Any) -> None:
+    """Run ``action()`` (returning an exit code) and turn batchpipe errors into messages and exit codes."""
+    try:
+        code = action()
+    except InputError as exc:
+        _echo_err(f"error: {exc}")
+        for problem in getattr(exc, "problems", [])[:50]:
+            _echo_err(f"  {problem}")
+        extra = len(getattr(exc, "problems", [])) - 50
+        if extra > 0:
+            _echo_err(f"  ... and {extra} more")
+        sys.exit(EXIT_INPUT)
+    except IndeterminateSubmissionError as exc:
+        _echo_err(f"stopped: {exc}")
+        sys.exit(EXIT_STOPPED)
+    except ApiError as exc:
+        _echo_err(f"stopped: the API is not usable right now: {exc}. Run the same command again to resume.")
+        sys.exit(EXIT_STOPPED)
+    except BatchpipeError as exc:
+        _echo_err(f"error: {exc}")
+        sys.exit(EXIT_STOPPED)
+    sys.exit(code)
 
 
 def _attach_optional_commands() -> None:

@@ -1,0 +1,188 @@
+"""Reprocessing failed jobs: select items from the ledger, optionally change request fields, and run them
+again as new attempts linked to the originals (``previous_custom_id``), or export them as a manifest.
+
+Workflows (README "Reprocessing"):
+
+- nightly catalog re-run: ``batchpipe run jobs/catalog-nightly.toml`` renders only what changed; items already
+  succeeded with the same request hash are skipped;
+- brand variants again at another quality: ``batchpipe retry --job brand-variants --status succeeded
+  --set quality=high``;
+- everything that failed last week: ``batchpipe retry --since 2026-11-14 --export week.jsonl`` then
+  ``batchpipe run --manifest week.jsonl --job-name week-retry``, or ``batchpipe retry --since 2026-11-14``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+
+from batchpipe import spec as rules
+from batchpipe.errors import InputError
+from batchpipe.ledger import ItemRow, SqliteLedger
+from batchpipe.models import Endpoint, Item, ItemStatus
+from batchpipe.validate import ItemProblem
+
+__all__ = [
+    "DEFAULT_RETRY_STATUSES",
+    "RetrySelection",
+    "export_manifest",
+    "parse_set_options",
+    "retry_items",
+    "select_rows",
+]
+
+#: What ``batchpipe retry`` selects when no ``--status`` is given: every final state but success.
+DEFAULT_RETRY_STATUSES: Final[tuple[str, ...]] = (
+    ItemStatus.FAILED,
+    ItemStatus.EXPIRED,
+    ItemStatus.CANCELLED,
+    ItemStatus.MISSING,
+)
+#: Request fields ``--set`` may change (the Images API body fields of FACTS §4.1-4.2).
+SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
+    {
+        "model",
+        "size",
+        "quality",
+        "background",
+        "output_format",
+        "output_compression",
+        "n",
+        "moderation",
+        "input_fidelity",
+        "prompt",
+    }
+)
+_INT_FIELDS: Final = frozenset({"n", "output_compression"})
+
+
+@dataclass(frozen=True)
+class RetrySelection:
+    """Which ledger items to take again. Every given filter must match; only each item's latest attempt counts.
+
+    ``statuses``/``error_codes``/``c2pa_states``: sets of values; ``since``/``until``: unix seconds of the row's
+    last update; ``job``: job name; ``retryable_only``: skip failures marked not retryable.
+    """
+
+    job: str | None = None
+    statuses: tuple[str, ...] = DEFAULT_RETRY_STATUSES
+    error_codes: tuple[str, ...] | None = None
+    c2pa_states: tuple[str, ...] | None = None
+    since: float | None = None
+    until: float | None = None
+    retryable_only: bool = False
+
+
+def parse_when(text: str, *, option: str) -> float:
+    """``YYYY-MM-DD`` or an ISO timestamp (UTC unless it says otherwise) → unix seconds; ``InputError`` if not."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(f"not a date or ISO timestamp: {text!r}", file="<command line>", field=option) from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def parse_set_options(pairs: Sequence[str]) -> dict[str, object]:
+    """``["quality=high", "n=2"]`` → ``{"quality": "high", "n": 2}``; ``InputError`` for unknown fields."""
+    changes: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or name not in SETTABLE_FIELDS:
+            raise InputError(
+                f"--set takes FIELD=VALUE with FIELD one of {', '.join(sorted(SETTABLE_FIELDS))}; got {pair!r}",
+                file="<command line>",
+                field="--set",
+            )
+        if name in _INT_FIELDS:
+            try:
+                changes[name] = int(value)
+            except ValueError as exc:
+                raise InputError(
+                    f"{name} must be a whole number, not {value!r}", file="<command line>", field=name
+                ) from exc
+        else:
+            changes[name] = value
+    return changes
+
+
+def select_rows(ledger: SqliteLedger, selection: RetrySelection) -> Iterator[ItemRow]:
+    """The latest attempt of every item matching ``selection`` (streamed)."""
+    for row in ledger.items(
+        job=selection.job,
+        statuses=selection.statuses,
+        error_codes=selection.error_codes,
+        c2pa_states=selection.c2pa_states,
+        since=selection.since,
+        until=selection.until,
+        latest_only=True,
+    ):
+        if selection.retryable_only and row.retryable == 0:
+            continue
+        if row.status == ItemStatus.INVALID or not row.endpoint:
+            continue  # refused locally: there is no request to send; fix the manifest and run the job
+        yield row
+
+
+def _changed_body(row: ItemRow, changes: Mapping[str, object]) -> dict[str, object]:
+    body = {**row.body, **changes}
+    if body.get("model") and "input_fidelity" in body:
+        model_rules = rules.model_rules(str(body["model"]))
+        if model_rules is not None and model_rules.input_fidelity != "yes" and "input_fidelity" not in changes:
+            body.pop("input_fidelity")  # e.g. switching an edit to gpt-image-2, which is always high fidelity
+    return body
+
+
+def retry_items(rows: Iterable[ItemRow], changes: Mapping[str, object]) -> Iterator[Item | ItemProblem]:
+    """Items for new attempts of ``rows`` with ``changes`` applied, each checked against the model's rules."""
+    for row in rows:
+        body = _changed_body(row, changes)
+        problems = rules.check_image_request(row.endpoint, body)
+        if problems:
+            for problem in problems:
+                yield ItemProblem(row.item_key, f"ledger:{row.custom_id}", None, problem.param, problem.message)
+            continue
+        metadata: dict[str, object] = orjson.loads(row.metadata_json)
+        metadata["retry_of"] = row.custom_id
+        endpoint: Endpoint = "/v1/images/edits" if row.endpoint == "/v1/images/edits" else "/v1/images/generations"
+        yield Item(
+            key=row.item_key,
+            endpoint=endpoint,
+            body=body,
+            metadata=metadata,
+            source=f"ledger:{row.custom_id}",
+            product_key=row.product_key,
+            variant=row.variant,
+        )
+
+
+def export_manifest(items: Iterable[Item | ItemProblem], out: IO[bytes]) -> tuple[int, list[ItemProblem]]:
+    """Write items as plain JSONL manifest lines (``key``, body fields, ``metadata``); returns (lines, problems).
+
+    ``batchpipe run --manifest FILE --job-name NAME`` accepts the result.
+    """
+    count = 0
+    problems: list[ItemProblem] = []
+    for entry in items:
+        if isinstance(entry, ItemProblem):
+            problems.append(entry)
+            continue
+        line: dict[str, Any] = {"key": entry.key, **entry.body, "metadata": entry.metadata}
+        out.write(orjson.dumps(line) + b"\n")
+        count += 1
+    return count, problems
+
+
+def default_output_dir(ledger: SqliteLedger, job: str | None, workdir: Path) -> tuple[Path, str]:
+    """The output directory and trust setting of the job's latest run (``workdir/out/retry`` if unknown)."""
+    run = ledger.latest_run(job)
+    if run and run.get("output_dir"):
+        return Path(str(run["output_dir"])), str(run.get("trust") or "default")
+    return workdir / "out" / (job or "retry"), "default"
