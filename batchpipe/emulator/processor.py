@@ -569,9 +569,8 @@ class BatchProcessor:
                         await queue.put(line)
             except FileNotFoundError:
                 log.warning("emulator.batch.input_gone", batch_id=run.record.id)
-            finally:
-                for _ in range(workers):
-                    await queue.put(None)
+            for _ in range(workers):
+                await queue.put(None)
 
         async def work() -> None:
             while True:
@@ -618,11 +617,15 @@ class BatchProcessor:
                 self._count(run, kind, response_body.get("usage") if kind == "output" else None)
                 self._save(run, force=False)
 
+        producer = asyncio.create_task(produce())
         try:
-            producer = asyncio.create_task(produce())
             await asyncio.gather(*(work() for _ in range(workers)))
             await producer
         finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
             out_fh.close()
             err_fh.close()
         self._save(run)

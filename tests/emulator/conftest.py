@@ -75,7 +75,7 @@ class Recorder:
             match = [(rq, rs) for m, p, rq, rs in _ROUTE_SCHEMAS if ex.method == m and p.match(ex.path)]
             assert match, f"unexpected route {ex.method} {ex.path}"
             req_schema, resp_schema = match[0]
-            if req_schema and ex.request_json is not None:
+            if req_schema and ex.request_json is not None and ex.status < 400:  # accepted requests only
                 self.schemas.validate(req_schema, ex.request_json)
                 checked += 1
             if ex.status >= 400:

@@ -37,6 +37,7 @@ def wait_for(client: OpenAI, batch_id: str, statuses: tuple[str, ...] = TERMINAL
         batch = client.batches.retrieve(batch_id)
         if batch.status in statuses:
             return batch
+        assert batch.status not in TERMINAL, f"batch {batch_id} ended {batch.status}: {batch.errors}"
         assert time.monotonic() < deadline, f"batch {batch_id} stuck in {batch.status}"
         time.sleep(0.05)
 
