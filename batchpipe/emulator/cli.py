@@ -1,0 +1,141 @@
+"""``batchpipe emulator serve``: run the emulator standalone (attach ``emulator_group`` to the main CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from batchpipe.emulator.config import ROUTES, EmulatorConfig, FaultConfig, RouteFaults, SpeedConfig
+from batchpipe.emulator.server import run_server
+
+__all__ = ["build_config", "emulator_group"]
+
+
+def _route_values(values: tuple[str, ...], option: str) -> dict[str, float]:
+    """``("batches.create=0.5", "*=0.1")`` → ``{"batches.create": 0.5, "*": 0.1}``; bad input → UsageError."""
+    out: dict[str, float] = {}
+    for value in values:
+        route, sep, number = value.partition("=")
+        if not sep or (route not in ROUTES and route != "*"):
+            raise click.UsageError(f"{option} expects ROUTE=NUMBER with ROUTE in {', '.join(ROUTES)} or '*': {value!r}")
+        try:
+            out[route] = float(number)
+        except ValueError as exc:
+            raise click.UsageError(f"{option}: not a number: {value!r}") from exc
+    return out
+
+
+def build_config(
+    *,
+    state_dir: Path,
+    speed: str,
+    per_request_s: float | None,
+    completion_window_s: int | None,
+    concurrency: int,
+    rpm_limit: int,
+    enqueued_token_limit: int | None,
+    seed: int,
+    fault_429: tuple[str, ...],
+    fault_5xx: tuple[str, ...],
+    first_429: tuple[str, ...],
+    first_5xx: tuple[str, ...],
+    latency_ms: int,
+    cut_after_bytes: int | None,
+    cut_first_n: int,
+    cut_share: float,
+    null_output_s: float,
+    shuffle: bool,
+    drop_rows: int,
+    drop_first_n: int,
+    expire_after_lines: int | None,
+    expire_first_n: int,
+    expire_share: float,
+    stuck_finalizing_s: float,
+) -> EmulatorConfig:
+    """The ``EmulatorConfig`` the ``serve`` flags describe. Raises ``click.UsageError`` on bad values."""
+    routes: dict[str, dict[str, float]] = {}
+    for key, values, option in (
+        ("share_429", fault_429, "--fault-429"),
+        ("share_5xx", fault_5xx, "--fault-5xx"),
+        ("first_n_429", first_429, "--first-429"),
+        ("first_n_5xx", first_5xx, "--first-5xx"),
+    ):
+        for route, number in _route_values(values, option).items():
+            routes.setdefault(route, {})[key] = int(number) if key.startswith("first") else number
+    speed_fields: dict[str, object] = {"mode": speed}
+    if per_request_s is not None:
+        speed_fields["per_request_s"] = per_request_s
+    if completion_window_s is not None:
+        speed_fields["completion_window_s"] = completion_window_s
+    try:
+        return EmulatorConfig(
+            state_dir=state_dir,
+            speed=SpeedConfig.model_validate(speed_fields),
+            concurrency=concurrency,
+            rpm_limit=rpm_limit,
+            enqueued_token_limit=enqueued_token_limit,
+            faults=FaultConfig(
+                seed=seed,
+                routes={route: RouteFaults.model_validate(v) for route, v in routes.items()},
+                latency_ms=latency_ms,
+                cut_download_after_bytes=cut_after_bytes,
+                cut_download_first_n=cut_first_n,
+                cut_download_share=cut_share,
+                null_output_file_s=null_output_s,
+                shuffle_output=shuffle,
+                drop_rows=drop_rows,
+                drop_rows_first_n_batches=drop_first_n,
+                expire_after_lines=expire_after_lines,
+                expire_first_n_batches=expire_first_n,
+                expire_share=expire_share,
+                stuck_finalizing_s=stuck_finalizing_s,
+            ),
+        )
+    except ValidationError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.group("emulator")
+def emulator_group() -> None:
+    """The built-in emulator of the OpenAI Files, Batches and Images API."""
+
+
+@emulator_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Files and database; a restart on the same directory keeps files and batches.",
+)
+@click.option("--speed", type=click.Choice(["instant", "realistic"]), default="instant", show_default=True)
+@click.option("--per-request-s", type=float, default=None, help="Realistic mode: seconds per request.")
+@click.option("--completion-window-s", type=int, default=None, help="Seconds before a batch expires (86400).")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Lines of one batch run at once.")
+@click.option("--rpm-limit", type=int, default=10_000, show_default=True, help="Requests per minute (429 over it).")
+@click.option("--enqueued-token-limit", type=int, default=None, help="Per-model enqueued input-token cap.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault RNG.")
+@click.option("--fault-429", multiple=True, metavar="ROUTE=SHARE", help="Share of 429s on ROUTE ('*': all).")
+@click.option("--fault-5xx", multiple=True, metavar="ROUTE=SHARE", help="Share of 500/503s on ROUTE.")
+@click.option("--first-429", multiple=True, metavar="ROUTE=N", help="The first N requests on ROUTE get 429.")
+@click.option("--first-5xx", multiple=True, metavar="ROUTE=N", help="The first N requests on ROUTE get 500/503.")
+@click.option("--latency-ms", type=int, default=0, show_default=True, help="Added to every response.")
+@click.option("--cut-download-after-bytes", "cut_after_bytes", type=int, default=None)
+@click.option("--cut-download-first-n", "cut_first_n", type=int, default=0, show_default=True)
+@click.option("--cut-download-share", "cut_share", type=float, default=0.0, show_default=True)
+@click.option("--null-output-s", type=float, default=0.0, show_default=True, help="Completed shows null file ids.")
+@click.option("--shuffle-output", "shuffle", is_flag=True, help="Publish result lines in shuffled order.")
+@click.option("--drop-rows", type=int, default=0, show_default=True, help="Rows missing from both files.")
+@click.option("--drop-rows-first-n", "drop_first_n", type=int, default=0, help="Only the first N batches (0: all).")
+@click.option("--expire-after-lines", type=int, default=None, help="Expire a batch after this many lines.")
+@click.option("--expire-first-n", type=int, default=0, show_default=True, help="...for the first N batches.")
+@click.option("--expire-share", type=float, default=0.0, show_default=True, help="...for this share of batches.")
+@click.option("--stuck-finalizing-s", type=float, default=0.0, show_default=True)
+def serve(host: str, port: int, **options: object) -> None:
+    """Serve the emulator at http://HOST:PORT/v1 until Ctrl-C. Point an OpenAI client's base_url there."""
+    config = build_config(**options)  # type: ignore[arg-type]
+    click.echo(f"batchpipe emulator on http://{host}:{port}/v1 (state in {config.state_dir})", err=True)
+    run_server(config, host=host, port=port)
