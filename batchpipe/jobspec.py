@@ -474,7 +474,7 @@ class JobSpec:
             )
             for column in metadata_columns:
                 if column not in known:
-                    raise fail(_unknown_column(column, columns), ("item", "metadata"))
+                    raise fail(f"[item] metadata names no manifest column {column!r}", ("item", "metadata"))
         elif item.metadata is not None:
             raise fail(
                 "[item] metadata columns need catalog mode (key and prompt templates)", ("item", "metadata")

@@ -396,10 +396,13 @@ def estimate_input_tokens(body: dict[str, object]) -> int:
     """
     prompt = body.get("prompt")
     text = _text_tokens(prompt) if isinstance(prompt, str) else 0
+    images = _image_input_count(body)
+    if not images:  # the common case; the shard builder calls this once per line
+        return text
     model = body.get("model")
     rules = model_rules(model) if isinstance(model, str) else None
     fidelity = "high" if (rules and rules.name == "gpt-image-2") or body.get("input_fidelity") == "high" else "low"
-    return text + _image_input_count(body) * _IMAGE_IN_TOKENS[fidelity]
+    return text + images * _IMAGE_IN_TOKENS[fidelity]
 
 
 def estimate_usage(body: dict[str, object]) -> dict[str, object]:
