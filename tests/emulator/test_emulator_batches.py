@@ -196,3 +196,42 @@ def test_restart_keeps_state_and_resumes_a_running_batch(tmp_path, recorder) -> 
         ids = [row["custom_id"] for row in read_lines(client, resumed.output_file_id)]
         assert sorted(ids) == sorted(f"l{i}" for i in range(8))  # each line exactly once
         client.close()
+
+
+def test_refused_requests_go_to_the_error_file(make_emulator, make_client, recorder, schemas) -> None:
+    client = make_client(make_emulator())
+    edit = {"model": "gpt-image-1.5", "prompt": "on a beach", "size": "1024x1024"}
+    lines = [
+        gen_line("ok"),
+        gen_line("long", prompt="x" * 32_001),
+        gen_line("jpeg-transparent", background="transparent", output_format="jpeg"),
+        gen_line("blocked", prompt="a cat EMULATOR_BLOCK"),
+    ]
+    edits = [
+        {
+            "custom_id": "url",
+            "method": "POST",
+            "url": "/v1/images/edits",
+            "body": {**edit, "images": [{"image_url": "http://127.0.0.1:9/missing.png"}]},
+        },
+        {
+            "custom_id": "fid",
+            "method": "POST",
+            "url": "/v1/images/edits",
+            "body": {**edit, "images": [{"file_id": "file-unknown"}]},
+        },
+    ]
+    gen = wait_for(client, _create(client, upload_batch_file(client, lines)))
+    ed = wait_for(client, _create(client, upload_batch_file(client, edits), "/v1/images/edits"))
+    assert gen.status == ed.status == "completed"
+    assert (gen.request_counts.completed, gen.request_counts.failed) == (1, 3)
+    assert (ed.request_counts.completed, ed.request_counts.failed) == (0, 2) and ed.output_file_id is None
+    errors = read_lines(client, gen.error_file_id) + read_lines(client, ed.error_file_id)
+    params = {}
+    for row in errors:
+        assert row["error"] is None and row["response"]["status_code"] == 400
+        schemas.validate("ErrorResponse", row["response"]["body"])
+        params[row["custom_id"]] = row["response"]["body"]["error"]
+    assert set(params) == {"long", "jpeg-transparent", "blocked", "url", "fid"}
+    assert params["long"]["param"] == "prompt" and params["blocked"]["code"] == "moderation_blocked"
+    assert params["url"]["param"] == "images[0].image_url" and params["fid"]["param"] == "images[0].file_id"
