@@ -1,0 +1,335 @@
+"""Validation before spending: rows → items or located problems; keys, duplicates, the demo catalog."""
+
+from __future__ import annotations
+
+import collections
+import csv
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batchpipe.errors import ManifestError
+from batchpipe.jobspec import JobSpec
+from batchpipe.models import ImageRef, Item
+from batchpipe.validate import ItemProblem, KeyIndex, key_problem, make_items, validate_command, validate_job
+
+REPO = Path(__file__).resolve().parents[1]
+GEN = "/v1/images/generations"
+
+
+def _jsonl(tmp_path: Path, *lines: object, name: str = "items.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines))
+    return path
+
+
+def _run(
+    path: Path, *, defaults: dict[str, object] | None = None
+) -> tuple[list[Item], list[ItemProblem], list[ItemProblem]]:
+    spec = JobSpec.for_manifest(path, "t", defaults=defaults or {"model": "gpt-image-1.5"}, workdir=path.parent)
+    warnings: list[ItemProblem] = []
+    results = list(make_items(spec, on_warning=warnings.append))
+    return (
+        [r for r in results if isinstance(r, Item)],
+        [r for r in results if isinstance(r, ItemProblem)],
+        warnings,
+    )
+
+
+def _where(problems: list[ItemProblem]) -> list[tuple[int | None, str | None]]:
+    return [(p.line, p.field) for p in problems]
+
+
+def test_plain_generation_and_edit_items(tmp_path: Path) -> None:
+    path = _jsonl(
+        tmp_path,
+        {"key": "shoes/red", "prompt": "a red shoe", "size": "1536x1024", "metadata": {"sku": 7}},
+        {
+            "key": "e1",
+            "prompt": "make it blue",
+            "images": [{"image_url": "https://x.test/a.png"}, {"file_id": "file-1"}],
+            "mask": {"image_url": "data:image/png;base64,aGVsbG8="},
+            "input_fidelity": "high",
+        },
+    )
+    items, problems, _ = _run(path, defaults={"model": "gpt-image-1.5", "quality": "low", "size": "1024x1024"})
+    assert problems == []
+    gen, edit = items
+    assert gen.key == "shoes/red"
+    assert gen.endpoint == GEN
+    assert gen.body == {"model": "gpt-image-1.5", "prompt": "a red shoe", "size": "1536x1024", "quality": "low"}
+    assert list(gen.body) == ["model", "prompt", "size", "quality"]
+    assert gen.metadata == {"sku": 7}
+    assert gen.source == f"{path.resolve()}:1"
+    assert edit.endpoint == "/v1/images/edits"
+    assert edit.source.endswith(":2")
+    assert edit.inputs == (
+        ImageRef("url", "https://x.test/a.png"),
+        ImageRef("file", "file-1"),
+        ImageRef(
+            "data",
+            "data:image/png;sha256=2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        ),
+    )
+
+
+def test_unknown_fields_and_wrong_types_are_located(tmp_path: Path) -> None:
+    path = _jsonl(
+        tmp_path,
+        {"key": "a", "prompt": "p", "colour": "red"},
+        {"key": 5, "prompt": "p"},
+        {"key": "c", "prompt": "p", "n": "2"},
+        {"key": "d", "prompt": "p", "metadata": [1]},
+        {"key": "e", "prompt": 3},
+        {"prompt": "no key"},
+        {"key": "ok", "prompt": "fine"},
+    )
+    items, problems, _ = _run(path)
+    assert [i.key for i in items] == ["ok"]
+    assert _where(problems) == [(1, "colour"), (2, "key"), (3, "n"), (4, "metadata"), (5, "prompt"), (6, "key")]
+    assert str(problems[0]).startswith(f"{path.resolve()}:1: field 'colour': unknown field 'colour'")
+    assert problems[0].key == "a"
+    assert problems[1].key is None
+
+
+def test_sizes_and_options_the_model_refuses(tmp_path: Path) -> None:
+    path = _jsonl(
+        tmp_path,
+        {"key": "a", "prompt": "p", "size": "2048x2048"},
+        {"key": "b", "prompt": "p", "size": "2048x2048", "model": "gpt-image-2"},
+        {"key": "c", "prompt": "p", "size": "1000x1000", "model": "gpt-image-2"},
+        {"key": "d", "prompt": "p", "background": "transparent", "output_format": "jpeg"},
+        {
+            "key": "e",
+            "prompt": "p",
+            "images": [{"file_id": "f"}],
+            "input_fidelity": "high",
+            "model": "gpt-image-1-mini",
+        },
+        {"key": "f", "prompt": "p", "model": "dall-e-3"},
+    )
+    items, problems, _ = _run(path)
+    assert [i.key for i in items] == ["b"]
+    assert _where(problems) == [(1, "size"), (3, "size"), (4, "background"), (5, "input_fidelity"), (6, "model")]
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"),
+    [
+        ("shoes/red-42", True),
+        ("a~2", True),
+        ("Ünïcode ключ", True),
+        ("", False),
+        ("../etc/passwd", False),
+        ("a/../b", False),
+        ("a..b", False),
+        ("/abs", False),
+        ("a\\b", False),
+        ("a\x00b", False),
+        ("tab\there", False),
+        ("a//b", False),
+        ("trailing/", False),
+        ("x" * 512, True),
+        ("x" * 513, False),
+    ],
+)
+def test_key_rules(key: str, ok: bool) -> None:
+    assert (key_problem(key) is None) is ok
+
+
+def test_bad_keys_become_problems(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path, {"key": "../x", "prompt": "p"}, {"key": "a\\b", "prompt": "p"}, {"key": "", "prompt": "p"})
+    items, problems, _ = _run(path)
+    assert items == []
+    assert _where(problems) == [(1, "key"), (2, "key"), (3, "key")]
+    assert "'..'" in problems[0].message
+    assert "backslash" in problems[1].message
+
+
+def test_duplicate_keys_suffix_policy(tmp_path: Path) -> None:
+    path = _jsonl(
+        tmp_path,
+        {"key": "K", "prompt": "p1"},
+        {"key": "L", "prompt": "p2"},
+        {"key": "K", "prompt": "p3"},
+        {"key": "K", "prompt": "p4"},
+        {"key": "K~2", "prompt": "p5"},
+    )
+    items, problems, warnings = _run(path)
+    assert problems == []
+    assert [i.key for i in items] == ["K", "L", "K~2", "K~3", "K~2~2"]
+    assert items[2].metadata == {"_batchpipe": {"duplicate_of": {"key": "K", "line": 1}}}
+    assert _where(warnings) == [(3, "key"), (4, "key"), (5, "key")]
+    assert all(w.severity == "warning" for w in warnings)
+    assert "first at line 1, again at line 3" in warnings[0].message
+    assert "'K~2'" in warnings[0].message
+    assert str(warnings[0]).startswith(f"{path.resolve()}:3: field 'key': warning: ")
+
+
+def test_duplicate_keys_error_policy(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("sku,name\nA,one\nB,two\nA,three\n")
+    (tmp_path / "job.toml").write_text(
+        '[job]\nname = "d"\n[manifest]\npath = "c.csv"\n[item]\nkey = "{sku}"\nprompt = "{name}"\n'
+        'on_duplicate_key = "error"\n[defaults]\nmodel = "gpt-image-1"\n'
+    )
+    results = list(make_items(JobSpec.load(tmp_path / "job.toml", workdir=tmp_path)))
+    assert [r.key for r in results if isinstance(r, Item)] == ["A", "B"]
+    (problem,) = [r for r in results if isinstance(r, ItemProblem)]
+    assert (problem.line, problem.field, problem.key) == (4, "key", "A")
+    assert "first at line 2" in problem.message
+
+
+def test_catalog_rows_render_prompts_and_report_empty_ones(tmp_path: Path) -> None:
+    rows = [
+        ["sku", "name", "brand", "note"],
+        ["S1", "  Red   mug\n", "Acme", "{brand} {0.__class__}"],
+        ["S2", "", "", " \t"],
+        ["S3", "Plate {{x}}", "", "y"],
+    ]
+    with (tmp_path / "c.csv").open("w", newline="") as out:
+        csv.writer(out).writerows(rows)
+    (tmp_path / "job.toml").write_text(
+        '[job]\nname = "c"\n[manifest]\npath = "c.csv"\n[item]\nkey = "{sku}"\n'
+        'prompt = "{name}{? by {brand}} {note}"\n[defaults]\nmodel = "gpt-image-1.5"\nquality = "low"\n'
+    )
+    spec = JobSpec.load(tmp_path / "job.toml", workdir=tmp_path)
+    results = list(make_items(spec))
+    first, problem, third = results
+    assert isinstance(first, Item)
+    assert first.body == {"model": "gpt-image-1.5", "prompt": "Red mug by Acme {brand} {0.__class__}", "quality": "low"}
+    assert first.metadata == {"sku": "S1", "name": "  Red   mug\n", "brand": "Acme", "note": "{brand} {0.__class__}"}
+    assert isinstance(problem, ItemProblem)
+    assert (problem.line, problem.field, problem.key) == (4, "prompt", "S2")  # row 2 spans lines 2-3
+    assert "renders empty" in problem.message
+    assert isinstance(third, Item)
+    assert third.body["prompt"] == "Plate {{x}} y"
+
+
+def test_manifest_row_errors_become_problems_and_file_errors_raise(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path, {"key": "a", "prompt": "p"}, b"{broken", b"\xff\xfe", {"key": "b", "prompt": "p"})
+    items, problems, _ = _run(path)
+    assert [i.key for i in items] == ["a", "b"]
+    assert _where(problems) == [(2, None), (3, None)]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(ManifestError):
+        _run(empty)
+
+
+def test_limit_counts_rows(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path, *({"key": f"k{i}", "prompt": "p"} for i in range(10)))
+    spec = JobSpec.for_manifest(path, "t", defaults={"model": "gpt-image-1"})
+    assert len(list(make_items(spec, limit=3))) == 3
+
+
+def test_key_index_grows_and_remembers_first_lines() -> None:
+    index = KeyIndex(capacity=8)
+    for i in range(5000):
+        assert index.add(f"key-{i}", i + 2) is None
+    assert len(index) == 5000
+    assert index.add("key-1234", 99999) == 1236
+    assert "key-4999" in index
+    assert "key-5000" not in index
+
+
+def test_the_flipkart_catalog_maps_to_20000_items_with_its_duplicates_reported() -> None:
+    spec = JobSpec.load(REPO / "jobs" / "catalog-nightly.toml", workdir=REPO)
+    with spec.manifest_path.open(newline="", encoding="utf-8") as handle:
+        pids = collections.Counter(row["pid"] for row in csv.DictReader(handle))
+    repeated = sum(count - 1 for count in pids.values() if count > 1)
+    assert repeated == 2  # shared/data/README.md: 2 duplicated pids, 19,998 distinct
+    warnings: list[ItemProblem] = []
+    keys = set()
+    count = 0
+    for result in make_items(spec, on_warning=warnings.append):
+        assert isinstance(result, Item), str(result)
+        count += 1
+        keys.add(result.key)
+        assert result.body["model"] == "gpt-image-1.5"
+        assert "  " not in str(result.body["prompt"])
+    assert count == len(keys) == 20_000
+    assert len(warnings) == repeated
+    assert {w.key for w in warnings} == {f"{pid}~2" for pid, n in pids.items() if n > 1}
+    assert [w.line for w in warnings] == [7771, 9421]
+
+
+def test_validate_job_report_and_cli(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path, {"key": "a", "prompt": "p", "model": "gpt-image-1"}, {"key": "b", "prompt": ""})
+    spec = JobSpec.for_manifest(path, "t")
+    report = validate_job(spec)
+    assert (report.items, report.problem_count, report.ok) == (1, 2, False)  # no model, empty prompt
+    assert report.groups == {(GEN, "gpt-image-1"): 1}
+    assert report.cost_usd > 0
+    result = CliRunner().invoke(validate_command, [str(path)])
+    assert result.exit_code == 1
+    assert "field 'prompt'" in result.output
+    result = CliRunner().invoke(validate_command, [str(REPO / "jobs" / "catalog-nightly.toml"), "--limit", "50"])
+    assert result.exit_code == 0, result.output
+    assert "items=50" in result.output
+
+
+# --------------------------------------------------------------------------------------------- property
+
+_VALID = st.fixed_dictionaries(
+    {"prompt": st.text(min_size=1, max_size=30).filter(str.strip)},
+    optional={
+        "size": st.sampled_from(["1024x1024", "1536x1024", "auto"]),
+        "quality": st.sampled_from(["low", "high"]),
+        "n": st.integers(1, 10),
+        "metadata": st.dictionaries(st.text(max_size=5), st.integers(-(2**40), 2**40)),
+    },
+)
+_GARBAGE = st.one_of(
+    st.binary(max_size=40).map(lambda b: b"#" + b.replace(b"\n", b"")),  # never JSON
+    st.just(b"\xff\xfe{}"),
+    st.builds(lambda v: orjson.dumps([v]), st.integers()),
+    st.builds(lambda s: orjson.dumps({"key": "g", "prompt": "p", "size": s}), st.text(max_size=10)).filter(
+        lambda b: (
+            b'"size":"1024x1024"' not in b
+            and b'"size":"1536x1024"' not in b
+            and b'"size":"1024x1536"' not in b
+            and b'"size":"auto"' not in b
+            and b'"size":""' not in b
+        )
+    ),
+    st.builds(lambda n: orjson.dumps({"key": "g", "prompt": "p", "n": n}), st.integers(11, 99)),
+    st.builds(lambda k: orjson.dumps({"key": k, "prompt": "p", "extra": 1}), st.text(max_size=5)),
+    st.builds(lambda k: orjson.dumps({"key": "../" + k, "prompt": "p"}), st.text(max_size=5)),
+    st.just(b'{"key": "g", "prompt": "   "}'),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(_VALID.map(lambda v: ("valid", v)), _GARBAGE.map(lambda g: ("garbage", g))), max_size=25))
+def test_random_manifests_only_yield_items_and_problems(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, object]]
+) -> None:
+    directory = tmp_path_factory.mktemp("prop")
+    lines: list[bytes] = []
+    valid_keys = []
+    for index, (kind, value) in enumerate(rows):
+        if kind == "valid":
+            assert isinstance(value, dict)
+            key = f"v{index}"
+            valid_keys.append(key)
+            lines.append(orjson.dumps({"key": key, **value}))
+        else:
+            assert isinstance(value, bytes)
+            lines.append(value)
+    path = directory / "m.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    spec = JobSpec.for_manifest(path, "prop", defaults={"model": "gpt-image-1-mini"})
+    try:
+        results = list(make_items(spec, on_warning=lambda p: None))
+    except ManifestError:
+        assert not any(line.strip() for line in lines)  # only an empty manifest is a file-level error
+        return
+    items = [r for r in results if isinstance(r, Item)]
+    assert all(isinstance(r, Item | ItemProblem) for r in results)
+    assert sorted(i.key for i in items) == sorted(valid_keys)
+    assert all(isinstance(p.line, int) and p.file == str(path.resolve()) for p in results if isinstance(p, ItemProblem))
