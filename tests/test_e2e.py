@@ -1,0 +1,74 @@
+"""End to end over real HTTP: the main job on the embedded emulator, then status, export and verify."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from batchpipe.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the shipped nightly job and its catalog, with the API key removed from the environment."""
+    shutil.copytree(REPO / "jobs", tmp_path / "jobs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return tmp_path
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["--log-json", "--log-level", "warning", *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.slow
+def test_catalog_job_end_to_end_on_the_emulator(workspace: Path) -> None:
+    code, _, err = _invoke("run", "jobs/catalog-nightly.toml", "--limit", "40", "--poll-interval", "0.1")
+    assert code == 0, err
+    assert "embedded emulator" in err
+
+    code, out, _ = _invoke("status", "--json")
+    status = orjson.loads(out)
+    assert code == 0 and status["current_items"] == {"succeeded": 40}
+    assert status["cost_usd"] > 0
+
+    code, out, _ = _invoke("ledger", "export", "--format", "jsonl")
+    records = [orjson.loads(line) for line in out.splitlines()]
+    assert len(records) == 40 and len({r["key"] for r in records}) == 40
+    for record in records:
+        assert record["status"] == "succeeded" and record["error_code"] is None
+        data = Path(record["output_path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+        assert record["c2pa_state"] == "trusted"
+
+    code, out, _ = _invoke("verify", "--trust", "emulator", "--json", ".batchpipe/out")
+    reports = [orjson.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(reports) == 40
+    assert {r["c2pa_state"] for r in reports} == {"trusted"}
+    code, out, _ = _invoke("verify", "--trust", "default", "--json", records[0]["output_path"])
+    assert orjson.loads(out)["c2pa_state"] == "valid"  # the emulator root is not on the real trust lists
+
+    # the same command again resumes the finished job as a new nightly run: nothing changed, nothing sent
+    code, _, err = _invoke("run", "jobs/catalog-nightly.toml", "--limit", "40", "--poll-interval", "0.1")
+    assert code == 0, err
+    assert "skipped 40 item(s)" in err
+    code, out, _ = _invoke("status", "--json")
+    assert orjson.loads(out)["batches"] == {"completed": 1}
+
+
+def test_bad_spec_exits_2_with_file_line_and_field(workspace: Path) -> None:
+    spec = workspace / "jobs" / "catalog-nightly.toml"
+    spec.write_text(spec.read_text().replace('size = "1024x1024"', 'size = "999x999"'))
+    code, _, err = _invoke("run", "jobs/catalog-nightly.toml", "--limit", "5")
+    assert code == 2
+    assert "catalog-nightly.toml" in err and "defaults.size" in err
+    assert "Traceback" not in err
+    assert not (workspace / ".batchpipe" / "ledger.sqlite").exists() or "submitted" not in err
