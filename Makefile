@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## The main job on the embedded emulator (no API key, no network): a documented subset of the real catalog.
-DEMO_LIMIT ?= 500
+DEMO_LIMIT ?= 2000
 demo: $(STAMP)
 	$(BIN)/batchpipe run jobs/catalog-nightly.toml --api emulator --limit $(DEMO_LIMIT)
 	$(BIN)/batchpipe status

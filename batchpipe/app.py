@@ -69,7 +69,8 @@ class ProgressReporter:
         self._last = now
         states = ", ".join(f"{k} {v}" for k, v in sorted(data.get("batch_states", {}).items()))
         self._echo(
-            f"progress: batches {states or 'none'}; items {data.get('items_done', 0)}/{data.get('items_total', 0)} done"
+            f"progress: batches {states or 'none'}; requests answered {data.get('rendered', 0)}; "
+            f"items collected {data.get('items_done', 0)}/{data.get('items_total', 0)}"
         )
 
 

@@ -9,11 +9,36 @@ from typing import Any
 import orjson
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "show_emulator_requests"]
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default).decode()
+
+
+_emulator_requests = True
+
+
+def show_emulator_requests(show: bool) -> None:
+    """Whether the emulator's per-request lines (events ``emulator.*`` at info) are shown.
+
+    ``batchpipe run`` hides them for the embedded emulator (they would drown the run's own lines, and stay
+    visible at ``--log-level debug``); ``batchpipe emulator serve`` shows them.
+    """
+    global _emulator_requests
+    _emulator_requests = show
+
+
+def _drop_emulator_requests(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    event = event_dict.get("event")
+    if (
+        not _emulator_requests
+        and method in ("info", "debug")
+        and isinstance(event, str)
+        and event.startswith("emulator.")
+    ):
+        raise structlog.DropEvent
+    return event_dict
 
 
 def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
@@ -23,7 +48,9 @@ def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
     never reach logs (the client never passes them to a logger).
     """
     use_json = (not sys.stderr.isatty()) if json is None else json
+    show_emulator_requests(level.lower() == "debug")
     processors: list[Any] = [
+        _drop_emulator_requests,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -512,13 +512,23 @@ class Runner:
 
     def _report_progress(self, run_id: str, *, force: bool = False) -> None:
         states: dict[str, int] = {}
+        rendered = 0
         for batch in self.ledger.batches(run_id=run_id):
             states[batch["status"]] = states.get(batch["status"], 0) + 1
-        counts = self.ledger.count_items(run_id=run_id)
-        live = counts.get(ItemStatus.PENDING, 0) + counts.get(ItemStatus.SUBMITTED, 0)
-        total = sum(n for status, n in counts.items() if status != ItemStatus.SUPERSEDED)
+            counts = orjson.loads(batch["request_counts_json"] or "null") or {}
+            rendered += int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
+        items = self.ledger.count_items(run_id=run_id)
+        live = items.get(ItemStatus.PENDING, 0) + items.get(ItemStatus.SUBMITTED, 0)
+        total = sum(n for status, n in items.items() if status != ItemStatus.SUPERSEDED)
         self._progress(
-            "poll", {"batch_states": states, "items_done": total - live, "items_total": total, "force": force}
+            "poll",
+            {
+                "batch_states": states,
+                "rendered": rendered,
+                "items_done": total - live,
+                "items_total": total,
+                "force": force,
+            },
         )
 
     async def _finish_batch(self, batch: dict[str, Any], collector: Collector) -> bool:

@@ -138,4 +138,7 @@ def serve(host: str, port: int, **options: object) -> None:
     """Serve the emulator at http://HOST:PORT/v1 until Ctrl-C. Point an OpenAI client's base_url there."""
     config = build_config(**options)  # type: ignore[arg-type]
     click.echo(f"batchpipe emulator on http://{host}:{port}/v1 (state in {config.state_dir})", err=True)
+    from batchpipe.logs import show_emulator_requests
+
+    show_emulator_requests(True)
     run_server(config, host=host, port=port)
