@@ -331,9 +331,7 @@ class Collector:
         began = self._clock()
         tracker = _OffsetTracker(start)
         queue: asyncio.Queue[tuple[int, bytes, int] | None] = asyncio.Queue(maxsize=self._queue_lines)
-        results: asyncio.Queue[tuple[int, int, LineResult | None] | None] = asyncio.Queue(
-            maxsize=self._queue_lines * 4
-        )
+        results: asyncio.Queue[tuple[int, int, LineResult | None] | None] = asyncio.Queue(maxsize=self._queue_lines * 4)
         loop = asyncio.get_running_loop()
 
         async def worker() -> None:

@@ -24,7 +24,8 @@ import orjson
 from batchpipe import spec as rules
 from batchpipe.errors import InputError
 from batchpipe.ledger import ItemRow, SqliteLedger
-from batchpipe.models import Endpoint, Item, ItemStatus
+from batchpipe.models import Item, ItemStatus
+from batchpipe.spec import Endpoint
 from batchpipe.validate import ItemProblem
 
 __all__ = [

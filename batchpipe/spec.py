@@ -201,9 +201,7 @@ def _image_ref_problems(ref: object, param: str) -> list[RequestProblem]:
         extra = sorted(keys - {"image_url", "file_id"})[0]
         return [RequestProblem(f"{param}.{extra}", "unknown_parameter", f"Unknown parameter: '{param}.{extra}'.")]
     if len(keys) != 1:
-        return [
-            RequestProblem(param, "invalid_value", f"'{param}' must have exactly one of 'image_url' or 'file_id'.")
-        ]
+        return [RequestProblem(param, "invalid_value", f"'{param}' must have exactly one of 'image_url' or 'file_id'.")]
     (key,) = keys
     value = ref[key]
     if not isinstance(value, str) or not value:

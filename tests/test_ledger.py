@@ -45,9 +45,7 @@ def test_transitions_follow_the_table(ledger: SqliteLedger) -> None:
     assert row is not None and row.status == "succeeded" and row.sha256 == "ab"
     # non-strict replays leave rows that already moved untouched
     assert (
-        ledger.transition_items(
-            ["c1", "c2"], ItemStatus.MISSING, from_statuses=[ItemStatus.SUBMITTED], strict=False
-        )
+        ledger.transition_items(["c1", "c2"], ItemStatus.MISSING, from_statuses=[ItemStatus.SUBMITTED], strict=False)
         == 1
     )
     assert ledger.count_items(run_id="r1") == {"succeeded": 1, "missing": 1}
