@@ -198,9 +198,7 @@ def _parse_parts(text: str, start: int, *, in_optional: bool) -> tuple[list[_Par
             close = text.find("}", i + 1)
             brace = text.find("{", i + 1)
             if close < 0 or (0 <= brace < close):
-                raise TemplateSyntaxError(
-                    "'{' opens a field that is never closed (write '{{' for a brace)", i
-                )
+                raise TemplateSyntaxError("'{' opens a field that is never closed (write '{{' for a brace)", i)
             name = text[i + 1 : close]
             if not name:
                 raise TemplateSyntaxError("empty field name '{}'", i)
@@ -285,9 +283,7 @@ class RunOptions(_Strict):
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
     skip_invalid: bool = False
     enqueued_token_budget: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
-    max_requests_per_shard: Annotated[int, Field(ge=1, le=spec.MAX_REQUESTS_PER_BATCH)] = (
-        spec.MAX_REQUESTS_PER_BATCH
-    )
+    max_requests_per_shard: Annotated[int, Field(ge=1, le=spec.MAX_REQUESTS_PER_BATCH)] = spec.MAX_REQUESTS_PER_BATCH
     max_shard_bytes: Annotated[int, Field(ge=1024, le=spec.MAX_BATCH_FILE_BYTES)] = spec.MAX_BATCH_FILE_BYTES
     max_input_tokens_per_shard: Annotated[int, Field(ge=1)] | None = None
 
@@ -452,9 +448,7 @@ class JobSpec:
             key_template = _parse_template(item.key, ("item", "key"), fail)
             prompt_template = _parse_template(item.prompt, ("item", "prompt"), fail)
             try:
-                columns = tuple(
-                    read_columns(manifest_path, fmt=fmt, max_line_bytes=parsed.manifest.max_line_bytes)
-                )
+                columns = tuple(read_columns(manifest_path, fmt=fmt, max_line_bytes=parsed.manifest.max_line_bytes))
             except ManifestError as exc:
                 raise JobSpecError(
                     f"cannot read the manifest's columns: {exc}",
@@ -476,9 +470,7 @@ class JobSpec:
                 if column not in known:
                     raise fail(f"[item] metadata names no manifest column {column!r}", ("item", "metadata"))
         elif item.metadata is not None:
-            raise fail(
-                "[item] metadata columns need catalog mode (key and prompt templates)", ("item", "metadata")
-            )
+            raise fail("[item] metadata columns need catalog mode (key and prompt templates)", ("item", "metadata"))
 
         out = Path(parsed.output.dir) if parsed.output.dir else Path("out") / parsed.job.name
         base = workdir if workdir is not None else Path.cwd()
@@ -566,8 +558,6 @@ def _parse_template(text: str, loc: tuple[str, ...], fail: _Fail) -> Template:
 def _unknown_column(column: str, columns: tuple[str, ...]) -> str:
     hint = ""
     if _SUSPICIOUS.search(column):
-        hint = (
-            " (templates substitute plain fields only: no attribute/index access, conversions, format specs)"
-        )
+        hint = " (templates substitute plain fields only: no attribute/index access, conversions, format specs)"
     shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
     return f"template field '{{{column}}}' names no manifest column{hint}; columns: {shown}"

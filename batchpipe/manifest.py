@@ -189,9 +189,7 @@ def _iter_jsonl(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | Manif
             yield ManifestError(problem, file=name, line=line.number)
             continue
         if not isinstance(value, dict):
-            yield ManifestError(
-                f"expected a JSON object, got {_json_type(value)}", file=name, line=line.number
-            )
+            yield ManifestError(f"expected a JSON object, got {_json_type(value)}", file=name, line=line.number)
             continue
         yield ManifestRow(line.number, value)
     if not seen_content:
@@ -289,9 +287,7 @@ class _CsvRows(Iterator[ManifestRow | ManifestError]):
             except StopIteration:
                 raise ManifestError("empty manifest: no header row", file=self._name) from None
             except csv.Error as exc:
-                raise ManifestError(
-                    f"malformed CSV header: {exc}", file=self._name, line=self._feed.row_start
-                ) from exc
+                raise ManifestError(f"malformed CSV header: {exc}", file=self._name, line=self._feed.row_start) from exc
             if row:
                 break
         if self._feed.bad_utf8:

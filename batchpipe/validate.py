@@ -247,16 +247,12 @@ def _plain_row(spec: JobSpec, row: ManifestRow) -> _Row:
     out = _Row(None, _EDITS if fields.get("images") is not None else _GENERATIONS, {}, {})
     for name in fields:
         if name not in PLAIN_ITEM_FIELDS:
-            out.problems.append(
-                (name, f"unknown field {name!r} (known: {', '.join(sorted(PLAIN_ITEM_FIELDS))})")
-            )
+            out.problems.append((name, f"unknown field {name!r} (known: {', '.join(sorted(PLAIN_ITEM_FIELDS))})"))
     key = fields.get("key")
     if isinstance(key, str):
         out.key = key
     else:
-        out.problems.append(
-            ("key", "missing" if key is None else f"must be a string, not {type(key).__name__}")
-        )
+        out.problems.append(("key", "missing" if key is None else f"must be a string, not {type(key).__name__}"))
     metadata = fields.get("metadata")
     if isinstance(metadata, dict):
         out.metadata = dict(metadata)
