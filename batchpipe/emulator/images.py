@@ -208,14 +208,10 @@ class ImageExecutor:
                 mask = await self._resolve(body["mask"], "mask", open_file)
         job = _make_job(endpoint, body, self._detail)
         loop = asyncio.get_running_loop()
-        layer = (
-            await loop.run_in_executor(self._pool, _prepare_layer, images, mask, job.size) if images else None
-        )
+        layer = await loop.run_in_executor(self._pool, _prepare_layer, images, mask, job.size) if images else None
         count = body.get("n")
         n = count if isinstance(count, int) else 1
-        b64 = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, _produce, job, layer, i) for i in range(n))
-        )
+        b64 = await asyncio.gather(*(loop.run_in_executor(self._pool, _produce, job, layer, i) for i in range(n)))
         quality = body.get("quality")
         return ImageOutcome(
             200,
@@ -334,17 +330,13 @@ def _prepare_layer(images: list[_Input], mask: _Input | None, size: tuple[int, i
         try:
             decoded.append(decode_input(item.data, item.param))
         except InputImageError as exc:
-            raise _Refusal(
-                exc.message, type_="image_generation_user_error", param=item.param, code=exc.code
-            ) from exc
+            raise _Refusal(exc.message, type_="image_generation_user_error", param=item.param, code=exc.code) from exc
     mask_alpha = None
     if mask is not None:
         try:
             mask_alpha = decode_mask(mask.data, decoded[0].size)
         except InputImageError as exc:
-            type_ = (
-                "image_generation_user_error" if exc.code == "invalid_image_file" else "invalid_request_error"
-            )
+            type_ = "image_generation_user_error" if exc.code == "invalid_image_file" else "invalid_request_error"
             raise _Refusal(exc.message, type_=type_, param="mask", code=exc.code) from exc
     return build_edit_layer(decoded[0], decoded[1:], mask_alpha, size)
 

@@ -176,9 +176,7 @@ def build_edit_layer(
     placed_size = (max(1, round(first.size[0] * scale)), max(1, round(first.size[1] * scale)))
     placed = first.convert("RGBA").resize(placed_size, Image.Resampling.BILINEAR)
     if mask_alpha is not None:
-        edit_area = mask_alpha.resize(placed_size, Image.Resampling.NEAREST).point(
-            lambda a: 255 if a == 0 else 0
-        )
+        edit_area = mask_alpha.resize(placed_size, Image.Resampling.NEAREST).point(lambda a: 255 if a == 0 else 0)
         tint = Image.new("RGBA", placed_size, (*_TINT, 255))
         tinted = Image.blend(placed, tint, 0.5)
         tinted.putalpha(placed.getchannel("A"))
@@ -237,9 +235,7 @@ def _draw_background(spec: RenderSpec, rng: random.Random) -> Image.Image:
     width, height = spec.width, spec.height
     grad = _gradient(width, height)
     c0, c1 = _colour(rng), _colour(rng)
-    channels = [
-        grad.point([lo + (hi - lo) * v // 255 for v in range(256)]) for lo, hi in zip(c0, c1, strict=True)
-    ]
+    channels = [grad.point([lo + (hi - lo) * v // 255 for v in range(256)]) for lo, hi in zip(c0, c1, strict=True)]
     image = Image.merge("RGB", channels)
     if spec.transparent:
         image.putalpha(0)
@@ -261,9 +257,7 @@ def _draw_shapes(draw: ImageDraw.ImageDraw, spec: RenderSpec, rng: random.Random
             draw.rectangle((x, y, x + w, y + h), fill=fill)
 
 
-def _fit(
-    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, room: int
-) -> str:
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, room: int) -> str:
     """``text`` cut at a word boundary (with an ellipsis) so that it is at most ``room`` pixels wide."""
     if draw.textlength(text, font=font) <= room:
         return text

@@ -148,9 +148,7 @@ async def test_sizes(executor: ImageExecutor, model: str, size: str, expected: t
 async def test_formats_and_backgrounds(
     executor: ImageExecutor, fmt: str, background: str, pil_format: str, mode: str
 ) -> None:
-    outcome = await executor.execute(
-        GEN, _body(output_format=fmt, background=background), open_file=_no_files
-    )
+    outcome = await executor.execute(GEN, _body(output_format=fmt, background=background), open_file=_no_files)
     (image,) = _images(outcome)
     assert image.format == pil_format
     assert image.mode == mode
@@ -231,9 +229,7 @@ async def test_realistic_detail_is_heavier() -> None:
 # --- C2PA ---
 
 
-@pytest.mark.parametrize(
-    ("fmt", "mime"), [("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp")]
-)
+@pytest.mark.parametrize(("fmt", "mime"), [("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp")])
 async def test_images_carry_a_valid_c2pa_manifest(executor: ImageExecutor, fmt: str, mime: str) -> None:
     outcome = await executor.execute(GEN, _body(output_format=fmt), open_file=_no_files)
     _images(outcome)
@@ -449,9 +445,7 @@ async def test_image_url_not_found_is_400(executor: ImageExecutor, http_base: st
 
 
 async def test_image_url_served_but_not_an_image(executor: ImageExecutor, http_base: str) -> None:
-    outcome = await executor.execute(
-        EDIT, _body(images=[{"image_url": f"{http_base}/text.txt"}]), open_file=_no_files
-    )
+    outcome = await executor.execute(EDIT, _body(images=[{"image_url": f"{http_base}/text.txt"}]), open_file=_no_files)
     assert outcome.status_code == 400
     assert _error(outcome)["code"] == "invalid_image_file"
 
