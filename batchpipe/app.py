@@ -135,6 +135,9 @@ def request_from_spec(
         enqueued_token_budget=dict(spec.run.enqueued_token_budget),
         max_shard_requests=spec.run.max_requests_per_shard,
         max_shard_bytes=spec.run.max_shard_bytes,
+        max_shard_input_tokens=spec.run.max_input_tokens_per_shard,
+        cleanup_inputs=spec.run.delete_input_files,
+        cleanup_outputs=spec.run.delete_output_files,
     )
     return RunRequest(
         job=spec.name,

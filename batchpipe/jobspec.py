@@ -277,7 +277,10 @@ class RunOptions(_Strict):
     ``max_attempts`` per item (1..10); ``skip_invalid``: record invalid rows and go on instead of refusing the
     job; ``enqueued_token_budget``: model → input tokens allowed in flight (FACTS §3.1 enqueued tokens);
     shard limits ``max_requests_per_shard`` (≤ 50,000, FACTS §3.1), ``max_shard_bytes`` (bytes, ≤
-    ``spec.MAX_BATCH_FILE_BYTES``) and ``max_input_tokens_per_shard`` (estimated input tokens, optional).
+    ``spec.MAX_BATCH_FILE_BYTES``) and ``max_input_tokens_per_shard`` (estimated input tokens, optional);
+    ``delete_input_files`` / ``delete_output_files``: delete batch input files from the Files API once their
+    batch ends, and output/error files once collected, so storage does not fill up over months of nightly runs
+    (gotchas #6; input files otherwise expire after 30 days, FACTS §1).
     """
 
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -286,6 +289,8 @@ class RunOptions(_Strict):
     max_requests_per_shard: Annotated[int, Field(ge=1, le=spec.MAX_REQUESTS_PER_BATCH)] = spec.MAX_REQUESTS_PER_BATCH
     max_shard_bytes: Annotated[int, Field(ge=1024, le=spec.MAX_BATCH_FILE_BYTES)] = spec.MAX_BATCH_FILE_BYTES
     max_input_tokens_per_shard: Annotated[int, Field(ge=1)] | None = None
+    delete_input_files: bool = True
+    delete_output_files: bool = True
 
 
 class _SpecFile(_Strict):

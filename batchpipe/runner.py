@@ -79,6 +79,7 @@ class RunOptions:
     cleanup_outputs: bool = True
     max_shard_requests: int | None = None
     max_shard_bytes: int | None = None
+    max_shard_input_tokens: int | None = None
     stop_after: str | None = None  # testing hook: "build" | "submit" stops the run early (resumable)
 
 
@@ -196,6 +197,8 @@ class Runner:
             kwargs["max_requests"] = self.options.max_shard_requests
         if self.options.max_shard_bytes:
             kwargs["max_bytes"] = self.options.max_shard_bytes
+        if self.options.max_shard_input_tokens:
+            kwargs["max_input_tokens"] = self.options.max_shard_input_tokens
         return ShardBuilder(self.shard_dir, prefix=prefix, **kwargs)
 
     async def _build(

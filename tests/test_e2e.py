@@ -6,11 +6,14 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from batchpipe.cli import main
+from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig
+from batchpipe.ledger import open_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,15 @@ def test_catalog_job_end_to_end_on_the_emulator(workspace: Path) -> None:
     assert {r["c2pa_state"] for r in reports} == {"trusted"}
     code, out, _ = _invoke("verify", "--trust", "default", "--json", records[0]["output_path"])
     assert orjson.loads(out)["c2pa_state"] == "valid"  # the emulator root is not on the real trust lists
+
+    # clean-up: every file the run created on the Files API is deleted once collected (gotchas #6)
+    with EmbeddedEmulator(EmulatorConfig(state_dir=workspace / ".batchpipe" / "emulator")) as emulator:
+        listed = httpx.get(f"{emulator.base_url}/files", headers={"Authorization": "Bearer x"}).json()
+    assert listed["data"] == []
+    ledger = open_ledger(workspace / ".batchpipe")
+    files = ledger.files()
+    assert {f["role"] for f in files} == {"input", "output"} and all(f["deleted_at"] for f in files)
+    ledger.close()
 
     # the same command again resumes the finished job as a new nightly run: nothing changed, nothing sent
     code, _, err = _invoke("run", "jobs/catalog-nightly.toml", "--limit", "40", "--poll-interval", "0.1")
