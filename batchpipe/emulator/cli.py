@@ -53,6 +53,7 @@ def build_config(
     expire_first_n: int,
     expire_share: float,
     stuck_finalizing_s: float,
+    image_detail: str = "fast",
 ) -> EmulatorConfig:
     """The ``EmulatorConfig`` the ``serve`` flags describe. Raises ``click.UsageError`` on bad values."""
     routes: dict[str, dict[str, float]] = {}
@@ -74,6 +75,7 @@ def build_config(
             state_dir=state_dir,
             speed=SpeedConfig.model_validate(speed_fields),
             concurrency=concurrency,
+            image_detail=image_detail,
             rpm_limit=rpm_limit,
             enqueued_token_limit=enqueued_token_limit,
             faults=FaultConfig(
@@ -115,6 +117,13 @@ def emulator_group() -> None:
 @click.option("--per-request-s", type=float, default=None, help="Realistic mode: seconds per request.")
 @click.option("--completion-window-s", type=int, default=None, help="Seconds before a batch expires (86400).")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Lines of one batch run at once.")
+@click.option(
+    "--image-detail",
+    type=click.Choice(["fast", "realistic"]),
+    default="fast",
+    show_default=True,
+    help="fast: flat images (small files); realistic: noise, ~1.5 MB per 1024x1024 PNG.",
+)
 @click.option("--rpm-limit", type=int, default=10_000, show_default=True, help="Requests per minute (429 over it).")
 @click.option("--enqueued-token-limit", type=int, default=None, help="Per-model enqueued input-token cap.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault RNG.")
