@@ -39,6 +39,20 @@ log = structlog.get_logger("batchpipe.run")
 META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_shard_sha256"
 
 
+def _definitely_not_done(exc: ApiError) -> bool:
+    """True when the service certainly did not act on the request: a 4xx answer other than 408/409."""
+    return isinstance(exc, ApiStatusError) and exc.status_code < 500 and exc.status_code not in (408, 409)
+
+
+def _worth_waiting(exc: ApiError) -> bool:
+    """A refusal that passes with time: rate limits (not quota) and the upload→create race (gotchas #7)."""
+    if not isinstance(exc, ApiStatusError):
+        return False
+    if exc.status_code == 429:
+        return exc.code != "insufficient_quota"
+    return exc.status_code == 404
+
+
 class ValidationFailed(InputError):
     """Items failed validation and ``skip_invalid`` is off: nothing was recorded or submitted.
 
@@ -428,15 +442,34 @@ class Runner:
             used = inflight.get(shard.model, 0)
             if budget is not None and used and used + shard.input_tokens > budget:
                 continue  # next wave
-            await self._submit(shard)
-            inflight[shard.model] = used + shard.input_tokens
-            submitted += 1
+            if await self._submit(shard):
+                inflight[shard.model] = used + shard.input_tokens
+                submitted += 1
         return submitted
 
-    async def _submit(self, shard: ShardRow) -> None:
+    async def _submit(self, shard: ShardRow) -> bool:
+        """Upload (if needed) and create the shard's batch, intent first. False: deferred to a later pass.
+
+        A definite refusal that can pass (429, the upload→create race's 404, gotchas #7) defers the shard.
+        An ambiguous failure (5xx, timeout, cut connection: the request may have taken effect) is settled at once
+        by the same reconciliation a restart does, so nothing is created twice (gotchas #9).
+        """
         if shard.status == "built":
             self.ledger.transition_shard(shard.name, "uploading", fields={"intent_at": self._clock()})
-            uploaded = await self.client.upload_file(Path(shard.path), purpose="batch", filename=Path(shard.path).name)
+            try:
+                uploaded = await self.client.upload_file(
+                    Path(shard.path), purpose="batch", filename=Path(shard.path).name
+                )
+            except ApiError as exc:
+                if _definitely_not_done(exc):
+                    self.ledger.transition_shard(shard.name, "built", note=f"upload refused: {exc}")
+                    if _worth_waiting(exc):
+                        return False
+                    raise
+                log.warning("upload outcome unknown, reconciling", shard=shard.name, error=str(exc))
+                await self._sleep(1.0)
+                await self._reconcile_upload(self.ledger.shard(shard.name) or shard)
+                return False
             with self.ledger.transaction():
                 self.ledger.record_file(uploaded, role="input", sha256=shard.sha256)
                 self.ledger.transition_shard(shard.name, "uploaded", fields={"input_file_id": uploaded["id"]})
@@ -447,13 +480,19 @@ class Runner:
             batch = await self.client.create_batch(
                 input_file_id=str(shard.input_file_id), endpoint=shard.endpoint, metadata=metadata
             )
-        except ApiStatusError as exc:
-            if exc.status_code < 500 and exc.status_code not in (408, 409):
-                # The service refused (4xx): nothing was created; retrying later is safe.
+        except ApiError as exc:
+            if _definitely_not_done(exc):
                 self.ledger.transition_shard(shard.name, "uploaded", note=f"create refused: {exc}")
-            raise
+                if _worth_waiting(exc):
+                    return False
+                raise
+            log.warning("create outcome unknown, reconciling", shard=shard.name, error=str(exc))
+            await self._sleep(1.0)
+            await self._reconcile_create(self.ledger.shard(shard.name) or shard)
+            return False
         self._adopt_batch(self.ledger.shard(shard.name) or shard, batch, note="created")
         log.info("batch created", shard=shard.name, batch_id=batch["id"], requests=shard.requests)
+        return True
 
     def _adopt_batch(self, shard: ShardRow, batch: dict[str, Any], *, note: str) -> None:
         with self.ledger.transaction():
@@ -467,12 +506,15 @@ class Runner:
     async def _drive(self, job: str, run_id: str, collector: Collector) -> None:
         interval = self.options.poll_interval_s
         while True:
-            await self._submit_ready(run_id)
+            submitted = await self._submit_ready(run_id)
             open_batches = self.ledger.batches(run_id=run_id, unfinished=True)
             if not open_batches:
                 if await self._follow_up(job, run_id):
                     continue
                 if self.ledger.shards(run_id=run_id, statuses=["built", "uploaded"]):
+                    if not submitted:  # every shard was deferred (429, upload race): wait before trying again
+                        await self._sleep(interval)
+                        interval = min(self.options.max_poll_interval_s, interval * 1.5)
                     continue
                 return
             tracked = {
