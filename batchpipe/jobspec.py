@@ -506,8 +506,11 @@ class JobSpec:
         output_dir: Path | None = None,
         run: RunOptions | None = None,
         workdir: Path | None = None,
+        on_duplicate_key: DuplicatePolicy = "error",
     ) -> JobSpec:
         """A spec for running a plain JSONL item manifest directly (no TOML file).
+
+        A plain manifest's keys are declared unique, so ``on_duplicate_key`` defaults to ``"error"``.
 
         ``defaults`` as in ``[defaults]``; ``output_dir`` defaults to ``out/<job_name>`` under ``workdir``
         (default: the current directory). Raises ``JobSpecError`` for a bad job name or defaults, and for
@@ -541,6 +544,7 @@ class JobSpec:
             output_dir=(out if out.is_absolute() else base / out).resolve(),
             defaults=clean,
             run=run or RunOptions(),
+            on_duplicate_key=on_duplicate_key,
         )
 
 

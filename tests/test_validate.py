@@ -28,9 +28,15 @@ def _jsonl(tmp_path: Path, *lines: object, name: str = "items.jsonl") -> Path:
 
 
 def _run(
-    path: Path, *, defaults: dict[str, object] | None = None
+    path: Path, *, defaults: dict[str, object] | None = None, on_duplicate_key: str = "suffix"
 ) -> tuple[list[Item], list[ItemProblem], list[ItemProblem]]:
-    spec = JobSpec.for_manifest(path, "t", defaults=defaults or {"model": "gpt-image-1.5"}, workdir=path.parent)
+    spec = JobSpec.for_manifest(
+        path,
+        "t",
+        defaults=defaults or {"model": "gpt-image-1.5"},
+        workdir=path.parent,
+        on_duplicate_key=on_duplicate_key,  # type: ignore[arg-type]
+    )
     warnings: list[ItemProblem] = []
     results = list(make_items(spec, on_warning=warnings.append))
     return (

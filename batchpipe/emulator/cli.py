@@ -75,7 +75,7 @@ def build_config(
             state_dir=state_dir,
             speed=SpeedConfig.model_validate(speed_fields),
             concurrency=concurrency,
-            image_detail=image_detail,
+            image_detail="realistic" if image_detail == "realistic" else "fast",
             rpm_limit=rpm_limit,
             enqueued_token_limit=enqueued_token_limit,
             faults=FaultConfig(
