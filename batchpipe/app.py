@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +98,7 @@ class RunRequest:
     ``items``: a callable that streams :class:`~batchpipe.models.Item` or problem objects (called once per
     build). ``spec_hash``: identifies the input (recorded on the run). ``source_name``: the file problems are
     reported against. ``trust``: the C2PA trust setting (``default`` becomes ``emulator`` on the emulator).
+    ``prepare(client, ledger)``: async work before a new run's build (see ``Runner.run``).
     """
 
     job: str
@@ -107,6 +108,7 @@ class RunRequest:
     output_dir: Path
     trust: str
     options: RunOptions
+    prepare: Callable[[Any, Any], Awaitable[None]] | None = None
 
 
 def request_from_spec(
@@ -281,4 +283,5 @@ async def execute_async(
                 request.items,
                 source_name=request.source_name,
                 trust=request.trust,
+                prepare=request.prepare,
             )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,8 +164,13 @@ class Runner:
         *,
         source_name: str,
         trust: str | None = None,
+        prepare: Callable[[Any, SqliteLedger], Awaitable[None]] | None = None,
     ) -> RunSummary:
-        """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``)."""
+        """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``).
+
+        ``prepare(client, ledger)``, when given, runs before the build of a new run (e.g. uploading local
+        reference images so items can name their ``file_id``); it is not run again when the run resumes.
+        """
         run_id, resumed = self.ledger.open_run(
             job, spec_hash, self.api_label, output_dir=str(self.store.root), trust=trust
         )
@@ -173,6 +178,8 @@ class Runner:
         built = bool(self.ledger.shards(run_id=run_id)) or bool(self.ledger.count_items(run_id=run_id))
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0}
         if not built:
+            if prepare is not None:
+                await prepare(self.client, self.ledger)
             stats = await self._build(job, run_id, items, source_name=source_name)
         if self.options.stop_after == "build":
             return self._summary(job, run_id, stats, finished=False)
