@@ -140,6 +140,7 @@ def request_from_spec(
         max_shard_input_tokens=spec.run.max_input_tokens_per_shard,
         cleanup_inputs=spec.run.delete_input_files,
         cleanup_outputs=spec.run.delete_output_files,
+        retry_error_codes=frozenset(spec.run.retry_error_codes),
     )
     return RunRequest(
         job=spec.name,

@@ -280,7 +280,9 @@ class RunOptions(_Strict):
     ``spec.MAX_BATCH_FILE_BYTES``) and ``max_input_tokens_per_shard`` (estimated input tokens, optional);
     ``delete_input_files`` / ``delete_output_files``: delete batch input files from the Files API once their
     batch ends, and output/error files once collected, so storage does not fill up over months of nightly runs
-    (gotchas #6; input files otherwise expire after 30 days, FACTS §1).
+    (gotchas #6; input files otherwise expire after 30 days, FACTS §1); ``retry_error_codes``: error codes
+    resubmitted automatically besides the retryable ones (e.g. ``invalid_image_url``; moderation blocks and
+    invalid requests are otherwise final).
     """
 
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -291,6 +293,7 @@ class RunOptions(_Strict):
     max_input_tokens_per_shard: Annotated[int, Field(ge=1)] | None = None
     delete_input_files: bool = True
     delete_output_files: bool = True
+    retry_error_codes: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
 
 class _SpecFile(_Strict):

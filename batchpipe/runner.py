@@ -76,7 +76,8 @@ class RunOptions:
     gotchas #4): shards go out in waves under it. ``output_grace_s``: how long a ``completed`` batch with
     ``output_file_id: null`` is waited for before its rows are reconciled from the error file alone
     (gotchas #3). ``cleanup_inputs`` / ``cleanup_outputs``: delete input files after their batch ends and
-    output/error files after collection (gotchas #6).
+    output/error files after collection (gotchas #6). ``retry_error_codes``: per-request error codes to
+    resubmit automatically on top of the retryable ones (e.g. ``invalid_image_url`` while a photo host is down).
     """
 
     workdir: Path
@@ -94,6 +95,7 @@ class RunOptions:
     max_shard_requests: int | None = None
     max_shard_bytes: int | None = None
     max_shard_input_tokens: int | None = None
+    retry_error_codes: frozenset[str] = frozenset()
     stop_after: str | None = None  # testing hook: "build" | "submit" stops the run early (resumable)
 
 
@@ -667,7 +669,8 @@ class Runner:
                 run_id=run_id,
                 statuses=[ItemStatus.FAILED, ItemStatus.EXPIRED, ItemStatus.CANCELLED, ItemStatus.MISSING],
             )
-            if row.retryable and row.attempt < self.options.max_attempts
+            if (row.retryable or row.error_code in self.options.retry_error_codes)
+            and row.attempt < self.options.max_attempts
         ]
         latest = self.ledger.latest_attempts(job, [r.item_key for r in retry])
         retry = [r for r in retry if latest[r.item_key].custom_id == r.custom_id]

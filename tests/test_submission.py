@@ -153,3 +153,15 @@ async def test_without_a_budget_token_limit_failures_are_retried(tmp_path: Path)
     failed = [b for b in batches if b["status"] == "failed"]
     assert failed and failed[0]["errors"]["data"][0]["code"] == "token_limit_exceeded"
     assert summary.items.get("succeeded") == 40  # every item got through on a later attempt
+
+
+async def test_the_user_chooses_which_final_errors_to_retry(tmp_path: Path, emulator: EmbeddedEmulator) -> None:
+    (tmp_path / "m.jsonl").write_bytes(
+        orjson.dumps({"key": "b", "prompt": "EMULATOR_BLOCK mug", "model": "gpt-image-1-mini"}) + b"\n"
+    )
+    summary = await _run(tmp_path, emulator, max_attempts=3, retry_error_codes=frozenset({"moderation_blocked"}))
+    ledger = SqliteLedger(tmp_path / "w" / "ledger.sqlite")
+    attempts = sorted(row.attempt for row in ledger.items(job="lamps"))
+    ledger.close()
+    assert attempts == [1, 2, 3]  # resubmitted until max_attempts, because the user asked
+    assert summary.items == {"failed": 1, "superseded": 2}
