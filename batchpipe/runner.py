@@ -233,13 +233,20 @@ class Runner:
         problems: list[Any] = []
         rows: list[dict[str, object]] = []
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0, "items": 0}
+        invalid_rows: dict[str, dict[str, object]] = {}
         count = 0
         with self.ledger.transaction():
             for entry in items():
                 if not isinstance(entry, Item):
                     problems.append(entry)
-                    if self.options.skip_invalid and getattr(entry, "key", None):
-                        rows.append(self._invalid_row(job, run_id, entry))
+                    key = getattr(entry, "key", None)
+                    if self.options.skip_invalid and key:
+                        if key in invalid_rows:  # several problems with one item: one row, every message
+                            row = invalid_rows[key]
+                            row["error_message"] = f"{row['error_message']}; {entry}"[:4000]
+                        else:
+                            invalid_rows[key] = self._invalid_row(job, run_id, entry)
+                            rows.append(invalid_rows[key])
                     continue
                 if "_batchpipe" in entry.metadata:  # a renamed duplicate key (make_items warned about it)
                     stats["duplicates"] += 1
@@ -315,7 +322,7 @@ class Runner:
             "source": f"{getattr(problem, 'file', '')}:{getattr(problem, 'line', '')}",
             "status": ItemStatus.INVALID,
             "error_code": "invalid_item",
-            "error_message": str(problem)[:2000],
+            "error_message": str(problem)[:4000],
             "retryable": 0,
         }
 

@@ -84,3 +84,20 @@ def test_bad_spec_exits_2_with_file_line_and_field(workspace: Path) -> None:
     assert "catalog-nightly.toml" in err and "defaults.size" in err
     assert "Traceback" not in err
     assert not (workspace / ".batchpipe" / "ledger.sqlite").exists() or "submitted" not in err
+
+
+def test_skip_invalid_records_each_invalid_item_once_and_submits_the_rest(workspace: Path) -> None:
+    manifest = workspace / "items.jsonl"
+    manifest.write_bytes(
+        b'{"key": "ok", "prompt": "a mug", "model": "gpt-image-1-mini"}\n'
+        b'{"key": "bad", "prompt": "a mug", "model": "gpt-image-1-mini", "size": "9x9", "quality": "ultra"}\n'
+    )
+    code, _, err = _invoke(
+        "run", "--manifest", str(manifest), "--job-name", "skip", "--skip-invalid", "--poll-interval", "0.1"
+    )
+    assert code == 1, err  # not every item succeeded
+    code, out, _ = _invoke("ledger", "export", "--format", "jsonl")
+    records = {r["key"]: r for r in map(orjson.loads, out.splitlines())}
+    assert records["ok"]["status"] == "succeeded"
+    assert records["bad"]["status"] == "invalid" and records["bad"]["error_code"] == "invalid_item"
+    assert "size" in records["bad"]["error_message"] and "quality" in records["bad"]["error_message"]
