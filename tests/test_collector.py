@@ -204,3 +204,16 @@ async def test_unusable_lines_do_not_stop_the_file(tmp_path: Path, garbage: byte
     finally:
         collector.close()
     assert ledger.count_items() == {"succeeded": 1}
+
+
+def test_base64_decoding_is_strict_first_then_lenient() -> None:
+    import binascii
+
+    from batchpipe.collector import _decode_b64
+
+    data = bytes(range(256)) * 50
+    text = base64.b64encode(data).decode()
+    assert _decode_b64(text) == data
+    assert _decode_b64(text[:76] + "\n" + text[76:]) == data  # line-wrapped base64 still decodes
+    with pytest.raises(binascii.Error):
+        _decode_b64("abc")  # not a whole number of base64 quanta
