@@ -537,6 +537,8 @@ class Runner:
                 b["batch_id"]: float(b["created_at"])
                 for b in open_batches
                 if b["status"] not in ("completed", "failed", "expired", "cancelled")
+                # gotchas #3: completed while output_file_id is still null; poll again until it appears
+                or (b["status"] == "completed" and not b["output_file_id"] and not b["error_file_id"])
             }
             changed = False
             if tracked:
