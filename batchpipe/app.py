@@ -121,6 +121,8 @@ def request_from_spec(
     skip_invalid: bool,
 ) -> RunRequest:
     """A :class:`RunRequest` for a TOML job spec or a plain JSONL manifest (raises ``InputError`` subclasses)."""
+    from functools import partial
+
     from batchpipe.jobspec import JobSpec
     from batchpipe.validate import make_items
 
@@ -142,14 +144,22 @@ def request_from_spec(
         cleanup_outputs=spec.run.delete_output_files,
         retry_error_codes=frozenset(spec.run.retry_error_codes),
     )
+    items: Callable[[], Iterator[Any]] = partial(make_items, spec)
+    prepare: Callable[[Any, Any], Awaitable[None]] | None = None
+    if spec.matrix is not None:  # products x variants: references uploaded/mirrored before the build
+        from batchpipe.variants import MatrixRun
+
+        matrix_run = MatrixRun(spec, workdir=workdir, limit=limit, skip_invalid=options.skip_invalid)
+        items, prepare = matrix_run.items, matrix_run.prepare
     return RunRequest(
         job=spec.name,
         spec_hash=_spec_hash(spec),
-        items=lambda: iter(make_items(spec)),
+        items=items,
         source_name=spec.source_name,
         output_dir=spec.output_dir,
         trust=spec.c2pa_trust,
         options=options,
+        prepare=prepare,
     )
 
 

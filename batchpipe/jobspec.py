@@ -50,8 +50,10 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchpipe import spec
-from batchpipe.errors import JobSpecError, ManifestError
+from batchpipe.errors import InputError, JobSpecError, ManifestError
 from batchpipe.manifest import DEFAULT_MAX_LINE_BYTES, ManifestFormat, detect_format, read_columns
+from batchpipe.references import DEFAULT_UPLOAD_PURPOSE, ReferenceOptions, ReferenceResolver
+from batchpipe.variants import Variant, VariantMatrix, variants_from_csv, variants_from_tables
 
 __all__ = [
     "BODY_DEFAULT_FIELDS",
@@ -261,6 +263,32 @@ class _Defaults(_Strict):
     output_compression: int | None = None
     n: int | None = None
     moderation: str | None = None
+    input_fidelity: str | None = None  # edits only: matrix jobs
+
+
+class _MatrixSection(_Strict):
+    product: Annotated[str, Field(min_length=1)]
+    variants_file: str | None = None
+    vars: dict[str, str] = Field(default_factory=dict)
+    variant: list[dict[str, object]] | None = None
+
+
+_UploadPurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]
+
+
+class _ReferencesSection(_Strict):
+    images: list[str] = Field(default_factory=list)
+    brand_assets: list[str] = Field(default_factory=list)
+    mask: str | None = None
+    local_files: Literal["upload", "data_url"] = "upload"
+    upload_purpose: _UploadPurpose = DEFAULT_UPLOAD_PURPOSE
+    upload_expires_after_s: Annotated[int, Field(ge=spec.FILE_EXPIRY_MIN_S, le=spec.FILE_EXPIRY_MAX_S)] = (
+        spec.FILE_EXPIRY_MAX_S
+    )
+    reuse_margin_s: Annotated[int, Field(ge=0)] = 86_400
+    delete_unused: bool = False
+    mirror: dict[str, str] = Field(default_factory=dict)
+    mirror_port: Annotated[int, Field(ge=0, le=65535)] = 0
 
 
 class _OutputSection(_Strict):
@@ -304,6 +332,8 @@ class _SpecFile(_Strict):
     output: _OutputSection = Field(default_factory=_OutputSection)
     c2pa: _C2paSection = Field(default_factory=_C2paSection)
     run: RunOptions = Field(default_factory=RunOptions)
+    matrix: _MatrixSection | None = None
+    references: _ReferencesSection | None = None
 
 
 _TOML_LINE: Final = re.compile(r"at line (\d+)")
@@ -357,7 +387,8 @@ class JobSpec:
     together in catalog mode, both ``None`` for a plain JSONL item manifest. ``metadata_columns``: columns
     copied to each item's metadata (catalog mode). ``defaults``: body fields applied under each row's own
     (only those set). ``output_dir``: absolute. ``c2pa_trust``: trust setting name. ``run``: run options.
-    ``columns``: the manifest's columns as read at load time (catalog mode), else ``None``.
+    ``columns``: the manifest's columns as read at load time (catalog mode), else ``None``. ``matrix``: the
+    variant matrix and reference settings of a ``[matrix]`` job (:mod:`batchpipe.variants`), else ``None``.
     """
 
     name: str
@@ -374,6 +405,7 @@ class JobSpec:
     run: RunOptions = field(default_factory=RunOptions)
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     columns: tuple[str, ...] | None = None
+    matrix: VariantMatrix | None = None
 
     @property
     def source_name(self) -> str:
@@ -432,7 +464,12 @@ class JobSpec:
             raise fail(f"no such manifest file: {manifest_path}", ("manifest", "path"))
 
         defaults = {k: v for k, v in parsed.defaults.model_dump().items() if v is not None}
-        _check_defaults(defaults, fail)
+        if parsed.matrix is None:
+            if "input_fidelity" in defaults:
+                raise fail("input_fidelity applies to edits: it needs a [matrix] job", ("defaults", "input_fidelity"))
+            if parsed.references is not None:
+                raise fail("[references] needs a [matrix] section (products x variants)", ("references",))
+        _check_defaults(defaults, fail, edits=parsed.matrix is not None)
         for model in parsed.run.enqueued_token_budget:
             if spec.model_rules(model) is None:
                 raise fail(
@@ -442,6 +479,7 @@ class JobSpec:
 
         item = parsed.item
         key_template = prompt_template = None
+        matrix: VariantMatrix | None = None
         columns: tuple[str, ...] | None = None
         metadata_columns: tuple[str, ...] = ()
         if item.key is not None or item.prompt is not None or fmt == "csv":
@@ -465,6 +503,23 @@ class JobSpec:
                     field="manifest.path",
                 ) from exc
             known = set(columns)
+            if parsed.matrix is not None:
+                matrix = _load_matrix(parsed, path, text, manifest_path, columns, defaults, fail)
+                known |= matrix.variant_fields
+                if "variant" not in key_template.fields:
+                    raise fail(
+                        "a matrix job's key template must use {variant} (one key per product x variant pair)",
+                        ("item", "key"),
+                    )
+                for variant in matrix.variants:
+                    for loc, template in ((("item", "key"), key_template), (("item", "prompt"), prompt_template)):
+                        for name_ in template.fields:
+                            if name_ in matrix.variant_fields and name_ != "variant" and name_ not in variant.values:
+                                raise fail(
+                                    f"variant {variant.name!r} ({variant.source}) has no value for template field "
+                                    f"'{{{name_}}}' (give it one, or a default in [matrix.vars])",
+                                    loc,
+                                )
             for loc, template in ((("item", "key"), key_template), (("item", "prompt"), prompt_template)):
                 for column in template.fields:
                     if column not in known:
@@ -472,7 +527,7 @@ class JobSpec:
             metadata_columns = tuple(
                 item.metadata
                 if item.metadata is not None
-                else dict.fromkeys((*key_template.fields, *prompt_template.fields))
+                else (c for c in dict.fromkeys((*key_template.fields, *prompt_template.fields)) if c in columns)
             )
             for column in metadata_columns:
                 if column not in known:
@@ -497,6 +552,7 @@ class JobSpec:
             run=parsed.run,
             max_line_bytes=parsed.manifest.max_line_bytes,
             columns=columns,
+            matrix=matrix,
         )
 
     @classmethod
@@ -551,10 +607,19 @@ class JobSpec:
         )
 
 
-def _check_defaults(defaults: dict[str, object], fail: _Fail) -> None:
-    """Check the defaults alone with the service's rules (a stand-in prompt, the lenient generation rules)."""
+#: A stand-in reference image for checking edit bodies without their real references.
+_PROBE_IMAGES: Final = [{"image_url": "https://example.com/probe.png"}]
+
+
+def _check_defaults(defaults: dict[str, object], fail: _Fail, *, edits: bool = False) -> None:
+    """Check the defaults alone with the service's rules (a stand-in prompt; the lenient generation rules,
+    or for ``edits`` the edit rules with a stand-in image)."""
     probe = {**defaults, "prompt": "x"}
-    for problem in spec.check_image_request("/v1/images/generations", probe):
+    endpoint = "/v1/images/generations"
+    if edits:
+        probe["images"] = _PROBE_IMAGES
+        endpoint = "/v1/images/edits"
+    for problem in spec.check_image_request(endpoint, probe):
         if problem.param == "model" and "model" not in defaults:
             continue  # plain JSONL lines may each name their model
         raise fail(problem.message, ("defaults", problem.param.split("[")[0].split(".")[0]))
@@ -573,3 +638,170 @@ def _unknown_column(column: str, columns: tuple[str, ...]) -> str:
         hint = " (templates substitute plain fields only: no attribute/index access, conversions, format specs)"
     shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
     return f"template field '{{{column}}}' names no manifest column{hint}; columns: {shown}"
+
+
+# --------------------------------------------------------------------------------------------- matrix jobs
+
+
+def _array_table_line(text: str, path: tuple[str, ...], index: int, key: str | None) -> int | None:
+    """1-based line of ``key`` in the ``index``-th ``[[a.b]]`` table of ``text`` (the header if no key or
+    the key is not found; a ``[a.b.key]`` sub-table header counts as the key)."""
+    lines = text.splitlines()
+    array = re.compile(r"^\s*\[\[\s*" + r"\s*\.\s*".join(re.escape(p) for p in path) + r"\s*\]\]")
+    headers = [i for i, raw in enumerate(lines) if array.match(raw)]
+    if index >= len(headers):
+        return None
+    start = headers[index]
+    if key is None:
+        return start + 1
+    key_re = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=")
+    sub = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(re.escape(p) for p in (*path, key)) + r"\s*\]")
+    for i in range(start + 1, len(lines)):
+        if sub.match(lines[i]):
+            return i + 1
+        if array.match(lines[i]) or (
+            lines[i].lstrip().startswith("[") and not lines[i].lstrip().startswith("[" + path[0])
+        ):
+            break
+        if key_re.match(lines[i]):
+            return i + 1
+    return start + 1
+
+
+def _load_matrix(
+    parsed: _SpecFile,
+    path: Path,
+    text: str,
+    manifest_path: Path,
+    columns: tuple[str, ...],
+    defaults: dict[str, object],
+    fail: _Fail,
+) -> VariantMatrix:
+    """Check ``[matrix]`` and ``[references]`` and build the :class:`VariantMatrix` (raises ``JobSpecError``,
+    or ``ManifestError`` for a variants CSV, naming file, line and field)."""
+    assert parsed.matrix is not None
+    section = parsed.matrix
+    refs = parsed.references or _ReferencesSection()
+    name = str(path)
+    spec_dir = path.parent.resolve()
+    known = set(columns)
+    for var in section.vars:
+        if var in known:
+            raise fail(f"[matrix.vars] {var!r} has the name of a manifest column", ("matrix", "vars", var))
+    if (section.variant is None) == (section.variants_file is None):
+        raise fail(
+            "give the variants either as [[matrix.variant]] tables or as variants_file (a CSV), exactly one",
+            ("matrix", "variants_file" if section.variants_file else "variant"),
+        )
+    variants: tuple[Variant, ...]
+    source = name
+    if section.variant is not None:
+        if not section.variant:
+            raise fail("the matrix has no variants", ("matrix", "variant"))
+        variants = variants_from_tables(
+            section.variant,
+            base=spec_dir,
+            vars=section.vars,
+            spec_file=name,
+            locate=lambda i, key: _array_table_line(text, ("matrix", "variant"), i, key),
+        )
+    else:
+        assert section.variants_file is not None
+        csv_path = (spec_dir / section.variants_file).resolve()
+        if not csv_path.is_file():
+            raise fail(f"no such variants file: {csv_path}", ("matrix", "variants_file"))
+        variants = variants_from_csv(csv_path, vars=section.vars, max_line_bytes=parsed.manifest.max_line_bytes)
+        source = str(csv_path)
+    for variant in variants:
+        where = variant.field or variant.source
+        for value_name in variant.values:
+            if value_name in known:
+                raise _variant_error(
+                    variant, text, f"variant value {value_name!r} has the name of a manifest column", value_name
+                )
+        probe = {**defaults, **variant.request, "prompt": "x", "images": _PROBE_IMAGES}
+        for problem in spec.check_image_request("/v1/images/edits", probe):
+            field_name = problem.param.split("[")[0].split(".")[0]
+            origin = "request" if field_name in variant.request else "defaults"
+            raise _variant_error(
+                variant, text, f"{problem.message} (variant {variant.name!r}, from {origin})", f"request.{field_name}"
+            )
+        del where
+    product = _parse_template(section.product, ("matrix", "product"), fail)
+    image_templates = tuple(_parse_template(t, ("references", "images"), fail) for t in refs.images if t.strip())
+    mask_template = _parse_template(refs.mask, ("references", "mask"), fail) if refs.mask else None
+    row_fields = known | set(section.vars)
+    for loc, template in (
+        (("matrix", "product"), product),
+        *((("references", "images"), t) for t in image_templates),
+        *(((("references", "mask"), mask_template),) if mask_template else ()),
+    ):
+        for column in template.fields:
+            if column not in row_fields:
+                raise fail(_unknown_column(column, columns) + " (product-level templates see columns and vars)", loc)
+    mirror: list[tuple[str, Path]] = []
+    for prefix, directory in refs.mirror.items():
+        if not prefix.startswith(("http://", "https://")):
+            raise fail(f"mirror prefix {prefix!r} must be an http(s) URL prefix", ("references", "mirror"))
+        local = (spec_dir / directory).resolve()
+        if not local.is_dir():
+            raise fail(f"mirror directory for {prefix!r} does not exist: {local}", ("references", "mirror"))
+        mirror.append((prefix, local))
+    options = ReferenceOptions(
+        local_files=refs.local_files,
+        upload_purpose=refs.upload_purpose,
+        upload_expires_after_s=refs.upload_expires_after_s,
+        reuse_margin_s=refs.reuse_margin_s,
+        delete_unused=refs.delete_unused,
+        mirror=tuple(sorted(mirror, key=lambda m: -len(m[0]))),  # the longest prefix wins
+        mirror_port=refs.mirror_port,
+    )
+    # spec-level references are checked now: a bad brand asset or variant mask stops the job at load time
+    checker = ReferenceResolver(options)
+    for index, asset in enumerate(refs.brand_assets):
+        found = checker.resolve(asset, base=spec_dir, role="image")
+        if isinstance(found, str):
+            raise fail(f"brand asset: {found}", ("references", "brand_assets"))
+        del index
+    if len(refs.brand_assets) >= spec.MAX_EDIT_IMAGES:
+        raise fail(
+            f"{len(refs.brand_assets)} brand assets leave no room for the product image (at most "
+            f"{spec.MAX_EDIT_IMAGES} images per request)",
+            ("references", "brand_assets"),
+        )
+    for variant in variants:
+        if variant.mask:
+            found = checker.resolve(variant.mask, base=variant.base, role="mask")
+            if isinstance(found, str):
+                raise _variant_error(variant, text, f"mask: {found}", "mask")
+        for index, image in enumerate(variant.images):
+            found = checker.resolve(image, base=variant.base, role="image")
+            if isinstance(found, str):
+                raise _variant_error(variant, text, f"image: {found}", f"images[{index}]")
+    return VariantMatrix(
+        vars=dict(section.vars),
+        product=product,
+        variants=variants,
+        image_templates=image_templates,
+        mask_template=mask_template,
+        brand_assets=tuple(refs.brand_assets),
+        spec_dir=spec_dir,
+        manifest_dir=manifest_path.parent,
+        references=options,
+        variants_source=source,
+    )
+
+
+def _variant_error(variant: Variant, text: str, message: str, key: str) -> InputError:
+    """A located error about ``variant``: in the spec (``matrix.variant[i].key``) or in its CSV row."""
+    file, _, line = variant.source.rpartition(":")
+    if variant.field:  # a [[matrix.variant]] table
+        index = int(variant.field.split("[")[1].rstrip("]"))
+        head = key.split(".")[0].split("[")[0]
+        return JobSpecError(
+            message,
+            file=file or variant.source,
+            line=_array_table_line(text, ("matrix", "variant"), index, head),
+            field=f"{variant.field}.{key}",
+        )
+    return ManifestError(message, file=file, line=int(line) if line.isdigit() else None, field=key)

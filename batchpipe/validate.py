@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 import click
+import orjson
 import structlog
 
 from batchpipe import spec as rules
@@ -33,6 +34,8 @@ from batchpipe.errors import InputError, ManifestError
 from batchpipe.jobspec import BODY_DEFAULT_FIELDS, JobSpec
 from batchpipe.manifest import ManifestRow, iter_manifest
 from batchpipe.models import ImageRef, Item
+from batchpipe.references import ReferenceResolver, Resolved
+from batchpipe.variants import MatrixStats, ProductRefs, VariantMatrix, build_request, resolve_all
 
 __all__ = [
     "MAX_KEY_CHARS",
@@ -274,8 +277,10 @@ def make_items(
     *,
     limit: int | None = None,
     on_warning: Callable[[ItemProblem], None] | None = None,
+    resolver: ReferenceResolver | None = None,
+    stats: MatrixStats | None = None,
 ) -> Iterator[Item | ItemProblem]:
-    """Stream ``spec``'s manifest as checked items and problems, in manifest order.
+    r"""Stream ``spec``'s manifest as checked items and problems, in manifest order.
 
     ``limit``: read at most this many data rows (each row counts, valid or not). ``on_warning`` receives
     warnings (renamed duplicate keys); without it they are logged (structlog, event ``duplicate_key``).
@@ -284,11 +289,26 @@ def make_items(
     spec's ``metadata_columns``; plain JSONL: the line's ``metadata``), ``source`` ``"file:line"`` and, for
     edits, ``inputs`` (the images, then the mask). Problems carry the param names of
     ``spec.check_image_request`` as ``field``. Raises ``ManifestError`` for file-level manifest errors.
+
+    A ``[matrix]`` job (:mod:`batchpipe.variants`) yields one edit item per product x variant, with
+    ``product_key``, ``variant`` and ``inputs`` set; ``resolver`` turns reference texts into request params
+    (default: a checking resolver with placeholder ``file_id``\ s for local files, enough for validation);
+    ``stats`` (optional) receives the matrix counts. ``limit`` then counts manifest rows read.
     """
     file = str(spec.manifest_path)
+    warn = on_warning or _log_warning
+    if spec.matrix is not None:
+        yield from _matrix_items(
+            spec,
+            spec.matrix,
+            limit=limit,
+            warn=warn,
+            resolver=resolver or ReferenceResolver(spec.matrix.references),
+            stats=stats if stats is not None else MatrixStats(),
+        )
+        return
     catalog = spec.prompt_template is not None
     index = KeyIndex()
-    warn = on_warning or _log_warning
     read = 0
     rows = iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes)
     for row in rows:
@@ -334,6 +354,186 @@ def make_items(
             source=f"{file}:{row.line}",
             inputs=inputs,
         )
+
+
+#: The longest ``custom_id`` a line can carry (``bp-`` + 20 hex + ``-a10``; ``[run] max_attempts`` <= 10).
+_LONGEST_CUSTOM_ID: Final = "bp-" + "0" * 20 + "-a10"
+
+
+def _line_bytes(endpoint: str, body: dict[str, object]) -> int:
+    """Bytes of the batch input line ``body`` will take (the builder's serialization, newline included)."""
+    line = {"custom_id": _LONGEST_CUSTOM_ID, "method": "POST", "url": endpoint, "body": body}
+    return len(orjson.dumps(line)) + 1
+
+
+def _template_field(template_fields: tuple[str, ...], fallback: str) -> str:
+    """The manifest column a product-level template reads (its only field), else ``fallback``."""
+    return template_fields[0] if len(template_fields) == 1 else fallback
+
+
+def _matrix_items(
+    spec: JobSpec,
+    matrix: VariantMatrix,
+    *,
+    limit: int | None,
+    warn: Callable[[ItemProblem], None],
+    resolver: ReferenceResolver,
+    stats: MatrixStats,
+) -> Iterator[Item | ItemProblem]:
+    """:func:`make_items` for a ``[matrix]`` job: products (first row per product key) x variants."""
+    assert spec.key_template is not None and spec.prompt_template is not None
+    file = str(spec.manifest_path)
+    spec_file = spec.source_name
+    keys = KeyIndex()
+    products = KeyIndex()
+    stats.variants = len(matrix.variants)
+    brand: list[Resolved] = []
+    for index, asset in enumerate(matrix.brand_assets):
+        found = resolver.resolve(asset, base=matrix.spec_dir, role="image")
+        if isinstance(found, str):  # checked at load; only a file changed since then gets here
+            yield ItemProblem(None, spec_file, None, f"references.brand_assets[{index}]", found)
+            return
+        brand.append(found)
+    per_variant: list[tuple[list[Resolved], Resolved | None, list[tuple[str, str]]]] = []
+    for variant in matrix.variants:
+        images, found_problems = resolve_all(resolver, variant.images, base=variant.base, field="variant images")
+        mask: Resolved | None = None
+        if variant.mask:
+            found = resolver.resolve(variant.mask, base=variant.base, role="mask")
+            if isinstance(found, str):
+                found_problems.append(("mask", f"variant {variant.name!r} mask: {found}"))
+            else:
+                mask = found
+        per_variant.append((images, mask, found_problems))
+    read = 0
+    rows = iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes)
+    for row in rows:
+        if limit is not None and read >= limit:
+            break
+        read += 1
+        if isinstance(row, ManifestError):
+            yield ItemProblem.from_error(row)
+            continue
+        base_values: dict[str, object] = {**row.fields, **matrix.vars}
+        product_field = _template_field(matrix.product.fields, "matrix.product")
+        try:
+            product_key = matrix.product.render(base_values).strip()
+        except TypeError as exc:
+            yield ItemProblem(None, file, row.line, product_field, str(exc))
+            continue
+        if not product_key:
+            yield ItemProblem(None, file, row.line, product_field, "the product key renders empty")
+            continue
+        if products.add(product_key, row.line) is not None:
+            stats.folded_rows += 1  # e.g. a Shopify variant row of a Handle seen earlier: first row wins
+            continue
+        stats.products += 1
+        product = _product_refs(matrix, resolver, base_values)
+        for variant, (variant_images, variant_mask, variant_problems) in zip(matrix.variants, per_variant, strict=True):
+            values: dict[str, object] = {**row.fields, **variant.values, "variant": variant.name}
+            problems: list[tuple[str | None, str]] = [*product.problems, *variant_problems]
+            key: str | None = None
+            try:
+                key = spec.key_template.render(values).strip()
+            except TypeError as exc:
+                problems.append(("key", str(exc)))
+            try:
+                prompt = " ".join(spec.prompt_template.render(values).split())
+            except TypeError as exc:
+                problems.append(("prompt", str(exc)))
+                prompt = ""
+            else:
+                if not prompt:
+                    problems.append(("prompt", "the prompt renders empty"))
+            built = build_request(
+                prompt=prompt,
+                defaults=spec.defaults,
+                variant=variant,
+                product=product,
+                variant_refs=variant_images,
+                variant_mask=variant_mask,
+                brand_refs=brand,
+            )
+            problems += built.problems
+            if key is not None:
+                message = key_problem(key)
+                if message is not None:
+                    problems.append(("key", message))
+                    key = None
+            original, first = key, None
+            if key is not None:
+                key, duplicate, first = _dedupe(spec, keys, key, row.line, file, warn)
+                if duplicate is not None:
+                    problems.append(("key", duplicate))
+            reported = {name for name, _ in problems}
+            problems += [
+                (p.param, p.message)
+                for p in rules.check_image_request(_EDITS, built.body)
+                if p.param not in reported and p.param.split("[")[0].split(".")[0] not in reported
+            ]
+            if not problems:
+                size = _line_bytes(_EDITS, built.body)
+                if size > spec.run.max_shard_bytes:
+                    problems.append(
+                        (
+                            "images",
+                            f"the request line would be {size:,} bytes, over the {spec.run.max_shard_bytes:,}-byte "
+                            "shard limit (data URLs count in full: upload local files instead)",
+                        )
+                    )
+            if problems or key is None:
+                for name, message in problems:
+                    yield ItemProblem(key, file, row.line, name, f"{message} (variant {variant.name!r})")
+                continue
+            metadata: dict[str, object] = {column: row.fields.get(column) for column in spec.metadata_columns}
+            if built.mask_ref is not None:
+                metadata["reference_mask"] = built.mask_ref.ref
+            if first is not None:
+                metadata["_batchpipe"] = {"duplicate_of": {"key": original, "line": first}}
+            stats.items += 1
+            yield Item(
+                key=key,
+                endpoint=_EDITS,
+                body=built.body,
+                metadata=metadata,
+                source=f"{file}:{row.line}",
+                product_key=product_key,
+                variant=variant.name,
+                inputs=built.inputs,
+            )
+
+
+def _product_refs(matrix: VariantMatrix, resolver: ReferenceResolver, values: Mapping[str, object]) -> ProductRefs:
+    """Render and resolve a product row's reference images and mask (problems named by column)."""
+    out = ProductRefs()
+    for index, template in enumerate(matrix.image_templates):
+        name = _template_field(template.fields, f"references.images[{index}]")
+        try:
+            text = template.render(values).strip()
+        except TypeError as exc:
+            out.problems.append((name, str(exc)))
+            continue
+        if not text:
+            continue
+        found = resolver.resolve(text, base=matrix.manifest_dir, role="image")
+        if isinstance(found, str):
+            out.problems.append((name, f"reference image: {found}"))
+        else:
+            out.images.append(found)
+    if matrix.mask_template is not None:
+        name = _template_field(matrix.mask_template.fields, "references.mask")
+        try:
+            text = matrix.mask_template.render(values).strip()
+        except TypeError as exc:
+            out.problems.append((name, str(exc)))
+            return out
+        if text:
+            found = resolver.resolve(text, base=matrix.manifest_dir, role="mask")
+            if isinstance(found, str):
+                out.problems.append((name, f"mask: {found}"))
+            else:
+                out.mask = found
+    return out
 
 
 def _as_list(value: object) -> list[object]:
@@ -389,7 +589,7 @@ class ValidationReport:
     """What :func:`validate_job` found. Counts are rows/items; ``input_tokens`` estimated (``spec``);
     ``cost_usd`` the estimated Batch-priced cost of the valid items (FACTS §6); ``problems`` and
     ``warnings`` hold the first ``max_listed`` of each, ``problem_count``/``warning_count`` all of them.
-    ``groups`` counts items per ``(endpoint, model)``."""
+    ``groups`` counts items per ``(endpoint, model)``; ``matrix``: product x variant counts of a matrix job."""
 
     items: int = 0
     problem_count: int = 0
@@ -399,6 +599,7 @@ class ValidationReport:
     groups: dict[tuple[str, str], int] = field(default_factory=dict)
     input_tokens: int = 0
     cost_usd: float = 0.0
+    matrix: MatrixStats | None = None
 
     @property
     def ok(self) -> bool:
@@ -415,7 +616,9 @@ def validate_job(spec: JobSpec, *, limit: int | None = None, max_listed: int = 5
         if len(report.warnings) < max_listed:
             report.warnings.append(problem)
 
-    for result in make_items(spec, limit=limit, on_warning=on_warning):
+    if spec.matrix is not None:
+        report.matrix = MatrixStats()
+    for result in make_items(spec, limit=limit, on_warning=on_warning, stats=report.matrix):
         if isinstance(result, ItemProblem):
             report.problem_count += 1
             if len(report.problems) < max_listed:
@@ -455,6 +658,8 @@ def validate_command(source: Path, job_name: str | None, limit: int | None, max_
         report = validate_job(spec, limit=limit, max_listed=max_listed)
     except InputError as exc:
         raise click.ClickException(str(exc)) from exc
+    if report.matrix is not None:
+        click.echo(report.matrix.line())
     for problem in report.problems:
         click.echo(str(problem), err=True)
     for warning in report.warnings:
