@@ -29,6 +29,36 @@ Format (every section optional except ``[job]`` and ``[manifest]``; unknown keys
     [run.enqueued_token_budget]           # per model, input tokens
     "gpt-image-1.5" = 2000000
 
+A *variant matrix* job (brand variants through ``/v1/images/edits``, see :mod:`batchpipe.variants` and
+:mod:`batchpipe.references`) adds::
+
+    [matrix]
+    product = "{Handle}"                  # one product per distinct value; later rows with it are folded
+    variants_file = "data/variants.csv"   # OR [[matrix.variant]] tables (exactly one of the two)
+    [matrix.vars]                         # template constants; variants may override them
+    brand_font = "a bold sans-serif"
+    [[matrix.variant]]
+    name = "autumn-en"                    # {variant}; the key template must use it
+    slogan = "Fall into comfort"          # any other text key: a template value
+    mask = "masks/band.png"               # optional; images = [...] optional extra references
+    [matrix.variant.request]              # body overrides: size quality output_format background
+    size = "1536x1024"                    #   output_compression n moderation input_fidelity model
+    [references]
+    images = ["{Image Src}"]              # per-product reference templates (URL, data URL, file_id:ID, path)
+    brand_assets = ["brand/logo.png"]     # added to every item (relative to the spec)
+    mask = "{Mask}"                       # optional per-row mask template
+    local_files = "upload"                # | "data_url"
+    upload_purpose = "vision"
+    upload_expires_after_s = 2592000
+    reuse_margin_s = 86400
+    delete_unused = false
+    mirror_port = 0
+    [references.mirror]
+    "https://cdn.example.com/photos/" = "photos/"
+
+and ``[defaults] input_fidelity``. Every check (variants, overrides against the model's edit rules, brand
+assets and variant masks) runs at load time; per-row references are checked by :func:`batchpipe.validate.make_items`.
+
 Without ``[item]`` the manifest must be a *plain JSONL* item file: one object per line with ``key``, any
 Images API body fields and ``metadata`` (see :mod:`batchpipe.validate`).
 
@@ -713,7 +743,6 @@ def _load_matrix(
         variants = variants_from_csv(csv_path, vars=section.vars, max_line_bytes=parsed.manifest.max_line_bytes)
         source = str(csv_path)
     for variant in variants:
-        where = variant.field or variant.source
         for value_name in variant.values:
             if value_name in known:
                 raise _variant_error(
@@ -726,7 +755,6 @@ def _load_matrix(
             raise _variant_error(
                 variant, text, f"{problem.message} (variant {variant.name!r}, from {origin})", f"request.{field_name}"
             )
-        del where
     product = _parse_template(section.product, ("matrix", "product"), fail)
     image_templates = tuple(_parse_template(t, ("references", "images"), fail) for t in refs.images if t.strip())
     mask_template = _parse_template(refs.mask, ("references", "mask"), fail) if refs.mask else None
@@ -761,8 +789,12 @@ def _load_matrix(
     for index, asset in enumerate(refs.brand_assets):
         found = checker.resolve(asset, base=spec_dir, role="image")
         if isinstance(found, str):
-            raise fail(f"brand asset: {found}", ("references", "brand_assets"))
-        del index
+            raise JobSpecError(
+                f"brand asset: {found}",
+                file=name,
+                line=_locate(text, ("references", "brand_assets")),
+                field=f"references.brand_assets[{index}]",
+            )
     if len(refs.brand_assets) >= spec.MAX_EDIT_IMAGES:
         raise fail(
             f"{len(refs.brand_assets)} brand assets leave no room for the product image (at most "
