@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -177,6 +178,7 @@ class Runner:
             job, spec_hash, self.api_label, output_dir=str(self.store.root), trust=trust
         )
         log.info("run", job=job, run_id=run_id, resumed=resumed)
+        self._remove_stale_temporaries()
         built = bool(self.ledger.shards(run_id=run_id)) or bool(self.ledger.count_items(run_id=run_id))
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0}
         if not built:
@@ -199,6 +201,23 @@ class Runner:
         if finished:
             self.ledger.finish_run(run_id, "finished")
         return self._summary(job, run_id, stats, finished=finished)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete ``.<name>.tmp-<pid>`` files (``LocalImageStore.put``) left in the output directory by a
+        process that was killed mid-write; files of a process that is still alive are kept."""
+        if not self.store.root.is_dir():
+            return
+        for path in self.store.root.rglob(".*.tmp-*"):
+            pid = path.name.rpartition(".tmp-")[2]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                path.unlink(missing_ok=True)
+                log.info("removed a temporary file of a killed run", path=str(path))
+            except OSError:
+                pass  # alive, owned by someone else
 
     def _summary(self, job: str, run_id: str, stats: dict[str, int], *, finished: bool) -> RunSummary:
         return RunSummary(
