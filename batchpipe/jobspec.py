@@ -674,28 +674,36 @@ def _unknown_column(column: str, columns: tuple[str, ...]) -> str:
 
 
 def _array_table_line(text: str, path: tuple[str, ...], index: int, key: str | None) -> int | None:
-    """1-based line of ``key`` in the ``index``-th ``[[a.b]]`` table of ``text`` (the header if no key or
-    the key is not found; a ``[a.b.key]`` sub-table header counts as the key)."""
+    """1-based line of ``key`` in the ``index``-th ``[[a.b]]`` table of ``text``: ``key`` may be dotted
+    (``request.size``: the ``size`` key of the ``[a.b.request]`` sub-table). Falls back to the nearest
+    enclosing header; ``None`` if there is no such table."""
     lines = text.splitlines()
     array = re.compile(r"^\s*\[\[\s*" + r"\s*\.\s*".join(re.escape(p) for p in path) + r"\s*\]\]")
     headers = [i for i, raw in enumerate(lines) if array.match(raw)]
     if index >= len(headers):
         return None
     start = headers[index]
+    end = next((h for h in headers if h > start), len(lines))
     if key is None:
         return start + 1
-    key_re = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=")
-    sub = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(re.escape(p) for p in (*path, key)) + r"\s*\]")
-    for i in range(start + 1, len(lines)):
-        if sub.match(lines[i]):
+    *tables, leaf = key.split(".")
+    header = start
+    if tables:
+        sub = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(re.escape(p) for p in (*path, *tables)) + r"\s*\]")
+        found = next((i for i in range(start + 1, end) if sub.match(lines[i])), None)
+        if found is None:
+            return start + 1
+        header = found
+    key_re = re.compile(r"^\s*[\"']?" + re.escape(leaf) + r"[\"']?\s*=")
+    leaf_table = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(re.escape(p) for p in (*path, *tables, leaf)) + r"\s*\]")
+    for i in range(header + 1, end):
+        if leaf_table.match(lines[i]):
             return i + 1
-        if array.match(lines[i]) or (
-            lines[i].lstrip().startswith("[") and not lines[i].lstrip().startswith("[" + path[0])
-        ):
+        if lines[i].lstrip().startswith("["):
             break
         if key_re.match(lines[i]):
             return i + 1
-    return start + 1
+    return header + 1
 
 
 def _load_matrix(
@@ -829,11 +837,10 @@ def _variant_error(variant: Variant, text: str, message: str, key: str) -> Input
     file, _, line = variant.source.rpartition(":")
     if variant.field:  # a [[matrix.variant]] table
         index = int(variant.field.split("[")[1].rstrip("]"))
-        head = key.split(".")[0].split("[")[0]
         return JobSpecError(
             message,
             file=file or variant.source,
-            line=_array_table_line(text, ("matrix", "variant"), index, head),
+            line=_array_table_line(text, ("matrix", "variant"), index, key.split("[")[0]),
             field=f"{variant.field}.{key}",
         )
     return ManifestError(message, file=file, line=int(line) if line.isdigit() else None, field=key)

@@ -185,7 +185,7 @@ def variants_from_tables(
 ) -> tuple[Variant, ...]:
     """Variants from ``[[matrix.variant]]`` tables (relative paths against ``base``, the spec's directory).
 
-    ``locate(index, key)`` gives the spec line of table ``index``'s ``key`` (or of the table). Raises
+    ``locate(index, key)`` gives the spec line of table ``index``'s (dotted) ``key``, or of the table. Raises
     ``JobSpecError`` (spec file, line, field ``matrix.variant[i].<key>``) for a missing or bad name, a
     repeated name, a non-string value, or a bad request override.
     """
@@ -195,7 +195,7 @@ def variants_from_tables(
         where = f"matrix.variant[{index}]"
 
         def fail(message: str, at: str, index: int = index) -> JobSpecError:
-            key = at.split(".")[2] if at.count(".") >= 2 else None
+            key = ".".join(at.split(".")[2:]) or None  # "matrix.variant[1].request.size" -> "request.size"
             return JobSpecError(message, file=spec_file, line=locate(index, key), field=at)
 
         name = table.get("name")
@@ -390,8 +390,8 @@ class MatrixRun:
     :meth:`prepare` (once, before a new run's build, with the API client and the ledger): starts the loopback
     :class:`~batchpipe.references.ReferenceMirror` when ``[references] mirror`` is set (it lives as long as
     the run's event loop), makes one checking pass over the matrix (prints ``matrix: P products x V variants
-    = N items`` through ``echo``), uploads the local reference files the first ``limit`` items need, unless
-    items are invalid and ``skip_invalid`` is off (the build then refuses the job, exit 2) — each distinct
+    = N items`` through ``echo``), raises ``ValidationFailed`` (every problem; exit 2) if items are invalid
+    and ``skip_invalid`` is off, uploads the local reference files the first ``limit`` items need — each distinct
     file once, reusing cached ``file_id`` values (:func:`~batchpipe.references.ensure_uploaded`) — and, with
     ``delete_unused``, deletes reference files nothing pending needs. :meth:`items` then streams the items with
     real ``file_id`` values and mirrored URLs. ``workdir`` keeps the mirror's port (``references/mirror-port``).
@@ -440,11 +440,11 @@ class MatrixRun:
             mirror_base = self.mirror.base_url
         checker = ReferenceResolver(options, mirror_base=mirror_base)
         needed: dict[str, Path] = {}
-        problems = 0
+        problems: list[ItemProblem] = []
         items = 0
         for entry in make_items(self.spec, resolver=checker, stats=self.stats, on_warning=lambda problem: None):
             if not isinstance(entry, Item):
-                problems += 1
+                problems.append(entry)
                 continue
             if self.limit is not None and items >= self.limit:
                 break
@@ -453,8 +453,12 @@ class MatrixRun:
                 if ref.kind == "file" and ref.sha256 in checker.needed:
                     needed[ref.sha256] = checker.needed[ref.sha256]
         self.echo(self.stats.line())
+        if problems and not self.skip_invalid:
+            from batchpipe.runner import ValidationFailed
+
+            raise ValidationFailed(problems, file=self.spec.source_name)  # before any upload or shard
         uploaded: dict[str, str] = {}
-        if needed and (problems == 0 or self.skip_invalid):
+        if needed:
             uploaded, self.uploaded_now = await ensure_uploaded(
                 client, ledger, needed, options=options, clock=self.clock
             )
