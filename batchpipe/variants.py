@@ -443,16 +443,17 @@ class MatrixRun:
         problems: list[ItemProblem] = []
         items = 0
         for entry in make_items(self.spec, resolver=checker, stats=self.stats, on_warning=lambda problem: None):
+            if self.limit is not None and items >= self.limit:
+                continue  # past the run's --limit: counted for the matrix line only (the build stops there too)
             if not isinstance(entry, Item):
                 problems.append(entry)
                 continue
-            if self.limit is not None and items >= self.limit:
-                break
             items += 1
             for ref in entry.inputs:
                 if ref.kind == "file" and ref.sha256 in checker.needed:
                     needed[ref.sha256] = checker.needed[ref.sha256]
-        self.echo(self.stats.line())
+        limited = f"; this run takes the first {items} (--limit)" if self.limit is not None else ""
+        self.echo(self.stats.line() + limited)
         if problems and not self.skip_invalid:
             from batchpipe.runner import ValidationFailed
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import base64
+import random
 from pathlib import Path
 
 import orjson
