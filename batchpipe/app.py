@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,9 @@ class RunRequest:
     ``items``: a callable that streams :class:`~batchpipe.models.Item` or problem objects (called once per
     build). ``spec_hash``: identifies the input (recorded on the run). ``source_name``: the file problems are
     reported against. ``trust``: the C2PA trust setting (``default`` becomes ``emulator`` on the emulator).
-    ``prepare(client, ledger)``: async work before a new run's build (see ``Runner.run``).
+    ``prepare(client, ledger)``: async work before a new run's build (see ``Runner.run``). ``session()``: an
+    async context around the whole run, new or resumed (a matrix job's loopback mirror of reference photos).
+    ``spec_path``: the job spec, remembered on the run so ``batchpipe retry`` can find the job's session.
     """
 
     job: str
@@ -109,6 +111,8 @@ class RunRequest:
     trust: str
     options: RunOptions
     prepare: Callable[[Any, Any], Awaitable[None]] | None = None
+    session: Callable[[], AbstractAsyncContextManager[None]] | None = None
+    spec_path: Path | None = None
 
 
 def request_from_spec(
@@ -146,11 +150,12 @@ def request_from_spec(
     )
     items: Callable[[], Iterator[Any]] = partial(make_items, spec)
     prepare: Callable[[Any, Any], Awaitable[None]] | None = None
+    session: Callable[[], AbstractAsyncContextManager[None]] | None = None
     if spec.matrix is not None:  # products x variants: references uploaded/mirrored before the build
         from batchpipe.variants import MatrixRun
 
         matrix_run = MatrixRun(spec, workdir=workdir, limit=limit, skip_invalid=options.skip_invalid)
-        items, prepare = matrix_run.items, matrix_run.prepare
+        items, prepare, session = matrix_run.items, matrix_run.prepare, matrix_run.session
     return RunRequest(
         job=spec.name,
         spec_hash=_spec_hash(spec),
@@ -160,6 +165,8 @@ def request_from_spec(
         trust=spec.c2pa_trust,
         options=options,
         prepare=prepare,
+        session=session,
+        spec_path=spec.spec_path.resolve() if spec.spec_path is not None else None,
     )
 
 
@@ -261,7 +268,7 @@ async def execute_async(
         trust = "emulator"  # the emulator's test root is added to the default lists
     verifier = C2paVerifier(TrustConfig.from_setting(trust))
     ledger = open_ledger(options.workdir)
-    with ExitStack() as stack:
+    async with AsyncExitStack() as stack:
         stack.callback(ledger.close)
         if emulated and base_url is None:
             from batchpipe.emulator.config import EmulatorConfig
@@ -278,6 +285,8 @@ async def execute_async(
             settings = settings.model_copy(update={"base_url": base_url})
         if emulated or (settings.api_key is None and api_label != "openai"):
             settings = settings.model_copy(update={"api_key": SecretStr(EMULATOR_API_KEY)})
+        if request.session is not None:
+            await stack.enter_async_context(request.session())
         async with OpenAIClient(settings) as client:
             runner = Runner(
                 ledger,
@@ -295,4 +304,5 @@ async def execute_async(
                 source_name=request.source_name,
                 trust=request.trust,
                 prepare=request.prepare,
+                spec_path=str(request.spec_path) if request.spec_path else None,
             )

@@ -324,6 +324,7 @@ def retry(
         )
         sys.exit(EXIT_INPUT)
     output_dir, trust = reprocess.default_output_dir(store, jobs[0], workdir.resolve())
+    session = reprocess.job_session(store, jobs[0], workdir.resolve())
     store.close()
     label, base_url = resolve_api(api, os.environ)
     highest = max(row.attempt for row in rows)
@@ -337,6 +338,7 @@ def retry(
         output_dir=output_dir,
         trust=trust,
         options=options,
+        session=session,
     )
     _run_guarded(
         lambda: execute(

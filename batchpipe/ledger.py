@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS runs (
     api           TEXT NOT NULL,
     output_dir    TEXT,
     trust         TEXT,
+    spec_path     TEXT,
     status        TEXT NOT NULL,
     started_at    DOUBLE PRECISION NOT NULL,
     finished_at   DOUBLE PRECISION
@@ -378,11 +379,19 @@ class SqliteLedger(Ledger):
 
     # -- runs -------------------------------------------------------------------------------------------
     def open_run(
-        self, job: str, spec_hash: str, api: str, *, output_dir: str | None = None, trust: str | None = None
+        self,
+        job: str,
+        spec_hash: str,
+        api: str,
+        *,
+        output_dir: str | None = None,
+        trust: str | None = None,
+        spec_path: str | None = None,
     ) -> tuple[str, bool]:
         """The unfinished run of ``job`` if there is one, else a new one: ``(run_id, resumed)``.
 
-        ``output_dir`` and ``trust`` are remembered so ``batchpipe retry`` can run the job's items again.
+        ``output_dir``, ``trust`` and ``spec_path`` are remembered so ``batchpipe retry`` can run the job's
+        items again (with the job's session, e.g. its reference mirror).
         """
         with self.transaction():
             rows = self._rows(
@@ -398,9 +407,9 @@ class SqliteLedger(Ledger):
                 suffix += 1
                 run_id = f"{job}-{stamp}-{suffix}"
             self._exec(
-                "INSERT INTO runs (run_id, job, spec_hash, api, output_dir, trust, status, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-                (run_id, job, spec_hash, api, output_dir, trust, now),
+                "INSERT INTO runs (run_id, job, spec_hash, api, output_dir, trust, spec_path, status, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+                (run_id, job, spec_hash, api, output_dir, trust, spec_path, now),
             )
             self._event("run", run_id, None, "running", None)
             return run_id, False

@@ -84,6 +84,15 @@ class ImageRef:
     ref: str
     sha256: str | None = None
 
+    @classmethod
+    def parse_list(cls, text: str | None) -> tuple[ImageRef, ...]:
+        """The ledger's ``inputs_json`` (a JSON list of ``{kind, ref, sha256}``) back into references."""
+        if not text:
+            return ()
+        return tuple(
+            cls(str(e["kind"]), str(e["ref"]), e.get("sha256")) for e in orjson.loads(text) if isinstance(e, dict)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Item:

@@ -14,7 +14,8 @@ Workflows (README "Reprocessing"):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -24,7 +25,7 @@ import orjson
 from batchpipe import spec as rules
 from batchpipe.errors import InputError
 from batchpipe.ledger import ItemRow, SqliteLedger
-from batchpipe.models import Item, ItemStatus
+from batchpipe.models import ImageRef, Item, ItemStatus
 from batchpipe.spec import Endpoint
 from batchpipe.validate import ItemProblem
 
@@ -161,6 +162,7 @@ def retry_items(rows: Iterable[ItemRow], changes: Mapping[str, object]) -> Itera
             source=f"ledger:{row.custom_id}",
             product_key=row.product_key,
             variant=row.variant,
+            inputs=ImageRef.parse_list(row.inputs_json),
         )
 
 
@@ -187,3 +189,24 @@ def default_output_dir(ledger: SqliteLedger, job: str | None, workdir: Path) -> 
     if run and run.get("output_dir"):
         return Path(str(run["output_dir"])), str(run.get("trust") or "default")
     return workdir / "out" / (job or "retry"), "default"
+
+
+def job_session(
+    ledger: SqliteLedger, job: str, workdir: Path
+) -> Callable[[], AbstractAsyncContextManager[None]] | None:
+    """The job's run session (a matrix job's loopback mirror of reference photos), found through the spec path
+    its latest run recorded; None when the job has none or its spec is gone."""
+    from batchpipe.jobspec import JobSpec
+    from batchpipe.variants import MatrixRun
+
+    run = ledger.latest_run(job)
+    spec_path = Path(str(run["spec_path"])) if run and run.get("spec_path") else None
+    if spec_path is None or not spec_path.is_file():
+        return None
+    try:
+        spec = JobSpec.load(spec_path, workdir=workdir)
+    except InputError:
+        return None
+    if spec.matrix is None:
+        return None
+    return MatrixRun(spec, workdir=workdir).session

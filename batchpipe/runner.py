@@ -28,7 +28,7 @@ from batchpipe.build import ShardBuilder, ShardInfo
 from batchpipe.collector import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError
 from batchpipe.ledger import ShardRow, SqliteLedger
-from batchpipe.models import Item, ItemStatus, make_custom_id, request_hash
+from batchpipe.models import ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.spec import estimate_input_tokens
 from batchpipe.store import LocalImageStore
 
@@ -38,6 +38,13 @@ log = structlog.get_logger("batchpipe.run")
 
 #: Metadata keys put on every batch we create (SPEC ``Metadata``: <= 16 pairs, keys <= 64, values <= 512).
 META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_shard_sha256"
+
+
+def _inputs_json(inputs: tuple[ImageRef, ...]) -> str | None:
+    """Input image references as the ledger stores them (JSON list of ``{kind, ref, sha256}``), or None."""
+    if not inputs:
+        return None
+    return orjson.dumps([{"kind": r.kind, "ref": r.ref, "sha256": r.sha256} for r in inputs]).decode()
 
 
 def _definitely_not_done(exc: ApiError) -> bool:
@@ -168,6 +175,7 @@ class Runner:
         source_name: str,
         trust: str | None = None,
         prepare: Callable[[Any, SqliteLedger], Awaitable[None]] | None = None,
+        spec_path: str | None = None,
     ) -> RunSummary:
         """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``).
 
@@ -175,7 +183,7 @@ class Runner:
         reference images so items can name their ``file_id``); it is not run again when the run resumes.
         """
         run_id, resumed = self.ledger.open_run(
-            job, spec_hash, self.api_label, output_dir=str(self.store.root), trust=trust
+            job, spec_hash, self.api_label, output_dir=str(self.store.root), trust=trust, spec_path=spec_path
         )
         log.info("run", job=job, run_id=run_id, resumed=resumed)
         self._remove_stale_temporaries()
@@ -281,6 +289,7 @@ class Runner:
                     await self._flush_rows(job, rows, builder)
             await self._flush_rows(job, rows, builder)
             if problems and not self.options.skip_invalid:
+                await builder.abort()  # no shard file survives; the transaction rolls back every row
                 raise ValidationFailed(problems, file=source_name)
             shards = await builder.close()
             for shard in shards:
@@ -313,14 +322,7 @@ class Runner:
             "source": item.source,
             "product_key": item.product_key,
             "variant": item.variant,
-            "inputs_json": orjson.dumps(
-                [
-                    vars(r) if hasattr(r, "__dict__") else {"kind": r.kind, "ref": r.ref, "sha256": r.sha256}
-                    for r in item.inputs
-                ]
-            ).decode()
-            if item.inputs
-            else None,
+            "inputs_json": _inputs_json(item.inputs),
             "input_tokens_est": estimate_input_tokens(item.body),
             "status": ItemStatus.PENDING,
             "_item": item,
@@ -717,6 +719,7 @@ class Runner:
                     source=row.source,
                     product_key=row.product_key,
                     variant=row.variant,
+                    inputs=ImageRef.parse_list(row.inputs_json),
                 )
                 rows.append(self._pending_row(job, run_id, item, row.request_hash, attempt=0))
                 if len(rows) >= 500:

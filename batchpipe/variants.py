@@ -19,9 +19,10 @@ expansion (keys, de-duplication, problems), with :func:`build_request` building 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -424,6 +425,26 @@ class MatrixRun:
         self._resolver: ReferenceResolver | None = None
         self._keeper: object = None
 
+    def _start_mirror(self) -> None:
+        options = self.matrix.references
+        if self.mirror is None and options.mirror:
+            self.mirror = ReferenceMirror(
+                options.mirror, port=options.mirror_port, port_file=self.workdir / "references" / "mirror-port"
+            ).start()
+            self._keeper = self.mirror.keep_alive_in_loop()
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """The whole run's context (new or resumed, or a ``batchpipe retry`` of this job): serves the loopback
+        mirror while batches may still fetch mirrored URLs, and closes it at the end."""
+        self._start_mirror()
+        try:
+            yield
+        finally:
+            if self.mirror is not None:
+                self.mirror.close()
+                self.mirror = None
+
     async def prepare(self, client: Any, ledger: Any) -> None:
         """Mirror, count, upload, clean up (see the class docstring). Raises the client's ``ApiError`` family
         when an upload fails and ``OSError`` when an explicit ``mirror_port`` is taken."""
@@ -433,10 +454,8 @@ class MatrixRun:
         options = self.matrix.references
         mirror_base: str | None = None
         if options.mirror:
-            self.mirror = ReferenceMirror(
-                options.mirror, port=options.mirror_port, port_file=self.workdir / "references" / "mirror-port"
-            ).start()
-            self._keeper = self.mirror.keep_alive_in_loop()
+            self._start_mirror()
+            assert self.mirror is not None
             mirror_base = self.mirror.base_url
         checker = ReferenceResolver(options, mirror_base=mirror_base)
         needed: dict[str, Path] = {}

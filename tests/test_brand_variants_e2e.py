@@ -158,3 +158,21 @@ def test_unreachable_image_url_is_reported_per_item_and_retried_only_on_request(
     rows = _latest(workspace, "bv-no-retry")
     assert rows["ghost/beach"].attempt == 2 and rows["ghost/beach"].error_code == "invalid_image_url"
     assert rows["shirt/beach"].attempt == 1
+    first = ghost
+    assert rows["ghost/beach"].inputs_json == first.inputs_json is not None  # the retry keeps its references
+    assert rows["ghost/beach"].product_key == "ghost" and rows["ghost/beach"].variant == "beach"
+
+
+@pytest.mark.slow
+def test_retry_of_a_mirrored_variant_serves_the_mirror_again(workspace: Path) -> None:
+    spec = _unreachable_job(workspace, "bv-mirror", "[]")
+    code, err = _invoke("run", str(spec), "--poll-interval", "0.1")
+    assert code == 1, err
+    # the mirrored shirt succeeded; ask for it again at another quality: its URL points at the loopback mirror,
+    # which `retry` must serve again for the new attempt to fetch its reference photo
+    code, err = _invoke(
+        "retry", "--job", "bv-mirror", "--status", "succeeded", "--set", "quality=medium", "--poll-interval", "0.1"
+    )
+    assert code == 0, err
+    rows = _latest(workspace, "bv-mirror")
+    assert rows["shirt/beach"].attempt == 2 and rows["shirt/beach"].status == ItemStatus.SUCCEEDED
