@@ -53,9 +53,12 @@ __all__ = [
     "KillRecord",
     "check_results",
     "emulator_fault_args",
+    "expected_keys",
     "list_service_batches",
     "main",
     "run_drill",
+    "standalone_emulator",
+    "write_job",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,15 +169,19 @@ def emulator_fault_args(options: DrillOptions) -> list[str]:
 
 
 @contextlib.contextmanager
-def _emulator(state_dir: Path, options: DrillOptions, log_path: Path) -> Iterator[str]:
-    """Run the standalone emulator; yields its API root ``http://127.0.0.1:PORT/v1``; stops it (by pid)."""
+def standalone_emulator(
+    state_dir: Path, fault_args: Sequence[str], log_path: Path, *, log_level: str = "warning"
+) -> Iterator[str]:
+    """Run ``batchpipe emulator serve`` with ``fault_args`` on a free loopback port, output to ``log_path``;
+    yields its API root ``http://127.0.0.1:PORT/v1`` once it answers; stops it (by pid) on exit.
+    Raises ``RuntimeError`` if it does not start within 30 s."""
     port = _free_port()
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [
-            _batchpipe_exe(), "--log-level", "warning", "emulator", "serve",
+            _batchpipe_exe(), "--log-level", log_level, "emulator", "serve",
             "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state_dir),
-            *emulator_fault_args(options),
+            *fault_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -204,7 +211,7 @@ def _emulator(state_dir: Path, options: DrillOptions, log_path: Path) -> Iterato
         log.close()
 
 
-def _write_job(directory: Path, options: DrillOptions) -> tuple[Path, str]:
+def write_job(directory: Path, options: DrillOptions) -> tuple[Path, str]:
     """A copy of the nightly job spec with the catalog's absolute path and small shards; returns (path, job)."""
     text = options.job_template.read_text(encoding="utf-8")
     text, n_path = re.subn(r'(?m)^path = "[^"]*"', f'path = "{options.catalog.resolve().as_posix()}"', text)
@@ -499,10 +506,11 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
     root.mkdir(parents=True, exist_ok=True)
     workdir = root / "work"
     ledger_path = workdir / "ledger.sqlite"
-    job_spec, job = _write_job(root, options)
+    job_spec, job = write_job(root, options)
     rng = random.Random(options.seed)
     report = DrillReport()
-    with _emulator(root / "emulator-state", options, root / "emulator.log") as base_url:
+    fault_args = emulator_fault_args(options)
+    with standalone_emulator(root / "emulator-state", fault_args, root / "emulator.log") as base_url:
         cmd = [
             _batchpipe_exe(), "--log-json", "--log-level", "info", "run", str(job_spec),
             "--api", base_url, "--workdir", str(workdir), "--poll-interval", "0.1", "--limit", str(options.items),
