@@ -260,6 +260,15 @@ def _phase(ledger_path: Path, log_text: str) -> str:
 ANCHORS: dict[str, bytes] = {"run": b'"event":"run"', "created": b'"event":"batch created"'}
 
 
+def _creating(ledger_path: Path) -> bool:
+    """True while a shard's batch create is in flight (ledger intent ``creating``); read-only, never blocks."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True, timeout=0)) as conn:
+            return conn.execute("SELECT 1 FROM shards WHERE status = 'creating' LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def _run_once(
     cmd: Sequence[str],
     *,
@@ -269,8 +278,9 @@ def _run_once(
     ledger_path: Path,
 ) -> KillRecord:
     """Start ``batchpipe run`` and SIGKILL it per ``kill`` = ``(anchor, delay_s)``: ``delay_s`` after the start
-    (anchor ``"start"``) or after the first log line of an :data:`ANCHORS` event (so import time does not
-    matter; an anchor that has not appeared 2 s after the ``run`` line counts from then). ``kill`` None lets
+    (anchor ``"start"``), after the first log line of an :data:`ANCHORS` event (so import time does not
+    matter), or after the ledger shows a batch create in flight (anchor ``"creating"``); an anchor that has
+    not appeared 2 s after the ``run`` line counts from then. ``kill`` None lets
     the run end by itself (SIGKILL after ``timeout_s``: phase ``hung``)."""
     started = time.monotonic()
     deadline: float | None = started + kill[1] if kill and kill[0] == "start" else None
@@ -283,7 +293,8 @@ def _run_once(
                 text = log_path.read_bytes()
                 if run_seen is None and ANCHORS["run"] in text:
                     run_seen = now
-                if ANCHORS[kill[0]] in text or (run_seen is not None and now - run_seen > 2.0):
+                hit = _creating(ledger_path) if kill[0] == "creating" else ANCHORS[kill[0]] in text
+                if hit or (run_seen is not None and now - run_seen > 2.0):
                     deadline = now + kill[1]
             if (deadline is not None and now >= deadline) or now - started > timeout_s:
                 proc.send_signal(signal.SIGKILL)
@@ -296,33 +307,39 @@ def _run_once(
 
 
 def _kill_plan(index: int, rng: random.Random, options: DrillOptions) -> tuple[str, float]:
-    """Kill number ``index``: the first lands in the build (just after ``run``), the next two just after a
-    batch create (the next shard's upload or create); then at random: start-up (``startup_kill_share``),
-    early (``early_kill_share``: after ``run`` or a create, within ``early_kill_delay_s``) or late (poll,
-    collect: ``kill_delay_s`` after ``run``)."""
+    """Kill number ``index``: the first lands in the build (just after ``run``), the second just after a
+    batch create (the next shard's upload), the third while a create is in flight; then at random:
+    start-up (``startup_kill_share``), early (``early_kill_share``: after ``run`` or a create within
+    ``early_kill_delay_s``, or in a create) or late (poll, collect: ``kill_delay_s`` after ``run``)."""
     if index == 0:
         return "run", round(rng.uniform(0.0, 0.04), 3)
-    if index in (1, 2):
-        return "created", round(rng.uniform(0.0, 0.015) if index == 1 else rng.uniform(0.015, 0.04), 3)
+    if index == 1:
+        return "created", round(rng.uniform(0.0, 0.015), 3)
+    if index == 2:
+        return "creating", round(rng.uniform(0.0, 0.004), 4)
     draw = rng.random()
     if draw < options.startup_kill_share:
         return "start", round(rng.uniform(0.1, 0.8), 3)
     if draw < options.startup_kill_share + options.early_kill_share:
-        return rng.choice(["run", "created"]), round(rng.uniform(*options.early_kill_delay_s), 3)
+        anchor = rng.choice(["run", "created", "creating"])
+        return anchor, round(
+            rng.uniform(0.0, 0.004) if anchor == "creating" else rng.uniform(*options.early_kill_delay_s), 4
+        )
     return "run", round(rng.uniform(*options.kill_delay_s), 3)
 
 
 # -- the service's view ------------------------------------------------------------------------------------
-def list_service_batches(base_url: str, *, tries: int = 60) -> list[dict[str, Any]]:
+def list_service_batches(base_url: str, *, tries: int = 60, route: str = "/batches") -> list[dict[str, Any]]:
     """Every batch the service holds, walking ``GET /v1/batches`` pages (SPEC ``listBatches``: ``after``,
-    ``limit`` <= 100, ``has_more``); injected 429/5xx answers are retried (``tries`` per page)."""
+    ``limit`` <= 100, ``has_more``); injected 429/5xx answers are retried (``tries`` per page).
+    ``route="/files"`` lists files the same way (SPEC ``listFiles``)."""
     out: list[dict[str, Any]] = []
     after: str | None = None
     with httpx.Client(base_url=base_url, headers={"Authorization": "Bearer drill"}, timeout=30) as http:
         while True:
             params: dict[str, str | int] = {"limit": 100, **({"after": after} if after else {})}
             for _ in range(tries):
-                response = http.get("/batches", params=params)
+                response = http.get(route, params=params)
                 if response.status_code < 400:
                     break
                 time.sleep(0.2)
@@ -550,6 +567,7 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
         if not finished:
             report.problems.append(f"the run did not finish in {options.finish_attempts} attempt(s) after the kills")
         service_batches = list_service_batches(base_url)
+        service_files = list_service_batches(base_url, route="/files")
     keys = expected_keys(job_spec, workdir, options.items)
     if len(keys) != options.items:
         report.problems.append(f"the catalog gave {len(keys)} items, not {options.items}")
@@ -572,6 +590,8 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
         )
     except sqlite3.Error as exc:
         report.problems.append(f"cannot read the ledger at {ledger_path}: {exc}")
+    # not an invariant (files expire), but gotchas #6: inputs and results are deleted once collected
+    report.figures["service_files_left"] = len(service_files)
     report.figures["wall_s"] = round(time.monotonic() - began, 1)
     report.figures = {"drill_items": report.figures.pop("drill_items"), **report.figures}
     echo("kills by phase: " + ", ".join(f"{p} {n}" for p, n in sorted(phases.items())))
