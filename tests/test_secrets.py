@@ -295,12 +295,6 @@ async def test_errors_and_retry_logs_of_failing_calls_show_no_key(handler: Any, 
     assert [leaks(view) for view in views] == [[]] * len(views)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: batchpipe/client/client.py status_error copies the server's error message verbatim; "
-    "a server (a proxy, an older gateway) that echoes the bearer token puts the key into the exception, "
-    "the CLI's 'stopped: ...' line and the ledger's notes. Fix: redact the key in status_error.",
-)
 async def test_a_server_echoing_the_key_does_not_leak_it_into_the_exception() -> None:
     exc, _ = await _failing_call(_reject(401, f"Incorrect API key provided: {KEY}"))
     views = _error_views(exc)

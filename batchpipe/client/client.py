@@ -104,14 +104,24 @@ def _parse_body(content: bytes) -> object:
     return parsed
 
 
+def _redact_bearer(content: bytes, request: httpx.Request) -> bytes:
+    """``content`` with the request's bearer token replaced by ``[redacted]``: a server (a proxy, an old
+    gateway, a 401 page) that echoes the key must not carry it into exceptions, logs or the ledger."""
+    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if len(token) < 8:
+        return content
+    return content.replace(token.encode(), b"[redacted]")
+
+
 def status_error(response: httpx.Response, *, now_s: float) -> ApiStatusError:
     """Build the exception for an error ``response`` whose body has been read.
 
     Carries ``status_code``, ``request_id`` (``x-request-id``), the parsed ``body`` (SPEC ``ErrorResponse``
     when JSON), ``retry_after_s`` (:func:`~batchpipe.client.retry.parse_retry_after` at ``now_s``, unix
-    seconds), and the request method and URL. Headers are never copied.
+    seconds), and the request method and URL. Headers are never copied, and the bearer token is redacted
+    from the body should the server echo it.
     """
-    body = _parse_body(response.content)
+    body = _parse_body(_redact_bearer(response.content, response.request))
     message = ""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         message = str(body["error"].get("message") or "")
