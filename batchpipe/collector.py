@@ -285,7 +285,8 @@ class Collector:
     ``client`` is a :class:`batchpipe.client.OpenAIClient`; ``verifier`` None turns C2PA checks off.
     ``workers``: worker threads for parse/decode/write/verify (default 2, the core count here);
     ``queue_lines``: lines in flight (bounds memory: about ``queue_lines`` × the largest line);
-    ``commit_every``: lines per ledger transaction; ``chunk_bytes``: HTTP read size.
+    ``commit_every`` / ``commit_every_s``: a ledger transaction (with the resume offset) every this many lines
+    or seconds, whichever comes first; ``chunk_bytes``: HTTP read size.
     """
 
     def __init__(
@@ -298,6 +299,7 @@ class Collector:
         workers: int = 2,
         queue_lines: int = 8,
         commit_every: int = 64,
+        commit_every_s: float = 1.0,
         chunk_bytes: int = 1 << 20,
         max_reconnects: int = 20,
         clock: Callable[[], float] = time.monotonic,
@@ -309,6 +311,7 @@ class Collector:
         self._workers = workers
         self._queue_lines = queue_lines
         self._commit_every = commit_every
+        self._commit_every_s = commit_every_s
         self._chunk_bytes = chunk_bytes
         self._max_reconnects = max_reconnects
         self._clock = clock
@@ -361,15 +364,18 @@ class Collector:
         async def writer() -> None:
             finished_workers = 0
             pending: list[tuple[int, int, LineResult | None]] = []
+            last_commit = self._clock()
             while finished_workers < self._workers:
                 entry = await results.get()
                 if entry is None:
                     finished_workers += 1
                 else:
                     pending.append(entry)
-                if len(pending) >= self._commit_every or (entry is None and pending):
+                due = len(pending) >= self._commit_every or self._clock() - last_commit >= self._commit_every_s
+                if pending and (due or entry is None):
                     self._apply(batch_id, kind, pending, tracker, stats)
                     pending = []
+                    last_commit = self._clock()
             if pending:
                 self._apply(batch_id, kind, pending, tracker, stats)
 

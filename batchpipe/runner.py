@@ -13,7 +13,6 @@ run). Item statuses: see :class:`batchpipe.models.ItemStatus`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,7 +25,7 @@ import structlog
 
 from batchpipe.build import ShardBuilder, ShardInfo
 from batchpipe.collector import RETRYABLE_ERROR_CODES, Collector
-from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError
+from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
 from batchpipe.ledger import ShardRow, SqliteLedger
 from batchpipe.models import ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.spec import estimate_input_tokens
@@ -542,6 +541,7 @@ class Runner:
     # -- drive: poll, collect, reconcile, follow up -----------------------------------------------------
     async def _drive(self, job: str, run_id: str, collector: Collector) -> None:
         interval = self.options.poll_interval_s
+        await self._cleanup_leftovers(run_id)
         while True:
             submitted = await self._submit_ready(run_id)
             open_batches = self.ledger.batches(run_id=run_id, unfinished=True)
@@ -680,16 +680,36 @@ class Runner:
             if shard is not None:
                 self.ledger.transition_shard(shard.name, "done")
 
-    async def _cleanup(self, batch: dict[str, Any]) -> None:
+    def _cleanup_ids(self, batch: dict[str, Any]) -> list[str]:
         ids = []
         if self.options.cleanup_inputs:
             ids.append(batch["input_file_id"])
         if self.options.cleanup_outputs:
             ids += [batch["output_file_id"], batch["error_file_id"]]
-        for file_id in filter(None, ids):
-            with contextlib.suppress(ApiError):
+        return [file_id for file_id in ids if file_id]
+
+    async def _cleanup(self, batch: dict[str, Any]) -> None:
+        """Delete the batch's files from the Files API (gotchas #6); a 404 means already gone. A failure is
+        left for :meth:`_cleanup_leftovers` on a later pass or run."""
+        deleted = {f["file_id"] for f in self.ledger.files(deleted=True)}
+        for file_id in self._cleanup_ids(batch):
+            if file_id in deleted:
+                continue
+            try:
                 await self.client.delete_file(file_id)
-                self.ledger.mark_file_deleted(file_id)
+            except NotFoundError:
+                pass
+            except ApiError as exc:
+                log.warning("file not deleted yet", file_id=file_id, error=str(exc))
+                continue
+            self.ledger.mark_file_deleted(file_id)
+
+    async def _cleanup_leftovers(self, run_id: str) -> None:
+        """Clean up reconciled batches whose files a killed process never deleted."""
+        live = {f["file_id"] for f in self.ledger.files(deleted=False)}
+        for batch in self.ledger.batches(run_id=run_id):
+            if batch["reconciled"] and live.intersection(self._cleanup_ids(batch)):
+                await self._cleanup(batch)
 
     async def _follow_up(self, job: str, run_id: str) -> bool:
         """New attempts for retryable failures of this run (up to ``max_attempts``); True if any were made."""

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from batchpipe.client import ApiSettings, OpenAIClient
-from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig
+from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig, SpeedConfig
 from batchpipe.jobspec import JobSpec
 from batchpipe.ledger import SqliteLedger
 from batchpipe.runner import Runner, RunOptions
@@ -146,7 +146,8 @@ async def test_enqueued_token_budget_sends_waves_instead_of_failing(tmp_path: Pa
 
 async def test_without_a_budget_token_limit_failures_are_retried(tmp_path: Path) -> None:
     _manifest(tmp_path / "m.jsonl", 40)
-    config = EmulatorConfig(state_dir=tmp_path / "emu", enqueued_token_limit={"gpt-image-1-mini": 1600})
+    slow = SpeedConfig(mode="realistic", validating_s=0, per_request_s=0.2, finalizing_s=0)  # batches stay in flight
+    config = EmulatorConfig(state_dir=tmp_path / "emu", speed=slow, enqueued_token_limit={"gpt-image-1-mini": 1600})
     with EmbeddedEmulator(config) as emu:
         summary = await _run(tmp_path, emu, max_shard_requests=10, max_attempts=5)
         batches = _remote_batches(emu)
@@ -165,3 +166,34 @@ async def test_the_user_chooses_which_final_errors_to_retry(tmp_path: Path, emul
     ledger.close()
     assert attempts == [1, 2, 3]  # resubmitted until max_attempts, because the user asked
     assert summary.items == {"failed": 1, "superseded": 2}
+
+
+class DiesOnDelete(Lossy):
+    """Forwards everything; the first DELETE reaches the service and then the process 'dies'."""
+
+    def __init__(self) -> None:
+        super().__init__("DELETE", "", crash=True)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if request.method == "DELETE" and not self.fired:
+            self.fired += 1
+            raise Crash
+        return response
+
+
+async def test_files_left_by_a_kill_during_clean_up_are_deleted_on_restart(
+    tmp_path: Path, emulator: EmbeddedEmulator
+) -> None:
+    _manifest(tmp_path / "m.jsonl", 3)
+    with pytest.raises(Crash):
+        await _run(tmp_path, emulator, transport=DiesOnDelete())
+    listed = httpx.get(f"{emulator.base_url}/files", headers={"Authorization": "Bearer x"}).json()["data"]
+    assert len(listed) == 1  # the input was deleted (then the 'crash'); the output file is still there
+    summary = await _run(tmp_path, emulator)
+    assert summary.items == {"succeeded": 3}
+    listed = httpx.get(f"{emulator.base_url}/files", headers={"Authorization": "Bearer x"}).json()["data"]
+    assert listed == []
+    ledger = SqliteLedger(tmp_path / "w" / "ledger.sqlite")
+    assert all(f["deleted_at"] for f in ledger.files())
+    ledger.close()
