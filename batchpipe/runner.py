@@ -94,7 +94,7 @@ class RunOptions:
     poll_interval_s: float = 5.0
     max_poll_interval_s: float = 60.0
     collect_concurrency: int = 2
-    collect_workers: int = 2
+    collect_workers: int = 4
     enqueued_token_budget: dict[str, int] = field(default_factory=dict)
     output_grace_s: float = 600.0
     cleanup_inputs: bool = True

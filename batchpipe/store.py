@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -47,6 +48,10 @@ class ImageStore(Protocol):
         """True if something is stored at ``location``."""
         ...
 
+    def sync(self) -> None:
+        """Make everything ``put`` so far durable (called before the ledger records it)."""
+        ...
+
 
 def safe_relative_path(key: str, index: int, ext: str) -> Path:
     """A relative path for an item key that cannot escape its root.
@@ -70,20 +75,27 @@ def safe_relative_path(key: str, index: int, ext: str) -> Path:
 
 
 class LocalImageStore:
-    """Images as files under ``root``: written to a temporary name, fsynced, then renamed (crash-safe)."""
+    """Images as files under ``root``: written to a temporary name, fsynced, then renamed (crash-safe).
+
+    The folder entries of renames are made durable in :meth:`sync` (one fsync per folder per call), which the
+    collector calls before each ledger commit: a row is never committed before its file is on disk.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._dirty: set[str] = set()
+        self._lock = threading.Lock()
 
     def location_for(self, key: str, index: int, ext: str) -> str:
-        """See :meth:`ImageStore.location_for`; raises ``ValueError`` if the result would leave ``root``."""
-        path = (self.root / safe_relative_path(key, index, ext)).resolve()
-        if not path.is_relative_to(self.root):
+        """See :meth:`ImageStore.location_for`. ``safe_relative_path`` keeps the result inside ``root``
+        (no ``..``, no absolute part), so no ``resolve()`` system calls are needed on this hot path."""
+        relative = safe_relative_path(key, index, ext)
+        if relative.is_absolute() or ".." in relative.parts:  # defence in depth; cannot happen
             raise ValueError(f"item key {key!r} maps outside the output directory")
-        return str(path)
+        return str(self.root / relative)
 
     def put(self, location: str, data: bytes) -> StoredImage:
-        """Write ``data`` to ``location`` via ``<name>.tmp-<pid>``, fsync, rename, fsync the folder."""
+        """Write ``data`` to ``location`` via ``.<name>.tmp-<pid>``, fsync, rename; the folder is synced later."""
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -97,12 +109,20 @@ class LocalImageStore:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with self._lock:
+            self._dirty.add(str(path.parent))
         return StoredImage(str(path), hashlib.sha256(data).hexdigest(), len(data))
+
+    def sync(self) -> None:
+        """Make every rename since the last call durable (fsync of each folder written to)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for folder in dirty:
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def exists(self, location: str) -> bool:
         """True if the file exists."""

@@ -217,3 +217,33 @@ def test_base64_decoding_is_strict_first_then_lenient() -> None:
     assert _decode_b64(text[:76] + "\n" + text[76:]) == data  # line-wrapped base64 still decodes
     with pytest.raises(binascii.Error):
         _decode_b64("abc")  # not a whole number of base64 quanta
+
+
+def test_payloads_are_sliced_out_without_parsing_them() -> None:
+    from batchpipe.collector import split_payloads
+
+    line = orjson.dumps(
+        {"custom_id": "c", "response": {"body": {"data": [{"b64_json": "QUJD"}, {"b64_json": "REVG"}],
+                                                  "revised_prompt": 'say \\"b64_json\\":\\"x'}}}
+    )  # fmt: skip
+    split = split_payloads(line)
+    assert split is not None
+    rest, payloads = split
+    assert [bytes(p) for p in payloads] == [b"QUJD", b"REVG"]
+    assert orjson.loads(rest)["response"]["body"]["data"] == [{"b64_json": ""}, {"b64_json": ""}]
+    assert split_payloads(b'{"b64_json":"QU\\/J"}') is None  # an escaped payload: parse the whole line
+    assert split_payloads(b'{"custom_id": "c", "error": {"code": "x"}}') is None
+
+
+async def test_escaped_payloads_still_decode(tmp_path: Path) -> None:
+    ledger, ids = _setup(tmp_path, 1)
+    png = _png((9, 9, 9))
+    line = orjson.dumps(_ok(ids[0], png)).replace(b"/", b"\\/")  # a server escaping "/" as JSON allows
+    collector = Collector(FakeClient(line + b"\n"), ledger, LocalImageStore(tmp_path / "out"), None)
+    try:
+        await collector.collect_file("batch_1", "f", "output", collector.targets_for_batch("batch_1"))
+    finally:
+        collector.close()
+    row = ledger.item(ids[0])
+    assert row is not None and row.status == "succeeded"
+    assert Path(str(row.output_path)).read_bytes() == png
