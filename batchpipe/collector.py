@@ -359,10 +359,12 @@ class Collector:
         self._max_reconnects = max_reconnects
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect")
+        self._commit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-commit")
 
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=True)
+        self._commit_pool.shutdown(wait=True)
 
     def targets_for_batch(self, batch_id: str) -> dict[str, ItemTarget]:
         """The batch's items by custom_id (at most 50,000: a dict is fine)."""
@@ -416,11 +418,12 @@ class Collector:
                     pending.append(entry)
                 due = len(pending) >= self._commit_every or self._clock() - last_commit >= self._commit_every_s
                 if pending and (due or entry is None):
-                    self._apply(batch_id, kind, pending, tracker, stats)
+                    # in a thread: the commit's fsync must not stall the reader on the event loop
+                    await loop.run_in_executor(self._commit_pool, self._apply, batch_id, kind, pending, tracker, stats)
                     pending = []
                     last_commit = self._clock()
             if pending:
-                self._apply(batch_id, kind, pending, tracker, stats)
+                await loop.run_in_executor(self._commit_pool, self._apply, batch_id, kind, pending, tracker, stats)
 
         async def reader() -> None:
             await self._read_lines(file_id, start, queue, stats)
