@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import SecretStr
 
 from batchpipe.ledger import open_ledger
@@ -72,6 +73,14 @@ class ProgressReporter:
             f"progress: batches {states or 'none'}; requests answered {data.get('rendered', 0)}; "
             f"items collected {data.get('items_done', 0)}/{data.get('items_total', 0)}"
         )
+
+
+def _is_loopback(base_url: str | None) -> bool:
+    """True for an API on this machine (``127.0.0.0/8``, ``localhost``, ``[::1]``)."""
+    if not base_url:
+        return False
+    host = httpx.URL(base_url).host
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def summary_lines(summary: RunSummary, *, output_dir: Path) -> list[str]:
@@ -259,10 +268,11 @@ async def execute_async(
     from batchpipe.provenance.verify import C2paVerifier
 
     emulated = api_label == "emulator"
+    local = emulated or _is_loopback(base_url)  # a standalone emulator (or a local proxy): poll like the embedded one
     options = request.options
-    options.poll_interval_s = poll_interval_s or (0.2 if emulated else 30.0)
-    options.max_poll_interval_s = 2.0 if emulated else 300.0
-    options.output_grace_s = 30.0 if emulated else 600.0
+    options.poll_interval_s = poll_interval_s or (0.2 if local else 30.0)
+    options.max_poll_interval_s = max(options.poll_interval_s, 2.0 if local else 300.0)
+    options.output_grace_s = 30.0 if local else 600.0
     trust = request.trust
     if emulated and trust == "default":
         trust = "emulator"  # the emulator's test root is added to the default lists

@@ -562,9 +562,14 @@ class Runner:
                 or (b["status"] == "completed" and not b["output_file_id"] and not b["error_file_id"])
             }
             changed = False
+            moving = False  # requests are being answered: keep polling at the base interval
             if tracked:
+                before = {b["batch_id"]: b["request_counts_json"] for b in open_batches}
                 result = await self.poller.poll(tracked)
                 for batch_id, batch in result.batches.items():
+                    counts = batch.get("request_counts")
+                    if counts is not None and orjson.dumps(counts).decode() != before.get(batch_id):
+                        moving = True
                     if self.ledger.update_batch(batch) is not None:
                         changed = True
                         log.info(
@@ -590,6 +595,9 @@ class Runner:
                 changed = changed or any(results)
             if changed:
                 interval = self.options.poll_interval_s
+            elif moving:
+                interval = self.options.poll_interval_s
+                await self._sleep(interval)
             else:
                 await self._sleep(interval)
                 interval = min(self.options.max_poll_interval_s, interval * 1.5)

@@ -197,3 +197,27 @@ async def test_files_left_by_a_kill_during_clean_up_are_deleted_on_restart(
     ledger = SqliteLedger(tmp_path / "w" / "ledger.sqlite")
     assert all(f["deleted_at"] for f in ledger.files())
     ledger.close()
+
+
+async def test_polling_stays_at_the_base_interval_while_requests_are_answered(tmp_path: Path) -> None:
+    import asyncio
+    import statistics
+
+    _manifest(tmp_path / "m.jsonl", 24)
+    slow = SpeedConfig(mode="realistic", validating_s=0, per_request_s=0.15, finalizing_s=0)
+    asked: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        asked.append(seconds)
+        await asyncio.sleep(seconds)
+
+    with EmbeddedEmulator(EmulatorConfig(state_dir=tmp_path / "emu", speed=slow)) as emu:
+        spec = JobSpec.for_manifest(tmp_path / "m.jsonl", "lamps", workdir=tmp_path)
+        ledger = SqliteLedger(tmp_path / "w" / "ledger.sqlite")
+        opts = RunOptions(workdir=tmp_path / "w", poll_interval_s=0.05, max_poll_interval_s=1.0)
+        async with OpenAIClient(ApiSettings(base_url=emu.base_url, api_key="emulator")) as client:
+            runner = Runner(ledger, client, options=opts, output_dir=tmp_path / "out", sleep=recording_sleep)
+            summary = await runner.run("lamps", "h", lambda: iter(make_items(spec)), source_name="m.jsonl")
+        ledger.close()
+    assert summary.items == {"succeeded": 24}
+    assert len(asked) >= 5 and statistics.median(asked) == 0.05  # no backoff while counts move
