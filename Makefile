@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check bench clean
+.PHONY: install demo test check bench drill clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,16 @@ check: $(STAMP)
 	$(BIN)/ruff format --check batchpipe tests scripts
 	$(BIN)/mypy
 
+## The four benchmarks at sizes that finish in about 10 minutes on 2 cores (each prints a name=value summary last).
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_build.py
 	$(BIN)/python scripts/bench_poll.py
 	$(BIN)/python scripts/bench_collect.py
-	$(BIN)/python scripts/bench_e2e.py
+	$(BIN)/python scripts/bench_e2e.py --items 5000
+
+## The fault drill: SIGKILLs a run many times against a faulty standalone emulator, then checks every item.
+drill: $(STAMP)
+	$(BIN)/python scripts/fault_drill.py
 
 clean:
 	rm -rf $(VENV) .batchpipe .pytest_cache .mypy_cache .ruff_cache
