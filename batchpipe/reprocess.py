@@ -28,6 +28,7 @@ from batchpipe.ledger import ItemRow, SqliteLedger
 from batchpipe.models import ImageRef, Item, ItemStatus
 from batchpipe.spec import Endpoint
 from batchpipe.validate import ItemProblem
+from batchpipe.variants import REQUEST_FIELDS
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -46,20 +47,7 @@ DEFAULT_RETRY_STATUSES: Final[tuple[str, ...]] = (
     ItemStatus.MISSING,
 )
 #: Request fields ``--set`` may change (the Images API body fields of FACTS §4.1-4.2).
-SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
-    {
-        "model",
-        "size",
-        "quality",
-        "background",
-        "output_format",
-        "output_compression",
-        "n",
-        "moderation",
-        "input_fidelity",
-        "prompt",
-    }
-)
+SETTABLE_FIELDS: Final[frozenset[str]] = frozenset({*REQUEST_FIELDS, "prompt"})
 _INT_FIELDS: Final = frozenset({"n", "output_compression"})
 
 
