@@ -12,6 +12,7 @@ Where the sources conflict, the choice made here is stated next to the constant.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -35,6 +36,7 @@ __all__ = [
     "MODELS",
     "STANDARD_SIZES",
     "Endpoint",
+    "ImageRequestCheck",
     "ModelRules",
     "RequestProblem",
     "check_image_request",
@@ -181,7 +183,7 @@ class RequestProblem:
     message: str
 
 
-def _enum_problem(body: dict[str, object], field: str, allowed: frozenset[str]) -> RequestProblem | None:
+def _enum_problem(body: Mapping[str, object], field: str, allowed: frozenset[str]) -> RequestProblem | None:
     value = body.get(field)
     if value is None or (isinstance(value, str) and value in allowed):
         return None
@@ -235,30 +237,99 @@ def check_image_request(endpoint: str, body: dict[str, object]) -> list[RequestP
     only the standard sizes, SPEC ``EditImageBodyJsonParam.size``), ``input_fidelity`` only where the model
     takes it, and for edits 1..16 ``images`` plus an optional ``mask``, each an ``ImageRefParam``.
     Checking the bytes behind a reference (reachability, format, dimensions) is not done here.
+    Problems come in this order: ``model``, ``prompt``, then every other field (:class:`ImageRequestCheck`
+    relies on it: only the ``prompt`` check reads the prompt, and no other check reads it).
     """
-    problems: list[RequestProblem] = []
+    problems, model, rules = _model_problems(body)
+    prompt_problem = _prompt_problem(body.get("prompt"))
+    if prompt_problem is not None:
+        problems.append(prompt_problem)
+    problems.extend(_other_problems(endpoint, body, model, rules))
+    return problems
+
+
+class ImageRequestCheck:
+    """:func:`check_image_request` split into a job-level part (checked once) and a row-level part.
+
+    ``ImageRequestCheck(endpoint, fixed)``: ``fixed`` holds the body fields every row shares (a job's
+    ``[defaults]``, ``model`` included); everything but the prompt is checked here, once. Then
+    :meth:`check` (the fields a row sets itself) and :meth:`check_prompt` (a row that sets only its prompt)
+    return exactly ``check_image_request(endpoint, {**fixed, **row})``, same problems in the same order:
+    when the row sets nothing but ``prompt`` only the prompt is checked per row (the other checks never
+    read it), otherwise the whole merged body is checked. Holds no per-row state.
+    """
+
+    __slots__ = ("_after", "_before", "_fixed", "_fixed_prompt", "endpoint")
+
+    def __init__(self, endpoint: str, fixed: Mapping[str, object]) -> None:
+        self.endpoint = endpoint
+        self._fixed: dict[str, object] = dict(fixed)
+        self._fixed_prompt = self._fixed.get("prompt")
+        before, model, rules = _model_problems(self._fixed)
+        self._before: tuple[RequestProblem, ...] = tuple(before)
+        self._after: tuple[RequestProblem, ...] = tuple(_other_problems(endpoint, self._fixed, model, rules))
+
+    @property
+    def job_problems(self) -> tuple[RequestProblem, ...]:
+        """The problems of the shared fields alone (every row has them), prompt aside."""
+        return self._before + self._after
+
+    def check_prompt(self, prompt: object) -> list[RequestProblem]:
+        """``check_image_request(endpoint, {**fixed, "prompt": prompt})``, at the cost of a prompt check."""
+        problem = _prompt_problem(prompt)
+        if problem is None:
+            return [*self._before, *self._after]
+        return [*self._before, problem, *self._after]
+
+    def check(self, row: Mapping[str, object]) -> list[RequestProblem]:
+        """``check_image_request(endpoint, {**fixed, **row})``: the row's own fields over the shared ones."""
+        if not row:
+            return self.check_prompt(self._fixed_prompt)
+        if len(row) == 1 and "prompt" in row:
+            return self.check_prompt(row["prompt"])
+        return check_image_request(self.endpoint, {**self._fixed, **row})
+
+
+def _model_problems(body: Mapping[str, object]) -> tuple[list[RequestProblem], object, ModelRules | None]:
+    """``([model problem] or [], the model value, its rules or None)``: the first check of a request."""
     model = body.get("model")
     rules = model_rules(model) if isinstance(model, str) else None
-    if rules is None:
-        problems.append(
+    if rules is not None:
+        return [], model, rules
+    return (
+        [
             RequestProblem(
                 "model",
                 "invalid_value",
                 f"Invalid value for 'model': {model!r}. Supported GPT image models: {', '.join(sorted(MODELS))}.",
             )
+        ],
+        model,
+        None,
+    )
+
+
+def _prompt_problem(prompt: object) -> RequestProblem | None:
+    """SPEC ``CreateImageRequest.prompt``: a non-blank string of at most ``MAX_PROMPT_CHARS`` characters."""
+    if not isinstance(prompt, str):
+        return RequestProblem("prompt", "invalid_value", "'prompt' must be a non-empty string.")
+    if not prompt or prompt.isspace():  # the same as ``not prompt.strip()``, without the copy
+        return RequestProblem("prompt", "invalid_value", "'prompt' must be a non-empty string.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return RequestProblem(
+            "prompt",
+            "string_above_max_length",
+            f"Invalid 'prompt': string too long. Expected a string with maximum length {MAX_PROMPT_CHARS}, "
+            f"but got a string with length {len(prompt)} instead.",
         )
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        problems.append(RequestProblem("prompt", "invalid_value", "'prompt' must be a non-empty string."))
-    elif len(prompt) > MAX_PROMPT_CHARS:
-        problems.append(
-            RequestProblem(
-                "prompt",
-                "string_above_max_length",
-                f"Invalid 'prompt': string too long. Expected a string with maximum length {MAX_PROMPT_CHARS}, "
-                f"but got a string with length {len(prompt)} instead.",
-            )
-        )
+    return None
+
+
+def _other_problems(
+    endpoint: str, body: Mapping[str, object], model: object, rules: ModelRules | None
+) -> list[RequestProblem]:
+    """Every check of :func:`check_image_request` after ``model`` and ``prompt`` (none reads the prompt)."""
+    problems: list[RequestProblem] = []
     n = body.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10):
         problems.append(RequestProblem("n", "integer_out_of_range", f"Invalid 'n': {n!r}. Expected 1..10."))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import unicodedata
 from array import array
 from collections.abc import Callable, Iterator, Mapping
@@ -66,6 +67,7 @@ _BODY_ORDER: Final[tuple[str, ...]] = (
 #: Every field a plain JSONL item line may have.
 PLAIN_ITEM_FIELDS: Final[frozenset[str]] = frozenset({"key", "metadata", *_BODY_ORDER})
 _GENERATIONS: Final = "/v1/images/generations"
+_U64: Final = (1 << 64) - 1
 _EDITS: Final = "/v1/images/edits"
 
 
@@ -99,12 +101,17 @@ class ItemProblem:
 
 
 class KeyIndex:
-    """A set of keys stored as 8-byte BLAKE2b hashes, each with the line it was first seen on.
+    """A set of keys stored as 64-bit hashes, each with the line it was first seen on.
 
-    Open addressing over ``array('Q')`` at most half full: about 24 bytes per key (1,000,000 keys ≈ 24 MB),
-    against ~100 for a ``dict`` of strings. Two distinct keys share a hash with probability about
-    ``n² / 2**65`` (≈ 3e-8 for a million keys); such a key would be treated as a duplicate.
+    The hash is Python's own ``hash()`` of the ``str`` (SipHash-1-3 keyed with a secret drawn at process
+    start, PEP 456; 64 bits on 64-bit builds): fast, and keys cannot be crafted to collide. An index lives
+    within one process only, so the per-process seed does not matter. Open addressing over ``array('Q')``
+    at most half full: about 24 bytes per key (1,000,000 keys ≈ 24 MB), against ~100 for a ``dict`` of
+    strings. Two distinct keys share a hash with probability about ``n² / 2**65`` (≈ 3e-8 for a million
+    keys); such a key would be treated as a duplicate.
     """
+
+    __slots__ = ("_count", "_lines", "_mask", "_slots")
 
     def __init__(self, capacity: int = 1024) -> None:
         size = 1
@@ -120,8 +127,7 @@ class KeyIndex:
 
     @staticmethod
     def _hash(key: str) -> int:
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        return int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
+        return (hash(key) & _U64) or 1  # 0 marks an empty slot
 
     def _find(self, digest: int) -> int:
         slots, mask = self._slots, self._mask
@@ -137,14 +143,20 @@ class KeyIndex:
 
     def add(self, key: str, line: int) -> int | None:
         """Add ``key`` first seen on ``line``; returns ``None`` if new, else the line it was first seen on."""
-        digest = self._hash(key)
-        i = self._find(digest)
-        if self._slots[i]:
-            return self._lines[i]
-        self._slots[i] = digest
+        digest = (hash(key) & _U64) or 1
+        slots, mask = self._slots, self._mask
+        i = digest & mask
+        while True:  # _find, inlined: this runs once per manifest row
+            value = slots[i]
+            if value == digest:
+                return self._lines[i]
+            if value == 0:
+                break
+            i = (i + 1) & mask
+        slots[i] = digest
         self._lines[i] = min(max(line, 0), 0xFFFFFFFF)
         self._count += 1
-        if self._count * 2 > len(self._slots):
+        if self._count * 2 > len(slots):
             self._grow()
         return None
 
@@ -180,6 +192,8 @@ def key_problem(key: str) -> str | None:
         return f"key {key!r} contains a backslash"
     if "//" in key or key.endswith("/"):
         return f"key {key!r} has an empty path segment"
+    if key.isprintable():  # every control character (Cc) is non-printable: the common case ends here
+        return None
     for ch in key:
         if unicodedata.category(ch) == "Cc":
             return f"key {key!r} contains the control character U+{ord(ch):04X}"
@@ -218,34 +232,8 @@ class _Row:
     problems: list[tuple[str | None, str]] = field(default_factory=list)  # (field, message)
 
 
-def _catalog_row(spec: JobSpec, row: ManifestRow) -> _Row:
-    assert spec.key_template is not None
-    assert spec.prompt_template is not None
-    values = row.fields
-    out = _Row(None, _GENERATIONS, {}, {})
-    try:
-        out.key = spec.key_template.render(values).strip()
-    except TypeError as exc:
-        out.problems.append(("key", str(exc)))
-    try:
-        prompt = " ".join(spec.prompt_template.render(values).split())
-    except TypeError as exc:
-        out.problems.append(("prompt", str(exc)))
-        prompt = ""
-    else:
-        if not prompt:
-            empty = ", ".join(spec.prompt_template.fields)
-            out.problems.append(("prompt", f"the prompt renders empty (columns used: {empty})"))
-    body: dict[str, object] = {"model": spec.defaults["model"], "prompt": prompt}
-    for name in BODY_DEFAULT_FIELDS[1:]:
-        if name in spec.defaults:
-            body[name] = spec.defaults[name]
-    out.body = body
-    out.metadata = {column: values.get(column) for column in spec.metadata_columns}
-    return out
-
-
-def _plain_row(spec: JobSpec, row: ManifestRow) -> _Row:
+def _plain_row(spec: JobSpec, row: ManifestRow) -> tuple[_Row, dict[str, object]]:
+    """The row as a request, and the body fields the row sets itself (the rest come from the defaults)."""
     fields = row.fields
     out = _Row(None, _EDITS if fields.get("images") is not None else _GENERATIONS, {}, {})
     for name in fields:
@@ -262,14 +250,17 @@ def _plain_row(spec: JobSpec, row: ManifestRow) -> _Row:
     elif metadata is not None:
         out.problems.append(("metadata", f"must be an object, not {type(metadata).__name__}"))
     body: dict[str, object] = {}
+    own: dict[str, object] = {}
     for name in _BODY_ORDER:
         value = fields.get(name)
         if value is None:
             value = spec.defaults.get(name)
+        else:
+            own[name] = value
         if value is not None:
             body[name] = value
     out.body = body
-    return out
+    return out, own
 
 
 def make_items(
@@ -307,18 +298,99 @@ def make_items(
             stats=stats if stats is not None else MatrixStats(),
         )
         return
-    catalog = spec.prompt_template is not None
-    index = KeyIndex()
-    read = 0
     rows = iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes)
+    if limit is not None:
+        rows = itertools.islice(rows, limit)
+    if spec.prompt_template is not None:
+        yield from _catalog_items(spec, rows, file, warn)
+    else:
+        yield from _plain_items(spec, rows, file, warn)
+
+
+def _catalog_items(
+    spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], file: str, warn: Callable[[ItemProblem], None]
+) -> Iterator[Item | ItemProblem]:
+    """:func:`make_items` in catalog mode: the hot loop of a big catalog, so everything per job is hoisted.
+
+    The body fields from ``[defaults]`` are checked once (``spec.ImageRequestCheck``); per row only the
+    prompt is (the rest of the body is the same on every row). Same results as checking each full body.
+    """
+    assert spec.key_template is not None and spec.prompt_template is not None
+    render_key = spec.key_template.render
+    render_prompt = spec.prompt_template.render
+    empty_prompt = f"the prompt renders empty (columns used: {', '.join(spec.prompt_template.fields)})"
+    defaults = spec.defaults
+    model = defaults["model"]
+    shared = {name: defaults[name] for name in BODY_DEFAULT_FIELDS[1:] if name in defaults}
+    check = rules.ImageRequestCheck(_GENERATIONS, {"model": model, **shared})
+    metadata_columns = spec.metadata_columns
+    index = KeyIndex()
+    add_key = index.add
     for row in rows:
-        if limit is not None and read >= limit:
-            break
-        read += 1
+        if type(row) is not ManifestRow:
+            assert isinstance(row, ManifestError)
+            yield ItemProblem.from_error(row)
+            continue
+        values = row.fields
+        line = row.line
+        found: list[tuple[str | None, str]] = []  # (field, message)
+        key: str | None
+        try:
+            key = render_key(values).strip()
+        except TypeError as exc:
+            found.append(("key", str(exc)))
+            key = None
+        try:
+            prompt = " ".join(render_prompt(values).split())
+        except TypeError as exc:
+            found.append(("prompt", str(exc)))
+            prompt = ""
+        else:
+            if not prompt:
+                found.append(("prompt", empty_prompt))
+        metadata = {column: values.get(column) for column in metadata_columns}
+        if key is not None:
+            message = key_problem(key)
+            if message is not None:
+                found.append(("key", message))
+                key = None
+            else:
+                first = add_key(key, line)
+                if first is not None:  # a repeated key (add_key registered nothing)
+                    original = key
+                    key, duplicate, first = _repeated_key(spec, index, key, first, line, file, warn)
+                    if duplicate is not None:
+                        found.append(("key", duplicate))
+                    else:
+                        metadata["_batchpipe"] = {"duplicate_of": {"key": original, "line": first}}
+        checked = check.check_prompt(prompt)
+        if found or checked or key is None:
+            reported = {name for name, _ in found}
+            yield from [ItemProblem(key, file, line, name, message) for name, message in found]
+            yield from [ItemProblem(key, file, line, p.param, p.message) for p in checked if p.param not in reported]
+            continue
+        yield Item(
+            key=key,
+            endpoint=_GENERATIONS,
+            body={"model": model, "prompt": prompt, **shared},
+            metadata=metadata,
+            source=f"{file}:{line}",
+        )
+
+
+def _plain_items(
+    spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], file: str, warn: Callable[[ItemProblem], None]
+) -> Iterator[Item | ItemProblem]:
+    """:func:`make_items` for a plain JSONL item manifest (each line holds its key and body fields)."""
+    defaults = spec.defaults
+    shared = {name: defaults[name] for name in _BODY_ORDER if defaults.get(name) is not None}
+    checks = {endpoint: rules.ImageRequestCheck(endpoint, shared) for endpoint in (_GENERATIONS, _EDITS)}
+    index = KeyIndex()
+    for row in rows:
         if isinstance(row, ManifestError):
             yield ItemProblem.from_error(row)
             continue
-        built = _catalog_row(spec, row) if catalog else _plain_row(spec, row)
+        built, own = _plain_row(spec, row)
         key = built.key
         if key is not None:
             message = key_problem(key)
@@ -336,7 +408,7 @@ def make_items(
         problems = [ItemProblem(key, file, row.line, name, message) for name, message in built.problems]
         problems += [
             ItemProblem(key, file, row.line, p.param, p.message)
-            for p in rules.check_image_request(built.endpoint, built.body)
+            for p in checks[built.endpoint].check(own)
             if p.param not in reported
         ]
         if problems or key is None:
@@ -550,6 +622,13 @@ def _dedupe(
     first = index.add(key, line)
     if first is None:
         return key, None, None
+    return _repeated_key(spec, index, key, first, line, file, warn)
+
+
+def _repeated_key(
+    spec: JobSpec, index: KeyIndex, key: str, first: int, line: int, file: str, warn: Callable[[ItemProblem], None]
+) -> tuple[str, str | None, int]:
+    """:func:`_dedupe` for ``key``, already in ``index`` since line ``first``: rename it, or a problem."""
     if spec.on_duplicate_key == "error":
         return key, f"duplicate key {key!r} (first at line {first})", first
     suffix = 2
