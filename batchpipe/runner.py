@@ -497,14 +497,7 @@ class Runner:
                     Path(shard.path), purpose="batch", filename=Path(shard.path).name
                 )
             except ApiError as exc:
-                if _definitely_not_done(exc):
-                    self.ledger.transition_shard(shard.name, "built", note=f"upload refused: {exc}")
-                    if _worth_waiting(exc):
-                        return False
-                    raise
-                log.warning("upload outcome unknown, reconciling", shard=shard.name, error=str(exc))
-                await self._sleep(1.0)
-                await self._reconcile_upload(self.ledger.shard(shard.name) or shard)
+                await self._after_failure(shard.name, exc, what="upload", back_to="built")
                 return False
             with self.ledger.transaction():
                 self.ledger.record_file(uploaded, role="input", sha256=shard.sha256)
@@ -517,18 +510,25 @@ class Runner:
                 input_file_id=str(shard.input_file_id), endpoint=shard.endpoint, metadata=metadata
             )
         except ApiError as exc:
-            if _definitely_not_done(exc):
-                self.ledger.transition_shard(shard.name, "uploaded", note=f"create refused: {exc}")
-                if _worth_waiting(exc):
-                    return False
-                raise
-            log.warning("create outcome unknown, reconciling", shard=shard.name, error=str(exc))
-            await self._sleep(1.0)
-            await self._reconcile_create(self.ledger.shard(shard.name) or shard)
+            await self._after_failure(shard.name, exc, what="create", back_to="uploaded")
             return False
         self._adopt_batch(self.ledger.shard(shard.name) or shard, batch, note="created")
         log.info("batch created", shard=shard.name, batch_id=batch["id"], requests=shard.requests)
         return True
+
+    async def _after_failure(self, name: str, exc: ApiError, *, what: str, back_to: str) -> None:
+        """Settle a failed upload or create: a definite refusal returns the shard to ``back_to`` (deferred if
+        it passes with time, else re-raised); an ambiguous one is reconciled against the service now."""
+        if _definitely_not_done(exc):
+            self.ledger.transition_shard(name, back_to, note=f"{what} refused: {exc}")
+            if _worth_waiting(exc):
+                return
+            raise exc
+        log.warning(f"{what} outcome unknown, reconciling", shard=name, error=str(exc))
+        await self._sleep(1.0)
+        shard = self.ledger.shard(name)
+        assert shard is not None
+        await (self._reconcile_upload(shard) if what == "upload" else self._reconcile_create(shard))
 
     def _adopt_batch(self, shard: ShardRow, batch: dict[str, Any], *, note: str) -> None:
         with self.ledger.transaction():
