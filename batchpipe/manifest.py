@@ -18,9 +18,8 @@ from __future__ import annotations
 import codecs
 import csv
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import orjson
 
@@ -48,24 +47,26 @@ _EXTENSIONS: Final[dict[str, ManifestFormat]] = {".csv": "csv", ".jsonl": "jsonl
 _BOM: Final = codecs.BOM_UTF8
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestRow:
+class ManifestRow(NamedTuple):
     """One data row: ``line`` is the 1-based physical line it starts on; ``fields`` maps column → value.
 
     CSV values are ``str`` (header names as keys); JSONL values are whatever the JSON object holds.
+    Immutable (a named tuple: made once per row, it costs a quarter of a frozen dataclass).
     """
 
     line: int
     fields: dict[str, object]
 
 
-@dataclass(frozen=True, slots=True)
-class _Line:
+class _Line(NamedTuple):
     """A physical line (:func:`iter_lines`): ``data`` without its ``\\n``, or ``None`` if over the cap."""
 
     number: int
     data: bytes | None
     length: int  # bytes, without the newline
+
+
+_new_tuple: Final = tuple.__new__
 
 
 def detect_format(path: Path) -> ManifestFormat | None:
@@ -80,6 +81,12 @@ def iter_lines(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> I
     true ``length``; its bytes are skipped as they are read, never accumulated. A UTF-8 byte order mark at
     the start of the file is dropped. Raises ``ManifestError`` if the file cannot be opened.
     """
+    for line in _raw_lines(path, max_line_bytes):
+        yield _new_tuple(_Line, line)
+
+
+def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """:func:`iter_lines` as plain ``(number, data, length)`` tuples (the readers' hot path)."""
     if max_line_bytes < 1:
         raise ValueError("max_line_bytes must be >= 1")
     name = str(path)
@@ -106,12 +113,12 @@ def iter_lines(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> I
                 number += 1
                 total = pending_len + len(piece)
                 if skipping or total > max_line_bytes:
-                    yield _Line(number, None, total)
+                    yield (number, None, total)
                 elif pending:
                     pending.append(piece)
-                    yield _Line(number, b"".join(pending), total)
+                    yield (number, b"".join(pending), total)
                 else:
-                    yield _Line(number, piece, total)
+                    yield (number, piece, total)
                 pending = []
                 pending_len = 0
                 skipping = False
@@ -125,9 +132,9 @@ def iter_lines(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> I
         if pending_len or skipping:
             number += 1
             if skipping:
-                yield _Line(number, None, pending_len)
+                yield (number, None, pending_len)
             else:
-                yield _Line(number, b"".join(pending), pending_len)
+                yield (number, b"".join(pending), pending_len)
 
 
 def _utf8_problem(data: bytes) -> str | None:
@@ -139,8 +146,8 @@ def _utf8_problem(data: bytes) -> str | None:
     return None
 
 
-def _too_long(line: _Line, max_line_bytes: int) -> str:
-    return f"line is {line.length:,} bytes, over the {max_line_bytes:,}-byte limit"
+def _too_long(length: int, max_line_bytes: int) -> str:
+    return f"line is {length:,} bytes, over the {max_line_bytes:,}-byte limit"
 
 
 def iter_manifest(
@@ -173,11 +180,10 @@ def iter_manifest(
 def _iter_jsonl(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | ManifestError]:
     name = str(path)
     seen_content = False
-    for line in iter_lines(path, max_line_bytes=max_line_bytes):
-        data = line.data
+    for number, data, length in _raw_lines(path, max_line_bytes):
         if data is None:
             seen_content = True
-            yield ManifestError(_too_long(line, max_line_bytes), file=name, line=line.number)
+            yield ManifestError(_too_long(length, max_line_bytes), file=name, line=number)
             continue
         if not data.strip():
             continue
@@ -186,12 +192,12 @@ def _iter_jsonl(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | Manif
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             problem = _utf8_problem(data) or f"not valid JSON: {exc}"
-            yield ManifestError(problem, file=name, line=line.number)
+            yield ManifestError(problem, file=name, line=number)
             continue
         if not isinstance(value, dict):
-            yield ManifestError(f"expected a JSON object, got {_json_type(value)}", file=name, line=line.number)
+            yield ManifestError(f"expected a JSON object, got {_json_type(value)}", file=name, line=number)
             continue
-        yield ManifestRow(line.number, value)
+        yield _new_tuple(ManifestRow, (number, value))
     if not seen_content:
         raise ManifestError("empty manifest: no rows", file=name)
 
@@ -212,7 +218,7 @@ class _CsvFeed:
     """Feeds decoded physical lines to ``csv.reader`` and remembers what it saw for the current row."""
 
     def __init__(self, path: Path, max_line_bytes: int) -> None:
-        self._lines = iter_lines(path, max_line_bytes=max_line_bytes)
+        self._lines = _raw_lines(path, max_line_bytes)
         self._max = max_line_bytes
         self._name = str(path)
         self.number = 0  # last physical line handed to the reader
@@ -226,23 +232,25 @@ class _CsvFeed:
         self.bad_utf8 = []
 
     def __iter__(self) -> Iterator[str]:
-        for line in self._lines:
-            self.number = line.number
-            if line.data is None:
-                raise ManifestError(_too_long(line, self._max), file=self._name, line=line.number)
-            self.row_bytes += line.length + 1
-            if self.row_bytes > self._max:
+        limit = self._max
+        for number, data, length in self._lines:
+            self.number = number
+            if data is None:
+                raise ManifestError(_too_long(length, limit), file=self._name, line=number)
+            row_bytes = self.row_bytes + length + 1
+            self.row_bytes = row_bytes
+            if row_bytes > limit:
                 raise ManifestError(
-                    f"CSV row is over the {self._max:,}-byte limit (a quoted field left open?)",
+                    f"CSV row is over the {limit:,}-byte limit (a quoted field left open?)",
                     file=self._name,
                     line=self.row_start,
                 )
             try:
-                text = line.data.decode("utf-8")
+                text = data.decode("utf-8")
             except UnicodeDecodeError:
-                problem = _utf8_problem(line.data) or "not valid UTF-8"
-                self.bad_utf8.append((line.number, problem))
-                text = line.data.decode("utf-8", "replace")  # keep the quoting structure intact
+                problem = _utf8_problem(data) or "not valid UTF-8"
+                self.bad_utf8.append((number, problem))
+                text = data.decode("utf-8", "replace")  # keep the quoting structure intact
             yield text + "\n"
 
 
@@ -268,8 +276,8 @@ def read_columns(
     return []  # pragma: no cover - an empty JSONL manifest raises above
 
 
-class _CsvRows(Iterator[ManifestRow | ManifestError]):
-    """The CSV row iterator; reads the header eagerly so that errors in it raise at once."""
+class _CsvRows:
+    """The CSV reader; reads the header eagerly so that errors in it raise at once, then :meth:`rows`."""
 
     def __init__(self, path: Path, max_line_bytes: int) -> None:
         _raise_field_limit(max_line_bytes)
@@ -305,33 +313,43 @@ class _CsvRows(Iterator[ManifestRow | ManifestError]):
             seen.add(column)
         return tuple(row)
 
-    def __next__(self) -> ManifestRow | ManifestError:
+    def rows(self) -> Iterator[ManifestRow | ManifestError]:
+        """The data rows after the header (row errors yielded, file errors raised)."""
+        feed, reader, name, header, width = self._feed, self._reader, self._name, self.header, self._width
         while True:
-            self._feed.start_row()
+            feed.row_start = feed.number + 1  # feed.start_row(), inlined
+            feed.row_bytes = 0
+            if feed.bad_utf8:
+                feed.bad_utf8 = []
             try:
-                row = next(self._reader)  # StopIteration ends the iteration
+                row = next(reader)
+            except StopIteration:
+                return
             except csv.Error as exc:
                 if "unexpected end of data" in str(exc):
                     raise ManifestError(
                         f"malformed CSV: a quoted field opened here is never closed (reached the end at line "
-                        f"{self._feed.number})",
-                        file=self._name,
-                        line=self._feed.row_start,
+                        f"{feed.number})",
+                        file=name,
+                        line=feed.row_start,
                     ) from exc
-                return ManifestError(f"malformed CSV: {exc}", file=self._name, line=self._feed.row_start)
+                yield ManifestError(f"malformed CSV: {exc}", file=name, line=feed.row_start)
+                continue
             if not row:
                 continue  # a blank line
-            if self._feed.bad_utf8:
-                line, problem = self._feed.bad_utf8[0]
-                return ManifestError(problem, file=self._name, line=line)
-            if len(row) != self._width:
-                return ManifestError(
-                    f"expected {self._width} fields (as in the header), got {len(row)}",
-                    file=self._name,
-                    line=self._feed.row_start,
+            if feed.bad_utf8:
+                line, problem = feed.bad_utf8[0]
+                yield ManifestError(problem, file=name, line=line)
+                continue
+            if len(row) != width:
+                yield ManifestError(
+                    f"expected {width} fields (as in the header), got {len(row)}",
+                    file=name,
+                    line=feed.row_start,
                 )
-            return ManifestRow(self._feed.row_start, dict(zip(self.header, row, strict=True)))
+                continue
+            yield _new_tuple(ManifestRow, (feed.row_start, dict(zip(header, row, strict=False))))  # width checked
 
 
-def _iter_csv(path: Path, max_line_bytes: int) -> _CsvRows:
-    return _CsvRows(path, max_line_bytes)
+def _iter_csv(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | ManifestError]:
+    return _CsvRows(path, max_line_bytes).rows()  # the header is read (and checked) now
