@@ -171,6 +171,11 @@ class Template:
                         seen.setdefault(inner.name)
         return tuple(seen)
 
+    @property
+    def renderer(self) -> Callable[[Mapping[str, object]], str]:
+        """The compiled :meth:`render` as a plain function (saves a method call per row in hot loops)."""
+        return self._compiled
+
     def render(self, values: Mapping[str, object]) -> str:
         """The template with each field replaced by ``values[name]`` as text (``None``/missing → ``""``).
 
