@@ -101,7 +101,7 @@ def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | N
         skipping = False  # the current line went over the cap: count its bytes, keep none
         first = True
         while True:
-            chunk = handle.read(CHUNK_BYTES)
+            chunk = handle.read(max(CHUNK_BYTES, len(_BOM)) if first else CHUNK_BYTES)  # a whole BOM, first
             if not chunk:
                 break
             if first:

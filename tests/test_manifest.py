@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import tracemalloc
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from batchpipe import manifest
 from batchpipe.errors import ManifestError
 from batchpipe.manifest import ManifestRow, iter_lines, iter_manifest, read_columns
 
@@ -158,3 +163,44 @@ def test_csv_line_over_the_cap_raises(tmp_path: Path) -> None:
 def test_read_columns_of_jsonl_is_the_first_objects_keys(tmp_path: Path) -> None:
     path = _write(tmp_path, "m.jsonl", orjson.dumps({"sku": 1, "Variant SKU": "x"}) + b"\n")
     assert read_columns(path) == ["sku", "Variant SKU"]
+
+
+_CELL = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00\r"), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(_CELL, _CELL), max_size=12), st.sampled_from([1, 2, 3, 7, 64, 1 << 20]), st.booleans())
+def test_csv_rows_and_start_lines_at_any_chunk_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[tuple[str, str]], chunk: int, bom: bool
+) -> None:
+    monkeypatch.setattr(manifest, "CHUNK_BYTES", chunk)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "name"])
+    expected = []
+    for row in rows:
+        line = text.getvalue().count("\n") + 1
+        writer.writerow(row)
+        expected.append(ManifestRow(line, {"id": row[0], "name": row[1]}))
+    path = _write(tmp_path, "c.csv", (b"\xef\xbb\xbf" if bom else b"") + text.getvalue().encode())
+    assert _rows(path) == expected
+    assert [tuple(r.fields.values()) for r in expected] == [
+        tuple(r.values()) for r in csv.DictReader(io.StringIO(text.getvalue()))
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=10), st.integers(1, 9))
+def test_iter_lines_at_any_chunk_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[bytes], chunk: int
+) -> None:
+    monkeypatch.setattr(manifest, "CHUNK_BYTES", chunk)
+    path = _write(tmp_path, "l.bin", b"\n".join(lines))
+    got = [(x.number, x.data, x.length) for x in iter_lines(path, max_line_bytes=6)]
+    data = b"\n".join(lines)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    physical = data.split(b"\n") if data else []
+    if physical and physical[-1] == b"" and data.endswith(b"\n"):
+        physical.pop()
+    assert got == [(i, p if len(p) <= 6 else None, len(p)) for i, p in enumerate(physical, start=1)]

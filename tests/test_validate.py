@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchpipe import spec as rules
 from batchpipe.errors import ManifestError
 from batchpipe.jobspec import JobSpec
 from batchpipe.models import ImageRef, Item
@@ -339,3 +341,166 @@ def test_random_manifests_only_yield_items_and_problems(
     assert all(isinstance(r, Item | ItemProblem) for r in results)
     assert sorted(i.key for i in items) == sorted(valid_keys)
     assert all(isinstance(p.line, int) and p.file == str(path.resolve()) for p in results if isinstance(p, ItemProblem))
+
+
+# ------------------------------------------------------------------ the split request check and the hot path
+
+EDITS = "/v1/images/edits"
+_REF = st.one_of(
+    st.fixed_dictionaries(
+        {"image_url": st.sampled_from(["https://x.test/a.png", "ftp://x", "data:image/png;base64,AA"])}
+    ),
+    st.fixed_dictionaries({"file_id": st.sampled_from(["file-1", ""])}),
+    st.just({"image_url": "https://x.test/a.png", "file_id": "file-1"}),
+    st.just({"image_url": "https://x.test/a.png", "extra": 1}),
+    st.just("not an object"),
+)
+#: Every body field the service checks, with good, bad and oddly typed values.
+_BODY_FIELDS: dict[str, st.SearchStrategy[object]] = {
+    "model": st.sampled_from([*rules.MODELS, "gpt-image-1.5-2025-12-16", "dall-e-3", "", None, 3]),
+    "prompt": st.one_of(
+        st.text(max_size=12),
+        st.sampled_from(["", "   ", "\u2028\t", "x" * rules.MAX_PROMPT_CHARS, "y" * (rules.MAX_PROMPT_CHARS + 1)]),
+        st.integers(),
+        st.none(),
+    ),
+    "size": st.sampled_from(["auto", "1024x1024", "1536x1024", "2048x1152", "1000x1000", "4096x1024", "axb", None, 5]),
+    "quality": st.sampled_from(["low", "medium", "high", "auto", "ultra", None, 1]),
+    "background": st.sampled_from(["transparent", "opaque", "auto", "clear", None]),
+    "output_format": st.sampled_from(["png", "jpeg", "webp", "gif", "", None]),
+    "output_compression": st.one_of(st.integers(-5, 105), st.booleans(), st.none(), st.just("50")),
+    "n": st.one_of(st.integers(-1, 12), st.booleans(), st.none(), st.just("1")),
+    "moderation": st.sampled_from(["auto", "low", "high", None]),
+    "input_fidelity": st.sampled_from(["high", "low", "max", None]),
+    "images": st.one_of(st.none(), st.just("x"), st.lists(_REF, max_size=17)),
+    "mask": st.one_of(st.none(), _REF),
+}
+_BODIES = st.fixed_dictionaries({}, optional=_BODY_FIELDS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([GEN, EDITS, "/v1/chat/completions"]), _BODIES, _BODIES)
+def test_the_split_check_equals_the_full_check(endpoint: str, fixed: dict[str, object], row: dict[str, object]) -> None:
+    check = rules.ImageRequestCheck(endpoint, fixed)
+    assert check.check(row) == rules.check_image_request(endpoint, {**fixed, **row})
+    prompt = row.get("prompt")
+    assert check.check_prompt(prompt) == rules.check_image_request(endpoint, {**fixed, "prompt": prompt})
+    assert check.check({}) == rules.check_image_request(endpoint, dict(fixed))
+
+
+def test_the_split_check_checks_only_the_prompt_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    check = rules.ImageRequestCheck(GEN, {"model": "gpt-image-2", "size": "4096x1024", "n": 0})
+    calls: list[object] = []
+
+    def counting(*args: object) -> list[rules.RequestProblem]:
+        calls.append(args)
+        return []
+
+    monkeypatch.setattr(rules, "_other_problems", counting)
+    problems = check.check_prompt("   ")
+    assert [p.param for p in problems] == ["prompt", "n", "size"]  # same order as check_image_request
+    assert [p.param for p in check.check({"prompt": "ok"})] == ["n", "size"]
+    assert calls == []  # the shared fields were checked once, at construction
+    check.check({"prompt": "ok", "n": 1})  # a row that sets another field: the whole body is checked
+    assert len(calls) == 1
+
+
+_CATALOG_DEFAULTS = st.fixed_dictionaries(
+    {"model": _BODY_FIELDS["model"].filter(lambda m: isinstance(m, str))},
+    optional={
+        name: _BODY_FIELDS[name]
+        for name in ("size", "quality", "background", "output_format", "output_compression", "n", "moderation")
+    },
+).map(lambda d: {k: v for k, v in d.items() if v is not None})
+_CELL = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00\r"), max_size=12)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    _CATALOG_DEFAULTS,
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "a/b", "", " ", "..", "x\x01", "/k"]), _CELL, _CELL, st.booleans()),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_catalog_items_equal_checking_every_full_body(
+    tmp_path: Path, defaults: dict[str, object], rows: list[tuple[str, str, str, bool]]
+) -> None:
+    from batchpipe.jobspec import BODY_DEFAULT_FIELDS, Template
+
+    path = tmp_path / "catalog.csv"
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["pid", "name", "brand"])
+    starts = []  # the physical line each row starts on (values may hold newlines)
+    for pid, name, brand, long in rows:
+        starts.append(text.getvalue().count("\n") + 1)
+        writer.writerow([pid, name * (3000 if long and name.strip() else 1), brand])
+    path.write_text(text.getvalue(), encoding="utf-8")
+    spec = JobSpec(
+        name="t",
+        manifest_path=path,
+        manifest_format="csv",
+        output_dir=tmp_path / "out",
+        key_template=Template.parse("{pid}"),
+        prompt_template=Template.parse("{name}{? by {brand}}"),
+        metadata_columns=("pid", "brand"),
+        defaults=defaults,
+        on_duplicate_key="suffix",
+    )
+    assert spec.prompt_template is not None
+    results = list(make_items(spec, on_warning=lambda _: None))
+    by_line: dict[int | None, list[Item | ItemProblem]] = collections.defaultdict(list)
+    for result in results:
+        by_line[int(result.source.rsplit(":", 1)[1]) if isinstance(result, Item) else result.line].append(result)
+    assert set(by_line) <= set(starts)
+    for line, (pid, name, brand, long) in zip(starts, rows, strict=True):
+        values = {"name": name * (3000 if long and name.strip() else 1), "brand": brand}
+        prompt = " ".join(spec.prompt_template.interpret(values).split())
+        body = {"model": defaults["model"], "prompt": prompt}
+        body.update({k: defaults[k] for k in BODY_DEFAULT_FIELDS[1:] if k in defaults})
+        expected = [(p.param, p.message) for p in rules.check_image_request(GEN, body)]
+        if not prompt:  # reported once, by make_items' own message
+            expected = [("prompt", "the prompt renders empty (columns used: name, brand)")] + [
+                e for e in expected if e[0] != "prompt"
+            ]
+        got = by_line[line]
+        found = [(p.field, p.message) for p in got if isinstance(p, ItemProblem) and p.field != "key"]
+        assert found == expected
+        items = [r for r in got if isinstance(r, Item)]
+        if items:
+            assert not expected
+            assert list(items[0].body.items()) == list(body.items())  # same fields, same order, same bytes
+            assert items[0].metadata["pid"] == pid
+        else:
+            assert expected or any(isinstance(p, ItemProblem) and p.field == "key" for p in got)
+
+
+def _reference_key_problem(key: str) -> str | None:
+    """key_problem as first written: every character through unicodedata."""
+    import unicodedata
+
+    if not key or len(key) > 512 or ".." in key or key.startswith("/") or "\\" in key:
+        return "bad"
+    if "//" in key or key.endswith("/"):
+        return "bad"
+    return "bad" if any(unicodedata.category(ch) == "Cc" for ch in key) else None
+
+
+@given(st.text(max_size=40) | st.text(st.characters(max_codepoint=0x20), max_size=5))
+def test_key_problem_fast_path_agrees_with_the_per_character_rule(key: str) -> None:
+    assert (key_problem(key) is None) == (_reference_key_problem(key) is None)
+    if key and key.isprintable() is False and _reference_key_problem(key) is None:
+        assert key_problem(key) is None  # non-printable but not a control character (e.g. U+2028)
+
+
+@given(st.lists(st.text(st.sampled_from("ab/~"), max_size=4), max_size=300))
+def test_key_index_matches_a_dict_across_growth(keys: list[str]) -> None:
+    index = KeyIndex(capacity=8)
+    first: dict[str, int] = {}
+    for line, key in enumerate(keys, start=2):
+        assert index.add(key, line) == first.get(key)
+        first.setdefault(key, line)
+    assert len(index) == len(first)
+    assert all(key in index for key in first)
