@@ -311,6 +311,18 @@ def make_items(
         yield from _plain_items(spec, rows, file, warn)
 
 
+def _single_spaced(text: str) -> str:
+    """``" ".join(text.split())``: runs of whitespace become one space, none at either end.
+
+    Most prompts already are: when ``text`` is printable (so its only whitespace is U+0020: every other
+    ``str.isspace`` character is non-printable), has no two spaces in a row and none at either end, it is
+    returned as is, without splitting it into words and joining them again.
+    """
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
+    return " ".join(text.split())
+
+
 def _catalog_items(
     spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], file: str, warn: Callable[[ItemProblem], None]
 ) -> Iterator[Item | ItemProblem]:
@@ -344,7 +356,7 @@ def _catalog_items(
             found.append(("key", str(exc)))
             key = None
         try:
-            prompt = " ".join(render_prompt(values).split())
+            prompt = _single_spaced(render_prompt(values))
         except TypeError as exc:
             found.append(("prompt", str(exc)))
             prompt = ""
@@ -508,7 +520,7 @@ def _matrix_items(
             except TypeError as exc:
                 problems.append(("key", str(exc)))
             try:
-                prompt = " ".join(spec.prompt_template.render(values).split())
+                prompt = _single_spaced(spec.prompt_template.render(values))
             except TypeError as exc:
                 problems.append(("prompt", str(exc)))
                 prompt = ""

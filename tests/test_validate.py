@@ -504,3 +504,10 @@ def test_key_index_matches_a_dict_across_growth(keys: list[str]) -> None:
         first.setdefault(key, line)
     assert len(index) == len(first)
     assert all(key in index for key in first)
+
+
+@given(st.text(st.sampled_from("ab \t\n\u00a0\u2028\u3000\x1c\x85\u200b"), max_size=12) | st.text(max_size=30))
+def test_single_spacing_fast_path_equals_split_and_join(text: str) -> None:
+    from batchpipe.validate import _single_spaced
+
+    assert _single_spaced(text) == " ".join(text.split())
