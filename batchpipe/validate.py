@@ -67,7 +67,6 @@ _BODY_ORDER: Final[tuple[str, ...]] = (
 #: Every field a plain JSONL item line may have.
 PLAIN_ITEM_FIELDS: Final[frozenset[str]] = frozenset({"key", "metadata", *_BODY_ORDER})
 _GENERATIONS: Final = "/v1/images/generations"
-_U64: Final = (1 << 64) - 1
 _EDITS: Final = "/v1/images/edits"
 
 
@@ -105,7 +104,7 @@ class KeyIndex:
 
     The hash is Python's own ``hash()`` of the ``str`` (SipHash-1-3 keyed with a secret drawn at process
     start, PEP 456; 64 bits on 64-bit builds): fast, and keys cannot be crafted to collide. An index lives
-    within one process only, so the per-process seed does not matter. Open addressing over ``array('Q')``
+    within one process only, so the per-process seed does not matter. Open addressing over ``array('q')``
     at most half full: about 24 bytes per key (1,000,000 keys ≈ 24 MB), against ~100 for a ``dict`` of
     strings. Two distinct keys share a hash with probability about ``n² / 2**65`` (≈ 3e-8 for a million
     keys); such a key would be treated as a duplicate.
@@ -121,7 +120,7 @@ class KeyIndex:
         self._count = 0
 
     def _allocate(self, size: int) -> None:
-        self._slots = array("Q", bytes(8)) * size
+        self._slots = array("q", bytes(8)) * size  # signed: hash() values as they come
         self._lines = array("I", bytes(4)) * size
         self._mask = size - 1
         self._limit = size // 2  # grow past half full
@@ -131,7 +130,7 @@ class KeyIndex:
 
     @staticmethod
     def _hash(key: str) -> int:
-        return (hash(key) & _U64) or 1  # 0 marks an empty slot
+        return hash(key) or 1  # 0 marks an empty slot (hash() is never -1)
 
     def _find(self, digest: int) -> int:
         slots, mask = self._slots, self._mask
@@ -147,16 +146,16 @@ class KeyIndex:
 
     def add(self, key: str, line: int) -> int | None:
         """Add ``key`` first seen on ``line``; returns ``None`` if new, else the line it was first seen on."""
-        digest = (hash(key) & _U64) or 1
-        slots, mask = self._slots, self._mask
+        digest = hash(key) or 1
+        slots = self._slots
+        mask = self._mask
         i = digest & mask
-        while True:  # _find, inlined: this runs once per manifest row
-            value = slots[i]
+        value = slots[i]
+        while value:  # _find, inlined: this runs once per manifest row
             if value == digest:
                 return self._lines[i]
-            if value == 0:
-                break
             i = (i + 1) & mask
+            value = slots[i]
         slots[i] = digest
         self._lines[i] = line if 0 <= line <= 0xFFFFFFFF else min(max(line, 0), 0xFFFFFFFF)
         self._count += 1
