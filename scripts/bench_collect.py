@@ -356,6 +356,13 @@ class _StageTimers:
             def exists(self, location: str) -> bool:
                 return bool(store.exists(location))
 
+            def sync(self) -> None:
+                began = time.perf_counter()
+                try:
+                    store.sync()
+                finally:
+                    timers.add("store.sync (folder fsync per commit group)", time.perf_counter() - began)
+
         class TimedVerifier:
             def verify_bytes(self, data: bytes, mime: str | None = None) -> Any:
                 began = time.perf_counter()
