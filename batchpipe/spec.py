@@ -259,7 +259,7 @@ class ImageRequestCheck:
     read it), otherwise the whole merged body is checked. Holds no per-row state.
     """
 
-    __slots__ = ("_after", "_before", "_fixed", "_fixed_prompt", "endpoint")
+    __slots__ = ("_after", "_before", "_fixed", "_fixed_prompt", "_job", "endpoint")
 
     def __init__(self, endpoint: str, fixed: Mapping[str, object]) -> None:
         self.endpoint = endpoint
@@ -268,14 +268,17 @@ class ImageRequestCheck:
         before, model, rules = _model_problems(self._fixed)
         self._before: tuple[RequestProblem, ...] = tuple(before)
         self._after: tuple[RequestProblem, ...] = tuple(_other_problems(endpoint, self._fixed, model, rules))
+        self._job = self._before + self._after
 
     @property
     def job_problems(self) -> tuple[RequestProblem, ...]:
         """The problems of the shared fields alone (every row has them), prompt aside."""
-        return self._before + self._after
+        return self._job
 
     def check_prompt(self, prompt: object) -> list[RequestProblem]:
         """``check_image_request(endpoint, {**fixed, "prompt": prompt})``, at the cost of a prompt check."""
+        if prompt.__class__ is str and 0 < len(prompt) <= MAX_PROMPT_CHARS and not prompt.isspace():
+            return [*self._job]  # a good prompt (see _prompt_problem), checked inline: once per row
         problem = _prompt_problem(prompt)
         if problem is None:
             return [*self._before, *self._after]

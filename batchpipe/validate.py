@@ -322,6 +322,21 @@ def _single_spaced(text: str) -> str:
     return " ".join(text.split())
 
 
+def _column_picker(columns: tuple[str, ...]) -> Callable[[Mapping[str, object]], dict[str, object]]:
+    """A function doing ``{column: values.get(column) for column in columns}`` with one dict display.
+
+    Generated once per job (no comprehension frame per row); column names enter the source only through
+    ``repr()`` of a ``str``, so no manifest text is ever executed.
+    """
+    items = ", ".join(f"{column!r}: get({column!r})" for column in columns)
+    source = f"def pick(values):\n    get = values.get\n    return {{{items}}}\n"
+    namespace: dict[str, object] = {}
+    exec(compile(source, "<batchpipe metadata columns>", "exec"), namespace)  # noqa: S102 - see docstring
+    pick = namespace["pick"]
+    assert callable(pick)
+    return pick
+
+
 def _catalog_items(
     spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], file: str, warn: Callable[[ItemProblem], None]
 ) -> Iterator[Item | ItemProblem]:
@@ -338,7 +353,7 @@ def _catalog_items(
     model = defaults["model"]
     shared = {name: defaults[name] for name in BODY_DEFAULT_FIELDS[1:] if name in defaults}
     check = rules.ImageRequestCheck(_GENERATIONS, {"model": model, **shared})
-    metadata_columns = spec.metadata_columns
+    pick_metadata = _column_picker(spec.metadata_columns)
     index = KeyIndex()
     add_key = index.add
     for row in rows:
@@ -362,7 +377,7 @@ def _catalog_items(
         else:
             if not prompt:
                 found.append(("prompt", empty_prompt))
-        metadata = {column: values.get(column) for column in metadata_columns}
+        metadata = pick_metadata(values)
         if key is not None:
             message = key_problem(key)
             if message is not None:

@@ -511,3 +511,12 @@ def test_single_spacing_fast_path_equals_split_and_join(text: str) -> None:
     from batchpipe.validate import _single_spaced
 
     assert _single_spaced(text) == " ".join(text.split())
+
+
+@given(st.lists(st.text(max_size=6), max_size=6).map(tuple), st.dictionaries(st.text(max_size=6), st.integers()))
+def test_metadata_picker_equals_the_comprehension(columns: tuple[str, ...], values: dict[str, object]) -> None:
+    from batchpipe.validate import _column_picker
+
+    picked = _column_picker(columns)(values)
+    expected = {column: values.get(column) for column in columns}
+    assert picked == expected and list(picked) == list(expected)
