@@ -97,16 +97,7 @@ __all__ = [
 DuplicatePolicy = Literal["suffix", "error"]
 
 #: The request body fields a spec may default (SPEC ``CreateImageRequest``), in the order bodies are built.
-BODY_DEFAULT_FIELDS: Final[tuple[str, ...]] = (
-    "model",
-    "size",
-    "quality",
-    "background",
-    "output_format",
-    "output_compression",
-    "n",
-    "moderation",
-)
+BODY_DEFAULT_FIELDS: Final[tuple[str, ...]] = spec.REQUEST_OPTION_FIELDS
 
 
 # --------------------------------------------------------------------------------------------- templates

@@ -34,6 +34,7 @@ __all__ = [
     "METADATA_MAX_PAIRS",
     "METADATA_MAX_VALUE_CHARS",
     "MODELS",
+    "REQUEST_OPTION_FIELDS",
     "STANDARD_SIZES",
     "Endpoint",
     "ImageRequestCheck",
@@ -89,6 +90,18 @@ MAX_IMAGE_URL_CHARS: Final = 20_971_520
 #: FACTS §6: the Batch API costs 50% of the synchronous price.
 BATCH_DISCOUNT: Final = 0.5
 
+#: The request options of SPEC ``CreateImageRequest`` a job can set, in the order bodies are built (the JSON edit
+#: form, ``EditImageBodyJsonParam``, adds ``input_fidelity``).
+REQUEST_OPTION_FIELDS: Final[tuple[str, ...]] = (
+    "model",
+    "size",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "n",
+    "moderation",
+)
 #: SPEC ``CreateImageRequest.size`` / ``EditImageBodyJsonParam.size`` standard values for GPT image models.
 STANDARD_SIZES: Final[frozenset[str]] = frozenset({"1024x1024", "1536x1024", "1024x1536"})
 QUALITIES: Final[frozenset[str]] = frozenset({"low", "medium", "high", "auto"})

@@ -59,17 +59,7 @@ __all__ = [
 ]
 
 #: Body fields a variant may override (SPEC ``EditImageBodyJsonParam``); ``n`` and ``output_compression`` are ints.
-REQUEST_FIELDS: Final[tuple[str, ...]] = (
-    "model",
-    "size",
-    "quality",
-    "background",
-    "output_format",
-    "output_compression",
-    "n",
-    "moderation",
-    "input_fidelity",
-)
+REQUEST_FIELDS: Final[tuple[str, ...]] = (*rules.REQUEST_OPTION_FIELDS, "input_fidelity")
 _INT_FIELDS: Final = frozenset({"n", "output_compression"})
 #: Keys of a ``[[matrix.variant]]`` table that are not template values.
 _RESERVED: Final = frozenset({"name", "mask", "images", "request"})
