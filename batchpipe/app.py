@@ -47,8 +47,9 @@ def _spec_hash(spec: Any) -> str:
 class ProgressReporter:
     """Turns runner progress events into at most one line every ``every_s`` seconds (stderr via ``echo``).
 
-    Lines read ``progress: built 20000 items in 20 shards`` and ``progress: batches in_progress 3, completed
-    5; images collected 4210``.
+    Lines read ``progress: built 20000 items in 20 shard(s)`` (event ``built``, always shown) and
+    ``progress: batches completed 5, in_progress 3; requests answered 6210; items collected 4210/20000``
+    (event ``poll``, throttled).
     """
 
     def __init__(
@@ -60,12 +61,12 @@ class ProgressReporter:
         self._last = -1e9
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
-        """Receive one event (``built``, ``poll``, ``collected``) from the runner."""
+        """Receive one event (``built`` or ``poll``) from the runner."""
         if event == "built":
             self._echo(f"progress: built {data.get('items', 0)} items in {data.get('shards', 0)} shard(s)")
             return
         now = self._clock()
-        if now - self._last < self._every_s and not data.get("force"):
+        if now - self._last < self._every_s:
             return
         self._last = now
         states = ", ".join(f"{k} {v}" for k, v in sorted(data.get("batch_states", {}).items()))

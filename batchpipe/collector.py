@@ -384,7 +384,7 @@ class Collector:
 
         Raises :class:`~batchpipe.errors.ApiError` when the file cannot be read after ``max_reconnects``.
         """
-        batch = next((b for b in self._ledger.batches() if b["batch_id"] == batch_id), None)
+        batch = self._ledger.batch(batch_id)
         start = int(batch[f"{kind}_offset"]) if batch else 0
         stats = CollectStats()
         began = self._clock()

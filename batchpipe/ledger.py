@@ -33,7 +33,8 @@ from typing import Any, Final
 import orjson
 
 from batchpipe.errors import LedgerError, TransitionError
-from batchpipe.models import ItemStatus
+from batchpipe.models import ImageRef, Item, ItemStatus
+from batchpipe.spec import Endpoint
 
 __all__ = [
     "ITEM_TRANSITIONS",
@@ -268,6 +269,27 @@ class ItemRow:
         """The request body as sent (parsed from ``body_json``)."""
         parsed: dict[str, object] = orjson.loads(self.body_json)
         return parsed
+
+    def as_item(
+        self,
+        *,
+        body: dict[str, object] | None = None,
+        metadata: dict[str, object] | None = None,
+        source: str | None = None,
+    ) -> Item:
+        """The :class:`~batchpipe.models.Item` this row sent (for a new attempt), with ``body``, ``metadata``
+        and ``source`` replaced when given; product key, variant and input references are kept."""
+        endpoint: Endpoint = "/v1/images/edits" if self.endpoint == "/v1/images/edits" else "/v1/images/generations"
+        return Item(
+            key=self.item_key,
+            endpoint=endpoint,
+            body=self.body if body is None else body,
+            metadata=orjson.loads(self.metadata_json) if metadata is None else metadata,
+            source=self.source if source is None else source,
+            product_key=self.product_key,
+            variant=self.variant,
+            inputs=ImageRef.parse_list(self.inputs_json),
+        )
 
     def to_record(self) -> dict[str, object]:
         """A flat JSON-ready dict for exports: every column, with JSON columns parsed."""
@@ -746,6 +768,11 @@ class SqliteLedger(Ledger):
             for r in self._rows(f"SELECT * FROM batches WHERE {' AND '.join(where)} ORDER BY created_at", params)
         ]
 
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        """One batch row (as a dict) by id."""
+        rows = self._rows("SELECT * FROM batches WHERE batch_id = ?", (batch_id,))
+        return dict(rows[0]) if rows else None
+
     def set_batch_progress(self, batch_id: str, **fields: object) -> None:
         """Set collection progress columns (``output_offset``, ``error_offset``, ``output_done``, ``error_done``,
         ``reconciled``) of a batch."""
@@ -782,12 +809,19 @@ class SqliteLedger(Ledger):
             (self._clock(), file_id),
         )
 
-    def files(self, *, role: str | None = None, deleted: bool | None = None) -> list[dict[str, Any]]:
-        """File rows as dicts, by role and deletion state."""
-        where, params = ["1 = 1"], []
+    def files(
+        self, *, role: str | None = None, deleted: bool | None = None, file_ids: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """File rows as dicts, by role, deletion state and id."""
+        where: list[str] = ["1 = 1"]
+        params: list[object] = []
         if role is not None:
             where.append("role = ?")
             params.append(role)
+        if file_ids is not None:
+            listed = list(file_ids)
+            where.append(f"file_id IN ({', '.join('?' for _ in listed)})" if listed else "1 = 0")
+            params.extend(listed)
         if deleted is not None:
             where.append("deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL")
         return [dict(r) for r in self._rows(f"SELECT * FROM files WHERE {' AND '.join(where)}", params)]

@@ -25,8 +25,7 @@ import orjson
 from batchpipe import spec as rules
 from batchpipe.errors import InputError
 from batchpipe.ledger import ItemRow, SqliteLedger
-from batchpipe.models import ImageRef, Item, ItemStatus
-from batchpipe.spec import Endpoint
+from batchpipe.models import Item, ItemStatus
 from batchpipe.validate import ItemProblem
 from batchpipe.variants import REQUEST_FIELDS
 
@@ -141,17 +140,7 @@ def retry_items(rows: Iterable[ItemRow], changes: Mapping[str, object]) -> Itera
             continue
         metadata: dict[str, object] = orjson.loads(row.metadata_json)
         metadata["retry_of"] = row.custom_id
-        endpoint: Endpoint = "/v1/images/edits" if row.endpoint == "/v1/images/edits" else "/v1/images/generations"
-        yield Item(
-            key=row.item_key,
-            endpoint=endpoint,
-            body=body,
-            metadata=metadata,
-            source=f"ledger:{row.custom_id}",
-            product_key=row.product_key,
-            variant=row.variant,
-            inputs=ImageRef.parse_list(row.inputs_json),
-        )
+        yield row.as_item(body=body, metadata=metadata, source=f"ledger:{row.custom_id}")
 
 
 def export_manifest(items: Iterable[Item | ItemProblem], out: IO[bytes]) -> tuple[int, list[ItemProblem]]:

@@ -27,7 +27,8 @@ from batchpipe.build import ShardBuilder, ShardInfo
 from batchpipe.collector import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
 from batchpipe.ledger import ShardRow, SqliteLedger
-from batchpipe.models import ImageRef, Item, ItemStatus, make_custom_id, request_hash
+from batchpipe.models import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
+from batchpipe.poller import Poller
 from batchpipe.spec import estimate_input_tokens
 from batchpipe.store import LocalImageStore
 
@@ -159,8 +160,6 @@ class Runner:
         self._clock = clock
         self._progress = progress or (lambda event, data: None)
         self.shard_dir = options.workdir / "shards"
-        from batchpipe.poller import Poller
-
         self.poller = Poller(client)
         self._round = 0
 
@@ -283,7 +282,7 @@ class Runner:
                 if done.get(entry.key) == rhash:
                     stats["skipped"] += 1
                     continue
-                rows.append(self._pending_row(job, run_id, entry, rhash, attempt=0))
+                rows.append(self._pending_row(job, run_id, entry, rhash))
                 if len(rows) >= 500:
                     await self._flush_rows(job, rows, builder)
             await self._flush_rows(job, rows, builder)
@@ -307,11 +306,11 @@ class Runner:
         )
         return stats
 
-    def _pending_row(self, job: str, run_id: str, item: Item, rhash: str, *, attempt: int) -> dict[str, object]:
+    def _pending_row(self, job: str, run_id: str, item: Item, rhash: str) -> dict[str, object]:
         return {
             "job": job,
             "item_key": item.key,
-            "attempt": attempt,  # 0 = not numbered yet: _flush_rows numbers it after the ledger's history
+            "attempt": 0,  # not numbered yet: _flush_rows numbers it after the ledger's history
             "run_id": run_id,
             "endpoint": item.endpoint,
             "model": item.model,
@@ -346,7 +345,7 @@ class Runner:
             "retryable": 0,
         }
 
-    async def _flush_rows(self, job: str, rows: list[dict[str, object]], builder: ShardBuilder | None) -> None:
+    async def _flush_rows(self, job: str, rows: list[dict[str, object]], builder: ShardBuilder) -> None:
         """Number attempts after the ledger's history, supersede older attempts, add lines to shards."""
         if not rows:
             return
@@ -354,16 +353,16 @@ class Runner:
         supersede: list[str] = []
         for row in rows:
             prior = previous.get(str(row["item_key"]))
-            row["attempt"] = (prior.attempt + 1) if prior else 1
+            attempt = (prior.attempt + 1) if prior else 1
             if prior is not None:
                 row["previous_custom_id"] = prior.custom_id
                 if prior.status not in (ItemStatus.SUBMITTED, ItemStatus.SUPERSEDED):
                     supersede.append(prior.custom_id)
-            row["custom_id"] = make_custom_id(job, str(row["item_key"]), int(str(row["attempt"])))
-            item = row.pop("_item", None)
-            if builder is not None and isinstance(item, Item):
-                ref = await builder.add(str(row["custom_id"]), item)
-                row["shard"] = getattr(ref, "name", ref)
+            row["attempt"] = attempt
+            row["custom_id"] = make_custom_id(job, str(row["item_key"]), attempt)
+            item = row.pop("_item", None)  # invalid rows have none: they go to the ledger only
+            if isinstance(item, Item):
+                row["shard"] = await builder.add(str(row["custom_id"]), item)
         if supersede:
             self.ledger.transition_items(supersede, ItemStatus.SUPERSEDED, strict=False)
         self.ledger.insert_items(rows)
@@ -416,10 +415,12 @@ class Runner:
             self._indeterminate(shard, f"cannot list files to reconcile the upload: {exc}")
         if found is not None:
             self.ledger.record_file(found, role="input", sha256=shard.sha256)
-            self._shard_to(shard, "uploaded", fields={"input_file_id": found["id"]}, note="adopted existing upload")
+            self.ledger.transition_shard(
+                shard.name, "uploaded", fields={"input_file_id": found["id"]}, note="adopted existing upload"
+            )
             log.info("adopted upload", shard=shard.name, file_id=found["id"])
         else:
-            self._shard_to(shard, "built", note="upload never reached the service")
+            self.ledger.transition_shard(shard.name, "built", note="upload never reached the service")
 
     async def _reconcile_create(self, shard: ShardRow) -> None:
         since = (shard.intent_at or 0) - 120
@@ -441,12 +442,7 @@ class Runner:
             self._adopt_batch(shard, found, note="adopted existing batch")
             log.info("adopted batch", shard=shard.name, batch_id=found["id"])
         else:
-            self._shard_to(shard, "uploaded", note="create never reached the service")
-
-    def _shard_to(self, shard: ShardRow, status: str, *, fields: dict[str, object] | None = None, note: str) -> None:
-        if shard.status == "indeterminate" and status not in ("built", "uploaded", "created"):
-            status = "uploaded"
-        self.ledger.transition_shard(shard.name, status, fields=fields, note=note)
+            self.ledger.transition_shard(shard.name, "uploaded", note="create never reached the service")
 
     def _indeterminate(self, shard: ShardRow, why: str) -> None:
         if shard.status != "indeterminate":
@@ -459,11 +455,7 @@ class Runner:
 
     def _inflight_tokens(self, run_id: str) -> dict[str, int]:
         tokens: dict[str, int] = {}
-        live = {
-            b["batch_id"]
-            for b in self.ledger.batches(run_id=run_id)
-            if b["status"] in ("validating", "in_progress", "finalizing", "cancelling")
-        }
+        live = {b["batch_id"] for b in self.ledger.batches(run_id=run_id) if not BatchStatus(b["status"]).terminal}
         for shard in self.ledger.shards(run_id=run_id, statuses=["created"]):
             if shard.batch_id in live:
                 tokens[shard.model] = tokens.get(shard.model, 0) + shard.input_tokens
@@ -557,7 +549,7 @@ class Runner:
             tracked = {
                 b["batch_id"]: float(b["created_at"])
                 for b in open_batches
-                if b["status"] not in ("completed", "failed", "expired", "cancelled")
+                if not BatchStatus(b["status"]).terminal
                 # gotchas #3: completed while output_file_id is still null; poll again until it appears
                 or (b["status"] == "completed" and not b["output_file_id"] and not b["error_file_id"])
             }
@@ -580,9 +572,7 @@ class Runner:
                         )
                 self._report_progress(run_id)
             ready = [
-                b
-                for b in self.ledger.batches(run_id=run_id, unfinished=True)
-                if b["status"] in ("completed", "failed", "expired", "cancelled")
+                b for b in self.ledger.batches(run_id=run_id, unfinished=True) if BatchStatus(b["status"]).terminal
             ]
             if ready:
                 sem = asyncio.Semaphore(self.options.collect_concurrency)
@@ -602,7 +592,7 @@ class Runner:
                 await self._sleep(interval)
                 interval = min(self.options.max_poll_interval_s, interval * 1.5)
 
-    def _report_progress(self, run_id: str, *, force: bool = False) -> None:
+    def _report_progress(self, run_id: str) -> None:
         states: dict[str, int] = {}
         rendered = 0
         for batch in self.ledger.batches(run_id=run_id):
@@ -619,7 +609,6 @@ class Runner:
                 "rendered": rendered,
                 "items_done": total - live,
                 "items_total": total,
-                "force": force,
             },
         )
 
@@ -651,9 +640,7 @@ class Runner:
         with self.ledger.transaction():
             if left:
                 if status == "failed":
-                    errors = next((b for b in self.ledger.batches() if b["batch_id"] == batch_id), {}).get(
-                        "errors_json"
-                    )
+                    errors = (self.ledger.batch(batch_id) or {}).get("errors_json")
                     data = (orjson.loads(errors) or {}).get("data") if errors else None
                     first = (data or [{}])[0]
                     code = str(first.get("code") or "batch_failed")
@@ -699,8 +686,9 @@ class Runner:
     async def _cleanup(self, batch: dict[str, Any]) -> None:
         """Delete the batch's files from the Files API (gotchas #6); a 404 means already gone. A failure is
         left for :meth:`_cleanup_leftovers` on a later pass or run."""
-        deleted = {f["file_id"] for f in self.ledger.files(deleted=True)}
-        for file_id in self._cleanup_ids(batch):
+        ids = self._cleanup_ids(batch)
+        deleted = {f["file_id"] for f in self.ledger.files(deleted=True, file_ids=ids)}
+        for file_id in ids:
             if file_id in deleted:
                 continue
             try:
@@ -739,17 +727,7 @@ class Runner:
         rows = []
         with self.ledger.transaction():
             for row in retry:
-                item = Item(
-                    key=row.item_key,
-                    endpoint=row.endpoint,  # type: ignore[arg-type]
-                    body=row.body,
-                    metadata=orjson.loads(row.metadata_json),
-                    source=row.source,
-                    product_key=row.product_key,
-                    variant=row.variant,
-                    inputs=ImageRef.parse_list(row.inputs_json),
-                )
-                rows.append(self._pending_row(job, run_id, item, row.request_hash, attempt=0))
+                rows.append(self._pending_row(job, run_id, row.as_item(), row.request_hash))
                 if len(rows) >= 500:
                     await self._flush_rows(job, rows, builder)
             await self._flush_rows(job, rows, builder)
