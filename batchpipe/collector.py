@@ -501,7 +501,8 @@ class Collector:
                         buffer += chunk
                         begin = 0
                         while (newline := buffer.find(b"\n", begin)) != -1:
-                            line = bytes(buffer[begin:newline])
+                            with memoryview(buffer) as view:  # one copy of the line, not two
+                                line = bytes(view[begin:newline])
                             position += newline + 1 - begin
                             begin = newline + 1
                             if line.strip():

@@ -84,6 +84,7 @@ def test_bad_spec_exits_2_with_file_line_and_field(workspace: Path) -> None:
     assert "catalog-nightly.toml" in err and "defaults.size" in err
     assert "Traceback" not in err
     assert not (workspace / ".batchpipe" / "ledger.sqlite").exists() or "submitted" not in err
+    assert not (workspace / ".batchpipe").exists()  # refused before any ledger, shard or emulator existed
 
 
 def test_skip_invalid_records_each_invalid_item_once_and_submits_the_rest(workspace: Path) -> None:
