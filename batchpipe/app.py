@@ -111,6 +111,9 @@ class RunRequest:
     ``prepare(client, ledger)``: async work before a new run's build (see ``Runner.run``). ``session()``: an
     async context around the whole run, new or resumed (a matrix job's loopback mirror of reference photos).
     ``spec_path``: the job spec, remembered on the run so ``batchpipe retry`` can find the job's session.
+    ``policy``: the model lifecycle policy (:class:`~batchpipe.lifecycle.ModelPolicy`) the items were checked
+    with; the runner asks the service about each model with it before any upload. ``known_models``: the models
+    the job names in its spec (``[defaults]``, variants).
     """
 
     job: str
@@ -123,6 +126,8 @@ class RunRequest:
     prepare: Callable[[Any, Any], Awaitable[None]] | None = None
     session: Callable[[], AbstractAsyncContextManager[None]] | None = None
     spec_path: Path | None = None
+    policy: Any = None
+    known_models: frozenset[str] = frozenset()
 
 
 def request_from_spec(
@@ -133,18 +138,26 @@ def request_from_spec(
     workdir: Path,
     limit: int | None,
     skip_invalid: bool,
+    models_file: Path | None = None,
+    clock: Any = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RunRequest:
-    """A :class:`RunRequest` for a TOML job spec or a plain JSONL manifest (raises ``InputError`` subclasses)."""
+    """A :class:`RunRequest` for a TOML job spec or a plain JSONL manifest (raises ``InputError`` subclasses).
+
+    ``models_file`` (``--models FILE``), ``clock`` and ``on_warning`` configure the model lifecycle policy
+    (:meth:`batchpipe.jobspec.JobSpec.load`).
+    """
     from functools import partial
 
     from batchpipe.jobspec import JobSpec
     from batchpipe.validate import make_items
 
+    model_args: dict[str, Any] = {"models_file": models_file, "clock": clock, "on_warning": on_warning}
     if job_spec is not None:
-        spec = JobSpec.load(job_spec, workdir=workdir)
+        spec = JobSpec.load(job_spec, workdir=workdir, **model_args)
     else:
         assert manifest is not None and job_name is not None
-        spec = JobSpec.for_manifest(manifest, job_name, workdir=workdir)
+        spec = JobSpec.for_manifest(manifest, job_name, workdir=workdir, **model_args)
     options = RunOptions(
         workdir=workdir,
         limit=limit,
@@ -157,7 +170,11 @@ def request_from_spec(
         cleanup_inputs=spec.run.delete_input_files,
         cleanup_outputs=spec.run.delete_output_files,
         retry_error_codes=frozenset(spec.run.retry_error_codes),
+        models=spec.models,
     )
+    known = {str(spec.defaults["model"])} if isinstance(spec.defaults.get("model"), str) else set()
+    if spec.matrix is not None:
+        known |= {str(v.request["model"]) for v in spec.matrix.variants if isinstance(v.request.get("model"), str)}
     items: Callable[[], Iterator[Any]] = partial(make_items, spec)
     prepare: Callable[[Any, Any], Awaitable[None]] | None = None
     session: Callable[[], AbstractAsyncContextManager[None]] | None = None
@@ -177,6 +194,8 @@ def request_from_spec(
         prepare=prepare,
         session=session,
         spec_path=spec.spec_path.resolve() if spec.spec_path is not None else None,
+        policy=spec.policy,
+        known_models=frozenset(known),
     )
 
 
@@ -196,6 +215,8 @@ def run_job(
     emulator_config: Any = None,
     stop_after: str | None = None,
     trust: str | None = None,
+    models_file: Path | None = None,
+    clock: Any = None,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -203,10 +224,22 @@ def run_job(
     ``<workdir>/emulator``), configured by ``emulator_config`` (an ``EmulatorConfig``) when given.
     Raises :class:`~batchpipe.errors.InputError` for bad input (nothing submitted) and
     :class:`~batchpipe.errors.ApiError` / ``IndeterminateSubmissionError`` when the run must stop.
+    ``models_file`` / ``clock``: the model table overrides and the lifecycle clock (default: ``BATCHPIPE_NOW``
+    or the system clock); lifecycle warnings go to ``echo``.
     """
+    from batchpipe.lifecycle import clock_from_env
+
     workdir = workdir.resolve()
     request = request_from_spec(
-        job_spec=job_spec, manifest=manifest, job_name=job_name, workdir=workdir, limit=limit, skip_invalid=skip_invalid
+        job_spec=job_spec,
+        manifest=manifest,
+        job_name=job_name,
+        workdir=workdir,
+        limit=limit,
+        skip_invalid=skip_invalid,
+        models_file=models_file,
+        clock=clock or clock_from_env(environ),
+        on_warning=lambda message: echo(f"warning: {message}"),
     )
     if trust is not None:
         request.trust = trust
@@ -307,6 +340,7 @@ async def execute_async(
                 verifier=verifier,
                 api_label=api_label,
                 progress=ProgressReporter(echo),
+                model_policy=request.policy,
             )
             return await runner.run(
                 request.job,
@@ -316,4 +350,5 @@ async def execute_async(
                 trust=request.trust,
                 prepare=request.prepare,
                 spec_path=str(request.spec_path) if request.spec_path else None,
+                known_models=request.known_models,
             )

@@ -30,6 +30,14 @@ __all__ = ["main"]
 DEFAULT_WORKDIR: Final = Path(".batchpipe")
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_STOPPED = 0, 1, 2, 3
 
+_models_option = click.option(
+    "--models",
+    "models_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='A TOML file of [models."NAME"] rows added to or overriding the shipped model table.',
+)
+
 _workdir_option = click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -78,6 +86,7 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 @click.option("--skip-invalid", is_flag=True, help="Record invalid items as 'invalid' and submit the rest.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, help="Seconds between polls.")
 @click.option("--trust", default=None, help="C2PA trust: default|emulator|none|FILE.pem (overrides the job spec).")
+@_models_option
 def run(
     job_spec: Path | None,
     manifest: Path | None,
@@ -88,6 +97,7 @@ def run(
     skip_invalid: bool,
     poll_interval: float | None,
     trust: str | None,
+    models_file: Path | None,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     from batchpipe.app import run_job
@@ -111,6 +121,7 @@ def run(
             poll_interval_s=poll_interval,
             echo=_echo_err,
             trust=trust,
+            models_file=models_file,
         )
     )
 
@@ -266,6 +277,7 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
     default=None,
     help="Attempts allowed per item, counting earlier ones (default: 2 more than the highest selected).",
 )
+@_models_option
 def retry(
     workdir: Path,
     job: str | None,
@@ -280,6 +292,7 @@ def retry(
     api: str | None,
     poll_interval: float | None,
     max_attempts: int | None,
+    models_file: Path | None,
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
     from batchpipe import reprocess
@@ -298,7 +311,8 @@ def retry(
             retryable_only=retryable_only,
         )
         changes = reprocess.parse_set_options(sets)
-    except InputError as exc:
+        policy = _retry_policy(models_file)
+    except (InputError, ValueError) as exc:
         _echo_err(f"error: {exc}")
         sys.exit(EXIT_INPUT)
     rows = list(reprocess.select_rows(store, selection))
@@ -328,18 +342,26 @@ def retry(
     store.close()
     label, base_url = resolve_api(api, os.environ)
     highest = max(row.attempt for row in rows)
-    options = RunOptions(workdir=workdir.resolve(), max_attempts=max_attempts or highest + 2)
+    options = RunOptions(workdir=workdir.resolve(), max_attempts=max_attempts or highest + 2, models=policy.table)
     digest = orjson.dumps(sorted(row.custom_id for row in rows)) + orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
     request = RunRequest(
         job=jobs[0],
         spec_hash="retry:" + hashlib.sha256(digest).hexdigest(),
-        items=lambda: reprocess.retry_items(rows, changes),
+        items=lambda: reprocess.retry_items(rows, changes, advice=policy),
         source_name="ledger",
         output_dir=output_dir,
         trust=trust,
         options=options,
         session=session,
+        policy=policy,
     )
+    checked = list(reprocess.retry_items(rows, changes, advice=policy))  # lifecycle first: nothing is spent
+    if policy.refused:
+        _echo_err(f"error: refused model(s) {', '.join(sorted(policy.refused))}; nothing was submitted:")
+        model_problems = [str(p) for p in checked if getattr(p, "field", None) == "model"]
+        for line in model_problems[:20]:
+            _echo_err(f"  {line}")
+        sys.exit(EXIT_INPUT)
     _run_guarded(
         lambda: execute(
             request,
@@ -349,6 +371,26 @@ def retry(
             poll_interval_s=poll_interval,
             echo=_echo_err,
         )
+    )
+
+
+def _retry_policy(models_file: Path | None) -> Any:
+    """The lifecycle policy of ``batchpipe retry``: the shipped table plus ``--models FILE``, the clock from
+    ``BATCHPIPE_NOW`` (or the system clock), refusals that suggest ``--set model=...``."""
+    from batchpipe.lifecycle import ModelPolicy, clock_from_env
+    from batchpipe.modeltable import ModelTableError, load_overrides, shipped_table
+
+    table = shipped_table()
+    if models_file is not None:
+        try:
+            table = table.with_overrides(load_overrides(models_file), origin=str(models_file))
+        except ModelTableError as exc:
+            raise InputError(exc.message, file=str(models_file), field=exc.field) from exc
+    return ModelPolicy(
+        table,
+        clock=clock_from_env(),
+        on_warning=lambda message: _echo_err(f"warning: {message}"),
+        fix="batchpipe retry ... --set model={model}",
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import io
+import re
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from PIL import Image
 from batchpipe.errors import ApiConnectionError
 from batchpipe.ledger import SqliteLedger
 from batchpipe.models import ItemStatus
+from batchpipe.modeltable import ModelTable
 from batchpipe.spec import request_cost_usd
 from batchpipe.store import ImageStore
 
@@ -71,8 +73,28 @@ _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"\x89PNG", "png"),
     (b"\xff\xd8\xff", "jpeg"),
     (b"RIFF", "webp"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"<?xml", "svg"),
+    (b"<svg", "svg"),
 )
-_EXT: Final[dict[str, str]] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_EXT: Final[dict[str, str]] = {"png": "png", "jpeg": "jpg", "webp": "webp", "gif": "gif", "svg": "svg"}
+#: MIME types for C2PA (c2pa-python ``Reader.get_supported_mime_types``); the default is ``image/<format>``.
+_MIME: Final[dict[str, str]] = {"svg": "image/svg+xml"}
+_SVG_SIZE: Final = re.compile(rb"<svg\b[^>]*?\bwidth=\"(\d+)(?:px)?\"[^>]*?\bheight=\"(\d+)(?:px)?\"", re.S)
+
+
+def _image_size(raw: bytes, fmt: str) -> tuple[int | None, int | None]:
+    """``(width, height)`` in pixels from the image header (an SVG's root ``width``/``height``); Nones if unreadable.
+
+    Raises ``Exception`` from Pillow for a raster image it cannot read.
+    """
+    if fmt == "svg":
+        match = _SVG_SIZE.search(raw[:4096])
+        return (int(match.group(1)), int(match.group(2))) if match else (None, None)
+    with Image.open(io.BytesIO(raw)) as img:
+        width, height = img.size
+    return width, height
 
 
 class Verifier(Protocol):
@@ -90,6 +112,7 @@ class ItemTarget:
     custom_id: str
     key: str
     model: str
+    models: ModelTable | None = None  #: the model table for its cost (default: the shipped one)
 
 
 @dataclass(slots=True)
@@ -265,11 +288,10 @@ def process_line(
         stored = store.put(location, raw)
         width = height = None
         try:
-            with Image.open(io.BytesIO(raw)) as img:
-                width, height = img.size
+            width, height = _image_size(raw, fmt)
         except Exception as exc:  # an undecodable image is still recorded; C2PA will say "unreadable"
             log.warning("image header unreadable", custom_id=custom_id, error=str(exc)[:200])
-        report = verifier.verify_bytes(raw, f"image/{fmt}") if verifier is not None else None
+        report = verifier.verify_bytes(raw, _MIME.get(fmt, f"image/{fmt}")) if verifier is not None else None
         images.append(
             {
                 "path": stored.location,
@@ -284,7 +306,7 @@ def process_line(
         total += stored.size_bytes
     first = images[0]
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-    cost = request_cost_usd(target.model, usage) if usage else None
+    cost = request_cost_usd(target.model, usage, models=target.models) if usage else None
     states = [str(c["state"]) for c in (img["c2pa"] for img in images) if isinstance(c, dict)]
     order = ["unreadable", "invalid", "missing", "valid", "trusted"]
     worst = min(states, key=lambda s: order.index(s) if s in order else 0) if states else None
@@ -346,8 +368,10 @@ class Collector:
         chunk_bytes: int = 1 << 20,
         max_reconnects: int = 20,
         clock: Callable[[], float] = time.monotonic,
+        models: ModelTable | None = None,
     ) -> None:
         self._client = client
+        self._models = models
         self._ledger = ledger
         self._store = store
         self._verifier = verifier
@@ -369,7 +393,7 @@ class Collector:
     def targets_for_batch(self, batch_id: str) -> dict[str, ItemTarget]:
         """The batch's items by custom_id (at most 50,000: a dict is fine)."""
         return {
-            row.custom_id: ItemTarget(row.custom_id, row.item_key, row.model)
+            row.custom_id: ItemTarget(row.custom_id, row.item_key, row.model, self._models)
             for row in self._ledger.items(batch_id=batch_id)
         }
 

@@ -75,13 +75,15 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchpipe import spec
 from batchpipe.errors import InputError, JobSpecError, ManifestError
+from batchpipe.lifecycle import DEFAULT_WARN_DAYS, Clock, ModelPolicy, clock_from_env
 from batchpipe.manifest import DEFAULT_MAX_LINE_BYTES, ManifestFormat, detect_format, read_columns
+from batchpipe.modeltable import ModelTable, ModelTableError, load_overrides, shipped_table
 from batchpipe.references import DEFAULT_UPLOAD_PURPOSE, ReferenceOptions, ReferenceResolver
 from batchpipe.variants import Variant, VariantMatrix, variants_from_csv, variants_from_tables
 
@@ -349,6 +351,12 @@ class _Defaults(_Strict):
     output_compression: int | None = None
     n: int | None = None
     moderation: str | None = None
+    complexity: str | None = None
+    safety_identifier: str | None = None
+    user: str | None = None  # deprecated: safety_identifier (warned)
+    frame_count: int | None = None
+    frame_duration_ms: int | None = None
+    svg: dict[str, Any] | None = None
     input_fidelity: str | None = None  # edits only: matrix jobs
 
 
@@ -396,7 +404,8 @@ class RunOptions(_Strict):
     batch ends, and output/error files once collected, so storage does not fill up over months of nightly runs
     (gotchas #6; input files otherwise expire after 30 days, FACTS §1); ``retry_error_codes``: error codes
     resubmitted automatically besides the retryable ones (e.g. ``invalid_image_url``; moderation blocks and
-    invalid requests are otherwise final).
+    invalid requests are otherwise final); ``model_shutdown_warning_days``: warn when a model shuts down within
+    this many days (:mod:`batchpipe.lifecycle`).
     """
 
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -408,6 +417,7 @@ class RunOptions(_Strict):
     delete_input_files: bool = True
     delete_output_files: bool = True
     retry_error_codes: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    model_shutdown_warning_days: Annotated[int, Field(ge=0, le=3650)] = DEFAULT_WARN_DAYS
 
 
 class _SpecFile(_Strict):
@@ -420,6 +430,7 @@ class _SpecFile(_Strict):
     run: RunOptions = Field(default_factory=RunOptions)
     matrix: _MatrixSection | None = None
     references: _ReferencesSection | None = None
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 _TOML_LINE: Final = re.compile(r"at line (\d+)")
@@ -475,6 +486,8 @@ class JobSpec:
     (only those set). ``output_dir``: absolute. ``c2pa_trust``: trust setting name. ``run``: run options.
     ``columns``: the manifest's columns as read at load time (catalog mode), else ``None``. ``matrix``: the
     variant matrix and reference settings of a ``[matrix]`` job (:mod:`batchpipe.variants`), else ``None``.
+    ``policy``: the model lifecycle policy (:class:`~batchpipe.lifecycle.ModelPolicy`) over the job's model table
+    (``models``), which validation and the build consult for every item.
     """
 
     name: str
@@ -492,6 +505,12 @@ class JobSpec:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     columns: tuple[str, ...] | None = None
     matrix: VariantMatrix | None = None
+    policy: ModelPolicy = field(default_factory=lambda: ModelPolicy(shipped_table(), clock=clock_from_env()))
+
+    @property
+    def models(self) -> ModelTable:
+        """The model table in force for this job: shipped rows, the spec's ``[models]``, then ``--models FILE``."""
+        return self.policy.table
 
     @property
     def source_name(self) -> str:
@@ -499,9 +518,19 @@ class JobSpec:
         return str(self.spec_path if self.spec_path is not None else self.manifest_path)
 
     @classmethod
-    def load(cls, path: Path, *, workdir: Path | None = None) -> JobSpec:
+    def load(
+        cls,
+        path: Path,
+        *,
+        workdir: Path | None = None,
+        models_file: Path | None = None,
+        clock: Clock | None = None,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> JobSpec:
         """Read and check the TOML spec at ``path``; ``workdir`` (default: the current directory) anchors a
-        relative ``[output] dir``.
+        relative ``[output] dir``. ``models_file``: a ``--models FILE`` of model table rows, applied over the
+        spec's ``[models]``; ``clock`` (default: ``BATCHPIPE_NOW`` if set, else the system clock) and
+        ``on_warning`` feed the lifecycle policy.
 
         Checks: TOML syntax, the schema (unknown keys, types, ranges), the manifest (exists, format, header),
         template syntax and that every template field names a manifest column, the ``[defaults]`` against
@@ -549,17 +578,28 @@ class JobSpec:
         if not manifest_path.is_file():
             raise fail(f"no such manifest file: {manifest_path}", ("manifest", "path"))
 
+        policy = _policy(
+            parsed.models,
+            name,
+            text,
+            models_file,
+            clock=clock,
+            on_warning=on_warning,
+            warn_days=parsed.run.model_shutdown_warning_days,
+        )
         defaults = {k: v for k, v in parsed.defaults.model_dump().items() if v is not None}
         if parsed.matrix is None:
             if "input_fidelity" in defaults:
                 raise fail("input_fidelity applies to edits: it needs a [matrix] job", ("defaults", "input_fidelity"))
             if parsed.references is not None:
                 raise fail("[references] needs a [matrix] section (products x variants)", ("references",))
-        _check_defaults(defaults, fail, edits=parsed.matrix is not None)
+        _check_defaults(defaults, fail, policy, edits=parsed.matrix is not None)
         for model in parsed.run.enqueued_token_budget:
-            if spec.model_rules(model) is None:
+            facts = policy.table.get(model)
+            if facts is None or facts.batch == "no":
+                batch_models = [f.name for f in policy.table if f.batch != "no"]
                 raise fail(
-                    f"not a GPT Image model: {model!r} (known: {', '.join(sorted(spec.MODELS))})",
+                    f"not a GPT Image model that runs in the Batch API: {model!r} (known: {', '.join(batch_models)})",
                     ("run", "enqueued_token_budget", model),
                 )
 
@@ -590,7 +630,7 @@ class JobSpec:
                 ) from exc
             known = set(columns)
             if parsed.matrix is not None:
-                matrix = _load_matrix(parsed, path, text, manifest_path, columns, defaults, fail)
+                matrix = _load_matrix(parsed, path, text, manifest_path, columns, defaults, fail, policy)
                 known |= matrix.variant_fields
                 if "variant" not in key_template.fields:
                     raise fail(
@@ -639,6 +679,7 @@ class JobSpec:
             max_line_bytes=parsed.manifest.max_line_bytes,
             columns=columns,
             matrix=matrix,
+            policy=policy,
         )
 
     @classmethod
@@ -652,14 +693,17 @@ class JobSpec:
         run: RunOptions | None = None,
         workdir: Path | None = None,
         on_duplicate_key: DuplicatePolicy = "error",
+        models_file: Path | None = None,
+        clock: Clock | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> JobSpec:
         """A spec for running a plain JSONL item manifest directly (no TOML file).
 
         A plain manifest's keys are declared unique, so ``on_duplicate_key`` defaults to ``"error"``.
 
         ``defaults`` as in ``[defaults]``; ``output_dir`` defaults to ``out/<job_name>`` under ``workdir``
-        (default: the current directory). Raises ``JobSpecError`` for a bad job name or defaults, and for
-        a manifest that is missing or not JSONL.
+        (default: the current directory); ``models_file``, ``clock``, ``on_warning`` as in :meth:`load`. Raises
+        ``JobSpecError`` for a bad job name or defaults, and for a manifest that is missing or not JSONL.
         """
         name = str(path)
 
@@ -679,7 +723,11 @@ class JobSpec:
             first = exc.errors()[0]
             raise fail(first["msg"], ("defaults", *(str(p) for p in first["loc"]))) from exc
         clean = {k: v for k, v in checked.model_dump().items() if v is not None}
-        _check_defaults(clean, fail)
+        run = run or RunOptions()
+        policy = _policy(
+            {}, name, "", models_file, clock=clock, on_warning=on_warning, warn_days=run.model_shutdown_warning_days
+        )
+        _check_defaults(clean, fail, policy)
         base = workdir if workdir is not None else Path.cwd()
         out = output_dir if output_dir is not None else Path("out") / job_name
         return cls(
@@ -688,8 +736,9 @@ class JobSpec:
             manifest_format="jsonl",
             output_dir=(out if out.is_absolute() else base / out).resolve(),
             defaults=clean,
-            run=run or RunOptions(),
+            run=run,
             on_duplicate_key=on_duplicate_key,
+            policy=policy,
         )
 
 
@@ -697,15 +746,43 @@ class JobSpec:
 _PROBE_IMAGES: Final = [{"image_url": "https://example.com/probe.png"}]
 
 
-def _check_defaults(defaults: dict[str, object], fail: _Fail, *, edits: bool = False) -> None:
-    """Check the defaults alone with the service's rules (a stand-in prompt; the lenient generation rules,
-    or for ``edits`` the edit rules with a stand-in image)."""
+def _policy(
+    rows: Mapping[str, Any],
+    spec_file: str,
+    text: str,
+    models_file: Path | None,
+    *,
+    clock: Clock | None,
+    on_warning: Callable[[str], None] | None,
+    warn_days: int,
+) -> ModelPolicy:
+    """The job's lifecycle policy over the shipped table, the spec's ``[models]`` rows and ``--models FILE``.
+
+    Raises ``JobSpecError`` naming the spec (with the line of the row) or the models file, and the field.
+    """
+    table = shipped_table()
+    try:
+        table = table.with_overrides(rows, origin=spec_file)
+    except ModelTableError as exc:
+        parts = tuple((exc.field or "models").split("."))
+        raise JobSpecError(exc.message, file=spec_file, line=_locate(text, parts[:3]), field=exc.field) from exc
+    if models_file is not None:
+        try:
+            table = table.with_overrides(load_overrides(models_file), origin=str(models_file))
+        except ModelTableError as exc:
+            raise JobSpecError(exc.message, file=str(models_file), field=exc.field) from exc
+    return ModelPolicy(table, clock=clock or clock_from_env(), warn_days=warn_days, on_warning=on_warning)
+
+
+def _check_defaults(defaults: dict[str, object], fail: _Fail, policy: ModelPolicy, *, edits: bool = False) -> None:
+    """Check the defaults alone with the service's rules and the model's lifecycle (a stand-in prompt; the
+    lenient generation rules, or for ``edits`` the edit rules with a stand-in image)."""
     probe = {**defaults, "prompt": "x"}
     endpoint = "/v1/images/generations"
     if edits:
         probe["images"] = _PROBE_IMAGES
         endpoint = "/v1/images/edits"
-    for problem in spec.check_image_request(endpoint, probe):
+    for problem in spec.check_image_request(endpoint, probe, advice=policy):
         if problem.param == "model" and "model" not in defaults:
             continue  # plain JSONL lines may each name their model
         raise fail(problem.message, ("defaults", problem.param.split("[")[0].split(".")[0]))
@@ -770,6 +847,7 @@ def _load_matrix(
     columns: tuple[str, ...],
     defaults: dict[str, object],
     fail: _Fail,
+    policy: ModelPolicy,
 ) -> VariantMatrix:
     """Check ``[matrix]`` and ``[references]`` and build the :class:`VariantMatrix` (raises ``JobSpecError``,
     or ``ManifestError`` for a variants CSV, naming file, line and field)."""
@@ -813,7 +891,7 @@ def _load_matrix(
                     variant, text, f"variant value {value_name!r} has the name of a manifest column", value_name
                 )
         probe = {**defaults, **variant.request, "prompt": "x", "images": _PROBE_IMAGES}
-        for problem in spec.check_image_request("/v1/images/edits", probe):
+        for problem in spec.check_image_request("/v1/images/edits", probe, advice=policy):
             field_name = problem.param.split("[")[0].split(".")[0]
             origin = "request" if field_name in variant.request else "defaults"
             raise _variant_error(

@@ -26,6 +26,7 @@ from batchpipe import spec as rules
 from batchpipe.errors import InputError
 from batchpipe.ledger import ItemRow, SqliteLedger
 from batchpipe.models import Item, ItemStatus
+from batchpipe.modeltable import ModelTable
 from batchpipe.validate import ItemProblem
 from batchpipe.variants import REQUEST_FIELDS
 
@@ -47,7 +48,8 @@ DEFAULT_RETRY_STATUSES: Final[tuple[str, ...]] = (
 )
 #: Request fields ``--set`` may change (the Images API body fields of FACTS §4.1-4.2).
 SETTABLE_FIELDS: Final[frozenset[str]] = frozenset({*REQUEST_FIELDS, "prompt"})
-_INT_FIELDS: Final = frozenset({"n", "output_compression"})
+_INT_FIELDS: Final = frozenset({"n", "output_compression", "frame_count", "frame_duration_ms"})
+_JSON_FIELDS: Final = frozenset({"svg"})
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,14 @@ def parse_set_options(pairs: Sequence[str]) -> dict[str, object]:
                 file="<command line>",
                 field="--set",
             )
-        if name in _INT_FIELDS:
+        if name in _JSON_FIELDS:
+            try:
+                changes[name] = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(
+                    f"{name} must be a JSON object, not {value!r}", file="<command line>", field=name
+                ) from exc
+        elif name in _INT_FIELDS:
             try:
                 changes[name] = int(value)
             except ValueError as exc:
@@ -120,20 +129,28 @@ def select_rows(ledger: SqliteLedger, selection: RetrySelection) -> Iterator[Ite
         yield row
 
 
-def _changed_body(row: ItemRow, changes: Mapping[str, object]) -> dict[str, object]:
+def _changed_body(row: ItemRow, changes: Mapping[str, object], models: ModelTable | None) -> dict[str, object]:
     body = {**row.body, **changes}
     if body.get("model") and "input_fidelity" in body:
-        model_rules = rules.model_rules(str(body["model"]))
-        if model_rules is not None and model_rules.input_fidelity != "yes" and "input_fidelity" not in changes:
-            body.pop("input_fidelity")  # e.g. switching an edit to gpt-image-2, which is always high fidelity
+        model_rules = rules.model_rules(str(body["model"]), models)
+        if model_rules is not None and not model_rules.input_fidelity and "input_fidelity" not in changes:
+            body.pop("input_fidelity")  # e.g. switching an edit to a model that always reads at high fidelity
     return body
 
 
-def retry_items(rows: Iterable[ItemRow], changes: Mapping[str, object]) -> Iterator[Item | ItemProblem]:
-    """Items for new attempts of ``rows`` with ``changes`` applied, each checked against the model's rules."""
+def retry_items(
+    rows: Iterable[ItemRow], changes: Mapping[str, object], *, advice: rules.ModelAdvice | None = None
+) -> Iterator[Item | ItemProblem]:
+    """Items for new attempts of ``rows`` with ``changes`` applied, each checked against the model's rules.
+
+    ``advice``: the lifecycle policy (:class:`batchpipe.lifecycle.ModelPolicy`, its fix text
+    ``--set model={model}``): an item whose model is shut down, or shuts down before its batch could finish,
+    becomes a problem naming the date and the replacement. Without it only the model's capabilities are checked.
+    """
+    models = advice.table if advice is not None else None
     for row in rows:
-        body = _changed_body(row, changes)
-        problems = rules.check_image_request(row.endpoint, body)
+        body = _changed_body(row, changes, models)
+        problems = rules.check_image_request(row.endpoint, body, models=models, advice=advice)
         if problems:
             for problem in problems:
                 yield ItemProblem(row.item_key, f"ledger:{row.custom_id}", None, problem.param, problem.message)

@@ -27,7 +27,9 @@ from batchpipe.build import ShardBuilder, ShardInfo
 from batchpipe.collector import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
 from batchpipe.ledger import ShardRow, SqliteLedger
+from batchpipe.lifecycle import ModelPolicy
 from batchpipe.models import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
+from batchpipe.modeltable import ModelTable
 from batchpipe.poller import Poller
 from batchpipe.spec import estimate_input_tokens
 from batchpipe.store import LocalImageStore
@@ -104,6 +106,7 @@ class RunOptions:
     max_shard_bytes: int | None = None
     max_shard_input_tokens: int | None = None
     retry_error_codes: frozenset[str] = frozenset()
+    models: ModelTable | None = None  #: the model table for costs (default: the shipped one)
     stop_after: str | None = None  # testing hook: "build" | "submit" stops the run early (resumable)
 
 
@@ -132,7 +135,9 @@ class RunSummary:
 class Runner:
     """Runs one job against one API. ``client``: an ``OpenAIClient``; ``verifier``: a C2PA verifier or None.
 
-    ``sleep`` and ``clock`` are injectable for tests. Raises :class:`ValidationFailed` on invalid input,
+    ``sleep`` and ``clock`` are injectable for tests. ``model_policy``: when given, the service is asked about
+    every model once (``GET /v1/models/{model}``) before anything is uploaded, and a model it refuses stops the
+    run (:class:`~batchpipe.lifecycle.LifecycleError`, exit 2). Raises :class:`ValidationFailed` on invalid input,
     :class:`IndeterminateSubmissionError` when a submission intent cannot be decided, and the client's
     :class:`ApiError` when the API is unusable after retries (the run stays resumable).
     """
@@ -149,8 +154,10 @@ class Runner:
         sleep: Callable[[float], Any] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         progress: Callable[[str, dict[str, Any]], None] | None = None,
+        model_policy: ModelPolicy | None = None,
     ) -> None:
         self.ledger = ledger
+        self.model_policy = model_policy
         self.client = client
         self.options = options
         self.store = LocalImageStore(output_dir)
@@ -174,11 +181,14 @@ class Runner:
         trust: str | None = None,
         prepare: Callable[[Any, SqliteLedger], Awaitable[None]] | None = None,
         spec_path: str | None = None,
+        known_models: frozenset[str] = frozenset(),
     ) -> RunSummary:
         """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``).
 
         ``prepare(client, ledger)``, when given, runs before the build of a new run (e.g. uploading local
         reference images so items can name their ``file_id``); it is not run again when the run resumes.
+        ``known_models``: the models the job names before its manifest is read (checked with the service
+        before ``prepare``); the models of every shard not yet submitted are checked before the first upload.
         """
         run_id, resumed = self.ledger.open_run(
             job, spec_hash, self.api_label, output_dir=str(self.store.root), trust=trust, spec_path=spec_path
@@ -189,11 +199,22 @@ class Runner:
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0}
         if not built:
             if prepare is not None:
+                await self._check_models(known_models, source_name)  # prepare uploads reference images
                 await prepare(self.client, self.ledger)
             stats = await self._build(job, run_id, items, source_name=source_name)
+        await self._check_models(
+            {s.model for s in self.ledger.shards(run_id=run_id) if s.batch_id is None}, source_name
+        )
         if self.options.stop_after == "build":
             return self._summary(job, run_id, stats, finished=False)
-        collector = Collector(self.client, self.ledger, self.store, self.verifier, workers=self.options.collect_workers)
+        collector = Collector(
+            self.client,
+            self.ledger,
+            self.store,
+            self.verifier,
+            workers=self.options.collect_workers,
+            models=self.options.models,
+        )
         try:
             await self._reconcile_intents(run_id)
             if self.options.stop_after == "submit":
@@ -207,6 +228,14 @@ class Runner:
         if finished:
             self.ledger.finish_run(run_id, "finished")
         return self._summary(job, run_id, stats, finished=finished)
+
+    async def _check_models(self, models: set[str] | frozenset[str], source_name: str) -> None:
+        """Ask the service about ``models`` (once per model per run) and stop before any upload if one is
+        refused. Raises :class:`~batchpipe.lifecycle.LifecycleError`."""
+        if self.model_policy is None or not models:
+            return
+        await self.model_policy.ask_service(self.client, models)
+        self.model_policy.refuse(models, file=source_name)
 
     def _remove_stale_temporaries(self) -> None:
         """Delete ``.<name>.tmp-<pid>`` files (``LocalImageStore.put``) left in the output directory by a

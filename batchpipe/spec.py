@@ -5,6 +5,10 @@ Both sides of the wire read this module: the pipeline's validation (before spend
 
 - ``SPEC``: ``openai-openapi.yaml`` @ f85dbe2 (shared/reference), by schema name.
 - ``FACTS §n``: ``openai-batch-images-facts.md`` section n (shared/reference).
+- ``M26 §n``: ``openai-image-models-2026-11.md`` section n (shared/reference; wins over FACTS where they differ).
+
+What each *model* accepts and costs is not here: it is the model table (:mod:`batchpipe.modeltable`, data in
+``batchpipe/data/image-models.toml``), which every check below reads.
 
 Where the sources conflict, the choice made here is stated next to the constant.
 """
@@ -14,7 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Protocol
+
+from batchpipe.modeltable import Endpoint, ModelFacts, ModelTable, shipped_table
 
 __all__ = [
     "BATCH_DISCOUNT",
@@ -33,12 +39,11 @@ __all__ = [
     "METADATA_MAX_KEY_CHARS",
     "METADATA_MAX_PAIRS",
     "METADATA_MAX_VALUE_CHARS",
-    "MODELS",
     "REQUEST_OPTION_FIELDS",
     "STANDARD_SIZES",
     "Endpoint",
     "ImageRequestCheck",
-    "ModelRules",
+    "ModelAdvice",
     "RequestProblem",
     "check_image_request",
     "estimate_input_tokens",
@@ -49,7 +54,6 @@ __all__ = [
     "resolve_size",
 ]
 
-Endpoint = Literal["/v1/images/generations", "/v1/images/edits"]
 IMAGE_ENDPOINTS: Final[tuple[Endpoint, ...]] = ("/v1/images/generations", "/v1/images/edits")
 
 #: SPEC ``CreateBatchRequest.endpoint`` enum.
@@ -91,7 +95,9 @@ MAX_IMAGE_URL_CHARS: Final = 20_971_520
 BATCH_DISCOUNT: Final = 0.5
 
 #: The request options of SPEC ``CreateImageRequest`` a job can set, in the order bodies are built (the JSON edit
-#: form, ``EditImageBodyJsonParam``, adds ``input_fidelity``).
+#: form, ``EditImageBodyJsonParam``, adds ``input_fidelity``). The fields after ``moderation`` come from SDK 3.57.0
+#: ``image_generate_params.py`` (M26 §2): ``complexity``, ``safety_identifier`` (``user`` is its deprecated
+#: predecessor), ``frame_count`` / ``frame_duration_ms`` (GIF output) and ``svg`` (SVG output).
 REQUEST_OPTION_FIELDS: Final[tuple[str, ...]] = (
     "model",
     "size",
@@ -101,55 +107,63 @@ REQUEST_OPTION_FIELDS: Final[tuple[str, ...]] = (
     "output_compression",
     "n",
     "moderation",
+    "complexity",
+    "safety_identifier",
+    "user",
+    "frame_count",
+    "frame_duration_ms",
+    "svg",
 )
 #: SPEC ``CreateImageRequest.size`` / ``EditImageBodyJsonParam.size`` standard values for GPT image models.
 STANDARD_SIZES: Final[frozenset[str]] = frozenset({"1024x1024", "1536x1024", "1024x1536"})
-QUALITIES: Final[frozenset[str]] = frozenset({"low", "medium", "high", "auto"})
+#: Every value any model takes (SDK 3.57.0 ``image_generate_params.py``); which model takes which is in the table.
+QUALITIES: Final[frozenset[str]] = frozenset({"low", "medium", "high", "xhigh", "max", "auto"})
 BACKGROUNDS: Final[frozenset[str]] = frozenset({"transparent", "opaque", "auto"})
-OUTPUT_FORMATS: Final[frozenset[str]] = frozenset({"png", "jpeg", "webp"})
+OUTPUT_FORMATS: Final[frozenset[str]] = frozenset({"png", "jpeg", "webp", "gif", "svg"})
 MODERATIONS: Final[frozenset[str]] = frozenset({"auto", "low"})
 INPUT_FIDELITIES: Final[frozenset[str]] = frozenset({"high", "low"})
+COMPLEXITIES: Final[frozenset[str]] = frozenset({"low", "medium", "high"})
+#: SDK ``SvgReasoning.effort``.
+SVG_EFFORTS: Final[frozenset[str]] = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
+#: SDK ``frame_count``: 2..16 (default 9); ``frame_duration_ms``: the encoded delay is capped at 655,350 ms.
+GIF_FRAME_COUNT: Final = (2, 16)
+GIF_MAX_FRAME_DURATION_MS: Final = 655_350
+#: SPEC ``CreateImageRequest.safety_identifier`` / ``user``: maxLength 64.
+MAX_SAFETY_IDENTIFIER_CHARS: Final = 64
+#: Formats that take ``background = "transparent"`` (SDK ``background``: "set the output format to png or webp").
+TRANSPARENT_FORMATS: Final[frozenset[str]] = frozenset({"png", "webp"})
+#: Formats that refuse ``output_compression`` (SDK ``frame_count`` and ``svg``: "no custom output compression").
+UNCOMPRESSED_FORMATS: Final[frozenset[str]] = frozenset({"gif", "svg"})
 
 
-@dataclass(frozen=True, slots=True)
-class ModelRules:
-    """What one GPT Image model accepts and costs (FACTS §4.3, §6).
+class ModelAdvice(Protocol):
+    """What the request checks ask beyond a model's capabilities (:class:`batchpipe.lifecycle.ModelPolicy`).
 
-    Prices are USD per 1,000,000 tokens at the standard (synchronous) tier; apply ``BATCH_DISCOUNT``.
-    ``input_fidelity``: ``"yes"`` accepted, ``"no"`` rejected (gpt-image-1-mini, SPEC ``InputFidelity``),
-    ``"omit"`` rejected because the model is always high fidelity (gpt-image-2, FACTS §4.2 obs 400).
+    ``table``: the model table in force. ``model_problem(model)``: a lifecycle refusal for a model in the table
+    (shut down before a batch could finish, unknown to the service), or ``None``. ``warn(key, message)``:
+    report a warning once per ``key`` (a model near its shutdown, unconfirmed Batch support, a preview setting,
+    the deprecated ``user`` field).
     """
 
-    name: str
-    custom_sizes: bool
-    transparent: bool
-    input_fidelity: Literal["yes", "no", "omit"]
-    text_in_per_m: float
-    image_in_per_m: float
-    image_out_per_m: float
+    @property
+    def table(self) -> ModelTable: ...
+
+    def model_problem(self, model: str) -> RequestProblem | None: ...
+
+    def warn(self, key: str, message: str) -> None: ...
 
 
-# gpt-image-2 transparent backgrounds: SPEC says "preview", G-IMG says unsupported and the service is observed
-# to answer 400 "Transparent background is not supported for this model" (FACTS §4.3, §8.1). We follow the
-# observed 400: reject before spending.
-MODELS: Final[dict[str, ModelRules]] = {
-    "gpt-image-2": ModelRules("gpt-image-2", True, False, "omit", 5.0, 8.0, 30.0),
-    "gpt-image-1.5": ModelRules("gpt-image-1.5", False, True, "yes", 5.0, 8.0, 32.0),
-    "gpt-image-1": ModelRules("gpt-image-1", False, True, "yes", 5.0, 10.0, 40.0),
-    "gpt-image-1-mini": ModelRules("gpt-image-1-mini", False, True, "no", 2.0, 2.5, 8.0),
-    # chatgpt-image-latest: prices are third-party and unconfirmed (FACTS §6); standard sizes only (obs, §4.3).
-    "chatgpt-image-latest": ModelRules("chatgpt-image-latest", False, True, "yes", 5.0, 8.0, 32.0),
-}
-#: Dated snapshots resolve to their family (FACTS §4.3).
-_SNAPSHOTS: Final[dict[str, str]] = {
-    "gpt-image-2-2026-04-21": "gpt-image-2",
-    "gpt-image-1.5-2025-12-16": "gpt-image-1.5",
-}
+def shipped_models() -> ModelTable:
+    """The model table shipped in the package (:func:`batchpipe.modeltable.shipped_table`)."""
+    return shipped_table()
 
 
-def model_rules(model: str) -> ModelRules | None:
-    """Rules for ``model`` (a family name or a dated snapshot), or ``None`` if it is not a GPT Image model."""
-    return MODELS.get(_SNAPSHOTS.get(model, model))
+def model_rules(model: str, models: ModelTable | None = None) -> ModelFacts | None:
+    """The table row of ``model`` (a family, alias or dated snapshot), or ``None`` if the table does not know it.
+
+    ``models``: the table in force (default: the shipped one).
+    """
+    return (models or shipped_table()).get(model)
 
 
 def parse_size(size: str) -> tuple[int, int] | None:
@@ -168,19 +182,6 @@ def resolve_size(size: str | None) -> tuple[int, int]:
     if parsed is None:
         raise ValueError(f"not a size: {size!r}")
     return parsed
-
-
-def _gpt_image_2_size_problem(w: int, h: int) -> str | None:
-    """FACTS §4.3: edges multiples of 16, max edge 3840, ratio <= 3:1, 655,360..8,294,400 pixels."""
-    if w % 16 or h % 16:
-        return "both edges must be multiples of 16"
-    if max(w, h) > 3840:
-        return "the longest edge must be at most 3840"
-    if max(w, h) > 3 * min(w, h):
-        return "the long:short edge ratio must be at most 3:1"
-    if not 655_360 <= w * h <= 8_294_400:
-        return "the total pixel count must be between 655,360 and 8,294,400"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,46 +242,66 @@ def _image_ref_problems(ref: object, param: str) -> list[RequestProblem]:
     return []
 
 
-def check_image_request(endpoint: str, body: dict[str, object]) -> list[RequestProblem]:
+def check_image_request(
+    endpoint: str,
+    body: Mapping[str, object],
+    *,
+    models: ModelTable | None = None,
+    advice: ModelAdvice | None = None,
+) -> list[RequestProblem]:
     """Every reason the service would refuse ``body`` on ``endpoint``; ``[]`` if it would accept it.
 
-    Rules (SPEC ``CreateImageRequest`` and ``EditImageBodyJsonParam``; FACTS §4.1-4.3): a known GPT image
-    model, prompt 1..32,000 chars, ``n`` 1..10, enum fields, ``output_compression`` 0..100, transparent
-    background needs png or webp and a model that supports it, the model's sizes (the JSON edit form allows
-    only the standard sizes, SPEC ``EditImageBodyJsonParam.size``), ``input_fidelity`` only where the model
-    takes it, and for edits 1..16 ``images`` plus an optional ``mask``, each an ``ImageRefParam``.
-    Checking the bytes behind a reference (reachability, format, dimensions) is not done here.
+    Rules (SPEC ``CreateImageRequest`` and ``EditImageBodyJsonParam``; SDK 3.57.0 ``image_generate_params.py``
+    and ``image_edit_params.py``; FACTS §4.1-4.3; M26 §2), each read from the model's table row: a model the
+    table knows that serves ``endpoint``, prompt 1..32,000 chars, ``n`` 1..10 (1 for svg), the model's
+    qualities, complexity, backgrounds, output formats and sizes (fixed, or its ``WxH`` rule), transparent
+    backgrounds only as png or webp, ``output_compression`` 0..100 (not for gif or svg), ``frame_count`` /
+    ``frame_duration_ms`` only with gif, ``svg`` only with svg, ``safety_identifier`` / ``user`` strings of at
+    most 64 chars, ``input_fidelity`` values the model takes, and for edits 1..16 ``images`` plus an optional
+    ``mask`` or ``markup`` (never both), each an ``ImageRefParam``. Checking the bytes behind a reference is not
+    done here. ``models``: the table (default: the shipped one, or ``advice.table``). ``advice``: lifecycle
+    refusals and warnings (:class:`ModelAdvice`); without it only capabilities are checked.
     Problems come in this order: ``model``, ``prompt``, then every other field (:class:`ImageRequestCheck`
     relies on it: only the ``prompt`` check reads the prompt, and no other check reads it).
     """
-    problems, model, rules = _model_problems(body)
+    table = advice.table if advice is not None else (models or shipped_table())
+    problems, model, rules = _model_problems(endpoint, body, table, advice)
     prompt_problem = _prompt_problem(body.get("prompt"))
     if prompt_problem is not None:
         problems.append(prompt_problem)
-    problems.extend(_other_problems(endpoint, body, model, rules))
+    problems.extend(_other_problems(endpoint, body, model, rules, advice))
     return problems
 
 
 class ImageRequestCheck:
     """:func:`check_image_request` split into a job-level part (checked once) and a row-level part.
 
-    ``ImageRequestCheck(endpoint, fixed)``: ``fixed`` holds the body fields every row shares (a job's
-    ``[defaults]``, ``model`` included); everything but the prompt is checked here, once. Then
+    ``ImageRequestCheck(endpoint, fixed, models=..., advice=...)``: ``fixed`` holds the body fields every row
+    shares (a job's ``[defaults]``, ``model`` included); everything but the prompt is checked here, once. Then
     :meth:`check` (the fields a row sets itself) and :meth:`check_prompt` (a row that sets only its prompt)
-    return exactly ``check_image_request(endpoint, {**fixed, **row})``, same problems in the same order:
+    return exactly ``check_image_request(endpoint, {**fixed, **row}, ...)``, same problems in the same order:
     when the row sets nothing but ``prompt`` only the prompt is checked per row (the other checks never
     read it), otherwise the whole merged body is checked. Holds no per-row state.
     """
 
-    __slots__ = ("_after", "_before", "_fixed", "_fixed_prompt", "_job", "endpoint")
+    __slots__ = ("_advice", "_after", "_before", "_fixed", "_fixed_prompt", "_job", "_models", "endpoint")
 
-    def __init__(self, endpoint: str, fixed: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        fixed: Mapping[str, object],
+        *,
+        models: ModelTable | None = None,
+        advice: ModelAdvice | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self._models = advice.table if advice is not None else (models or shipped_table())
+        self._advice = advice
         self._fixed: dict[str, object] = dict(fixed)
         self._fixed_prompt = self._fixed.get("prompt")
-        before, model, rules = _model_problems(self._fixed)
+        before, model, rules = _model_problems(endpoint, self._fixed, self._models, advice)
         self._before: tuple[RequestProblem, ...] = tuple(before)
-        self._after: tuple[RequestProblem, ...] = tuple(_other_problems(endpoint, self._fixed, model, rules))
+        self._after: tuple[RequestProblem, ...] = tuple(_other_problems(endpoint, self._fixed, model, rules, advice))
         self._job = self._before + self._after
 
     @property
@@ -303,26 +324,42 @@ class ImageRequestCheck:
             return self.check_prompt(self._fixed_prompt)
         if len(row) == 1 and "prompt" in row:
             return self.check_prompt(row["prompt"])
-        return check_image_request(self.endpoint, {**self._fixed, **row})
+        return check_image_request(self.endpoint, {**self._fixed, **row}, models=self._models, advice=self._advice)
 
 
-def _model_problems(body: Mapping[str, object]) -> tuple[list[RequestProblem], object, ModelRules | None]:
-    """``([model problem] or [], the model value, its rules or None)``: the first check of a request."""
+def _model_problems(
+    endpoint: str, body: Mapping[str, object], table: ModelTable, advice: ModelAdvice | None
+) -> tuple[list[RequestProblem], object, ModelFacts | None]:
+    """``([model problem] or [], the model value, its row or None)``: the first check of a request.
+
+    A model the table does not know, or one that does not serve ``endpoint``, is refused here; so is, with
+    ``advice``, a model its lifecycle rules out (the row is still returned so the other fields are checked).
+    """
     model = body.get("model")
-    rules = model_rules(model) if isinstance(model, str) else None
-    if rules is not None:
-        return [], model, rules
-    return (
-        [
-            RequestProblem(
-                "model",
-                "invalid_value",
-                f"Invalid value for 'model': {model!r}. Supported GPT image models: {', '.join(sorted(MODELS))}.",
-            )
-        ],
-        model,
-        None,
-    )
+    rules = table.get(model) if isinstance(model, str) else None
+    if rules is None:
+        return (
+            [
+                RequestProblem(
+                    "model",
+                    "invalid_value",
+                    f"Invalid value for 'model': {model!r}. Supported GPT image models: "
+                    + ", ".join(n for n in table.names() if table.get(n) and endpoint in table.get(n).endpoints)  # type: ignore[union-attr]
+                    + ".",
+                )
+            ],
+            model,
+            None,
+        )
+    assert isinstance(model, str)
+    problems: list[RequestProblem] = []
+    if advice is not None:
+        lifecycle = advice.model_problem(model)
+        if lifecycle is not None:
+            problems.append(lifecycle)
+    if endpoint in IMAGE_ENDPOINTS and endpoint not in rules.endpoints and not problems:
+        problems.append(RequestProblem("model", "invalid_value", f"The model '{model}' does not serve {endpoint}."))
+    return problems, model, rules
 
 
 def _prompt_problem(prompt: object) -> RequestProblem | None:
@@ -341,75 +378,153 @@ def _prompt_problem(prompt: object) -> RequestProblem | None:
     return None
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Request field → the model table column listing its values.
+_TABLE_FIELD: Final = {"quality": "qualities", "background": "backgrounds", "output_format": "output_formats"}
+
+
+def _model_enum_problem(
+    body: Mapping[str, object], field: str, every: frozenset[str], rules: ModelFacts | None, model: object
+) -> RequestProblem | None:
+    """``field`` must be one of ``every`` (any model) and, when the model is known, one of its own values."""
+    problem = _enum_problem(body, field, every)
+    if problem is not None or rules is None:
+        return problem
+    value = body.get(field)
+    if value is None:
+        return None
+    allowed: tuple[str, ...] = getattr(rules, _TABLE_FIELD[field])
+    if not allowed:
+        return RequestProblem(
+            field, "unsupported_parameter", f"The model '{model}' does not support the '{field}' parameter."
+        )
+    if value not in allowed:
+        return RequestProblem(
+            field,
+            "invalid_value",
+            f"Invalid value: {value!r}. Supported values for {model} are: {', '.join(repr(a) for a in allowed)}.",
+        )
+    return None
+
+
+def _warn_preview(
+    advice: ModelAdvice | None, rules: ModelFacts | None, model: object, body: Mapping[str, object]
+) -> None:
+    if advice is None or rules is None or not rules.preview:
+        return
+    for setting in rules.preview:
+        field, _, value = setting.partition("=")
+        if body.get(field) == value:
+            advice.warn(
+                f"preview:{model}:{setting}",
+                f"{model}: {field} = {value!r} is in preview or not confirmed for this model "
+                f"({rules.source}); the service may refuse it (needs access).",
+            )
+
+
 def _other_problems(
-    endpoint: str, body: Mapping[str, object], model: object, rules: ModelRules | None
+    endpoint: str,
+    body: Mapping[str, object],
+    model: object,
+    rules: ModelFacts | None,
+    advice: ModelAdvice | None = None,
 ) -> list[RequestProblem]:
     """Every check of :func:`check_image_request` after ``model`` and ``prompt`` (none reads the prompt)."""
     problems: list[RequestProblem] = []
     n = body.get("n")
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10):
+    if n is not None and (not _is_int(n) or not 1 <= n <= 10):  # type: ignore[operator]
         problems.append(RequestProblem("n", "integer_out_of_range", f"Invalid 'n': {n!r}. Expected 1..10."))
-    for field, allowed in (
+    for field, every in (
         ("quality", QUALITIES),
         ("background", BACKGROUNDS),
         ("output_format", OUTPUT_FORMATS),
-        ("moderation", MODERATIONS),
-        ("input_fidelity", INPUT_FIDELITIES),
     ):
-        problem = _enum_problem(body, field, allowed)
+        problem = _model_enum_problem(body, field, every, rules, model)
+        if problem:
+            problems.append(problem)
+    problem = _enum_problem(body, "moderation", MODERATIONS)
+    if problem:
+        problems.append(problem)
+    problem = _enum_problem(body, "input_fidelity", INPUT_FIDELITIES)
+    if problem:
+        problems.append(problem)
+    complexity = body.get("complexity")
+    if complexity is not None:
+        problem = _enum_problem(body, "complexity", COMPLEXITIES)
+        if problem is None and rules is not None and complexity not in rules.complexity:
+            problem = RequestProblem(
+                "complexity",
+                "unsupported_parameter",
+                f"The model '{model}' does not support the 'complexity' parameter.",
+            )
         if problem:
             problems.append(problem)
     compression = body.get("output_compression")
-    if compression is not None and (
-        not isinstance(compression, int) or isinstance(compression, bool) or not 0 <= compression <= 100
-    ):
-        problems.append(
-            RequestProblem(
-                "output_compression", "integer_out_of_range", f"Invalid 'output_compression': {compression!r}."
-            )
-        )
     fmt = body.get("output_format") or "png"
-    if body.get("background") == "transparent":
-        if fmt == "jpeg":
+    if compression is not None:
+        if not _is_int(compression) or not 0 <= compression <= 100:  # type: ignore[operator]
             problems.append(
                 RequestProblem(
-                    "background",
-                    "invalid_value",
-                    "Transparent background is only supported with output_format 'png' or 'webp'.",
+                    "output_compression", "integer_out_of_range", f"Invalid 'output_compression': {compression!r}."
                 )
             )
-        if rules is not None and not rules.transparent:
+        elif fmt in UNCOMPRESSED_FORMATS:
             problems.append(
-                RequestProblem("background", "invalid_value", "Transparent background is not supported for this model.")
-            )
-    size = body.get("size")
-    if size is not None and size != "auto":
-        if not isinstance(size, str) or parse_size(size) is None:
-            problems.append(RequestProblem("size", "invalid_value", f"Invalid value for 'size': {size!r}."))
-        elif size not in STANDARD_SIZES and rules is not None:
-            if endpoint == "/v1/images/edits" or not rules.custom_sizes:
-                problems.append(
-                    RequestProblem(
-                        "size",
-                        "invalid_value",
-                        f"Invalid value: '{size}'. Supported values are: 'auto', "
-                        + ", ".join(f"'{s}'" for s in sorted(STANDARD_SIZES))
-                        + f" for {model} on {endpoint}.",
-                    )
+                RequestProblem(
+                    "output_compression",
+                    "invalid_value",
+                    f"'output_compression' is not supported with output_format {fmt!r}.",
                 )
-            else:
-                w, h = parse_size(size) or (0, 0)
-                reason = _gpt_image_2_size_problem(w, h)
-                if reason:
-                    problems.append(RequestProblem("size", "invalid_value", f"Invalid size '{size}': {reason}."))
-    if body.get("input_fidelity") is not None and rules is not None and rules.input_fidelity != "yes":
+            )
+    if body.get("background") == "transparent" and fmt not in TRANSPARENT_FORMATS and fmt in OUTPUT_FORMATS:
         problems.append(
             RequestProblem(
-                "input_fidelity",
-                "unsupported_parameter",
-                f"The model '{model}' does not support the 'input_fidelity' parameter.",
+                "background",
+                "invalid_value",
+                "Transparent background is only supported with output_format 'png' or 'webp'.",
             )
         )
+    problems.extend(_format_option_problems(body, fmt, n))
+    for field in ("safety_identifier", "user"):
+        value = body.get(field)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_SAFETY_IDENTIFIER_CHARS):
+            problems.append(
+                RequestProblem(
+                    field,
+                    "invalid_value",
+                    f"'{field}' must be a string of at most {MAX_SAFETY_IDENTIFIER_CHARS} characters.",
+                )
+            )
+    if body.get("user") is not None and advice is not None:
+        advice.warn(
+            "field:user",
+            "'user' is deprecated: use 'safety_identifier' (a stable hashed end-user id); the service still "
+            "reads 'user' when 'safety_identifier' is empty (SDK 3.57.0 image_generate_params.py).",
+        )
+    problems.extend(_size_problems(endpoint, body.get("size"), model, rules, advice))
+    fidelity = body.get("input_fidelity")
+    if fidelity is not None and rules is not None and fidelity in INPUT_FIDELITIES:
+        if not rules.input_fidelity:
+            problems.append(
+                RequestProblem(
+                    "input_fidelity",
+                    "unsupported_parameter",
+                    f"The model '{model}' does not support the 'input_fidelity' parameter.",
+                )
+            )
+        elif fidelity not in rules.input_fidelity:
+            problems.append(
+                RequestProblem(
+                    "input_fidelity",
+                    "invalid_value",
+                    f"Invalid value: {fidelity!r}. Supported values for {model} are: "
+                    + ", ".join(repr(v) for v in rules.input_fidelity)
+                    + ".",
+                )
+            )
     if endpoint == "/v1/images/edits":
         images = body.get("images")
         if not isinstance(images, list) or not 1 <= len(images) <= MAX_EDIT_IMAGES:
@@ -419,30 +534,134 @@ def _other_problems(
         else:
             for index, ref in enumerate(images):
                 problems.extend(_image_ref_problems(ref, f"images[{index}]"))
-        if body.get("mask") is not None:
-            problems.extend(_image_ref_problems(body["mask"], "mask"))
+        for field in ("mask", "markup"):
+            if body.get(field) is None:
+                continue
+            problems.extend(_image_ref_problems(body[field], field))
+            if rules is not None and not getattr(rules, field):
+                problems.append(
+                    RequestProblem(
+                        field, "unsupported_parameter", f"The model '{model}' does not support the '{field}' parameter."
+                    )
+                )
+        if body.get("mask") is not None and body.get("markup") is not None:
+            problems.append(RequestProblem("markup", "invalid_value", "'markup' cannot be combined with 'mask'."))
+        if body.get("mask") is not None and fmt == "gif":
+            problems.append(RequestProblem("mask", "invalid_value", "GIF output does not support masks."))
     elif endpoint == "/v1/images/generations":
-        for field in ("images", "mask", "input_fidelity"):
+        for field in ("images", "mask", "markup", "input_fidelity"):
             if field in body:
                 problems.append(
                     RequestProblem(field, "unknown_parameter", f"Unknown parameter: '{field}' on {endpoint}.")
                 )
     else:
         problems.append(RequestProblem("url", "invalid_value", f"Unsupported endpoint: {endpoint!r}."))
+    _warn_preview(advice, rules, model, body)
     return problems
 
 
-# Output image tokens per image for the models before gpt-image-2 (FACTS §6, G-IMG): square / portrait / landscape.
-_OUTPUT_TOKENS: Final[dict[str, tuple[int, int, int]]] = {
-    "low": (272, 408, 400),
-    "medium": (1056, 1584, 1568),
-    "high": (4160, 6240, 6208),
-}
-# gpt-image-2 per-image prices at 1024x1024 (FACTS §6) divided by its $30/1M output price give its token
-# counts for a square image; other sizes scale with the pixel count (an estimate: G-IMG says it varies).
-_GPT_IMAGE_2_SQUARE_TOKENS: Final[dict[str, int]] = {"low": 200, "medium": 1767, "high": 7033}
-#: Input image tokens per reference image (an order-of-magnitude estimate; FACTS §6 gives no table).
-_IMAGE_IN_TOKENS: Final[dict[str, int]] = {"low": 323, "high": 4160}
+def _format_option_problems(body: Mapping[str, object], fmt: object, n: object) -> list[RequestProblem]:
+    """GIF options (``frame_count``, ``frame_duration_ms``) and SVG options (``svg``, ``n = 1``), SDK 3.57.0."""
+    problems: list[RequestProblem] = []
+    frames = body.get("frame_count")
+    if frames is not None:
+        low, high = GIF_FRAME_COUNT
+        if not _is_int(frames) or not low <= frames <= high:  # type: ignore[operator]
+            problems.append(
+                RequestProblem(
+                    "frame_count", "integer_out_of_range", f"Invalid 'frame_count': {frames!r}. Expected {low}..{high}."
+                )
+            )
+        elif fmt != "gif":
+            problems.append(
+                RequestProblem(
+                    "frame_count", "invalid_value", "'frame_count' is only supported with output_format 'gif'."
+                )
+            )
+    duration = body.get("frame_duration_ms")
+    if duration is not None:
+        if not _is_int(duration) or not 1 <= duration <= GIF_MAX_FRAME_DURATION_MS:  # type: ignore[operator]
+            problems.append(
+                RequestProblem(
+                    "frame_duration_ms",
+                    "integer_out_of_range",
+                    f"Invalid 'frame_duration_ms': {duration!r}. Expected 1..{GIF_MAX_FRAME_DURATION_MS}.",
+                )
+            )
+        elif fmt != "gif":
+            problems.append(
+                RequestProblem(
+                    "frame_duration_ms",
+                    "invalid_value",
+                    "'frame_duration_ms' is only supported with output_format 'gif'.",
+                )
+            )
+    svg = body.get("svg")
+    if svg is not None:
+        if fmt != "svg":
+            problems.append(RequestProblem("svg", "invalid_value", "'svg' is only supported with output_format 'svg'."))
+        elif not isinstance(svg, dict) or set(svg) - {"model", "reasoning"}:
+            problems.append(
+                RequestProblem("svg", "invalid_value", "'svg' must be an object with 'model' and optional 'reasoning'.")
+            )
+        else:
+            author = svg.get("model")
+            if not isinstance(author, str) or not author:
+                problems.append(RequestProblem("svg.model", "invalid_value", "'svg.model' must be a non-empty string."))
+            reasoning = svg.get("reasoning")
+            if reasoning is not None:
+                effort = reasoning.get("effort") if isinstance(reasoning, dict) else reasoning
+                if (
+                    not isinstance(reasoning, dict)
+                    or set(reasoning) - {"effort"}
+                    or (effort is not None and effort not in SVG_EFFORTS)
+                ):
+                    problems.append(
+                        RequestProblem(
+                            "svg.reasoning",
+                            "invalid_value",
+                            "'svg.reasoning' must be {effort: one of "
+                            + ", ".join(repr(e) for e in sorted(SVG_EFFORTS))
+                            + "}.",
+                        )
+                    )
+    if fmt == "svg" and n is not None and n != 1:
+        problems.append(RequestProblem("n", "invalid_value", "SVG output requires n = 1."))
+    return problems
+
+
+def _size_problems(
+    endpoint: str, size: object, model: object, rules: ModelFacts | None, advice: ModelAdvice | None
+) -> list[RequestProblem]:
+    """The model's fixed sizes, or its ``WxH`` rule where it has one for ``endpoint`` (SDK ``size``)."""
+    if size is None:
+        return []
+    if not isinstance(size, str) or (size != "auto" and parse_size(size) is None):
+        return [RequestProblem("size", "invalid_value", f"Invalid value for 'size': {size!r}.")]
+    if rules is None or size in rules.sizes:
+        return []
+    rule = rules.custom_size
+    parsed = parse_size(size)
+    if rule is None or endpoint not in rule.endpoints or parsed is None:
+        return [
+            RequestProblem(
+                "size",
+                "invalid_value",
+                f"Invalid value: '{size}'. Supported values are: "
+                + ", ".join(f"'{s}'" for s in rules.sizes)
+                + f" for {model} on {endpoint}.",
+            )
+        ]
+    reason = rule.problem(*parsed)
+    if reason:
+        return [RequestProblem("size", "invalid_value", f"Invalid size '{size}': {reason}.")]
+    if advice is not None and rule.experimental(*parsed):
+        advice.warn(
+            f"size:{model}:{size}",
+            f"{model}: size {size} is above {rule.experimental_above_pixels:,} pixels, which the service calls "
+            "experimental (SDK image_generate_params.py size).",
+        )
+    return []
 
 
 def _text_tokens(prompt: str) -> int:
@@ -450,34 +669,48 @@ def _text_tokens(prompt: str) -> int:
     return max(1, math.ceil(len(prompt) / 4))
 
 
-def _quality(body: dict[str, object]) -> str:
-    quality = body.get("quality")
-    return quality if isinstance(quality, str) and quality in _OUTPUT_TOKENS else "medium"
-
-
-def _output_tokens(model: str, body: dict[str, object]) -> int:
+def _output_tokens(rules: ModelFacts | None, body: Mapping[str, object]) -> int:
+    """Estimated output image tokens for one image: the table's ``output_tokens`` for the quality (``auto`` and
+    unknown qualities count as ``medium``), by shape, or scaled with the pixel count (``output_tokens_scale``)."""
     size = body.get("size")
-    w, h = resolve_size(size if isinstance(size, str) else None)
-    quality = _quality(body)
-    rules = model_rules(model)
-    if rules is not None and rules.name == "gpt-image-2":
-        return max(16, round(_GPT_IMAGE_2_SQUARE_TOKENS[quality] * (w * h) / (1024 * 1024)))
-    square, portrait, landscape = _OUTPUT_TOKENS[quality]
+    try:
+        w, h = resolve_size(size if isinstance(size, str) else None)
+    except ValueError:
+        w, h = 1024, 1024
+    quality = body.get("quality")
+    tokens = rules.output_tokens if rules is not None and rules.output_tokens else _FALLBACK_OUTPUT_TOKENS
+    triple = tokens.get(quality) if isinstance(quality, str) else None
+    if triple is None:
+        triple = tokens.get("medium") or next(iter(tokens.values()))
+    square, portrait, landscape = triple
+    if rules is not None and rules.output_tokens_scale == "pixels":
+        return max(16, round(square * (w * h) / (1024 * 1024)))
     return square if w == h else (portrait if h > w else landscape)
 
 
-def _image_input_count(body: dict[str, object]) -> int:
+#: For a model without ``output_tokens`` in the table: FACTS §6 token counts of the models before gpt-image-2.
+_FALLBACK_OUTPUT_TOKENS: Final[dict[str, tuple[int, int, int]]] = {
+    "low": (272, 408, 400),
+    "medium": (1056, 1584, 1568),
+    "high": (4160, 6240, 6208),
+}
+#: Input image tokens per reference image (an order-of-magnitude estimate; FACTS §6 gives no table).
+_IMAGE_IN_TOKENS: Final[dict[str, int]] = {"low": 323, "high": 4160}
+
+
+def _image_input_count(body: Mapping[str, object]) -> int:
     images = body.get("images")
     count = len(images) if isinstance(images, list) else 0
-    return count + (1 if body.get("mask") is not None else 0)
+    return count + (1 if body.get("mask") is not None else 0) + (1 if body.get("markup") is not None else 0)
 
 
-def estimate_input_tokens(body: dict[str, object]) -> int:
+def estimate_input_tokens(body: Mapping[str, object], models: ModelTable | None = None) -> int:
     """Estimated input tokens of one request body: prompt text plus reference images.
 
     This is what counts against the enqueued-token limit (FACTS §3.1: "every pending batch's input tokens
-    count"; how image requests are counted is unconfirmed, so this is our estimate). Multiply by ``n``? No:
-    input tokens are paid once per request.
+    count"; how image requests are counted is unconfirmed, so this is our estimate). Input tokens are paid once
+    per request, not per image of ``n``. A model that takes no ``input_fidelity`` always reads at high fidelity
+    (SDK ``image_edit_params.py``: "For gpt-image-2, omit").
     """
     prompt = body.get("prompt")
     text = _text_tokens(prompt) if isinstance(prompt, str) else 0
@@ -485,20 +718,22 @@ def estimate_input_tokens(body: dict[str, object]) -> int:
     if not images:  # the common case; the shard builder calls this once per line
         return text
     model = body.get("model")
-    rules = model_rules(model) if isinstance(model, str) else None
-    fidelity = "high" if (rules and rules.name == "gpt-image-2") or body.get("input_fidelity") == "high" else "low"
+    rules = model_rules(model, models) if isinstance(model, str) else None
+    always_high = rules is not None and not rules.input_fidelity
+    fidelity = "high" if always_high or body.get("input_fidelity") == "high" else "low"
     return text + images * _IMAGE_IN_TOKENS[fidelity]
 
 
-def estimate_usage(body: dict[str, object]) -> dict[str, object]:
+def estimate_usage(body: Mapping[str, object], models: ModelTable | None = None) -> dict[str, object]:
     """An ``ImageGenUsage`` object (SPEC) for ``body``: text and image input tokens, image output tokens × n."""
     prompt = body.get("prompt")
     text = _text_tokens(prompt) if isinstance(prompt, str) else 0
-    image_in = estimate_input_tokens(body) - text
+    image_in = estimate_input_tokens(body, models) - text
     model = body.get("model")
     n = body.get("n")
-    count = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-    out = _output_tokens(model if isinstance(model, str) else "", body) * count
+    count = n if _is_int(n) and n > 0 else 1  # type: ignore[operator]
+    rules = model_rules(model, models) if isinstance(model, str) else None
+    out = _output_tokens(rules, body) * count  # type: ignore[operator]
     return {
         "input_tokens": text + image_in,
         "input_tokens_details": {"text_tokens": text, "image_tokens": image_in},
@@ -508,15 +743,19 @@ def estimate_usage(body: dict[str, object]) -> dict[str, object]:
     }
 
 
-def request_cost_usd(model: str, usage: dict[str, object], *, batch: bool = True) -> float | None:
-    """Cost in USD of one request from its ``usage`` (SPEC ``ImageGenUsage``) and FACTS §6 token prices.
+def request_cost_usd(
+    model: str, usage: Mapping[str, object], *, batch: bool = True, models: ModelTable | None = None
+) -> float | None:
+    """Cost in USD of one request from its ``usage`` (SPEC ``ImageGenUsage``) and the table's token prices.
 
     Text input at the text price, image input at the image price, all output tokens at the image output
-    price; halved when ``batch`` (FACTS §6 "Batch = 50%"). ``None`` when the model has no known prices.
+    price (FACTS §6); halved when ``batch`` (FACTS §6 "Batch = 50%"). ``None`` when the table has no prices
+    for the model.
     """
-    rules = model_rules(model)
-    if rules is None:
+    rules = model_rules(model, models)
+    if rules is None or rules.prices is None:
         return None
+    prices = rules.prices
     details = usage.get("input_tokens_details")
     text_in = image_in = 0
     if isinstance(details, dict):
@@ -525,5 +764,5 @@ def request_cost_usd(model: str, usage: dict[str, object], *, batch: bool = True
     else:
         text_in = int(usage.get("input_tokens") or 0)  # type: ignore[call-overload]
     out = int(usage.get("output_tokens") or 0)  # type: ignore[call-overload]
-    cost: float = (text_in * rules.text_in_per_m + image_in * rules.image_in_per_m + out * rules.image_out_per_m) / 1e6
+    cost: float = (text_in * prices.text_in + image_in * prices.image_in + out * prices.image_out) / 1e6
     return cost * (BATCH_DISCOUNT if batch else 1.0)

@@ -62,6 +62,7 @@ _BODY_ORDER: Final[tuple[str, ...]] = (
     *BODY_DEFAULT_FIELDS[1:],
     "images",
     "mask",
+    "markup",
     "input_fidelity",
 )
 #: Every field a plain JSONL item line may have.
@@ -352,7 +353,7 @@ def _catalog_items(
     defaults = spec.defaults
     model = defaults["model"]
     shared = {name: defaults[name] for name in BODY_DEFAULT_FIELDS[1:] if name in defaults}
-    check = rules.ImageRequestCheck(_GENERATIONS, {"model": model, **shared})
+    check = rules.ImageRequestCheck(_GENERATIONS, {"model": model, **shared}, advice=spec.policy)
     pick_metadata = _column_picker(spec.metadata_columns)
     index = KeyIndex()
     add_key = index.add
@@ -408,7 +409,9 @@ def _plain_items(
     """:func:`make_items` for a plain JSONL item manifest (each line holds its key and body fields)."""
     defaults = spec.defaults
     shared = {name: defaults[name] for name in _BODY_ORDER if defaults.get(name) is not None}
-    checks = {endpoint: rules.ImageRequestCheck(endpoint, shared) for endpoint in (_GENERATIONS, _EDITS)}
+    checks = {
+        endpoint: rules.ImageRequestCheck(endpoint, shared, advice=spec.policy) for endpoint in (_GENERATIONS, _EDITS)
+    }
     index = KeyIndex()
     for row in rows:
         if isinstance(row, ManifestError):
@@ -440,7 +443,7 @@ def _plain_items(
             continue
         inputs: tuple[ImageRef, ...] = ()
         if built.endpoint == _EDITS:
-            refs = [*_as_list(built.body.get("images")), built.body.get("mask")]
+            refs = [*_as_list(built.body.get("images")), built.body.get("mask"), built.body.get("markup")]
             inputs = tuple(ref for ref in map(_image_ref, refs) if ref is not None)
         yield Item(
             key=key,
@@ -564,7 +567,7 @@ def _matrix_items(
             reported = {name for name, _ in problems}
             problems += [
                 (p.param, p.message)
-                for p in rules.check_image_request(_EDITS, built.body)
+                for p in rules.check_image_request(_EDITS, built.body, advice=spec.policy)
                 if p.param not in reported and p.param.split("[")[0].split(".")[0] not in reported
             ]
             if not problems:
@@ -730,8 +733,8 @@ def validate_job(spec: JobSpec, *, limit: int | None = None, max_listed: int = 5
         report.items += 1
         group = (result.endpoint, result.model)
         report.groups[group] = report.groups.get(group, 0) + 1
-        report.input_tokens += rules.estimate_input_tokens(result.body)
-        cost = rules.request_cost_usd(result.model, rules.estimate_usage(result.body))
+        report.input_tokens += rules.estimate_input_tokens(result.body, spec.models)
+        cost = rules.request_cost_usd(result.model, rules.estimate_usage(result.body, spec.models), models=spec.models)
         report.cost_usd += cost or 0.0
     return report
 
@@ -751,16 +754,37 @@ def _count_summary(report: ValidationReport) -> Mapping[str, object]:
 @click.option("--job-name", help="Job name when SOURCE is a plain JSONL manifest rather than a TOML spec.")
 @click.option("--limit", type=click.IntRange(min=1), help="Read at most this many manifest rows.")
 @click.option("--max-listed", type=click.IntRange(min=0), default=50, show_default=True)
-def validate_command(source: Path, job_name: str | None, limit: int | None, max_listed: int) -> None:
-    """Check a job (TOML spec, or plain JSONL manifest) before spending anything; exit 1 on any problem."""
+@click.option(
+    "--models",
+    "models_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='A TOML file of [models."NAME"] rows added to or overriding the model table.',
+)
+def validate_command(
+    source: Path, job_name: str | None, limit: int | None, max_listed: int, models_file: Path | None
+) -> None:
+    """Check a job (TOML spec, or plain JSONL manifest) before spending anything.
+
+    Exit 0: no problem; 1: some items have problems; 2: the spec is bad, or a model is shut down (or shuts down
+    before a batch could finish), with the date, the source and the replacement.
+    """
+    from batchpipe.lifecycle import clock_from_env
+
+    def warn(message: str) -> None:
+        click.echo(f"warning: {message}", err=True)
+
     try:
+        clock = clock_from_env()
         if source.suffix.lower() == ".toml":
-            spec = JobSpec.load(source)
+            spec = JobSpec.load(source, models_file=models_file, clock=clock, on_warning=warn)
         else:
-            spec = JobSpec.for_manifest(source, job_name or source.stem)
+            spec = JobSpec.for_manifest(
+                source, job_name or source.stem, models_file=models_file, clock=clock, on_warning=warn
+            )
         report = validate_job(spec, limit=limit, max_listed=max_listed)
-    except InputError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (InputError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from exc
     if report.matrix is not None:
         click.echo(report.matrix.line())
     for problem in report.problems:
@@ -770,5 +794,8 @@ def validate_command(source: Path, job_name: str | None, limit: int | None, max_
     for (endpoint, model), count in sorted(report.groups.items()):
         click.echo(f"{count:>9,}  {model}  {endpoint}")
     click.echo("  ".join(f"{k}={v}" for k, v in _count_summary(report).items()))
+    if spec.policy.refused:
+        click.echo(f"error: refused model(s): {', '.join(sorted(spec.policy.refused))} (see above)", err=True)
+        raise SystemExit(2)
     if not report.ok:
         raise SystemExit(1)

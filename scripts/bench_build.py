@@ -149,7 +149,7 @@ def orjson_child(csv_path: str, out_dir: str, job: str, shard_requests: int) -> 
                 out = open(shards / f"bench-{index:05d}-gen.jsonl", "wb")  # noqa: SIM115 - closed on rollover
                 index += 1
             body = {
-                "model": "gpt-image-1.5",
+                "model": "gpt-image-2",
                 "prompt": " ".join(nightly_prompt(row).split()),
                 "size": "1024x1024",
                 "quality": "low",

@@ -55,7 +55,7 @@ from bench_common import (
 )
 
 JOB = "bench-collect"
-MODEL = "gpt-image-1.5"
+MODEL = "gpt-image-2"
 ENDPOINT: Literal["/v1/images/generations"] = "/v1/images/generations"
 
 

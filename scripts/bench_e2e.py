@@ -80,7 +80,7 @@ def sdk_child(base_url: str, n: int, shard_size: int, workdir: str, poll_s: floa
             shards.append(work / f"shard-{len(shards):04d}.jsonl")
             fh = open(shards[-1], "w", encoding="utf-8")  # noqa: SIM115 - closed on rollover
         body = {
-            "model": "gpt-image-1.5",
+            "model": "gpt-image-2",
             "prompt": nightly_prompt(row),
             "size": "1024x1024",
             "quality": "low",

@@ -59,7 +59,7 @@ async def create_batches(base_url: str, n: int, folder: Path) -> dict[str, float
 
         async def one(i: int) -> None:
             path = folder / f"in-{i:05d}.jsonl"
-            body = {"model": "gpt-image-1-mini", "prompt": f"A product photo number {i}", "size": "1024x1024"}
+            body = {"model": "gpt-image-2", "prompt": f"A product photo number {i}", "size": "1024x1024"}
             line = {"custom_id": f"poll-{i}", "method": "POST", "url": ENDPOINT, "body": body}
             path.write_text(json.dumps(line) + "\n")
             async with sem:

@@ -126,7 +126,7 @@ def _unreachable_job(workspace: Path, name: str, retry_codes: str) -> Path:
         '[matrix]\nproduct = "{Handle}"\n[[matrix.variant]]\nname = "beach"\nbackground = "a beach"\n'
         '[references]\nimages = ["{Image Src}"]\n'
         '[references.mirror]\n"https://burst.shopifycdn.com/photos/" = "data/photos/"\n'
-        '[defaults]\nmodel = "gpt-image-1-mini"\nsize = "1024x1024"\nquality = "low"\n'
+        '[defaults]\nmodel = "gpt-image-2.5-flare"\nsize = "1024x1024"\nquality = "low"\n'
         f"[run]\nmax_attempts = 2\nretry_error_codes = {retry_codes}\n"
     )
     return spec

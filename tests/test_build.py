@@ -21,7 +21,7 @@ GEN = "/v1/images/generations"
 EDIT = "/v1/images/edits"
 
 
-def _item(i: int, model: str = "gpt-image-1.5", *, endpoint: str = GEN, prompt: str | None = None) -> Item:
+def _item(i: int, model: str = "gpt-image-2", *, endpoint: str = GEN, prompt: str | None = None) -> Item:
     body: dict[str, object] = {"model": model, "prompt": prompt if prompt is not None else f"product {i:04d}"}
     if endpoint == EDIT:
         body["images"] = [{"file_id": f"file-{i}"}]
@@ -55,13 +55,13 @@ def _check_files(shards: list[ShardInfo]) -> None:
 async def test_lines_are_the_batch_input_format(tmp_path: Path) -> None:
     item = _item(1)
     (shard,) = await _build(tmp_path, [item])
-    assert shard.path == tmp_path / "job-00000-gen-gpt-image-1.5.jsonl"
+    assert shard.path == tmp_path / "job-00000-gen-gpt-image-2.jsonl"
     assert shard.path.read_bytes() == _line(make_custom_id("job", "k1", 1), item)
     assert orjson.loads(shard.path.read_bytes()) == {
         "custom_id": make_custom_id("job", "k1", 1),
         "method": "POST",
         "url": GEN,
-        "body": {"model": "gpt-image-1.5", "prompt": "product 0001"},
+        "body": {"model": "gpt-image-2", "prompt": "product 0001"},
     }
 
 
@@ -91,25 +91,25 @@ async def test_split_by_input_tokens(tmp_path: Path) -> None:
 
 async def test_one_model_and_endpoint_per_shard(tmp_path: Path) -> None:
     items = [
-        _item(0, "gpt-image-1.5"),
-        _item(1, "gpt-image-1-mini"),
-        _item(2, "gpt-image-1.5", endpoint=EDIT),
-        _item(3, "gpt-image-1.5"),
-        _item(4, "gpt-image-1-mini"),
-        _item(5, "gpt-image-1.5", endpoint=EDIT),
+        _item(0, "gpt-image-2"),
+        _item(1, "gpt-image-2.5-flare"),
+        _item(2, "gpt-image-2", endpoint=EDIT),
+        _item(3, "gpt-image-2"),
+        _item(4, "gpt-image-2.5-flare"),
+        _item(5, "gpt-image-2", endpoint=EDIT),
     ]
     shards = await _build(tmp_path, items, max_requests=10)
     assert [(s.name, s.endpoint, s.model, s.requests) for s in shards] == [
-        ("job-00000-gen-gpt-image-1.5.jsonl", GEN, "gpt-image-1.5", 2),
-        ("job-00001-gen-gpt-image-1-mini.jsonl", GEN, "gpt-image-1-mini", 2),
-        ("job-00002-edit-gpt-image-1.5.jsonl", EDIT, "gpt-image-1.5", 2),
+        ("job-00000-gen-gpt-image-2.jsonl", GEN, "gpt-image-2", 2),
+        ("job-00001-gen-gpt-image-2.5-flare.jsonl", GEN, "gpt-image-2.5-flare", 2),
+        ("job-00002-edit-gpt-image-2.jsonl", EDIT, "gpt-image-2", 2),
     ]
     _check_files(shards)
     assert shards[2].input_tokens > shards[0].input_tokens  # reference images count
 
 
 async def test_builds_are_deterministic_across_many_write_chunks(tmp_path: Path) -> None:
-    items = [_item(i, ["gpt-image-1", "gpt-image-1-mini"][i % 2], prompt=f"{i} " + "long " * 60) for i in range(9000)]
+    items = [_item(i, ["gpt-image-2.5-sunburst", "gpt-image-2.5-flare"][i % 2], prompt=f"{i} " + "long " * 60) for i in range(9000)]
     first = await _build(tmp_path / "a", items, max_requests=4000)
     second = await _build(tmp_path / "b", items, max_requests=4000)
     assert [s.name for s in first] == [s.name for s in second]
@@ -118,23 +118,23 @@ async def test_builds_are_deterministic_across_many_write_chunks(tmp_path: Path)
     for a, b in zip(first, second, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
     _check_files(first)
-    expected = b"".join(_line(make_custom_id("job", it.key, 1), it) for it in items if it.model == "gpt-image-1")
-    assert b"".join(s.path.read_bytes() for s in first if s.model == "gpt-image-1") == expected
+    expected = b"".join(_line(make_custom_id("job", it.key, 1), it) for it in items if it.model == "gpt-image-2.5-sunburst")
+    assert b"".join(s.path.read_bytes() for s in first if s.model == "gpt-image-2.5-sunburst") == expected
 
 
 async def test_no_final_file_before_close_and_abort_cleans_up(tmp_path: Path) -> None:
     builder = ShardBuilder(tmp_path, prefix="job", max_requests=3)
     for i in range(4):
         name = await builder.add(f"c{i}", _item(i))
-        assert name == ("job-00000-gen-gpt-image-1.5.jsonl" if i < 3 else "job-00001-gen-gpt-image-1.5.jsonl")
-    assert builder.open_requests("job-00001-gen-gpt-image-1.5.jsonl") == 1
+        assert name == ("job-00000-gen-gpt-image-2.jsonl" if i < 3 else "job-00001-gen-gpt-image-2.jsonl")
+    assert builder.open_requests("job-00001-gen-gpt-image-2.jsonl") == 1
     # the first shard closed when the 4th line came; the second is still being written
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".job-00001-gen-gpt-image-1.5.jsonl.part",
-        "job-00000-gen-gpt-image-1.5.jsonl",
+        ".job-00001-gen-gpt-image-2.jsonl.part",
+        "job-00000-gen-gpt-image-2.jsonl",
     ]
     await builder.abort()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["job-00000-gen-gpt-image-1.5.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job-00000-gen-gpt-image-2.jsonl"]
     with pytest.raises(RuntimeError):
         await builder.add("c9", _item(9))
 
@@ -142,7 +142,7 @@ async def test_no_final_file_before_close_and_abort_cleans_up(tmp_path: Path) ->
 async def test_context_manager_closes_or_aborts(tmp_path: Path) -> None:
     async with ShardBuilder(tmp_path / "ok", prefix="job") as builder:
         await builder.add("c0", _item(0))
-    assert [p.name for p in (tmp_path / "ok").iterdir()] == ["job-00000-gen-gpt-image-1.5.jsonl"]
+    assert [p.name for p in (tmp_path / "ok").iterdir()] == ["job-00000-gen-gpt-image-2.jsonl"]
     with pytest.raises(ValueError, match="boom"):
         async with ShardBuilder(tmp_path / "bad", prefix="job") as builder:
             await builder.add("c0", _item(0))
@@ -176,7 +176,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
         ShardBuilder(tmp_path, prefix="a", max_bytes=0)
 
 
-@given(st.text(max_size=200), st.sampled_from(["gpt-image-1", "gpt-image-2", "gpt-image-1-mini"]))
+@given(st.text(max_size=200), st.sampled_from(["gpt-image-1", "gpt-image-2", "gpt-image-2.5-flare"]))
 async def test_inlined_token_estimate_matches_spec(prompt: str, model: str) -> None:
     body: dict[str, object] = {"model": model, "prompt": prompt}
     expected = spec.estimate_input_tokens(body)

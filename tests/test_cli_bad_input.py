@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-GOOD = b'{"key": "a", "prompt": "a red mug", "model": "gpt-image-1-mini"}\n'
+GOOD = b'{"key": "a", "prompt": "a red mug", "model": "gpt-image-2.5-flare"}\n'
 CASES = {
     "not json": (GOOD + b"{not json\n", ":2"),
-    "wrong type": (GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-1-mini", "n": "two"}\n', "n"),
+    "wrong type": (GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-2.5-flare", "n": "two"}\n', "n"),
     "duplicate key": (GOOD + GOOD, "key"),
-    "unknown field": (GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-1-mini", "colour": 1}\n', "colour"),
-    "empty prompt": (GOOD + b'{"key": "b", "prompt": "  ", "model": "gpt-image-1-mini"}\n', "prompt"),
-    "size refused": (GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-1.5", "size": "2048x2048"}\n', "size"),
-    "path key": (GOOD + b'{"key": "../../etc/x", "prompt": "x", "model": "gpt-image-1-mini"}\n', "key"),
-    "non utf-8": (GOOD + b'{"key": "b", "prompt": "caf\xe9", "model": "gpt-image-1-mini"}\n', ":2"),
+    "unknown field": (GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-2.5-flare", "colour": 1}\n', "colour"),
+    "empty prompt": (GOOD + b'{"key": "b", "prompt": "  ", "model": "gpt-image-2.5-flare"}\n', "prompt"),
+    "size refused": (GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-2.6-flare", "size": "2048x2048"}\n', "size"),
+    "path key": (GOOD + b'{"key": "../../etc/x", "prompt": "x", "model": "gpt-image-2.5-flare"}\n', "key"),
+    "non utf-8": (GOOD + b'{"key": "b", "prompt": "caf\xe9", "model": "gpt-image-2.5-flare"}\n', ":2"),
     "empty file": (b"", "empty"),
 }
 

@@ -26,7 +26,7 @@ from batchpipe.store import LocalImageStore
 def _png(color: tuple[int, int, int], size: int = 64) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (size, size), color).save(buf, "PNG")
-    return sign_image(buf.getvalue(), "image/png", model="gpt-image-1.5")
+    return sign_image(buf.getvalue(), "image/png", model="gpt-image-2")
 
 
 class _Stream:
@@ -93,7 +93,7 @@ def _setup(tmp_path: Path, n: int) -> tuple[SqliteLedger, list[str]]:
             "attempt": 1,
             "run_id": "r",
             "endpoint": "/v1/images/generations",
-            "model": "gpt-image-1.5",
+            "model": "gpt-image-2",
             "request_hash": "h",
             "body_json": "{}",
             "metadata_json": "{}",

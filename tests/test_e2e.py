@@ -90,8 +90,8 @@ def test_bad_spec_exits_2_with_file_line_and_field(workspace: Path) -> None:
 def test_skip_invalid_records_each_invalid_item_once_and_submits_the_rest(workspace: Path) -> None:
     manifest = workspace / "items.jsonl"
     manifest.write_bytes(
-        b'{"key": "ok", "prompt": "a mug", "model": "gpt-image-1-mini"}\n'
-        b'{"key": "bad", "prompt": "a mug", "model": "gpt-image-1-mini", "size": "9x9", "quality": "ultra"}\n'
+        b'{"key": "ok", "prompt": "a mug", "model": "gpt-image-2.5-flare"}\n'
+        b'{"key": "bad", "prompt": "a mug", "model": "gpt-image-2.5-flare", "size": "9x9", "quality": "ultra"}\n'
     )
     code, _, err = _invoke(
         "run", "--manifest", str(manifest), "--job-name", "skip", "--skip-invalid", "--poll-interval", "0.1"

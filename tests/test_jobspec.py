@@ -75,7 +75,7 @@ key = "{pid}"
 prompt = "Photo of {product_name}{? by {brand}}"
 
 [defaults]
-model = "gpt-image-1.5"
+model = "gpt-image-2"
 size = "1024x1024"
 quality = "low"
 
@@ -83,7 +83,7 @@ quality = "low"
 max_attempts = 2
 max_requests_per_shard = 100
 [run.enqueued_token_budget]
-"gpt-image-1.5" = 1000
+"gpt-image-2" = 1000
 """
 
 
@@ -107,19 +107,19 @@ def test_load_resolves_paths_and_defaults(tmp_path: Path) -> None:
     assert spec.manifest_path == (tmp_path / "cat.csv").resolve()
     assert spec.manifest_format == "csv"
     assert spec.output_dir == (tmp_path / "work" / "out" / "demo").resolve()
-    assert spec.defaults == {"model": "gpt-image-1.5", "size": "1024x1024", "quality": "low"}
+    assert spec.defaults == {"model": "gpt-image-2", "size": "1024x1024", "quality": "low"}
     assert spec.columns == ("pid", "product_name", "brand", "Variant SKU")
     assert spec.metadata_columns == ("pid", "product_name", "brand")
     assert spec.on_duplicate_key == "suffix"
     assert spec.run.max_attempts == 2
-    assert spec.run.enqueued_token_budget == {"gpt-image-1.5": 1000}
+    assert spec.run.enqueued_token_budget == {"gpt-image-2": 1000}
     assert spec.run.skip_invalid is False
 
 
 def test_the_demo_job_loads() -> None:
     spec = JobSpec.load(REPO / "jobs" / "catalog-nightly.toml", workdir=REPO)
     assert spec.name == "catalog-nightly"
-    assert spec.defaults["model"] == "gpt-image-1.5"
+    assert spec.defaults["model"] == "gpt-image-2"
     assert spec.manifest_path == (REPO / "jobs" / "data" / "flipkart-products-20k.csv").resolve()
     assert spec.prompt_template is not None
     assert set(spec.prompt_template.fields) == {"product_name", "brand"}
@@ -137,14 +137,14 @@ def test_bad_toml_names_the_line(tmp_path: Path) -> None:
         ("max_attempts = 2", "max_atempts = 2", "run.max_atempts", 17),
         ("max_attempts = 2", 'max_attempts = "2"', "run.max_attempts", 17),
         ("max_attempts = 2", "max_attempts = 0", "run.max_attempts", 17),
-        ('"gpt-image-1.5" = 1000', '"gpt-image-1.5" = -1', "run.enqueued_token_budget.gpt-image-1.5", 20),
+        ('"gpt-image-2" = 1000', '"gpt-image-2" = -1', "run.enqueued_token_budget.gpt-image-2", 20),
         ('name = "demo"', 'name = "../evil"', "job.name", 2),
         ('[job]\nname = "demo"\n', "", "job", None),
         ('path = "cat.csv"', 'path = "cat.csv"\nformat = "xml"', "manifest.format", 6),
-        ('size = "1024x1024"', 'size = "2048x2048"', "defaults.size", 13),
+        ('size = "1024x1024"', 'size = "2050x2050"', "defaults.size", 13),
         ('quality = "low"', 'quality = "ultra"', "defaults.quality", 14),
-        ('"gpt-image-1.5" = 1000', '"dall-e-3" = 1000', "run.enqueued_token_budget.dall-e-3", 20),
-        ('model = "gpt-image-1.5"', 'model = "gpt-image-9"', "defaults.model", 12),
+        ('"gpt-image-2" = 1000', '"dall-e-3" = 1000', "run.enqueued_token_budget.dall-e-3", 20),
+        ('model = "gpt-image-2"', 'model = "gpt-image-9"', "defaults.model", 12),
         ('key = "{pid}"', 'key = "{sku}"', "item.key", 8),
         ('key = "{pid}"', 'key = "{pid"', "item.key", 8),
         ('key = "{pid}"', 'key = "{pid}"\nmetadata = ["nope"]', "item.metadata", 9),
@@ -175,7 +175,7 @@ def test_column_names_with_spaces_are_usable(tmp_path: Path) -> None:
 def test_csv_needs_templates_and_a_model(tmp_path: Path) -> None:
     error = _error(_spec(tmp_path, GOOD.replace('key = "{pid}"\n', "")))
     assert error.field == "item.key"
-    error = _error(_spec(tmp_path, GOOD.replace('model = "gpt-image-1.5"\n', "")))
+    error = _error(_spec(tmp_path, GOOD.replace('model = "gpt-image-2"\n', "")))
     assert error.field == "defaults.model"
 
 
@@ -201,9 +201,9 @@ def test_plain_jsonl_spec_and_absolute_output(tmp_path: Path) -> None:
 def test_for_manifest(tmp_path: Path) -> None:
     path = tmp_path / "items.jsonl"
     path.write_text('{"key": "a"}\n')
-    spec = JobSpec.for_manifest(path, "adhoc", defaults={"model": "gpt-image-1-mini"}, workdir=tmp_path)
+    spec = JobSpec.for_manifest(path, "adhoc", defaults={"model": "gpt-image-2.5-flare"}, workdir=tmp_path)
     assert spec.name == "adhoc"
-    assert spec.defaults == {"model": "gpt-image-1-mini"}
+    assert spec.defaults == {"model": "gpt-image-2.5-flare"}
     assert spec.output_dir == tmp_path / "out" / "adhoc"
     assert spec.run == RunOptions()
     with pytest.raises(JobSpecError) as info:
@@ -213,7 +213,7 @@ def test_for_manifest(tmp_path: Path) -> None:
         JobSpec.for_manifest(path, "x", defaults={"n": "3"})
     assert info.value.field == "defaults.n"
     with pytest.raises(JobSpecError) as info:
-        JobSpec.for_manifest(path, "x", defaults={"model": "gpt-image-1", "size": "999x999"})
+        JobSpec.for_manifest(path, "x", defaults={"model": "gpt-image-2.6-flare", "size": "999x999"})
     assert info.value.field == "defaults.size"
     csv = tmp_path / "c.csv"
     csv.write_text("a\n1\n")

@@ -21,7 +21,7 @@ def _row(
         "attempt": attempt,
         "run_id": run_id,
         "endpoint": "/v1/images/generations",
-        "model": "gpt-image-1.5",
+        "model": "gpt-image-2",
         "request_hash": "h-" + key,
         "body_json": '{"prompt": "p"}',
         "metadata_json": "{}",
@@ -81,8 +81,8 @@ def test_transaction_rolls_back_everything(ledger: SqliteLedger) -> None:
 
 def test_batch_records_are_idempotent_and_changes_are_logged(ledger: SqliteLedger) -> None:
     batch = {"id": "batch_1", "status": "validating", "input_file_id": "file-1", "created_at": 100}
-    assert ledger.record_batch(batch, shard="s1", run_id="r1", model="gpt-image-1.5") is True
-    assert ledger.record_batch(batch, shard="s1", run_id="r1", model="gpt-image-1.5") is False
+    assert ledger.record_batch(batch, shard="s1", run_id="r1", model="gpt-image-2") is True
+    assert ledger.record_batch(batch, shard="s1", run_id="r1", model="gpt-image-2") is False
     assert ledger.update_batch({**batch, "status": "in_progress"}) == "validating"
     assert ledger.update_batch({**batch, "status": "in_progress"}) is None
     events = ledger.events(entity="batch", entity_id="batch_1")

@@ -49,7 +49,7 @@ class Lossy(httpx.AsyncBaseTransport):
 def _manifest(path: Path, n: int) -> Path:
     path.write_bytes(
         b"".join(
-            orjson.dumps({"key": f"k{i}", "prompt": f"A lamp, variant {i} " + "word " * 40, "model": "gpt-image-1-mini",
+            orjson.dumps({"key": f"k{i}", "prompt": f"A lamp, variant {i} " + "word " * 40, "model": "gpt-image-2.5-flare",
                           "quality": "low"}) + b"\n"
             for i in range(n)
         )
@@ -136,9 +136,9 @@ async def test_a_lost_upload_response_is_adopted(tmp_path: Path, emulator: Embed
 
 async def test_enqueued_token_budget_sends_waves_instead_of_failing(tmp_path: Path) -> None:
     _manifest(tmp_path / "m.jsonl", 40)  # ~70 input tokens each; shards of 10 lines ≈ 700 tokens
-    config = EmulatorConfig(state_dir=tmp_path / "emu", enqueued_token_limit={"gpt-image-1-mini": 1600})
+    config = EmulatorConfig(state_dir=tmp_path / "emu", enqueued_token_limit={"gpt-image-2.5-flare": 1600})
     with EmbeddedEmulator(config) as emu:
-        summary = await _run(tmp_path, emu, max_shard_requests=10, enqueued_token_budget={"gpt-image-1-mini": 1600})
+        summary = await _run(tmp_path, emu, max_shard_requests=10, enqueued_token_budget={"gpt-image-2.5-flare": 1600})
         batches = _remote_batches(emu)
     assert summary.items == {"succeeded": 40}
     assert len(batches) == 4 and all(b["status"] == "completed" for b in batches)  # no token_limit_exceeded
@@ -147,7 +147,7 @@ async def test_enqueued_token_budget_sends_waves_instead_of_failing(tmp_path: Pa
 async def test_without_a_budget_token_limit_failures_are_retried(tmp_path: Path) -> None:
     _manifest(tmp_path / "m.jsonl", 40)
     slow = SpeedConfig(mode="realistic", validating_s=0, per_request_s=0.2, finalizing_s=0)  # batches stay in flight
-    config = EmulatorConfig(state_dir=tmp_path / "emu", speed=slow, enqueued_token_limit={"gpt-image-1-mini": 1600})
+    config = EmulatorConfig(state_dir=tmp_path / "emu", speed=slow, enqueued_token_limit={"gpt-image-2.5-flare": 1600})
     with EmbeddedEmulator(config) as emu:
         summary = await _run(tmp_path, emu, max_shard_requests=10, max_attempts=5)
         batches = _remote_batches(emu)
@@ -158,7 +158,7 @@ async def test_without_a_budget_token_limit_failures_are_retried(tmp_path: Path)
 
 async def test_the_user_chooses_which_final_errors_to_retry(tmp_path: Path, emulator: EmbeddedEmulator) -> None:
     (tmp_path / "m.jsonl").write_bytes(
-        orjson.dumps({"key": "b", "prompt": "EMULATOR_BLOCK mug", "model": "gpt-image-1-mini"}) + b"\n"
+        orjson.dumps({"key": "b", "prompt": "EMULATOR_BLOCK mug", "model": "gpt-image-2.5-flare"}) + b"\n"
     )
     summary = await _run(tmp_path, emulator, max_attempts=3, retry_error_codes=frozenset({"moderation_blocked"}))
     ledger = SqliteLedger(tmp_path / "w" / "ledger.sqlite")

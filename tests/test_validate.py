@@ -23,6 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 GEN = "/v1/images/generations"
 
 
+@pytest.fixture(autouse=True)
+def _models_live_on_2026_11_01(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the request rules of models that were live on 2026-11-01 (gpt-image-1.5 and
+    gpt-image-1-mini take input_fidelity); lifecycle refusals have their own tests (tests/test_models_lineup.py)."""
+    monkeypatch.setenv("BATCHPIPE_NOW", "2026-11-01T00:00:00+00:00")
+
+
 def _jsonl(tmp_path: Path, *lines: object, name: str = "items.jsonl") -> Path:
     path = tmp_path / name
     path.write_bytes(b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines))
@@ -183,7 +190,7 @@ def test_duplicate_keys_error_policy(tmp_path: Path) -> None:
     (tmp_path / "c.csv").write_text("sku,name\nA,one\nB,two\nA,three\n")
     (tmp_path / "job.toml").write_text(
         '[job]\nname = "d"\n[manifest]\npath = "c.csv"\n[item]\nkey = "{sku}"\nprompt = "{name}"\n'
-        'on_duplicate_key = "error"\n[defaults]\nmodel = "gpt-image-1"\n'
+        'on_duplicate_key = "error"\n[defaults]\nmodel = "gpt-image-2"\n'
     )
     results = list(make_items(JobSpec.load(tmp_path / "job.toml", workdir=tmp_path)))
     assert [r.key for r in results if isinstance(r, Item)] == ["A", "B"]
@@ -231,7 +238,7 @@ def test_manifest_row_errors_become_problems_and_file_errors_raise(tmp_path: Pat
 
 def test_limit_counts_rows(tmp_path: Path) -> None:
     path = _jsonl(tmp_path, *({"key": f"k{i}", "prompt": "p"} for i in range(10)))
-    spec = JobSpec.for_manifest(path, "t", defaults={"model": "gpt-image-1"})
+    spec = JobSpec.for_manifest(path, "t", defaults={"model": "gpt-image-2"})
     assert len(list(make_items(spec, limit=3))) == 3
 
 
@@ -258,7 +265,7 @@ def test_the_flipkart_catalog_maps_to_20000_items_with_its_duplicates_reported()
         assert isinstance(result, Item), str(result)
         count += 1
         keys.add(result.key)
-        assert result.body["model"] == "gpt-image-1.5"
+        assert result.body["model"] == "gpt-image-2"
         assert "  " not in str(result.body["prompt"])
     assert count == len(keys) == 20_000
     assert len(warnings) == repeated
@@ -267,11 +274,11 @@ def test_the_flipkart_catalog_maps_to_20000_items_with_its_duplicates_reported()
 
 
 def test_validate_job_report_and_cli(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path, {"key": "a", "prompt": "p", "model": "gpt-image-1"}, {"key": "b", "prompt": ""})
+    path = _jsonl(tmp_path, {"key": "a", "prompt": "p", "model": "gpt-image-2"}, {"key": "b", "prompt": ""})
     spec = JobSpec.for_manifest(path, "t")
     report = validate_job(spec)
     assert (report.items, report.problem_count, report.ok) == (1, 2, False)  # no model, empty prompt
-    assert report.groups == {(GEN, "gpt-image-1"): 1}
+    assert report.groups == {(GEN, "gpt-image-2"): 1}
     assert report.cost_usd > 0
     result = CliRunner().invoke(validate_command, [str(path)])
     assert result.exit_code == 1
@@ -357,7 +364,7 @@ _REF = st.one_of(
 )
 #: Every body field the service checks, with good, bad and oddly typed values.
 _BODY_FIELDS: dict[str, st.SearchStrategy[object]] = {
-    "model": st.sampled_from([*rules.MODELS, "gpt-image-1.5-2025-12-16", "dall-e-3", "", None, 3]),
+    "model": st.sampled_from([*rules.shipped_models().names(), "gpt-image-1.5-2025-12-16", "dall-e-3", "", None, 3]),
     "prompt": st.one_of(
         st.text(max_size=12),
         st.sampled_from(["", "   ", "\u2028\t", "x" * rules.MAX_PROMPT_CHARS, "y" * (rules.MAX_PROMPT_CHARS + 1)]),
@@ -460,7 +467,7 @@ def test_catalog_items_equal_checking_every_full_body(
         prompt = " ".join(spec.prompt_template.interpret(values).split())
         body = {"model": defaults["model"], "prompt": prompt}
         body.update({k: defaults[k] for k in BODY_DEFAULT_FIELDS[1:] if k in defaults})
-        expected = [(p.param, p.message) for p in rules.check_image_request(GEN, body)]
+        expected = [(p.param, p.message) for p in rules.check_image_request(GEN, body, advice=spec.policy)]
         if not prompt:  # reported once, by make_items' own message
             expected = [("prompt", "the prompt renders empty (columns used: name, brand)")] + [
                 e for e in expected if e[0] != "prompt"

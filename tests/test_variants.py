@@ -21,6 +21,14 @@ from batchpipe.models import Item
 from batchpipe.validate import ItemProblem, make_items, validate_job
 from batchpipe.variants import MatrixStats
 
+
+@pytest.fixture(autouse=True)
+def _models_live_on_2026_11_01(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the request rules of models that were live on 2026-11-01 (gpt-image-1.5 and
+    gpt-image-1-mini take input_fidelity); lifecycle refusals have their own tests (tests/test_models_lineup.py)."""
+    monkeypatch.setenv("BATCHPIPE_NOW", "2026-11-01T00:00:00+00:00")
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 CSV = """\

@@ -691,6 +691,12 @@ class OpenAIClient:
         """``GET /batches/{batch_id}``: the ``Batch``. Raises NotFoundError and the ApiError family."""
         return await self._json("GET", "/batches/{batch_id}", f"batches/{_seg(batch_id)}", idempotent=True)
 
+    async def retrieve_model(self, model: str) -> dict[str, object]:
+        """``GET /models/{model}``: the ``Model`` (SPEC ``retrieveModel``; SDK ``types/model.py``: ``id``,
+        ``created``, ``owned_by``, ``shutdown_date`` ``YYYY-MM-DD`` or null). Raises NotFoundError for a model the
+        service does not know, and the ApiError family."""
+        return await self._json("GET", "/models/{model}", f"models/{_seg(model)}", idempotent=True)
+
     async def list_batches(self, *, after: str | None = None, limit: int = 100) -> dict[str, object]:
         """``GET /batches`` (SPEC ``listBatches``): one ``ListBatchesResponse`` page, newest first; ``limit``
         1..100."""
