@@ -14,7 +14,7 @@ Format (every section optional except ``[job]`` and ``[manifest]``; unknown keys
     on_duplicate_key = "suffix"           # "suffix" (K, K~2, K~3...) | "error"
     metadata = ["uniq_id", "pid"]         # columns copied to item metadata; default: the template columns
     [defaults]                            # Images API body fields applied to every request
-    model = "gpt-image-1.5"               # also: size, quality, background, output_format,
+    model = "gpt-image-2"                 # also: size, quality, background, output_format,
     size = "1024x1024"                    #   output_compression, n, moderation
     [output]
     dir = "out/catalog-nightly"           # relative to the working directory unless absolute
@@ -27,7 +27,7 @@ Format (every section optional except ``[job]`` and ``[manifest]``; unknown keys
     max_shard_bytes = 200000000
     max_input_tokens_per_shard = 1000000  # optional
     [run.enqueued_token_budget]           # per model, input tokens
-    "gpt-image-1.5" = 2000000
+    "gpt-image-2" = 2000000
 
 A *variant matrix* job (brand variants through ``/v1/images/edits``, see :mod:`batchpipe.variants` and
 :mod:`batchpipe.references`) adds::

@@ -227,8 +227,9 @@ class ModelPolicy:
         """Ask the service once per model (``GET /v1/models/{model}``) and trust its ``shutdown_date``.
 
         A 404 with code ``model_not_found`` (the service's answer for a model it does not know, M26 §1) marks
-        the model unknown (refused); any other 404 (a proxy without the route), an answer whose ``shutdown_date`` is not ``YYYY-MM-DD`` or null,
-        or any other API error, keeps the table's date and logs a warning (the service could not be asked).
+        the model unknown (refused); any other 404 (a proxy without the route), an answer whose ``shutdown_date``
+        is not ``YYYY-MM-DD`` or null, or any other API error keeps the table's date and warns (the service could
+        not be asked).
         """
         for model in sorted(set(models)):
             if model in self.service:

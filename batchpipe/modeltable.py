@@ -301,7 +301,10 @@ class ModelTable:
                 merged[name] = {**before, **update}
             else:
                 merged[name] = dict(row)
-        return ModelTable.from_rows(merged, origin=f"{self.origin} + {origin}")
+        try:
+            return ModelTable.from_rows(merged, origin=f"{self.origin} + {origin}")
+        except ModelTableError as exc:  # the rows just added are the ones to fix: name their file
+            raise ModelTableError(exc.message, file=origin, field=exc.field) from exc
 
 
 def _read_toml(text: str, origin: str) -> dict[str, Any]:

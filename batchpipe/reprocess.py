@@ -198,7 +198,7 @@ def job_session(
     if spec_path is None or not spec_path.is_file():
         return None
     try:
-        spec = JobSpec.load(spec_path, workdir=workdir)
+        spec = JobSpec.load(spec_path, workdir=workdir, on_warning=lambda message: None)  # only its session is used
     except InputError:
         return None
     if spec.matrix is None:

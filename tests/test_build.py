@@ -109,7 +109,10 @@ async def test_one_model_and_endpoint_per_shard(tmp_path: Path) -> None:
 
 
 async def test_builds_are_deterministic_across_many_write_chunks(tmp_path: Path) -> None:
-    items = [_item(i, ["gpt-image-2.5-sunburst", "gpt-image-2.5-flare"][i % 2], prompt=f"{i} " + "long " * 60) for i in range(9000)]
+    items = [
+        _item(i, ["gpt-image-2.5-sunburst", "gpt-image-2.5-flare"][i % 2], prompt=f"{i} " + "long " * 60)
+        for i in range(9000)
+    ]
     first = await _build(tmp_path / "a", items, max_requests=4000)
     second = await _build(tmp_path / "b", items, max_requests=4000)
     assert [s.name for s in first] == [s.name for s in second]
@@ -118,7 +121,9 @@ async def test_builds_are_deterministic_across_many_write_chunks(tmp_path: Path)
     for a, b in zip(first, second, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
     _check_files(first)
-    expected = b"".join(_line(make_custom_id("job", it.key, 1), it) for it in items if it.model == "gpt-image-2.5-sunburst")
+    expected = b"".join(
+        _line(make_custom_id("job", it.key, 1), it) for it in items if it.model == "gpt-image-2.5-sunburst"
+    )
     assert b"".join(s.path.read_bytes() for s in first if s.model == "gpt-image-2.5-sunburst") == expected
 
 

@@ -15,7 +15,10 @@ CASES = {
     "duplicate key": (GOOD + GOOD, "key"),
     "unknown field": (GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-2.5-flare", "colour": 1}\n', "colour"),
     "empty prompt": (GOOD + b'{"key": "b", "prompt": "  ", "model": "gpt-image-2.5-flare"}\n', "prompt"),
-    "size refused": (GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-2.6-flare", "size": "2048x2048"}\n', "size"),
+    "size refused": (
+        GOOD + b'{"key": "b", "prompt": "x", "model": "gpt-image-2.6-flare", "size": "2048x2048"}\n',
+        "size",
+    ),
     "path key": (GOOD + b'{"key": "../../etc/x", "prompt": "x", "model": "gpt-image-2.5-flare"}\n', "key"),
     "non utf-8": (GOOD + b'{"key": "b", "prompt": "caf\xe9", "model": "gpt-image-2.5-flare"}\n', ":2"),
     "empty file": (b"", "empty"),

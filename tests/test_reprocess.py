@@ -20,7 +20,9 @@ def _manifest(path: Path, n: int, *, blocked: set[int]) -> Path:
         prompt = f"Product shot number {i} of a blue teapot"
         if i in blocked:
             prompt += " EMULATOR_BLOCK"
-        lines.append(orjson.dumps({"key": f"sku-{i}", "prompt": prompt, "model": "gpt-image-2.5-flare", "quality": "low"}))
+        lines.append(
+            orjson.dumps({"key": f"sku-{i}", "prompt": prompt, "model": "gpt-image-2.5-flare", "quality": "low"})
+        )
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
 
@@ -75,7 +77,9 @@ def test_retry_workflows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert code == 0, out
     lines = [orjson.loads(line) for line in Path("again.jsonl").read_text().splitlines()]
     assert sorted(line["key"] for line in lines) == ["sku-1", "sku-4"]
-    assert all(line["metadata"]["retry_of"].endswith("-a1") and line["model"] == "gpt-image-2.5-flare" for line in lines)
+    assert all(
+        line["metadata"]["retry_of"].endswith("-a1") and line["model"] == "gpt-image-2.5-flare" for line in lines
+    )
     fixed = [{**line, "prompt": line["prompt"].replace(" EMULATOR_BLOCK", "")} for line in lines]
     Path("fixed.jsonl").write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in fixed))
     code, out = _invoke("run", "--manifest", "fixed.jsonl", "--job-name", "tea-fixed", "--poll-interval", "0.05")

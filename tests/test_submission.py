@@ -49,8 +49,8 @@ class Lossy(httpx.AsyncBaseTransport):
 def _manifest(path: Path, n: int) -> Path:
     path.write_bytes(
         b"".join(
-            orjson.dumps({"key": f"k{i}", "prompt": f"A lamp, variant {i} " + "word " * 40, "model": "gpt-image-2.5-flare",
-                          "quality": "low"}) + b"\n"
+            orjson.dumps({"key": f"k{i}", "prompt": f"A lamp, variant {i} " + "word " * 40,
+                          "model": "gpt-image-2.5-flare", "quality": "low"}) + b"\n"
             for i in range(n)
         )
     )  # fmt: skip
