@@ -502,3 +502,21 @@ def test_run_stops_before_any_upload_on_a_retired_model(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "2026-12-01" in proc.stderr and "Traceback" not in proc.stderr
     assert not list((tmp_path / "w").glob("shards/*.jsonl"))
+
+
+def test_a_jsonl_line_on_a_retired_model_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    path.write_text(
+        '{"key": "a", "prompt": "a mug", "model": "gpt-image-2"}\n'
+        '{"key": "b", "prompt": "a mug", "model": "gpt-image-1-mini"}\n'
+        '{"key": "c", "prompt": "a mug", "model": "gpt-image-2", "user": "u-1"}\n'
+    )
+    proc = _cli("validate", str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert "items.jsonl:2: field 'model': gpt-image-1-mini shuts down on 2026-12-01" in proc.stderr
+    assert "warning: 'user' is deprecated: use 'safety_identifier'" in proc.stderr
+    proc = _cli("validate", str(path), now="2026-10-01")
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli("run", "--manifest", str(path), "--job-name", "j", "--workdir", str(tmp_path / "w"))
+    assert proc.returncode == 2 and "items.jsonl:2" in proc.stderr
+    assert not list((tmp_path / "w").glob("shards/*.jsonl"))
