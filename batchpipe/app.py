@@ -113,7 +113,8 @@ class RunRequest:
     ``spec_path``: the job spec, remembered on the run so ``batchpipe retry`` can find the job's session.
     ``policy``: the model lifecycle policy (:class:`~batchpipe.lifecycle.ModelPolicy`) the items were checked
     with; the runner asks the service about each model with it before any upload. ``known_models``: the models
-    the job names in its spec (``[defaults]``, variants).
+    the job names in its spec (``[defaults]``, variants), asked about before anything else; ``model_line``: the
+    spec line of ``[defaults] model``, for the refusal.
     """
 
     job: str
@@ -128,6 +129,7 @@ class RunRequest:
     spec_path: Path | None = None
     policy: Any = None
     known_models: frozenset[str] = frozenset()
+    model_line: int | None = None
 
 
 def request_from_spec(
@@ -152,7 +154,12 @@ def request_from_spec(
     from batchpipe.jobspec import JobSpec
     from batchpipe.validate import make_items
 
-    model_args: dict[str, Any] = {"models_file": models_file, "clock": clock, "on_warning": on_warning}
+    model_args: dict[str, Any] = {
+        "models_file": models_file,
+        "clock": clock,
+        "on_warning": on_warning,
+        "defer_lifecycle": True,  # the service is asked first (execute_async); its shutdown_date wins
+    }
     if job_spec is not None:
         spec = JobSpec.load(job_spec, workdir=workdir, **model_args)
     else:
@@ -196,6 +203,7 @@ def request_from_spec(
         spec_path=spec.spec_path.resolve() if spec.spec_path is not None else None,
         policy=spec.policy,
         known_models=frozenset(known),
+        model_line=spec.model_line,
     )
 
 
@@ -318,7 +326,14 @@ async def execute_async(
             from batchpipe.emulator.config import EmulatorConfig
             from batchpipe.emulator.server import EmbeddedEmulator
 
-            config = emulator_config or EmulatorConfig(state_dir=options.workdir / "emulator")
+            if emulator_config is not None:
+                config = emulator_config
+            elif request.policy is not None:  # the job's model table and lifecycle clock ([models], --models)
+                config = EmulatorConfig(
+                    state_dir=options.workdir / "emulator", models=request.policy.table, now=request.policy.now
+                )
+            else:
+                config = EmulatorConfig(state_dir=options.workdir / "emulator")
             emulator = stack.enter_context(EmbeddedEmulator(config))
             base_url = emulator.base_url
             echo(
@@ -332,6 +347,13 @@ async def execute_async(
         if request.session is not None:
             await stack.enter_async_context(request.session())
         async with OpenAIClient(settings) as client:
+            if request.policy is not None and request.known_models:
+                # once per model per run, before any upload or build: the service's shutdown_date wins
+                await request.policy.ask_service(client, request.known_models)
+                field = "defaults.model" if request.model_line is not None else "model"
+                request.policy.refuse(
+                    request.known_models, file=request.source_name, line=request.model_line, field=field
+                )
             runner = Runner(
                 ledger,
                 client,
@@ -350,5 +372,4 @@ async def execute_async(
                 trust=request.trust,
                 prepare=request.prepare,
                 spec_path=str(request.spec_path) if request.spec_path else None,
-                known_models=request.known_models,
             )

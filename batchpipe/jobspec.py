@@ -487,7 +487,8 @@ class JobSpec:
     ``columns``: the manifest's columns as read at load time (catalog mode), else ``None``. ``matrix``: the
     variant matrix and reference settings of a ``[matrix]`` job (:mod:`batchpipe.variants`), else ``None``.
     ``policy``: the model lifecycle policy (:class:`~batchpipe.lifecycle.ModelPolicy`) over the job's model table
-    (``models``), which validation and the build consult for every item.
+    (``models``), which validation and the build consult for every item. ``model_line``: the spec line of
+    ``[defaults] model`` (for lifecycle messages), else ``None``.
     """
 
     name: str
@@ -506,6 +507,7 @@ class JobSpec:
     columns: tuple[str, ...] | None = None
     matrix: VariantMatrix | None = None
     policy: ModelPolicy = field(default_factory=lambda: ModelPolicy(shipped_table(), clock=clock_from_env()))
+    model_line: int | None = None
 
     @property
     def models(self) -> ModelTable:
@@ -526,11 +528,14 @@ class JobSpec:
         models_file: Path | None = None,
         clock: Clock | None = None,
         on_warning: Callable[[str], None] | None = None,
+        defer_lifecycle: bool = False,
     ) -> JobSpec:
         """Read and check the TOML spec at ``path``; ``workdir`` (default: the current directory) anchors a
         relative ``[output] dir``. ``models_file``: a ``--models FILE`` of model table rows, applied over the
         spec's ``[models]``; ``clock`` (default: ``BATCHPIPE_NOW`` if set, else the system clock) and
-        ``on_warning`` feed the lifecycle policy.
+        ``on_warning`` feed the lifecycle policy. ``defer_lifecycle``: check only the capabilities of the spec's
+        models here and leave their lifecycle to the caller (``run`` first asks the service, whose
+        ``shutdown_date`` wins over the table; see :attr:`model_line`).
 
         Checks: TOML syntax, the schema (unknown keys, types, ranges), the manifest (exists, format, header),
         template syntax and that every template field names a manifest column, the ``[defaults]`` against
@@ -593,7 +598,7 @@ class JobSpec:
                 raise fail("input_fidelity applies to edits: it needs a [matrix] job", ("defaults", "input_fidelity"))
             if parsed.references is not None:
                 raise fail("[references] needs a [matrix] section (products x variants)", ("references",))
-        _check_defaults(defaults, fail, policy, edits=parsed.matrix is not None)
+        _check_defaults(defaults, fail, policy, edits=parsed.matrix is not None, lifecycle=not defer_lifecycle)
         for model in parsed.run.enqueued_token_budget:
             facts = policy.table.get(model)
             if facts is None or facts.batch == "no":
@@ -630,7 +635,9 @@ class JobSpec:
                 ) from exc
             known = set(columns)
             if parsed.matrix is not None:
-                matrix = _load_matrix(parsed, path, text, manifest_path, columns, defaults, fail, policy)
+                matrix = _load_matrix(
+                    parsed, path, text, manifest_path, columns, defaults, fail, policy, lifecycle=not defer_lifecycle
+                )
                 known |= matrix.variant_fields
                 if "variant" not in key_template.fields:
                     raise fail(
@@ -680,6 +687,7 @@ class JobSpec:
             columns=columns,
             matrix=matrix,
             policy=policy,
+            model_line=_locate(text, ("defaults", "model")) if "model" in defaults else None,
         )
 
     @classmethod
@@ -696,13 +704,15 @@ class JobSpec:
         models_file: Path | None = None,
         clock: Clock | None = None,
         on_warning: Callable[[str], None] | None = None,
+        defer_lifecycle: bool = False,
     ) -> JobSpec:
         """A spec for running a plain JSONL item manifest directly (no TOML file).
 
         A plain manifest's keys are declared unique, so ``on_duplicate_key`` defaults to ``"error"``.
 
         ``defaults`` as in ``[defaults]``; ``output_dir`` defaults to ``out/<job_name>`` under ``workdir``
-        (default: the current directory); ``models_file``, ``clock``, ``on_warning`` as in :meth:`load`. Raises
+        (default: the current directory); ``models_file``, ``clock``, ``on_warning``, ``defer_lifecycle`` as in
+        :meth:`load`. Raises
         ``JobSpecError`` for a bad job name or defaults, and for a manifest that is missing or not JSONL.
         """
         name = str(path)
@@ -727,7 +737,7 @@ class JobSpec:
         policy = _policy(
             {}, name, "", models_file, clock=clock, on_warning=on_warning, warn_days=run.model_shutdown_warning_days
         )
-        _check_defaults(clean, fail, policy)
+        _check_defaults(clean, fail, policy, lifecycle=not defer_lifecycle)
         base = workdir if workdir is not None else Path.cwd()
         out = output_dir if output_dir is not None else Path("out") / job_name
         return cls(
@@ -774,15 +784,18 @@ def _policy(
     return ModelPolicy(table, clock=clock or clock_from_env(), warn_days=warn_days, on_warning=on_warning)
 
 
-def _check_defaults(defaults: dict[str, object], fail: _Fail, policy: ModelPolicy, *, edits: bool = False) -> None:
-    """Check the defaults alone with the service's rules and the model's lifecycle (a stand-in prompt; the
-    lenient generation rules, or for ``edits`` the edit rules with a stand-in image)."""
+def _check_defaults(
+    defaults: dict[str, object], fail: _Fail, policy: ModelPolicy, *, edits: bool = False, lifecycle: bool = True
+) -> None:
+    """Check the defaults alone with the service's rules and (``lifecycle``) the model's lifecycle (a stand-in
+    prompt; the lenient generation rules, or for ``edits`` the edit rules with a stand-in image)."""
     probe = {**defaults, "prompt": "x"}
     endpoint = "/v1/images/generations"
     if edits:
         probe["images"] = _PROBE_IMAGES
         endpoint = "/v1/images/edits"
-    for problem in spec.check_image_request(endpoint, probe, advice=policy):
+    advice = policy if lifecycle else None
+    for problem in spec.check_image_request(endpoint, probe, models=policy.table, advice=advice):
         if problem.param == "model" and "model" not in defaults:
             continue  # plain JSONL lines may each name their model
         raise fail(problem.message, ("defaults", problem.param.split("[")[0].split(".")[0]))
@@ -848,6 +861,8 @@ def _load_matrix(
     defaults: dict[str, object],
     fail: _Fail,
     policy: ModelPolicy,
+    *,
+    lifecycle: bool = True,
 ) -> VariantMatrix:
     """Check ``[matrix]`` and ``[references]`` and build the :class:`VariantMatrix` (raises ``JobSpecError``,
     or ``ManifestError`` for a variants CSV, naming file, line and field)."""
@@ -891,7 +906,8 @@ def _load_matrix(
                     variant, text, f"variant value {value_name!r} has the name of a manifest column", value_name
                 )
         probe = {**defaults, **variant.request, "prompt": "x", "images": _PROBE_IMAGES}
-        for problem in spec.check_image_request("/v1/images/edits", probe, advice=policy):
+        advice = policy if lifecycle else None
+        for problem in spec.check_image_request("/v1/images/edits", probe, models=policy.table, advice=advice):
             field_name = problem.param.split("[")[0].split(".")[0]
             origin = "request" if field_name in variant.request else "defaults"
             raise _variant_error(

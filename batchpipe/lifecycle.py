@@ -66,9 +66,11 @@ class LifecycleError(InputError):
     Raised before any upload; ``problems`` holds one :class:`~batchpipe.spec.RequestProblem` per model.
     """
 
-    def __init__(self, problems: list[RequestProblem], *, file: str) -> None:
+    def __init__(
+        self, problems: list[RequestProblem], *, file: str, line: int | None = None, field: str = "model"
+    ) -> None:
         self.problems = problems
-        super().__init__("; ".join(p.message for p in problems), file=file, field="model")
+        super().__init__("; ".join(p.message for p in problems), file=file, line=line, field=field)
 
 
 class _ModelsApi(Protocol):
@@ -261,8 +263,9 @@ class ModelPolicy:
             self._problems.pop(model, None)
             self.refused.discard(model)
 
-    def refuse(self, models: Iterable[str], *, file: str) -> None:
-        """Raise :class:`LifecycleError` if any of ``models`` is refused (nothing has been submitted yet)."""
+    def refuse(self, models: Iterable[str], *, file: str, line: int | None = None, field: str = "model") -> None:
+        """Raise :class:`LifecycleError` (located at ``file``, ``line``, ``field``) if any of ``models`` is
+        refused; callers raise it before anything is uploaded."""
         problems = [p for p in (self.model_problem(m) for m in sorted(set(models))) if p is not None]
         if problems:
-            raise LifecycleError(problems, file=file)
+            raise LifecycleError(problems, file=file, line=line, field=field)

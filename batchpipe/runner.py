@@ -181,14 +181,13 @@ class Runner:
         trust: str | None = None,
         prepare: Callable[[Any, SqliteLedger], Awaitable[None]] | None = None,
         spec_path: str | None = None,
-        known_models: frozenset[str] = frozenset(),
     ) -> RunSummary:
         """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``).
 
         ``prepare(client, ledger)``, when given, runs before the build of a new run (e.g. uploading local
         reference images so items can name their ``file_id``); it is not run again when the run resumes.
-        ``known_models``: the models the job names before its manifest is read (checked with the service
-        before ``prepare``); the models of every shard not yet submitted are checked before the first upload.
+        With a ``model_policy``, the models of every shard not yet submitted are checked (the service asked
+        once per model) before the first upload of this invocation.
         """
         run_id, resumed = self.ledger.open_run(
             job, spec_hash, self.api_label, output_dir=str(self.store.root), trust=trust, spec_path=spec_path
@@ -199,7 +198,6 @@ class Runner:
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0}
         if not built:
             if prepare is not None:
-                await self._check_models(known_models, source_name)  # prepare uploads reference images
                 await prepare(self.client, self.ledger)
             stats = await self._build(job, run_id, items, source_name=source_name)
         await self._check_models(

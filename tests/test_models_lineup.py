@@ -520,3 +520,37 @@ def test_a_jsonl_line_on_a_retired_model_is_refused_with_its_line(tmp_path: Path
     proc = _cli("run", "--manifest", str(path), "--job-name", "j", "--workdir", str(tmp_path / "w"))
     assert proc.returncode == 2 and "items.jsonl:2" in proc.stderr
     assert not list((tmp_path / "w").glob("shards/*.jsonl"))
+
+
+@pytest.mark.slow
+def test_the_service_shutdown_date_wins_over_the_table_over_http(tmp_path: Path) -> None:
+    """A standalone emulator whose table disagrees with the pipeline's: the pipeline trusts what
+    GET /v1/models/{model} says, both ways, and refuses before anything is uploaded or built."""
+    from batchpipe.emulator.config import EmulatorConfig
+    from batchpipe.emulator.server import EmbeddedEmulator
+
+    service_table = TABLE.with_overrides(
+        {
+            "gpt-image-2-2026-04-21": {"shutdown": dt.date(2026, 12, 1), "replacement": ["gpt-image-2.5-flare"]},
+            "gpt-image-1.5-2025-12-16": {"shutdown": dt.date(2027, 6, 1)},  # postponed, says the service
+        },
+        origin="service.toml",
+    )
+    config = EmulatorConfig(state_dir=tmp_path / "emu", models=service_table)
+    with EmbeddedEmulator(config) as emulator:
+        # the table says gpt-image-2 lives on; the service says it shuts down tomorrow: refused
+        (tmp_path / "a").mkdir()
+        job = _job(tmp_path / "a", "gpt-image-2")
+        proc = _cli("run", str(job), "--api", emulator.base_url, "--workdir", str(tmp_path / "wa"))
+        assert proc.returncode == 2, proc.stderr
+        assert "job.toml:12: field 'defaults.model'" in proc.stderr
+        assert "GET /v1/models/gpt-image-2" in proc.stderr and "2026-12-01" in proc.stderr
+        assert not list((tmp_path / "wa").glob("shards/*.jsonl"))
+        assert emulator.service is not None
+        # the table says gpt-image-1.5 shuts down tonight; the service says June 2027: it runs
+        (tmp_path / "b").mkdir()
+        job = _job(tmp_path / "b", "gpt-image-1.5", rows=2)
+        assert _cli("validate", str(job)).returncode == 2  # offline, the table decides
+        proc = _cli("run", str(job), "--api", emulator.base_url, "--workdir", str(tmp_path / "wb"))
+        assert proc.returncode == 0, proc.stderr
+        assert "succeeded 2" in proc.stderr

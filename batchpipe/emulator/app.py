@@ -5,7 +5,7 @@ ASGI layer does, in order: auth (401), the requests-per-minute limit (429), inje
 (429/500/503), injected latency; then it logs ``method path status duration_ms`` (never headers).
 
 Shapes are the SPEC's: ``OpenAIFile``, ``ListFilesResponse``, ``DeleteFileResponse``, ``Batch``,
-``ListBatchesResponse``, ``ImagesResponse``, ``ErrorResponse``.
+``ListBatchesResponse``, ``ImagesResponse``, ``Model``, ``ListModelsResponse``, ``ErrorResponse``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from batchpipe import spec
 from batchpipe.emulator.config import EmulatorConfig
 from batchpipe.emulator.faults import FaultInjector, server_error_body
+from batchpipe.emulator.lineup import model_not_found_body, model_object
 from batchpipe.emulator.processor import BatchProcessor, CancelRefused, ExecutorLike
 from batchpipe.emulator.ratelimit import RateDecision, RateLimiter, rate_limit_body
 from batchpipe.emulator.state import FileRecord, StateStore, new_id
@@ -65,6 +66,8 @@ _ROUTE_PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("POST", re.compile(r"^/v1/batches/[^/]+/cancel$"), "batches.cancel"),
     ("POST", re.compile(r"^/v1/images/generations$"), "images.generations"),
     ("POST", re.compile(r"^/v1/images/edits$"), "images.edits"),
+    ("GET", re.compile(r"^/v1/models$"), "models.list"),
+    ("GET", re.compile(r"^/v1/models/[^/]+$"), "models.retrieve"),
 )
 
 
@@ -551,6 +554,24 @@ async def image_edits(request: Request) -> Response:
     return await _image_route(request, "/v1/images/edits")
 
 
+# ----------------------------------------------------------------------- models
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models`` → SPEC ``ListModelsResponse`` ``{"object": "list", "data": [Model...]}``: every row of
+    the emulator's model table, shut-down ones included (their ``shutdown_date`` says so), sorted by id."""
+    table = _service(request).config.models
+    return JSONBody({"object": "list", "data": [model_object(f) for f in sorted(table, key=lambda f: f.name)]})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """``GET /v1/models/{model}`` → SPEC ``Model`` (shut-down rows included), or 404 ``model_not_found`` with
+    the API's message for a model the table does not hold."""
+    name = request.path_params["model"]
+    facts = _service(request).config.models.get(name)
+    if facts is None:
+        return JSONBody(model_not_found_body(name), status_code=404)
+    return JSONBody(model_object(facts))
+
+
 # ------------------------------------------------------------------- front door
 class FrontDoor:
     """ASGI layer: request id, auth, rate limit, injected faults and latency, rate-limit headers, logging."""
@@ -684,6 +705,8 @@ def create_app(
         Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
         Route("/v1/images/generations", image_generations, methods=["POST"]),
         Route("/v1/images/edits", image_edits, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model}", retrieve_model, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

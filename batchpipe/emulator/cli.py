@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import click
@@ -9,8 +10,34 @@ from pydantic import ValidationError
 
 from batchpipe.emulator.config import ROUTES, EmulatorConfig, FaultConfig, RouteFaults, SpeedConfig
 from batchpipe.emulator.server import run_server
+from batchpipe.modeltable import ModelTable, ModelTableError, load_overrides, shipped_table
 
-__all__ = ["build_config", "emulator_group"]
+__all__ = ["build_config", "emulator_group", "parse_now", "serve_models"]
+
+
+def serve_models(path: Path | None) -> ModelTable:
+    """The shipped model table with the ``[models."NAME"]`` rows of the TOML file ``path`` merged over it
+    (``ModelTable.with_overrides``, origin = the path as given); the shipped table alone for ``None``.
+    Raises ``click.UsageError`` naming the file and field for a file that does not load."""
+    table = shipped_table()
+    if path is None:
+        return table
+    try:
+        return table.with_overrides(load_overrides(path), origin=str(path))
+    except ModelTableError as exc:
+        raise click.UsageError(f"--models: {exc}") from exc
+
+
+def parse_now(value: str | None) -> dt.datetime | None:
+    """``--now``: an ISO 8601 date (``2026-12-02``, midnight) or date-time (``2026-12-02T10:00:00+00:00``; UTC
+    when no offset is given) → an aware ``datetime``; ``None`` passes through. Raises ``click.UsageError``."""
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.UsageError(f"--now expects an ISO 8601 date or date-time, got {value!r}") from exc
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
 def _route_values(values: tuple[str, ...], option: str) -> dict[str, float]:
@@ -54,8 +81,16 @@ def build_config(
     expire_share: float,
     stuck_finalizing_s: float,
     image_detail: str = "fast",
+    models_file: Path | None = None,
+    now: str | None = None,
 ) -> EmulatorConfig:
-    """The ``EmulatorConfig`` the ``serve`` flags describe. Raises ``click.UsageError`` on bad values."""
+    """The ``EmulatorConfig`` the ``serve`` flags describe. Raises ``click.UsageError`` on bad values.
+
+    ``models_file``: a TOML file of ``[models."NAME"]`` rows merged over the shipped model table
+    (:func:`serve_models`); ``now``: pins the emulator's lifecycle clock (:func:`parse_now`).
+    """
+    models = serve_models(models_file)
+    pinned = parse_now(now)
     routes: dict[str, dict[str, float]] = {}
     for key, values, option in (
         ("share_429", fault_429, "--fault-429"),
@@ -78,6 +113,8 @@ def build_config(
             image_detail="realistic" if image_detail == "realistic" else "fast",
             rpm_limit=rpm_limit,
             enqueued_token_limit=enqueued_token_limit,
+            models=models,
+            now=pinned,
             faults=FaultConfig(
                 seed=seed,
                 routes={route: RouteFaults.model_validate(v) for route, v in routes.items()},
@@ -143,10 +180,25 @@ def emulator_group() -> None:
 @click.option("--expire-first-n", type=int, default=0, show_default=True, help="...for the first N batches.")
 @click.option("--expire-share", type=float, default=0.0, show_default=True, help="...for this share of batches.")
 @click.option("--stuck-finalizing-s", type=float, default=0.0, show_default=True)
+@click.option(
+    "--models",
+    "models_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='TOML file of [models."NAME"] rows merged over the shipped model table (new models, changed dates).',
+)
+@click.option(
+    "--now",
+    default=None,
+    metavar="ISO",
+    help="Pin the emulator's clock for model lifecycle (e.g. 2026-12-02 or 2026-12-02T10:00:00Z; UTC if no offset).",
+)
 def serve(host: str, port: int, **options: object) -> None:
     """Serve the emulator at http://HOST:PORT/v1 until Ctrl-C. Point an OpenAI client's base_url there."""
     config = build_config(**options)  # type: ignore[arg-type]
     click.echo(f"batchpipe emulator on http://{host}:{port}/v1 (state in {config.state_dir})", err=True)
+    clock = "real UTC time" if config.now is None else f"pinned at {config.lifecycle_now().isoformat()}"
+    click.echo(f"models: {config.models.origin} ({len(config.models)} rows); lifecycle clock: {clock}", err=True)
     from batchpipe.logs import show_emulator_requests
 
     show_emulator_requests(True)

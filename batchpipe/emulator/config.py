@@ -1,15 +1,20 @@
 """Settings of the emulator: speed, limits and faults, as read-only (frozen) pydantic models.
 
-Everything is off or generous by default: an ``EmulatorConfig()`` behaves like a fast, healthy service.
+Everything is off or generous by default: an ``EmulatorConfig()`` behaves like a fast, healthy service that
+knows the shipped model table (``batchpipe/data/image-models.toml``) and runs on the real UTC clock.
 Times are in seconds (``_s``) unless the name says ``_ms``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from batchpipe.modeltable import ModelTable, shipped_table
 
 __all__ = [
     "ROUTES",
@@ -32,6 +37,8 @@ ROUTES: tuple[str, ...] = (
     "batches.cancel",
     "images.generations",
     "images.edits",
+    "models.list",
+    "models.retrieve",
 )
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -126,9 +133,17 @@ class EmulatorConfig(BaseModel):
     count estimated input tokens; never answered 429). ``enqueued_token_limit``: per-model cap on estimated
     input tokens of non-terminal batches (FACTS §3.1); ``None`` means unlimited. ``org``: the organisation
     name used in error messages.
+
+    ``models``: the model table the emulator serves (:class:`~batchpipe.modeltable.ModelTable`; default the
+    shipped one): it lists them on ``GET /v1/models``, validates every image request and batch line against
+    it (``spec.check_image_request``) and estimates usage from it. ``now``: the emulator's clock for lifecycle
+    decisions (a model whose shutdown moment, 00:00 UTC on its ``shutdown`` date, is at or before now answers
+    404 ``model_not_found``): ``None`` for the real UTC time, a ``datetime`` to pin it (naive means UTC; an ISO
+    8601 string is parsed), or a zero-argument callable returning a ``datetime``. It does not move the
+    ``created_at``/``expires_at`` timestamps of files and batches, which stay on the real clock.
     """
 
-    model_config = _FROZEN
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     state_dir: Path | None = None
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
@@ -141,6 +156,24 @@ class EmulatorConfig(BaseModel):
     tpm_limit: int = Field(default=10_000_000, ge=1)
     enqueued_token_limit: dict[str, int] | int | None = None
     org: str = "org-emulator"
+    models: ModelTable = Field(default_factory=shipped_table)
+    now: dt.datetime | Callable[[], dt.datetime] | None = None
+
+    @field_validator("now")
+    @classmethod
+    def _utc(cls, value: object) -> object:
+        """A naive pinned datetime is read as UTC."""
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+    def lifecycle_now(self) -> dt.datetime:
+        """The emulator's "now" for lifecycle decisions: an aware UTC-comparable ``datetime`` (see ``now``)."""
+        now = self.now
+        if now is None:
+            return dt.datetime.now(dt.UTC)
+        current = now if isinstance(now, dt.datetime) else now()
+        return current if current.tzinfo is not None else current.replace(tzinfo=dt.UTC)
 
     def enqueued_limit_for(self, model: str) -> int | None:
         """The enqueued-token limit for ``model`` (a dict is looked up by model, ``"*"`` as fallback)."""

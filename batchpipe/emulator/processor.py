@@ -384,7 +384,7 @@ class BatchProcessor:
                             )
                         )
                 if body is not None:
-                    tokens += spec.estimate_input_tokens(body)
+                    tokens += spec.estimate_input_tokens(body, self._config.models)
                 errors.extend(line_errors)
                 if len(errors) >= MAX_VALIDATION_ERRORS:
                     break

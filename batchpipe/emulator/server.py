@@ -30,11 +30,16 @@ _STOP_TIMEOUT_S = 15.0
 
 
 def default_executor_factory(config: EmulatorConfig) -> ExecutorLike:
-    """The real ``ImageExecutor`` (``batchpipe.emulator.images``) configured from ``config``."""
+    """The real ``ImageExecutor`` (``batchpipe.emulator.images``) configured from ``config`` (its model table
+    and lifecycle clock included)."""
     from batchpipe.emulator.images import ImageExecutor
 
     return ImageExecutor(
-        detail=config.image_detail, max_workers=config.image_workers, fetch_timeout_s=config.fetch_timeout_s
+        detail=config.image_detail,
+        max_workers=config.image_workers,
+        fetch_timeout_s=config.fetch_timeout_s,
+        models=config.models,
+        now=config.lifecycle_now,
     )
 
 

@@ -10,6 +10,12 @@ verifies as ``valid`` under the default trust lists and ``trusted`` only under `
 Thumbnails are disabled (on a noisy 1024x1024 PNG a thumbnail alone adds ~680 KB; c2pa-notes §1) and no
 time-stamp authority is used (no network).
 
+Formats: :func:`sign_image` signs the still formats png, jpeg and webp; :func:`sign_media` also signs the preview
+formats gif and svg (SDK 3.57.0 ``output_format``), which c2pa-python 0.38.1 signs. Measured 2026-11-30 on
+emulator output: an animated GIF verifies like a PNG (``trusted`` with the emulator root, ``valid`` without); an
+SVG verifies the same when the reader is told ``image/svg+xml``, but c2pa cannot detect SVG from the bytes, so
+``batchpipe verify`` (which does) reports it ``unreadable``.
+
 Speed and concurrency (measured on the 2-core dev box, 1024x1024 gradient+noise PNG of 1.5 MB):
 
 * One ``c2pa.Context`` is shared by every thread (Builders copy what they need from it), one ``Builder`` is
@@ -40,11 +46,14 @@ __all__ = [
     "EMULATOR_CHAIN_PEM",
     "EMULATOR_LEAF_KEY_PEM",
     "EMULATOR_ROOT_PEM",
+    "MEDIA_MIME_TYPES",
+    "PREVIEW_MIME_TYPES",
     "SIGNABLE_MIME_TYPES",
     "SOFTWARE_AGENT_NAME",
     "TRAINED_ALGORITHMIC_MEDIA",
     "build_manifest",
     "sign_image",
+    "sign_media",
 ]
 
 _PKI: Final = Path(__file__).resolve().parent / "pki"
@@ -61,7 +70,14 @@ TRAINED_ALGORITHMIC_MEDIA: Final = "http://cv.iptc.org/newscodes/digitalsourcety
 """IPTC digital source type for generative-AI output (c2pa-notes §4c)."""
 
 SIGNABLE_MIME_TYPES: Final[dict[str, str]] = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
-"""MIME type -> the extension used in the manifest title (the three GPT Image ``output_format`` values)."""
+"""MIME type -> the extension used in the manifest title: the still formats every GPT Image model outputs, the
+ones :func:`sign_image` signs."""
+PREVIEW_MIME_TYPES: Final[dict[str, str]] = {"image/gif": "gif", "image/svg+xml": "svg"}
+"""The preview output formats ``gif`` and ``svg`` (SDK 3.57.0 ``image_generate_params.py``; M26 §2), which
+c2pa-python 0.38.1 (c2pa-rs 0.91.3) signs: measured on 2026-11-30 with this signer, both come out ``Trusted``
+under the emulator root when read back with their MIME type. Signed by :func:`sign_media` only."""
+MEDIA_MIME_TYPES: Final[dict[str, str]] = {**SIGNABLE_MIME_TYPES, **PREVIEW_MIME_TYPES}
+"""Every MIME type :func:`sign_media` signs (the emulator's five ``output_format`` values)."""
 
 _lock = threading.Lock()
 _context: Any = None  # the shared c2pa.Context, created on first use
@@ -104,11 +120,11 @@ def build_manifest(mime: str, *, model: str) -> dict[str, object]:
     """The manifest definition (c2pa ``Builder`` JSON) for one emulated image of type ``mime`` from ``model``.
 
     Raises:
-        ValueError: ``mime`` is not one of :data:`SIGNABLE_MIME_TYPES`.
+        ValueError: ``mime`` is not one of :data:`MEDIA_MIME_TYPES`.
     """
-    ext = SIGNABLE_MIME_TYPES.get(mime)
+    ext = MEDIA_MIME_TYPES.get(mime)
     if ext is None:
-        raise ValueError(f"cannot sign {mime!r}: expected one of {', '.join(SIGNABLE_MIME_TYPES)}")
+        raise ValueError(f"cannot sign {mime!r}: expected one of {', '.join(MEDIA_MIME_TYPES)}")
     return {
         "claim_generator_info": [{"name": CLAIM_GENERATOR_NAME, "version": __version__}],
         "title": f"image.{ext}",
@@ -134,13 +150,37 @@ def build_manifest(mime: str, *, model: str) -> dict[str, object]:
 def sign_image(data: bytes, mime: str, *, model: str) -> bytes:
     """Return ``data`` (an encoded image of type ``mime``) with an embedded, signed C2PA manifest.
 
-    ``model`` (e.g. ``"gpt-image-1.5"``) becomes ``softwareAgent.version`` of the ``c2pa.created`` action.
+    ``model`` (e.g. ``"gpt-image-2"``) becomes ``softwareAgent.version`` of the ``c2pa.created`` action.
     Thread-safe; the c2pa native calls release the GIL. Output grows by about 4 KB (no thumbnail).
+    Only the still formats (:data:`SIGNABLE_MIME_TYPES`); :func:`sign_media` also signs GIF and SVG.
 
     Raises:
         ValueError: ``mime`` is not image/png, image/jpeg or image/webp.
         ProvenanceError: the bytes are not a well-formed image of that type, or signing failed.
     """
+    if mime not in SIGNABLE_MIME_TYPES:
+        raise ValueError(
+            f"cannot sign {mime!r} with sign_image: expected one of {', '.join(SIGNABLE_MIME_TYPES)} "
+            f"(sign_media also signs {', '.join(PREVIEW_MIME_TYPES)})"
+        )
+    return _sign(data, mime, model)
+
+
+def sign_media(data: bytes, mime: str, *, model: str) -> bytes:
+    """:func:`sign_image` for every emulator output format: png, jpeg, webp, gif (``image/gif``, animated or
+    not) and svg (``image/svg+xml``; c2pa embeds the manifest as base64 JUMBF in a ``<metadata>`` element of the
+    root ``<svg>``, adding about 5 KB).
+
+    Raises:
+        ValueError: ``mime`` is not one of :data:`MEDIA_MIME_TYPES`.
+        ProvenanceError: the bytes are not a well-formed file of that type, or signing failed.
+    """
+    if mime not in MEDIA_MIME_TYPES:
+        raise ValueError(f"cannot sign {mime!r}: expected one of {', '.join(MEDIA_MIME_TYPES)}")
+    return _sign(data, mime, model)
+
+
+def _sign(data: bytes, mime: str, model: str) -> bytes:
     manifest = build_manifest(mime, model=model)
     signer, context = _signer_and_context()
     out = io.BytesIO()

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from emu_helpers import YAML_SCHEMAS, openapi_validator
 from openai import OpenAI
 
 from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig
@@ -33,6 +34,8 @@ _ROUTE_SCHEMAS: tuple[tuple[str, re.Pattern[str], str | None, str | None], ...] 
     ("POST", re.compile(r"^/v1/batches/[^/]+/cancel$"), None, "Batch"),
     ("POST", re.compile(r"^/v1/images/generations$"), "CreateImageRequest", "ImagesResponse"),
     ("POST", re.compile(r"^/v1/images/edits$"), "EditImageBodyJsonParam", "ImagesResponse"),
+    ("GET", re.compile(r"^/v1/models$"), None, "ListModelsResponse"),  # from the spec yaml (emu_helpers)
+    ("GET", re.compile(r"^/v1/models/[^/]+$"), None, "Model"),
 )
 
 
@@ -81,6 +84,9 @@ class Recorder:
             if ex.status >= 400:
                 assert ex.response_json is not None, ex
                 self.schemas.validate("ErrorResponse", ex.response_json)
+                checked += 1
+            elif resp_schema in YAML_SCHEMAS:
+                openapi_validator(resp_schema).validate(ex.response_json)
                 checked += 1
             elif resp_schema:
                 self.schemas.validate(resp_schema, ex.response_json)

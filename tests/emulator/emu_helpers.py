@@ -5,18 +5,53 @@ from __future__ import annotations
 import base64
 import io
 import time
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
+from jsonschema import Draft202012Validator
 from openai import OpenAI
 from PIL import Image
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+#: The official OpenAPI spec (shared/reference, the file scripts/extract_openai_schemas.py reads). The schemas
+#: ``Model`` and ``ListModelsResponse`` are not in tests/spec/openai-schemas.json, so they are taken from here.
+OPENAPI_YAML = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openai-openapi.yaml"
+#: Response schemas validated from :data:`OPENAPI_YAML` rather than tests/spec.
+YAML_SCHEMAS = frozenset({"Model", "ListModelsResponse"})
+_YAML_ID = "urn:batchpipe-tests:openai-openapi"
+
+
+@cache
+def openapi_validator(name: str) -> Draft202012Validator:
+    """A validator for ``components.schemas[name]`` of the official spec yaml (formats such as ``date`` are
+    checked). Loads the yaml once (about 1 s); raises ``FileNotFoundError`` when it is not there."""
+    with OPENAPI_YAML.open(encoding="utf-8") as fh:
+        document = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe loaders only
+    return _validator(document, name)
+
+
+def _validator(document: dict[str, Any], name: str) -> Draft202012Validator:
+    registry: Registry[Any] = Registry().with_resource(
+        _YAML_ID, Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+    return Draft202012Validator(
+        {"$ref": f"{_YAML_ID}#/components/schemas/{name}"},
+        registry=registry,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
 
 
 def gen_line(custom_id: str, prompt: str = "a red cube on a table", **body: Any) -> dict[str, Any]:
-    """A batch input line for ``/v1/images/generations`` (model gpt-image-1.5, 1024x1024 unless given)."""
-    payload = {"model": "gpt-image-1.5", "prompt": prompt, "size": "1024x1024", "quality": "low", **body}
+    """A batch input line for ``/v1/images/generations`` (model gpt-image-2, 1024x1024 unless given).
+
+    gpt-image-2 has no announced shutdown, so lines built here keep working on the real clock (gpt-image-1.5,
+    the previous default, shuts down on 2026-12-01: batchpipe/data/image-models.toml)."""
+    payload = {"model": "gpt-image-2", "prompt": prompt, "size": "1024x1024", "quality": "low", **body}
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/images/generations", "body": payload}
 
 

@@ -85,7 +85,7 @@ def test_create_and_upload_request_errors(make_emulator, make_client, recorder) 
 
 
 def test_token_limit_exceeded_fails_the_second_batch(make_emulator, make_client, recorder) -> None:
-    emu = make_emulator(speed=SLOW, enqueued_token_limit={"gpt-image-1.5": 50})
+    emu = make_emulator(speed=SLOW, enqueued_token_limit={"gpt-image-2": 50})
     client = make_client(emu)
     first = _create(client, upload_batch_file(client, [gen_line(f"a{i}", prompt="x" * 60) for i in range(3)]))
     wait_for(client, first, ("in_progress",))
@@ -93,7 +93,7 @@ def test_token_limit_exceeded_fails_the_second_batch(make_emulator, make_client,
     assert second.status == "failed"
     error = second.errors.data[0]
     assert error.code == "token_limit_exceeded" and error.line is None and error.param is None
-    assert error.message.startswith("Enqueued token limit reached for gpt-image-1.5 in organization org-emulator.")
+    assert error.message.startswith("Enqueued token limit reached for gpt-image-2 in organization org-emulator.")
     assert "Limit: 50 enqueued tokens." in error.message
     assert wait_for(client, first).status == "completed"
     third = wait_for(client, _create(client, upload_batch_file(client, [gen_line("c", prompt="x" * 60)])))
@@ -200,7 +200,7 @@ def test_restart_keeps_state_and_resumes_a_running_batch(tmp_path, recorder) -> 
 
 def test_refused_requests_go_to_the_error_file(make_emulator, make_client, recorder, schemas) -> None:
     client = make_client(make_emulator())
-    edit = {"model": "gpt-image-1.5", "prompt": "on a beach", "size": "1024x1024"}
+    edit = {"model": "gpt-image-2", "prompt": "on a beach", "size": "1024x1024"}
     lines = [
         gen_line("ok"),
         gen_line("long", prompt="x" * 32_001),

@@ -33,7 +33,7 @@ def test_batch_of_generations_and_edits_end_to_end(make_emulator, make_client, r
     client = make_client(emu)
     vision = client.files.create(file=("ref.png", png_bytes((512, 512))), purpose="vision")
     assert vision.purpose == "vision" and vision.expires_at is None
-    edit_body = {"model": "gpt-image-1.5", "prompt": "put it on a beach", "size": "1024x1024", "quality": "low"}
+    edit_body = {"model": "gpt-image-2", "prompt": "put it on a beach", "size": "1024x1024", "quality": "low"}
     lines = [
         gen_line("gen-1"),
         gen_line("gen-2", output_format="jpeg", size="1536x1024"),
@@ -78,7 +78,7 @@ def test_batch_of_generations_and_edits_end_to_end(make_emulator, make_client, r
     for batch_id, model_total in ((gen_batch.id, 3), (edit_batch.id, 2)):
         done = wait_for(client, batch_id)
         assert done.status == "completed"
-        assert done.model == "gpt-image-1.5"
+        assert done.model == "gpt-image-2"
         assert done.request_counts.total == model_total and done.request_counts.completed == model_total
         assert done.error_file_id is None
         assert done.in_progress_at and done.finalizing_at and done.completed_at
@@ -105,19 +105,19 @@ def test_batch_of_generations_and_edits_end_to_end(make_emulator, make_client, r
 def test_direct_image_routes_and_bad_request(make_emulator, make_client, recorder) -> None:
     emu = make_emulator()
     client = make_client(emu)
-    raw = client.images.with_raw_response.generate(model="gpt-image-1-mini", prompt="a lamp", size="1024x1024")
+    raw = client.images.with_raw_response.generate(model="gpt-image-2", prompt="a lamp", size="1024x1024")
     assert raw.headers["x-request-id"].startswith("req_")
     result = raw.parse()
     assert result.data and result.data[0].b64_json
     with Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))) as image:
         assert image.size == (1024, 1024)
     with pytest.raises(openai.BadRequestError) as info:
-        client.images.generate(model="gpt-image-1.5", prompt="a lamp", size="999x999")  # type: ignore[arg-type]
+        client.images.generate(model="gpt-image-2", prompt="a lamp", size="999x999")  # type: ignore[arg-type]
     assert info.value.body["param"] == "size"  # type: ignore[index]
     edit = httpx.post(
         f"{emu.base_url}/images/edits",
         headers={"Authorization": "Bearer k"},
-        json={"model": "gpt-image-1.5", "prompt": "x", "images": [{"image_url": data_url(png_bytes((64, 64)))}]},
+        json={"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": data_url(png_bytes((64, 64)))}]},
         timeout=30,
     )
     assert edit.status_code == 200 and edit.json()["data"][0]["b64_json"]

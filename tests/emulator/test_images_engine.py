@@ -4,6 +4,7 @@ real loopback HTTP for image_url inputs."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import socket
 import threading
@@ -65,12 +66,24 @@ def _error(outcome: ImageOutcome) -> dict[str, object]:
 
 
 def _body(**fields: object) -> dict[str, object]:
-    return {"model": "gpt-image-1.5", "prompt": "A red running shoe on a white table", **fields}
+    return {"model": "gpt-image-2", "prompt": "A red running shoe on a white table", **fields}
+
+
+#: Before gpt-image-1's shutdown (2026-10-23): every GPT image model of the table still serves requests.
+BEFORE_SHUTDOWNS = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture
 async def executor() -> AsyncIterator[ImageExecutor]:
     ex = ImageExecutor(fetch_timeout_s=2.0)
+    yield ex
+    await ex.aclose()
+
+
+@pytest.fixture
+async def executor_before_shutdowns() -> AsyncIterator[ImageExecutor]:
+    """An executor whose lifecycle clock is pinned at :data:`BEFORE_SHUTDOWNS`, for the older models' rules."""
+    ex = ImageExecutor(fetch_timeout_s=2.0, now=lambda: BEFORE_SHUTDOWNS)
     yield ex
     await ex.aclose()
 
@@ -127,7 +140,10 @@ def _closed_port() -> int:
         ("gpt-image-2", "1280x720", (1280, 720)),
     ],
 )
-async def test_sizes(executor: ImageExecutor, model: str, size: str, expected: tuple[int, int]) -> None:
+async def test_sizes(
+    executor_before_shutdowns: ImageExecutor, model: str, size: str, expected: tuple[int, int]
+) -> None:
+    executor = executor_before_shutdowns
     outcome = await executor.execute(GEN, _body(model=model, size=size, quality="low"), open_file=_no_files)
     (image,) = _images(outcome)
     assert image.size == expected
@@ -315,22 +331,50 @@ async def test_edit_fetches_image_url_over_http(executor: ImageExecutor, http_ba
 @pytest.mark.parametrize(
     ("endpoint", "body", "param", "code"),
     [
-        (GEN, _body(model="dall-e-3"), "model", "invalid_value"),
+        # dall-e-3 (retired 2026-05-12) now answers 404 model_not_found: test_models_not_served_answer_404
+        (GEN, _body(model=42), "model", "invalid_value"),
         (GEN, _body(n=11), "n", "integer_out_of_range"),
         (GEN, _body(background="transparent", output_format="jpeg"), "background", "invalid_value"),
-        (GEN, _body(size="1280x720"), "size", "invalid_value"),
+        (GEN, _body(model="gpt-image-1.5", size="1280x720"), "size", "invalid_value"),
+        (GEN, _body(size="1000x1000"), "size", "invalid_value"),  # gpt-image-2: WxH edges must be multiples of 16
         (GEN, _body(prompt=""), "prompt", "invalid_value"),
         (EDIT, _body(), "images", "invalid_value"),
         (EDIT, _body(images=[{"url": "x"}]), "images[0].url", "unknown_parameter"),
     ],
 )
 async def test_spec_problems_answer_400(
-    executor: ImageExecutor, endpoint: str, body: dict[str, object], param: str, code: str
+    executor_before_shutdowns: ImageExecutor, endpoint: str, body: dict[str, object], param: str, code: str
 ) -> None:
-    outcome = await executor.execute(endpoint, body, open_file=_no_files)
+    outcome = await executor_before_shutdowns.execute(endpoint, body, open_file=_no_files)
     assert outcome.status_code == 400
     error = _error(outcome)
     assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+
+
+@pytest.mark.parametrize(
+    ("model", "now"),
+    [
+        ("dall-e-3", None),  # retired 2026-05-12
+        ("gpt-image-1", None),  # shut down 2026-10-23
+        ("gpt-image-1.5", dt.datetime(2026, 12, 1, tzinfo=dt.UTC)),  # 00:00 UTC on its shutdown date
+        ("gpt-image-9-imaginary", None),  # not in the table
+    ],
+)
+async def test_models_not_served_answer_404(model: str, now: dt.datetime | None) -> None:
+    ex = ImageExecutor(now=(lambda: now) if now is not None else None)
+    try:
+        outcome = await ex.execute(GEN, _body(model=model), open_file=_no_files)
+    finally:
+        await ex.aclose()
+    assert outcome.status_code == 404
+    assert outcome.body == {
+        "error": {
+            "message": f"The model '{model}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    }
 
 
 @pytest.mark.parametrize("prompt", ["a shoe EMULATOR_BLOCK", "Emulator_Block please"])
