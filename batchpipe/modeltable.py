@@ -214,9 +214,12 @@ class ModelTable:
         return sorted(live)
 
     def confirmed_for_batch(self, at: dt.datetime) -> list[str]:
-        """Live model names whose Batch support is ``yes``, aliases first (the names a job should use)."""
+        """Live model names whose Batch support is ``yes``, aliases first (the names a job should use); a dated
+        snapshot is left out when its alias is listed."""
         live = set(self.live_names(at))
         names = [f.name for f in self if f.batch == "yes" and f.name in live]
+        aliased = {self._rows[n].alias_of for n in names}
+        names = [n for n in names if n not in aliased]
         return sorted(names, key=lambda n: (self._rows[n].alias_of is None, n))
 
     @classmethod

@@ -793,7 +793,8 @@ def validate_command(
         click.echo(str(warning), err=True)
     for (endpoint, model), count in sorted(report.groups.items()):
         click.echo(f"{count:>9,}  {model}  {endpoint}")
-    click.echo("  ".join(f"{k}={v}" for k, v in _count_summary(report).items()))
+    summary = {**_count_summary(report), "model_warnings": len(spec.policy.warnings)}
+    click.echo("  ".join(f"{k}={v}" for k, v in summary.items()))
     if spec.policy.refused:
         click.echo(f"error: refused model(s): {', '.join(sorted(spec.policy.refused))} (see above)", err=True)
         raise SystemExit(2)

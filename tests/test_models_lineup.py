@@ -318,7 +318,7 @@ def test_lifecycle_cases_with_a_pinned_clock(model: str, now: str, refused: str 
     else:
         assert len(warnings) == 1 and warned in warnings[0]
         if "unconfirmed" in warned:
-            assert "Confirmed for Batch: gpt-image-2" in warnings[0]
+            assert "Confirmed for Batch: gpt-image-2." in warnings[0]  # the alias, not also its snapshot
     policy.model_problem(model)
     assert len(warnings) == (0 if warned is None else 1)  # once per model
 

@@ -475,11 +475,18 @@ def render_svg(spec: RenderSpec, layer: EditLayer | None = None, *, author: str 
                 f"href={quoteattr(_png_data_url(image))}/>"
             )
     font = f'font-family="sans-serif" font-size="{font_px}" dominant-baseline="middle"'
+
+    def fit(text: str) -> str:
+        """Cut a line the viewer's sans-serif would draw wider than the band (about 0.6 em a character)."""
+        most = max(4, int((width - 2 * margin) / (font_px * 0.6)))
+        return text if len(text) <= most else text[: most - 1].rstrip() + "…"
+
     parts += [
         f'<rect x="0" y="0" width="{width}" height="{band}" fill="{_hex(_BAND_FILL)}"/>',
-        f'<text x="{margin}" y="{band // 2}" {font} fill="{_hex(_BANNER_INK)}">{_xml_text(banner)}</text>',
+        f'<text x="{margin}" y="{band // 2}" {font} fill="{_hex(_BANNER_INK)}">{_xml_text(fit(banner))}</text>',
         f'<rect x="0" y="{height - band}" width="{width}" height="{band}" fill="{_hex(_BAND_FILL)}"/>',
-        f'<text x="{margin}" y="{height - band // 2}" {font} fill="{_hex(_CAPTION_INK)}">{_xml_text(caption)}</text>',
+        f'<text x="{margin}" y="{height - band // 2}" {font} fill="{_hex(_CAPTION_INK)}">'
+        f"{_xml_text(fit(caption))}</text>",
         "</svg>",
         "",
     ]
