@@ -554,3 +554,35 @@ def test_the_service_shutdown_date_wins_over_the_table_over_http(tmp_path: Path)
         proc = _cli("run", str(job), "--api", emulator.base_url, "--workdir", str(tmp_path / "wb"))
         assert proc.returncode == 0, proc.stderr
         assert "succeeded 2" in proc.stderr
+
+
+@pytest.mark.slow
+def test_items_that_failed_on_a_retired_model_are_rerendered_with_retry_set_model(tmp_path: Path) -> None:
+    """A batch that reached the service just before a shutdown: its lines fail model_not_found (per line, as the
+    service fails an unknown model); `batchpipe retry --error-code model_not_found --set model=...` re-renders
+    exactly those items on a live model."""
+    from batchpipe.emulator.config import EmulatorConfig
+    from batchpipe.emulator.server import EmbeddedEmulator
+
+    config = EmulatorConfig(state_dir=tmp_path / "emu", now=_at("2026-12-02T00:00:00"))
+    with EmbeddedEmulator(config) as emulator:
+        job = _job(tmp_path, "gpt-image-1.5", rows=3)
+        workdir = str(tmp_path / "w")
+        # our clock says November: the table and the service agree the model still has a week
+        proc = _cli("run", str(job), "--api", emulator.base_url, "--workdir", workdir, now="2026-11-24")
+        assert proc.returncode == 1, proc.stderr
+        assert "failed 3" in proc.stderr and "shuts down on 2026-12-01 (in 7 day(s)" in proc.stderr
+        proc = _cli(
+            "retry",
+            "--workdir",
+            workdir,
+            "--error-code",
+            "model_not_found",
+            "--set",
+            "model=gpt-image-2",
+            "--api",
+            emulator.base_url,
+            now="2026-12-02",
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "selected 3 item(s)" in proc.stderr and "succeeded 3" in proc.stderr
