@@ -27,6 +27,7 @@ check: $(STAMP)
 	$(BIN)/ruff check batchpipe tests scripts
 	$(BIN)/ruff format --check batchpipe tests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## The four benchmarks at sizes that finish in about 10 minutes on 2 cores (each prints a name=value summary last).
 bench: $(STAMP)

@@ -4,8 +4,8 @@ The public surface is small on purpose; stages live in their own modules:
 ``spec`` (external facts), ``models`` (items, statuses), ``errors`` (the error tree).
 """
 
+from batchpipe.domain.items import BatchStatus, Item, ItemStatus
 from batchpipe.errors import BatchpipeError
-from batchpipe.models import BatchStatus, Item, ItemStatus
 
 __all__ = ["BatchStatus", "BatchpipeError", "Item", "ItemStatus", "__version__"]
 

@@ -1,5 +1,5 @@
 """``python -m batchpipe``: the same as the ``batchpipe`` command."""
 
-from batchpipe.cli import main
+from batchpipe.cli.main import main
 
 main()

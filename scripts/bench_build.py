@@ -91,10 +91,10 @@ def batchpipe_child(spec_path: str, out_dir: str) -> dict[str, Any]:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    from batchpipe.build import ShardBuilder
-    from batchpipe.jobspec import JobSpec
-    from batchpipe.models import Item, make_custom_id
-    from batchpipe.validate import make_items
+    from batchpipe.domain.items import Item, make_custom_id
+    from batchpipe.input.jobspec import JobSpec
+    from batchpipe.input.validate import make_items
+    from batchpipe.stages.shard import ShardBuilder
 
     async def build() -> tuple[int, int, int]:
         spec = JobSpec.load(Path(spec_path), workdir=Path(out_dir))
@@ -133,7 +133,7 @@ def orjson_child(csv_path: str, out_dir: str, job: str, shard_requests: int) -> 
     """The bare loop: csv + the same body + orjson.dumps + buffered writes; no validation, no fsync."""
     import orjson
 
-    from batchpipe.models import make_custom_id
+    from batchpipe.domain.items import make_custom_id
 
     shards = Path(out_dir) / "shards"
     shards.mkdir(parents=True)

@@ -5,7 +5,7 @@ A batch of N catalog requests (default 2,000) runs on a standalone emulator with
 is timed separately (not part of the contest). Then five contenders read the same output file, each in a
 fresh child process (its own peak RSS):
 
-a. ``collector``: ``batchpipe.collector.Collector`` (real ``OpenAIClient``, ``LocalImageStore``,
+a. ``collector``: ``batchpipe.stages.collect.Collector`` (real ``OpenAIClient``, ``LocalImageStore``,
    ``C2paVerifier`` with TrustConfig ``emulator``) into a fresh ``SqliteLedger`` holding the batch's items
    as submitted;
 b. ``collector_nocheck``: the same with C2PA off (verifier None);
@@ -64,7 +64,7 @@ ENDPOINT: Literal["/v1/images/generations"] = "/v1/images/generations"
 
 def build_input(n: int, path: Path) -> list[dict[str, Any]]:
     """Write ``n`` request lines (catalog rows, cycled) to ``path``; returns the items (custom_id, key, body)."""
-    from batchpipe.models import make_custom_id
+    from batchpipe.domain.items import make_custom_id
 
     items: list[dict[str, Any]] = []
     rows = list(catalog_rows())
@@ -132,8 +132,8 @@ def _quiet_logs() -> None:
 
 def _ledger_with_items(path: Path, items: list[dict[str, Any]], batch: dict[str, Any]) -> Any:
     """A fresh ledger holding ``items`` as submitted to ``batch`` (as the runner leaves them)."""
-    from batchpipe.ledger import SqliteLedger
-    from batchpipe.models import ItemStatus, request_hash
+    from batchpipe.adapters.sqlite_ledger import SqliteLedger
+    from batchpipe.domain.items import ItemStatus, request_hash
 
     ledger = SqliteLedger(path)
     run_id, _ = ledger.open_run(JOB, "bench", "emulator")
@@ -179,10 +179,10 @@ def collector_child(
     _quiet_logs()
     from pydantic import SecretStr
 
-    from batchpipe import collector as collector_module
-    from batchpipe.client import ApiSettings, OpenAIClient
-    from batchpipe.collector import Collector
-    from batchpipe.store import LocalImageStore
+    from batchpipe.adapters.local_store import LocalImageStore
+    from batchpipe.adapters.openai import ApiSettings, OpenAIClient
+    from batchpipe.stages import collect as collector_module
+    from batchpipe.stages.collect import Collector
 
     work = Path(workdir)
     items = json.loads(Path(items_path).read_bytes())

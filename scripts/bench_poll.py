@@ -4,7 +4,7 @@ N batches (default 1,000) are created on a standalone ``batchpipe emulator serve
 with a long per-request time (``--per-request-s 3600``), so every one stays ``validating``/``in_progress``
 for the whole benchmark. Tiny one-line input files, uploaded and created 8 at a time.
 
-1. Calls per poll cycle (generous rate limit): ``batchpipe.poller.Poller.poll`` (list pages of 100, counted
+1. Calls per poll cycle (generous rate limit): ``batchpipe.stages.poll.Poller.poll`` (list pages of 100, counted
    by the ``OpenAIClient``'s ``stats.requests``) vs the naive loop, one ``GET /v1/batches/{id}`` per batch.
 2. 429s under 60 requests per minute: the emulator is restarted on the same state with ``--rpm-limit 60``
    (a fresh 60 s window); ``--cycles`` Poller cycles run (client 429 count: ``stats.rate_limited``). Then
@@ -46,7 +46,7 @@ SLOW_FLAGS = ["--speed", "realistic", "--per-request-s", "3600"]
 def _client(base_url: str) -> Any:
     from pydantic import SecretStr
 
-    from batchpipe.client import ApiSettings, OpenAIClient
+    from batchpipe.adapters.openai import ApiSettings, OpenAIClient
 
     return OpenAIClient(ApiSettings(base_url=base_url, api_key=SecretStr(BENCH_API_KEY)))
 
@@ -77,7 +77,7 @@ def _route_calls(stats: Any) -> int:
 
 async def poller_cycles(base_url: str, tracked: dict[str, float], cycles: int) -> dict[str, Any]:
     """``cycles`` Poller cycles; API calls per cycle (client stats), 429s, statuses seen."""
-    from batchpipe.poller import Poller
+    from batchpipe.stages.poll import Poller
 
     async with _client(base_url) as client:
         poller = Poller(client)
@@ -102,7 +102,7 @@ async def poller_cycles(base_url: str, tracked: dict[str, float], cycles: int) -
 
 async def wait_in_progress(base_url: str, tracked: dict[str, float], timeout_s: float = 20.0) -> None:
     """Poll (list pages) until no batch is ``validating`` any more (the emulator's 2 s validation)."""
-    from batchpipe.poller import Poller
+    from batchpipe.stages.poll import Poller
 
     deadline = time.monotonic() + timeout_s
     async with _client(base_url) as client:

@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-#: Metadata key batchpipe puts on every batch it creates (batchpipe.runner.META_SHARD).
+#: Metadata key batchpipe puts on every batch it creates (batchpipe.runtime.runner.META_SHARD).
 META_SHARD = "batchpipe_shard"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -355,8 +355,8 @@ def list_service_batches(base_url: str, *, tries: int = 60, route: str = "/batch
 # -- the checks ------------------------------------------------------------------------------------------
 def expected_keys(job_spec: Path, workdir: Path, items: int) -> list[str]:
     """The keys of the first ``items`` manifest items, as batchpipe derives them (duplicates suffixed)."""
-    from batchpipe.app import request_from_spec
-    from batchpipe.models import Item
+    from batchpipe.domain.items import Item
+    from batchpipe.runtime.wiring import request_from_spec
 
     request = request_from_spec(
         job_spec=job_spec, manifest=None, job_name=None, workdir=workdir, limit=items, skip_invalid=False

@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from batchpipe.cli import main
+from batchpipe.adapters.sqlite_ledger import open_ledger
+from batchpipe.cli.main import main
+from batchpipe.domain.items import ItemStatus
+from batchpipe.domain.records import ItemRow
 from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig
-from batchpipe.ledger import ItemRow, open_ledger
-from batchpipe.models import ItemStatus
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchpipe import build, spec
-from batchpipe.build import ShardBuilder, ShardInfo
+from batchpipe.domain import spec
+from batchpipe.domain.items import Item, make_custom_id
 from batchpipe.errors import InputError
-from batchpipe.models import Item, make_custom_id
+from batchpipe.stages import shard as build
+from batchpipe.stages.shard import ShardBuilder, ShardInfo
 
 GEN = "/v1/images/generations"
 EDIT = "/v1/images/edits"

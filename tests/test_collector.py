@@ -13,14 +13,14 @@ import orjson
 import pytest
 from PIL import Image
 
-from batchpipe.collector import Collector
+from batchpipe.adapters.local_store import LocalImageStore
+from batchpipe.adapters.sqlite_ledger import SqliteLedger
+from batchpipe.domain.items import ItemStatus
 from batchpipe.errors import ApiConnectionError
-from batchpipe.ledger import SqliteLedger
-from batchpipe.models import ItemStatus
 from batchpipe.provenance.sign import sign_image
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
-from batchpipe.store import LocalImageStore
+from batchpipe.stages.collect import Collector
 
 
 def _png(color: tuple[int, int, int], size: int = 64) -> bytes:
@@ -209,7 +209,7 @@ async def test_unusable_lines_do_not_stop_the_file(tmp_path: Path, garbage: byte
 def test_base64_decoding_is_strict_first_then_lenient() -> None:
     import binascii
 
-    from batchpipe.collector import _decode_b64
+    from batchpipe.stages.collect import _decode_b64
 
     data = bytes(range(256)) * 50
     text = base64.b64encode(data).decode()
@@ -220,7 +220,7 @@ def test_base64_decoding_is_strict_first_then_lenient() -> None:
 
 
 def test_payloads_are_sliced_out_without_parsing_them() -> None:
-    from batchpipe.collector import split_payloads
+    from batchpipe.stages.collect import split_payloads
 
     line = orjson.dumps(
         {"custom_id": "c", "response": {"body": {"data": [{"b64_json": "QUJD"}, {"b64_json": "REVG"}],

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from batchpipe.cli import main
+from batchpipe.adapters.sqlite_ledger import open_ledger
+from batchpipe.cli.main import main
 from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig
-from batchpipe.ledger import open_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from batchpipe.ledger import open_ledger
-from batchpipe.runner import Runner, RunOptions
+from batchpipe.adapters.sqlite_ledger import open_ledger
+from batchpipe.runtime.runner import Runner, RunOptions
 
 REPO = Path(__file__).resolve().parents[1]
 

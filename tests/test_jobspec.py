@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchpipe.errors import JobSpecError
-from batchpipe.jobspec import JobSpec, RunOptions, Template, TemplateSyntaxError
+from batchpipe.input.jobspec import JobSpec, RunOptions
+from batchpipe.input.templates import Template, TemplateSyntaxError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from batchpipe.adapters.sqlite_ledger import SqliteLedger
+from batchpipe.domain.items import ItemStatus
+from batchpipe.domain.records import ITEM_TRANSITIONS
 from batchpipe.errors import LedgerError, TransitionError
-from batchpipe.ledger import ITEM_TRANSITIONS, SqliteLedger
-from batchpipe.models import ItemStatus
 
 
 def _row(

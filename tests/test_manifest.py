@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchpipe import manifest
 from batchpipe.errors import ManifestError
-from batchpipe.manifest import ManifestRow, iter_lines, iter_manifest, read_columns
+from batchpipe.input import manifest
+from batchpipe.input.manifest import ManifestRow, iter_lines, iter_manifest, read_columns
 
 
 def _rows(path: Path, **kwargs: object) -> list[ManifestRow | ManifestError]:

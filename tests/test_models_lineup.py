@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from batchpipe import spec as rules
+from batchpipe.domain import spec as rules
+from batchpipe.domain.lifecycle import LifecycleError, ModelPolicy, clock_from_env
+from batchpipe.domain.modeltable import ModelFacts, ModelTable, ModelTableError, shipped_table
 from batchpipe.errors import JobSpecError, NotFoundError
-from batchpipe.jobspec import JobSpec
-from batchpipe.lifecycle import LifecycleError, ModelPolicy, clock_from_env
-from batchpipe.modeltable import ModelFacts, ModelTable, ModelTableError, shipped_table
+from batchpipe.input.jobspec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 GEN = "/v1/images/generations"

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from batchpipe.client import ApiSettings, OpenAIClient
+from batchpipe.adapters.openai import ApiSettings, OpenAIClient
+from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig
-from batchpipe.ledger import SqliteLedger
-from batchpipe.references import (
+from batchpipe.input.references import (
     MAX_MASK_BYTES,
     MAX_REFERENCE_BYTES,
     REFERENCE_ROLE,

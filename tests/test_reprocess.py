@@ -8,10 +8,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from batchpipe.app import run_job
-from batchpipe.cli import main
+from batchpipe.adapters.sqlite_ledger import open_ledger
+from batchpipe.cli.main import main
 from batchpipe.emulator.config import EmulatorConfig, FaultConfig
-from batchpipe.ledger import open_ledger
+from batchpipe.runtime.wiring import run_job
 
 
 def _manifest(path: Path, n: int, *, blocked: set[int]) -> Path:

@@ -33,7 +33,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from batchpipe.client import ApiSettings, OpenAIClient, RetryPolicy
+from batchpipe.adapters.openai import ApiSettings, OpenAIClient, RetryPolicy
 from batchpipe.errors import ApiError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchpipe.store import LocalImageStore, safe_relative_path
+from batchpipe.adapters.local_store import LocalImageStore, safe_relative_path
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import httpx
 import orjson
 import pytest
 
-from batchpipe.client import ApiSettings, OpenAIClient
+from batchpipe.adapters.openai import ApiSettings, OpenAIClient
+from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig, SpeedConfig
-from batchpipe.jobspec import JobSpec
-from batchpipe.ledger import SqliteLedger
-from batchpipe.runner import Runner, RunOptions
-from batchpipe.validate import make_items
+from batchpipe.input.jobspec import JobSpec
+from batchpipe.input.validate import make_items
+from batchpipe.runtime.runner import Runner, RunOptions
 
 
 class Crash(BaseException):

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchpipe import spec as rules
+from batchpipe.cli.validate import validate_command
+from batchpipe.domain import spec as rules
+from batchpipe.domain.items import ImageRef, Item
 from batchpipe.errors import ManifestError
-from batchpipe.jobspec import JobSpec
-from batchpipe.models import ImageRef, Item
-from batchpipe.validate import ItemProblem, KeyIndex, key_problem, make_items, validate_command, validate_job
+from batchpipe.input.jobspec import JobSpec
+from batchpipe.input.validate import ItemProblem, KeyIndex, key_problem, make_items, validate_job
 
 REPO = Path(__file__).resolve().parents[1]
 GEN = "/v1/images/generations"
@@ -434,7 +435,8 @@ _CELL = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters=
 def test_catalog_items_equal_checking_every_full_body(
     tmp_path: Path, defaults: dict[str, object], rows: list[tuple[str, str, str, bool]]
 ) -> None:
-    from batchpipe.jobspec import BODY_DEFAULT_FIELDS, Template
+    from batchpipe.input.jobspec import BODY_DEFAULT_FIELDS
+    from batchpipe.input.templates import Template
 
     path = tmp_path / "catalog.csv"
     text = io.StringIO()
@@ -515,14 +517,14 @@ def test_key_index_matches_a_dict_across_growth(keys: list[str]) -> None:
 
 @given(st.text(st.sampled_from("ab \t\n\u00a0\u2028\u3000\x1c\x85\u200b"), max_size=12) | st.text(max_size=30))
 def test_single_spacing_fast_path_equals_split_and_join(text: str) -> None:
-    from batchpipe.validate import _single_spaced
+    from batchpipe.input.validate import _single_spaced
 
     assert _single_spaced(text) == " ".join(text.split())
 
 
 @given(st.lists(st.text(max_size=6), max_size=6).map(tuple), st.dictionaries(st.text(max_size=6), st.integers()))
 def test_metadata_picker_equals_the_comprehension(columns: tuple[str, ...], values: dict[str, object]) -> None:
-    from batchpipe.validate import _column_picker
+    from batchpipe.input.validate import _column_picker
 
     picked = _column_picker(columns)(values)
     expected = {column: values.get(column) for column in columns}

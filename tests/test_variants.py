@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from batchpipe import spec as rules
-from batchpipe.build import ShardBuilder
-from batchpipe.cli import main
+from batchpipe.cli.main import main
+from batchpipe.domain import spec as rules
+from batchpipe.domain.items import Item
 from batchpipe.errors import JobSpecError, ManifestError
-from batchpipe.jobspec import JobSpec
-from batchpipe.models import Item
-from batchpipe.validate import ItemProblem, make_items, validate_job
-from batchpipe.variants import MatrixStats
+from batchpipe.input.jobspec import JobSpec
+from batchpipe.input.matrix import MatrixStats
+from batchpipe.input.validate import ItemProblem, make_items, validate_job
+from batchpipe.stages.shard import ShardBuilder
 
 
 @pytest.fixture(autouse=True)
@@ -273,7 +273,7 @@ def test_bad_mask_run_exits_2_with_file_line_field_and_submits_nothing(
     assert f"{tmp_path / 'catalog.csv'}:2: field 'Mask': mask:" in result.stderr
     assert "a mask must be a PNG with an alpha channel, not JPEG" in result.stderr
     assert "matrix: 3 products x 3 variants = 9 items (1 row(s) folded into their product; 6 valid)" in result.stderr
-    from batchpipe.ledger import open_ledger
+    from batchpipe.adapters.sqlite_ledger import open_ledger
 
     ledger = open_ledger(workdir)
     assert ledger.files() == [] and ledger.batches() == [] and ledger.count_items() == {}

@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchpipe import spec
+from batchpipe.domain import spec
 from batchpipe.emulator.config import EmulatorConfig
 from batchpipe.emulator.faults import FaultInjector, server_error_body
 from batchpipe.emulator.lineup import model_not_found_body, model_object

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
+from batchpipe.domain.modeltable import ModelTable, ModelTableError, load_overrides, shipped_table
 from batchpipe.emulator.config import ROUTES, EmulatorConfig, FaultConfig, RouteFaults, SpeedConfig
 from batchpipe.emulator.server import run_server
-from batchpipe.modeltable import ModelTable, ModelTableError, load_overrides, shipped_table
 
 __all__ = ["build_config", "emulator_group", "parse_now", "serve_models"]
 

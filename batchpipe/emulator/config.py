@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from batchpipe.modeltable import ModelTable, shipped_table
+from batchpipe.domain.modeltable import ModelTable, shipped_table
 
 __all__ = [
     "ROUTES",
@@ -134,7 +134,7 @@ class EmulatorConfig(BaseModel):
     input tokens of non-terminal batches (FACTS §3.1); ``None`` means unlimited. ``org``: the organisation
     name used in error messages.
 
-    ``models``: the model table the emulator serves (:class:`~batchpipe.modeltable.ModelTable`; default the
+    ``models``: the model table the emulator serves (:class:`~batchpipe.domain.modeltable.ModelTable`; default the
     shipped one): it lists them on ``GET /v1/models``, validates every image request and batch line against
     it (``spec.check_image_request``) and estimates usage from it. ``now``: the emulator's clock for lifecycle
     decisions (a model whose shutdown moment, 00:00 UTC on its ``shutdown`` date, is at or before now answers

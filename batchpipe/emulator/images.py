@@ -66,7 +66,9 @@ import httpx
 import structlog
 from PIL import Image
 
-from batchpipe import spec
+from batchpipe.domain import spec
+from batchpipe.domain.items import request_hash
+from batchpipe.domain.modeltable import ModelTable, shipped_table
 from batchpipe.emulator.lineup import model_not_found_body
 from batchpipe.emulator.lineup import serves as lineup_serves
 from batchpipe.emulator.render import (
@@ -82,8 +84,6 @@ from batchpipe.emulator.render import (
     render_image,
     render_svg,
 )
-from batchpipe.models import request_hash
-from batchpipe.modeltable import ModelTable, shipped_table
 
 __all__ = [
     "GIF_DEFAULT_FRAMES",
@@ -193,7 +193,7 @@ class ImageExecutor:
     ``detail``: ``"fast"`` (flat gradients and shapes) or ``"realistic"`` (adds noise so a 1024x1024 PNG is
     about 1.5 MB). ``max_workers``: threads rendering, encoding and signing. ``fetch_timeout_s``: timeout in
     seconds for fetching one http(s) ``image_url``. ``models``: the model table requests are checked against
-    (default: the shipped one, :func:`batchpipe.modeltable.shipped_table`). ``now``: the clock for lifecycle
+    (default: the shipped one, :func:`batchpipe.domain.modeltable.shipped_table`). ``now``: the clock for lifecycle
     decisions, returning an aware ``datetime`` (default: real UTC time), read once per request. Call
     :meth:`aclose` when done.
     """

@@ -1,6 +1,6 @@
 """The emulator's model lineup: which models it serves now, their SPEC ``Model`` objects, and the 404 for the rest.
 
-Everything is read from the emulator's model table (:class:`batchpipe.modeltable.ModelTable`, by default the
+Everything is read from the emulator's model table (:class:`batchpipe.domain.modeltable.ModelTable`, by default the
 shipped ``batchpipe/data/image-models.toml``) and its lifecycle clock (``EmulatorConfig.now``). A model serves
 requests until its shutdown moment, 00:00 UTC on the row's ``shutdown`` date (``ModelFacts.shutdown_at``).
 Outside the table, or from that moment on, every request for it answers HTTP 404 with the body the API gives an
@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Final
 
-from batchpipe.modeltable import ModelFacts, ModelTable
+from batchpipe.domain.modeltable import ModelFacts, ModelTable
 
 __all__ = ["MODEL_OWNER", "model_not_found_body", "model_object", "serves"]
 

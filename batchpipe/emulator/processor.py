@@ -28,7 +28,7 @@ from typing import IO, Literal, Protocol
 import orjson
 import structlog
 
-from batchpipe import spec
+from batchpipe.domain import spec
 from batchpipe.emulator.config import EmulatorConfig
 from batchpipe.emulator.faults import BatchFaultPlan, FaultInjector, server_error_body
 from batchpipe.emulator.state import TERMINAL_STATUSES, BatchRecord, FileRecord, StateStore, new_id

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from client_fakes import API_KEY, BASE_URL, FakeClock
 
-from batchpipe.client import ApiSettings, OpenAIClient, RetryPolicy
+from batchpipe.adapters.openai import ApiSettings, OpenAIClient, RetryPolicy
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -6,7 +6,7 @@ import httpx
 import orjson
 import pytest
 
-from batchpipe.client import connection_error, exception_class_for_status, status_error
+from batchpipe.adapters.openai import connection_error, exception_class_for_status, status_error
 from batchpipe.errors import (
     ApiConnectionError,
     ApiStatusError,

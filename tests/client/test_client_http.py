@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from batchpipe.client import FileStream, OpenAIClient, RetryPolicy
+from batchpipe.adapters.openai import FileStream, OpenAIClient, RetryPolicy
 from batchpipe.errors import (
     ApiConnectionError,
     ApiError,

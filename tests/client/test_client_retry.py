@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchpipe.client.retry import (
+from batchpipe.adapters.openai.retry import (
     DEFAULT_RETRY_AFTER_PARSE_CAP_S,
     RetryPolicy,
     backoff_delay_s,

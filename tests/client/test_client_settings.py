@@ -7,7 +7,7 @@ import pydantic
 import pytest
 
 from batchpipe import __version__
-from batchpipe.client import DEFAULT_BASE_URL, ApiSettings, ApiTimeouts, OpenAIClient
+from batchpipe.adapters.openai import DEFAULT_BASE_URL, ApiSettings, ApiTimeouts, OpenAIClient
 
 KEY = "sk-proj-SECRET-abc123xyz"
 ENV = {

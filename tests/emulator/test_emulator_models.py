@@ -22,8 +22,8 @@ from openai.types import ImagesResponse
 from PIL import Image, ImageChops
 
 import batchpipe.emulator.cli as emulator_cli
+from batchpipe.domain.modeltable import shipped_table
 from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig
-from batchpipe.modeltable import shipped_table
 from batchpipe.provenance import C2paVerifier, TrustConfig
 from batchpipe.provenance.cli import verify_command
 

@@ -15,7 +15,7 @@ import c2pa
 import pytest
 from PIL import Image
 
-from batchpipe import spec
+from batchpipe.domain import spec
 from batchpipe.emulator import images as engine
 from batchpipe.emulator.images import ImageExecutor, ImageOutcome
 from batchpipe.emulator.render import build_edit_layer

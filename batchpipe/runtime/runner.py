@@ -7,7 +7,7 @@ already has instead of creating it twice (gotchas #9). The ledger is the source 
 command again resumes the same run.
 
 Shard statuses: ``built → uploading → uploaded → creating → created → done`` (``indeterminate`` stops the
-run). Item statuses: see :class:`batchpipe.models.ItemStatus`.
+run). Item statuses: see :class:`batchpipe.domain.items.ItemStatus`.
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from typing import Any
 import orjson
 import structlog
 
-from batchpipe.build import ShardBuilder, ShardInfo
-from batchpipe.collector import RETRYABLE_ERROR_CODES, Collector
+from batchpipe.adapters.local_store import LocalImageStore
+from batchpipe.adapters.sqlite_ledger import SqliteLedger
+from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
+from batchpipe.domain.lifecycle import ModelPolicy
+from batchpipe.domain.modeltable import ModelTable
+from batchpipe.domain.records import ShardRow
+from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
-from batchpipe.ledger import ShardRow, SqliteLedger
-from batchpipe.lifecycle import ModelPolicy
-from batchpipe.models import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
-from batchpipe.modeltable import ModelTable
-from batchpipe.poller import Poller
-from batchpipe.spec import estimate_input_tokens
-from batchpipe.store import LocalImageStore
+from batchpipe.stages.collect import RETRYABLE_ERROR_CODES, Collector
+from batchpipe.stages.poll import Poller
+from batchpipe.stages.shard import ShardBuilder, ShardInfo
 
 __all__ = ["RunOptions", "RunSummary", "Runner", "ValidationFailed"]
 
@@ -137,8 +138,8 @@ class Runner:
 
     ``sleep`` and ``clock`` are injectable for tests. ``model_policy``: when given, the service is asked about
     every model once (``GET /v1/models/{model}``) before anything is uploaded, and a model it refuses stops the
-    run (:class:`~batchpipe.lifecycle.LifecycleError`, exit 2). Raises :class:`ValidationFailed` on invalid input,
-    :class:`IndeterminateSubmissionError` when a submission intent cannot be decided, and the client's
+    run (:class:`~batchpipe.domain.lifecycle.LifecycleError`, exit 2). Raises :class:`ValidationFailed` on
+    invalid input, :class:`IndeterminateSubmissionError` when a submission intent cannot be decided, and the client's
     :class:`ApiError` when the API is unusable after retries (the run stays resumable).
     """
 
@@ -229,7 +230,7 @@ class Runner:
 
     async def _check_models(self, models: set[str] | frozenset[str], source_name: str) -> None:
         """Ask the service about ``models`` (once per model per run) and stop before any upload if one is
-        refused. Raises :class:`~batchpipe.lifecycle.LifecycleError`."""
+        refused. Raises :class:`~batchpipe.domain.lifecycle.LifecycleError`."""
         if self.model_policy is None or not models:
             return
         await self.model_policy.ask_service(self.client, models)

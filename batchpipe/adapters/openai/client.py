@@ -2,7 +2,7 @@
 
 One :class:`OpenAIClient` wraps one ``httpx.AsyncClient``; the transport, ``sleep``, ``clock`` and
 ``rand`` are injectable so tests run against ``httpx.MockTransport`` or the emulator with no real waiting.
-Every call goes through one retry loop driven by :func:`batchpipe.client.retry.decide`; ``POST /files`` and
+Every call goes through one retry loop driven by :func:`batchpipe.adapters.openai.retry.decide`; ``POST /files`` and
 ``POST /batches`` use the non-idempotent rules (gotchas #9). Failures are raised as the
 :mod:`batchpipe.errors` tree, mapped in one place (:func:`status_error`, :func:`connection_error`).
 Messages, reprs and logs carry the method, URL, status and request id, never headers or the API key.
@@ -30,8 +30,8 @@ import httpx
 import orjson
 import structlog
 
-from batchpipe.client.retry import RetryPolicy, decide, parse_duration_s, parse_retry_after
-from batchpipe.client.settings import ApiSettings
+from batchpipe.adapters.openai.retry import RetryPolicy, decide, parse_duration_s, parse_retry_after
+from batchpipe.adapters.openai.settings import ApiSettings
 from batchpipe.errors import (
     ApiConnectionError,
     ApiError,
@@ -56,7 +56,7 @@ __all__ = [
     "status_error",
 ]
 
-log = structlog.get_logger("batchpipe.client")
+log = structlog.get_logger("batchpipe.adapters.openai")
 
 _UPLOAD_CHUNK_BYTES = 1 << 20
 _DEFAULT_LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections=4, keepalive_expiry=30.0)
@@ -117,7 +117,7 @@ def status_error(response: httpx.Response, *, now_s: float) -> ApiStatusError:
     """Build the exception for an error ``response`` whose body has been read.
 
     Carries ``status_code``, ``request_id`` (``x-request-id``), the parsed ``body`` (SPEC ``ErrorResponse``
-    when JSON), ``retry_after_s`` (:func:`~batchpipe.client.retry.parse_retry_after` at ``now_s``, unix
+    when JSON), ``retry_after_s`` (:func:`~batchpipe.adapters.openai.retry.parse_retry_after` at ``now_s``, unix
     seconds), and the request method and URL. Headers are never copied, and the bearer token is redacted
     from the body should the server echo it.
     """

@@ -1,7 +1,7 @@
 """The GPT Image model table: every model batchpipe knows, as data (``batchpipe/data/image-models.toml``).
 
 Validation (``spec.check_image_request``), cost estimates (``spec.estimate_usage``, ``spec.request_cost_usd``),
-lifecycle checks (:mod:`batchpipe.lifecycle`) and the emulator all read one :class:`ModelTable`; no other module
+lifecycle checks (:mod:`batchpipe.domain.lifecycle`) and the emulator all read one :class:`ModelTable`; no other module
 names a model. The shipped file is validated by :class:`ModelFacts` when loaded. A job adds or overrides rows with
 a ``[models]`` table in its spec, any command with ``--models FILE`` (:func:`load_overrides`); both use the same
 fields, and a row may set only what it changes.

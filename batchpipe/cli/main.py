@@ -18,11 +18,20 @@ from typing import Any, Final, TextIO
 
 import click
 import orjson
+from rich.console import Console
+from rich.table import Table
 
 from batchpipe import __version__
+from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
+from batchpipe.cli.validate import validate_command
+from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
+from batchpipe.domain.modeltable import ModelTableError, load_overrides, shipped_table
 from batchpipe.errors import ApiError, BatchpipeError, IndeterminateSubmissionError, InputError
-from batchpipe.ledger import SqliteLedger, open_ledger
 from batchpipe.logs import configure_logging
+from batchpipe.provenance.cli import verify_command
+from batchpipe.runtime import reprocess
+from batchpipe.runtime.runner import RunOptions
+from batchpipe.runtime.wiring import RunRequest, execute, run_job
 
 __all__ = ["main"]
 
@@ -100,8 +109,6 @@ def run(
     models_file: Path | None,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
-    from batchpipe.app import run_job
-
     if (job_spec is None) == (manifest is None):
         raise click.UsageError("give a JOB_SPEC or --manifest FILE.jsonl --job-name NAME")
     if manifest is not None and not job_name:
@@ -156,9 +163,6 @@ def status(workdir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     if latest:
         console.print(f"latest run [bold]{latest['run_id']}[/] ({latest['status']}, api {latest['api']})")
@@ -295,10 +299,6 @@ def retry(
     models_file: Path | None,
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
-    from batchpipe import reprocess
-    from batchpipe.app import RunRequest, execute
-    from batchpipe.runner import RunOptions
-
     store = _open_existing_ledger(workdir)
     try:
         selection = reprocess.RetrySelection(
@@ -377,9 +377,6 @@ def retry(
 def _retry_policy(models_file: Path | None) -> Any:
     """The lifecycle policy of ``batchpipe retry``: the shipped table plus ``--models FILE``, the clock from
     ``BATCHPIPE_NOW`` (or the system clock), refusals that suggest ``--set model=...``."""
-    from batchpipe.lifecycle import ModelPolicy, clock_from_env
-    from batchpipe.modeltable import ModelTableError, load_overrides, shipped_table
-
     table = shipped_table()
     if models_file is not None:
         try:
@@ -419,9 +416,7 @@ def _run_guarded(action: Any) -> None:
 
 
 def _attach_optional_commands() -> None:
-    from batchpipe.emulator.cli import emulator_group
-    from batchpipe.provenance.cli import verify_command
-    from batchpipe.validate import validate_command
+    from batchpipe.emulator.cli import emulator_group  # lazy: Starlette, uvicorn and Pillow cost ~0.3 s to import
 
     main.add_command(verify_command, "verify")
     main.add_command(validate_command, "validate")

@@ -22,13 +22,16 @@ from typing import IO, Any, Final
 
 import orjson
 
-from batchpipe import spec as rules
+from batchpipe.adapters.sqlite_ledger import SqliteLedger
+from batchpipe.domain import spec as rules
+from batchpipe.domain.items import Item, ItemStatus
+from batchpipe.domain.modeltable import ModelTable
+from batchpipe.domain.records import ItemRow
 from batchpipe.errors import InputError
-from batchpipe.ledger import ItemRow, SqliteLedger
-from batchpipe.models import Item, ItemStatus
-from batchpipe.modeltable import ModelTable
-from batchpipe.validate import ItemProblem
-from batchpipe.variants import REQUEST_FIELDS
+from batchpipe.input.jobspec import JobSpec
+from batchpipe.input.matrix import REQUEST_FIELDS
+from batchpipe.input.validate import ItemProblem
+from batchpipe.runtime.matrix_run import MatrixRun
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -143,7 +146,7 @@ def retry_items(
 ) -> Iterator[Item | ItemProblem]:
     """Items for new attempts of ``rows`` with ``changes`` applied, each checked against the model's rules.
 
-    ``advice``: the lifecycle policy (:class:`batchpipe.lifecycle.ModelPolicy`, its fix text
+    ``advice``: the lifecycle policy (:class:`batchpipe.domain.lifecycle.ModelPolicy`, its fix text
     ``--set model={model}``): an item whose model is shut down, or shuts down before its batch could finish,
     becomes a problem naming the date and the replacement. Without it only the model's capabilities are checked.
     """
@@ -190,9 +193,6 @@ def job_session(
 ) -> Callable[[], AbstractAsyncContextManager[None]] | None:
     """The job's run session (a matrix job's loopback mirror of reference photos), found through the spec path
     its latest run recorded; None when the job has none or its spec is gone."""
-    from batchpipe.jobspec import JobSpec
-    from batchpipe.variants import MatrixRun
-
     run = ledger.latest_run(job)
     spec_path = Path(str(run["spec_path"])) if run and run.get("spec_path") else None
     if spec_path is None or not spec_path.is_file():

@@ -27,10 +27,10 @@ import aiofiles.os
 import orjson
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
-from batchpipe import spec
+from batchpipe.domain import spec
+from batchpipe.domain.items import Item
+from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import InputError
-from batchpipe.models import Item
-from batchpipe.spec import estimate_input_tokens
 
 __all__ = ["MAX_BUFFER_BYTES", "WRITE_CHUNK_BYTES", "ShardBuilder", "ShardInfo"]
 

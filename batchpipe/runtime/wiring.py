@@ -11,14 +11,22 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from batchpipe.ledger import open_ledger
-from batchpipe.runner import Runner, RunOptions, RunSummary
+from batchpipe.adapters.openai import ApiSettings, OpenAIClient
+from batchpipe.adapters.sqlite_ledger import open_ledger
+from batchpipe.domain.lifecycle import clock_from_env
+from batchpipe.input.jobspec import JobSpec
+from batchpipe.input.validate import make_items
+from batchpipe.provenance.trust import TrustConfig
+from batchpipe.provenance.verify import C2paVerifier
+from batchpipe.runtime.matrix_run import MatrixRun
+from batchpipe.runtime.runner import Runner, RunOptions, RunSummary
 
 __all__ = [
     "EMULATOR_API_KEY",
@@ -105,13 +113,13 @@ def summary_lines(summary: RunSummary, *, output_dir: Path) -> list[str]:
 class RunRequest:
     """Everything one run needs besides the API: what to run and where results go.
 
-    ``items``: a callable that streams :class:`~batchpipe.models.Item` or problem objects (called once per
+    ``items``: a callable that streams :class:`~batchpipe.domain.items.Item` or problem objects (called once per
     build). ``spec_hash``: identifies the input (recorded on the run). ``source_name``: the file problems are
     reported against. ``trust``: the C2PA trust setting (``default`` becomes ``emulator`` on the emulator).
     ``prepare(client, ledger)``: async work before a new run's build (see ``Runner.run``). ``session()``: an
     async context around the whole run, new or resumed (a matrix job's loopback mirror of reference photos).
     ``spec_path``: the job spec, remembered on the run so ``batchpipe retry`` can find the job's session.
-    ``policy``: the model lifecycle policy (:class:`~batchpipe.lifecycle.ModelPolicy`) the items were checked
+    ``policy``: the model lifecycle policy (:class:`~batchpipe.domain.lifecycle.ModelPolicy`) the items were checked
     with; the runner asks the service about each model with it before any upload. ``known_models``: the models
     the job names in its spec (``[defaults]``, variants), asked about before anything else; ``model_line``: the
     spec line of ``[defaults] model``, for the refusal.
@@ -147,13 +155,8 @@ def request_from_spec(
     """A :class:`RunRequest` for a TOML job spec or a plain JSONL manifest (raises ``InputError`` subclasses).
 
     ``models_file`` (``--models FILE``), ``clock`` and ``on_warning`` configure the model lifecycle policy
-    (:meth:`batchpipe.jobspec.JobSpec.load`).
+    (:meth:`batchpipe.input.jobspec.JobSpec.load`).
     """
-    from functools import partial
-
-    from batchpipe.jobspec import JobSpec
-    from batchpipe.validate import make_items
-
     model_args: dict[str, Any] = {
         "models_file": models_file,
         "clock": clock,
@@ -186,8 +189,6 @@ def request_from_spec(
     prepare: Callable[[Any, Any], Awaitable[None]] | None = None
     session: Callable[[], AbstractAsyncContextManager[None]] | None = None
     if spec.matrix is not None:  # products x variants: references uploaded/mirrored before the build
-        from batchpipe.variants import MatrixRun
-
         matrix_run = MatrixRun(spec, workdir=workdir, limit=limit, skip_invalid=options.skip_invalid)
         items, prepare, session = matrix_run.items, matrix_run.prepare, matrix_run.session
     return RunRequest(
@@ -235,8 +236,6 @@ def run_job(
     ``models_file`` / ``clock``: the model table overrides and the lifecycle clock (default: ``BATCHPIPE_NOW``
     or the system clock); lifecycle warnings go to ``echo``.
     """
-    from batchpipe.lifecycle import clock_from_env
-
     workdir = workdir.resolve()
     request = request_from_spec(
         job_spec=job_spec,
@@ -305,10 +304,6 @@ async def execute_async(
     ``api_label``: ``emulator`` (embedded when ``base_url`` is None), ``openai``, or a URL; the API key comes
     from ``environ`` (``OPENAI_*``), or is a placeholder for emulators, which accept any bearer token.
     """
-    from batchpipe.client import ApiSettings, OpenAIClient
-    from batchpipe.provenance.trust import TrustConfig
-    from batchpipe.provenance.verify import C2paVerifier
-
     emulated = api_label == "emulator"
     local = emulated or _is_loopback(base_url)  # a standalone emulator (or a local proxy): poll like the embedded one
     options = request.options

@@ -2,7 +2,7 @@
 
 A *reference* is the text a job spec or a manifest column gives for one input image of ``/v1/images/edits``
 (SPEC ``EditImageBodyJsonParam.images`` / ``mask``, each an ``ImageRefParam``). :class:`ReferenceResolver`
-turns it into the request's ``ImageRefParam`` and the ledger's :class:`~batchpipe.models.ImageRef`:
+turns it into the request's ``ImageRefParam`` and the ledger's :class:`~batchpipe.domain.items.ImageRef`:
 
 =====================================  ====================================================================
 reference text                         becomes
@@ -52,9 +52,9 @@ from typing import Any, Final, Literal
 import structlog
 from PIL import Image
 
-from batchpipe import spec as rules
+from batchpipe.domain import spec as rules
+from batchpipe.domain.items import ImageRef, ItemStatus
 from batchpipe.errors import ApiError, NotFoundError
-from batchpipe.models import ImageRef, ItemStatus
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -73,7 +73,7 @@ __all__ = [
     "release_unused",
 ]
 
-_log = structlog.get_logger("batchpipe.references")
+_log = structlog.get_logger("batchpipe.input.references")
 
 #: SPEC ``CreateImageEditRequest.image``: each image "less than 50MB" (the emulator uses the same binary MB).
 MAX_REFERENCE_BYTES: Final = 50 * 1024 * 1024

@@ -17,7 +17,7 @@ import structlog
 
 __all__ = ["PollResult", "Poller"]
 
-log = structlog.get_logger("batchpipe.poller")
+log = structlog.get_logger("batchpipe.stages.poll")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,43 +14,15 @@ import hashlib
 import os
 import re
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
-__all__ = ["ImageStore", "LocalImageStore", "StoredImage", "safe_relative_path"]
+from batchpipe.ports import StoredImage
+
+__all__ = ["LocalImageStore", "safe_relative_path"]
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._@+=,-]+")
 _MAX_SEGMENT: Final = 120
-
-
-@dataclass(frozen=True, slots=True)
-class StoredImage:
-    """Where an image went: ``location`` (a filesystem path or URL as str), ``sha256`` (hex), ``size_bytes``."""
-
-    location: str
-    sha256: str
-    size_bytes: int
-
-
-class ImageStore(Protocol):
-    """The narrow image-store interface used by the collector (thread-safe; called from worker threads)."""
-
-    def location_for(self, key: str, index: int, ext: str) -> str:
-        """The deterministic location of image ``index`` (0-based, of ``n``) of item ``key`` with extension."""
-        ...
-
-    def put(self, location: str, data: bytes) -> StoredImage:
-        """Store ``data`` at ``location`` atomically and durably (all or nothing); returns what was stored."""
-        ...
-
-    def exists(self, location: str) -> bool:
-        """True if something is stored at ``location``."""
-        ...
-
-    def sync(self) -> None:
-        """Make everything ``put`` so far durable (called before the ledger records it)."""
-        ...
 
 
 def safe_relative_path(key: str, index: int, ext: str) -> Path:

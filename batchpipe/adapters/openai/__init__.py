@@ -4,7 +4,7 @@
 ``OpenAIClient`` (httpx, retries, error mapping into :mod:`batchpipe.errors`, rate-limit pacing, stats).
 """
 
-from batchpipe.client.client import (
+from batchpipe.adapters.openai.client import (
     ClientStats,
     FileStream,
     OpenAIClient,
@@ -13,7 +13,7 @@ from batchpipe.client.client import (
     exception_class_for_status,
     status_error,
 )
-from batchpipe.client.retry import (
+from batchpipe.adapters.openai.retry import (
     RetryDecision,
     RetryPolicy,
     backoff_delay_s,
@@ -21,7 +21,7 @@ from batchpipe.client.retry import (
     parse_duration_s,
     parse_retry_after,
 )
-from batchpipe.client.settings import DEFAULT_BASE_URL, ApiSettings, ApiTimeouts, user_agent
+from batchpipe.adapters.openai.settings import DEFAULT_BASE_URL, ApiSettings, ApiTimeouts, user_agent
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -28,19 +28,18 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 import orjson
 import pybase64
 import structlog
 from PIL import Image
 
+from batchpipe.domain.items import ItemStatus
+from batchpipe.domain.modeltable import ModelTable
+from batchpipe.domain.spec import request_cost_usd
 from batchpipe.errors import ApiConnectionError
-from batchpipe.ledger import SqliteLedger
-from batchpipe.models import ItemStatus
-from batchpipe.modeltable import ModelTable
-from batchpipe.spec import request_cost_usd
-from batchpipe.store import ImageStore
+from batchpipe.ports import CollectLedger, ImageStore, Verifier
 
 __all__ = [
     "RETRYABLE_ERROR_CODES",
@@ -52,7 +51,7 @@ __all__ = [
     "process_line",
 ]
 
-log = structlog.get_logger("batchpipe.collector")
+log = structlog.get_logger("batchpipe.stages.collect")
 
 #: Per-request error codes worth another attempt (gotchas #2, #4; FACTS §5): service-side and capacity
 #: failures. Moderation blocks and invalid requests are final.
@@ -95,14 +94,6 @@ def _image_size(raw: bytes, fmt: str) -> tuple[int | None, int | None]:
     with Image.open(io.BytesIO(raw)) as img:
         width, height = img.size
     return width, height
-
-
-class Verifier(Protocol):
-    """What the collector needs of a C2PA verifier (``batchpipe.provenance.verify.C2paVerifier``)."""
-
-    def verify_bytes(self, data: bytes, mime: str | None = None) -> Any:
-        """A report with ``state``, ``failure_codes``... and ``to_dict()``."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +337,7 @@ class _OffsetTracker:
 class Collector:
     """Collects output and error files of finished batches into the store and the ledger.
 
-    ``client`` is a :class:`batchpipe.client.OpenAIClient`; ``verifier`` None turns C2PA checks off.
+    ``client`` is a :class:`batchpipe.adapters.openai.OpenAIClient`; ``verifier`` None turns C2PA checks off.
     ``workers``: worker threads for parse/decode/write/verify (default 4: twice the cores here, since fsync
     and C2PA reads wait outside the GIL);
     ``queue_lines``: lines in flight (bounds memory: about ``queue_lines`` × the largest line);
@@ -357,7 +348,7 @@ class Collector:
     def __init__(
         self,
         client: Any,
-        ledger: SqliteLedger,
+        ledger: CollectLedger,
         store: ImageStore,
         verifier: Verifier | None,
         *,

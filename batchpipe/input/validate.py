@@ -1,4 +1,4 @@
-"""Validation before spending: manifest rows → checked :class:`batchpipe.models.Item` objects, streamed.
+"""Validation before spending: manifest rows → checked :class:`batchpipe.domain.items.Item` objects, streamed.
 
 :func:`make_items` yields an ``Item`` for every row the service would accept and one :class:`ItemProblem`
 per reason a row cannot become a request (a row with three problems yields three, and no item). It never
@@ -23,20 +23,18 @@ import unicodedata
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final, Literal
 
-import click
 import orjson
 import structlog
 
-from batchpipe import spec as rules
+from batchpipe.domain import spec as rules
+from batchpipe.domain.items import ImageRef, Item
 from batchpipe.errors import InputError, ManifestError
-from batchpipe.jobspec import BODY_DEFAULT_FIELDS, JobSpec
-from batchpipe.manifest import ManifestRow, iter_manifest
-from batchpipe.models import ImageRef, Item
-from batchpipe.references import ReferenceResolver, Resolved
-from batchpipe.variants import MatrixStats, ProductRefs, VariantMatrix, build_request, resolve_all
+from batchpipe.input.jobspec import BODY_DEFAULT_FIELDS, JobSpec
+from batchpipe.input.manifest import ManifestRow, iter_manifest
+from batchpipe.input.matrix import MatrixStats, ProductRefs, VariantMatrix, build_request, resolve_all
+from batchpipe.input.references import ReferenceResolver, Resolved
 
 __all__ = [
     "MAX_KEY_CHARS",
@@ -44,9 +42,9 @@ __all__ = [
     "ItemProblem",
     "KeyIndex",
     "ValidationReport",
+    "count_summary",
     "key_problem",
     "make_items",
-    "validate_command",
     "validate_job",
 ]
 
@@ -285,7 +283,7 @@ def make_items(
     edits, ``inputs`` (the images, then the mask). Problems carry the param names of
     ``spec.check_image_request`` as ``field``. Raises ``ManifestError`` for file-level manifest errors.
 
-    A ``[matrix]`` job (:mod:`batchpipe.variants`) yields one edit item per product x variant, with
+    A ``[matrix]`` job (:mod:`batchpipe.input.matrix`) yields one edit item per product x variant, with
     ``product_key``, ``variant`` and ``inputs`` set; ``resolver`` turns reference texts into request params
     (default: a checking resolver with placeholder ``file_id``\ s for local files, enough for validation);
     ``stats`` (optional) receives the matrix counts. ``limit`` then counts manifest rows read.
@@ -739,7 +737,8 @@ def validate_job(spec: JobSpec, *, limit: int | None = None, max_listed: int = 5
     return report
 
 
-def _count_summary(report: ValidationReport) -> Mapping[str, object]:
+def count_summary(report: ValidationReport) -> Mapping[str, object]:
+    """The report's counts as ``name → value`` (items, problems, warnings, estimated input tokens and USD)."""
     return {
         "items": report.items,
         "problems": report.problem_count,
@@ -747,56 +746,3 @@ def _count_summary(report: ValidationReport) -> Mapping[str, object]:
         "estimated_input_tokens": report.input_tokens,
         "estimated_cost_usd": round(report.cost_usd, 4),
     }
-
-
-@click.command("validate")
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--job-name", help="Job name when SOURCE is a plain JSONL manifest rather than a TOML spec.")
-@click.option("--limit", type=click.IntRange(min=1), help="Read at most this many manifest rows.")
-@click.option("--max-listed", type=click.IntRange(min=0), default=50, show_default=True)
-@click.option(
-    "--models",
-    "models_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help='A TOML file of [models."NAME"] rows added to or overriding the model table.',
-)
-def validate_command(
-    source: Path, job_name: str | None, limit: int | None, max_listed: int, models_file: Path | None
-) -> None:
-    """Check a job (TOML spec, or plain JSONL manifest) before spending anything.
-
-    Exit 0: no problem; 1: some items have problems; 2: the spec is bad, or a model is shut down (or shuts down
-    before a batch could finish), with the date, the source and the replacement.
-    """
-    from batchpipe.lifecycle import clock_from_env
-
-    def warn(message: str) -> None:
-        click.echo(f"warning: {message}", err=True)
-
-    try:
-        clock = clock_from_env()
-        if source.suffix.lower() == ".toml":
-            spec = JobSpec.load(source, models_file=models_file, clock=clock, on_warning=warn)
-        else:
-            spec = JobSpec.for_manifest(
-                source, job_name or source.stem, models_file=models_file, clock=clock, on_warning=warn
-            )
-        report = validate_job(spec, limit=limit, max_listed=max_listed)
-    except (InputError, ValueError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from exc
-    if report.matrix is not None:
-        click.echo(report.matrix.line())
-    for problem in report.problems:
-        click.echo(str(problem), err=True)
-    for warning in report.warnings:
-        click.echo(str(warning), err=True)
-    for (endpoint, model), count in sorted(report.groups.items()):
-        click.echo(f"{count:>9,}  {model}  {endpoint}")
-    summary = {**_count_summary(report), "model_warnings": len(spec.policy.warnings)}
-    click.echo("  ".join(f"{k}={v}" for k, v in summary.items()))
-    if spec.policy.refused:
-        click.echo(f"error: refused model(s): {', '.join(sorted(spec.policy.refused))} (see above)", err=True)
-        raise SystemExit(2)
-    if not report.ok:
-        raise SystemExit(1)

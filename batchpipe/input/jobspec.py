@@ -29,8 +29,8 @@ Format (every section optional except ``[job]`` and ``[manifest]``; unknown keys
     [run.enqueued_token_budget]           # per model, input tokens
     "gpt-image-2" = 2000000
 
-A *variant matrix* job (brand variants through ``/v1/images/edits``, see :mod:`batchpipe.variants` and
-:mod:`batchpipe.references`) adds::
+A *variant matrix* job (brand variants through ``/v1/images/edits``, see :mod:`batchpipe.input.matrix` and
+:mod:`batchpipe.input.references`) adds::
 
     [matrix]
     product = "{Handle}"                  # one product per distinct value; later rows with it are folded
@@ -57,10 +57,11 @@ A *variant matrix* job (brand variants through ``/v1/images/edits``, see :mod:`b
     "https://cdn.example.com/photos/" = "photos/"
 
 and ``[defaults] input_fidelity``. Every check (variants, overrides against the model's edit rules, brand
-assets and variant masks) runs at load time; per-row references are checked by :func:`batchpipe.validate.make_items`.
+assets and variant masks) runs at load time; per-row references are checked by
+:func:`batchpipe.input.validate.make_items`.
 
 Without ``[item]`` the manifest must be a *plain JSONL* item file: one object per line with ``key``, any
-Images API body fields and ``metadata`` (see :mod:`batchpipe.validate`).
+Images API body fields and ``metadata`` (see :mod:`batchpipe.input.validate`).
 
 Templates (:class:`Template`) do plain field substitution only: ``{column}`` inserts a manifest column's
 value verbatim (column names may contain spaces), ``{{`` and ``}}`` are literal braces, and ``{? ...}`` is an
@@ -79,239 +80,26 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from batchpipe import spec
+from batchpipe.domain import spec
+from batchpipe.domain.lifecycle import DEFAULT_WARN_DAYS, Clock, ModelPolicy, clock_from_env
+from batchpipe.domain.modeltable import ModelTable, ModelTableError, load_overrides, shipped_table
 from batchpipe.errors import InputError, JobSpecError, ManifestError
-from batchpipe.lifecycle import DEFAULT_WARN_DAYS, Clock, ModelPolicy, clock_from_env
-from batchpipe.manifest import DEFAULT_MAX_LINE_BYTES, ManifestFormat, detect_format, read_columns
-from batchpipe.modeltable import ModelTable, ModelTableError, load_overrides, shipped_table
-from batchpipe.references import DEFAULT_UPLOAD_PURPOSE, ReferenceOptions, ReferenceResolver
-from batchpipe.variants import Variant, VariantMatrix, variants_from_csv, variants_from_tables
+from batchpipe.input.manifest import DEFAULT_MAX_LINE_BYTES, ManifestFormat, detect_format, read_columns
+from batchpipe.input.matrix import Variant, VariantMatrix, variants_from_csv, variants_from_tables
+from batchpipe.input.references import DEFAULT_UPLOAD_PURPOSE, ReferenceOptions, ReferenceResolver
+from batchpipe.input.templates import SUSPICIOUS_FIELD_CHARS, Template, TemplateSyntaxError
 
 __all__ = [
     "BODY_DEFAULT_FIELDS",
     "DuplicatePolicy",
     "JobSpec",
     "RunOptions",
-    "Template",
-    "TemplateSyntaxError",
 ]
 
 DuplicatePolicy = Literal["suffix", "error"]
 
 #: The request body fields a spec may default (SPEC ``CreateImageRequest``), in the order bodies are built.
 BODY_DEFAULT_FIELDS: Final[tuple[str, ...]] = spec.REQUEST_OPTION_FIELDS
-
-
-# --------------------------------------------------------------------------------------------- templates
-
-
-class TemplateSyntaxError(ValueError):
-    """A template that does not parse; ``position`` is the 0-based character offset of the problem."""
-
-    def __init__(self, message: str, position: int) -> None:
-        self.position = position
-        super().__init__(f"{message} (at character {position + 1})")
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Optional:
-    parts: tuple[str | _Field, ...]
-
-
-_Part = str | _Field | _Optional
-_SUSPICIOUS: Final = re.compile(r"[.\[\]!:()]")
-
-
-@dataclass(frozen=True, slots=True)
-class Template:
-    """A parsed template: literal text, ``{field}`` substitutions and ``{? ...}`` optional segments.
-
-    Build with :meth:`parse`; :meth:`render` takes a ``Mapping[str, object]`` of column values. The parts are
-    compiled once, at construction, into one specialised function (:func:`_compile`), so rendering a
-    catalog row costs a few dictionary lookups and one join.
-    """
-
-    source: str
-    parts: tuple[_Part, ...]
-    _compiled: Callable[[Mapping[str, object]], str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_compiled", _compile(self.parts))
-
-    @classmethod
-    def parse(cls, text: str) -> Template:
-        """Parse ``text``; raises :class:`TemplateSyntaxError` for a lone ``{`` or ``}``, an empty ``{}``, a
-        field name containing a brace, an unclosed ``{?`` segment, or an optional segment inside another."""
-        parts, end = _parse_parts(text, 0, in_optional=False)
-        assert end == len(text)
-        return cls(text, tuple(parts))
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        """Field names in order of first appearance (each once)."""
-        seen: dict[str, None] = {}
-        for part in self.parts:
-            if isinstance(part, _Field):
-                seen.setdefault(part.name)
-            elif isinstance(part, _Optional):
-                for inner in part.parts:
-                    if isinstance(inner, _Field):
-                        seen.setdefault(inner.name)
-        return tuple(seen)
-
-    @property
-    def renderer(self) -> Callable[[Mapping[str, object]], str]:
-        """The compiled :meth:`render` as a plain function (saves a method call per row in hot loops)."""
-        return self._compiled
-
-    def render(self, values: Mapping[str, object]) -> str:
-        """The template with each field replaced by ``values[name]`` as text (``None``/missing → ``""``).
-
-        Values are inserted literally: braces or ``{x}`` inside a value are never expanded. ``str`` values as
-        they are, ``bool`` as ``true``/``false``, numbers with ``str()``. An optional segment is dropped at
-        its first field that renders blank (fields after it are not read). Raises ``TypeError`` (naming the
-        field) for a list or object value. Same result as :meth:`interpret`, faster.
-        """
-        return self._compiled(values)
-
-    def interpret(self, values: Mapping[str, object]) -> str:
-        """:meth:`render` by walking the parts (the reference the compiled form is tested against)."""
-        out: list[str] = []
-        for part in self.parts:
-            if isinstance(part, str):
-                out.append(part)
-            elif isinstance(part, _Field):
-                out.append(_text(part.name, values.get(part.name)))
-            else:
-                segment: list[str] = []
-                for inner in part.parts:
-                    if isinstance(inner, str):
-                        segment.append(inner)
-                        continue
-                    value = _text(inner.name, values.get(inner.name))
-                    if not value.strip():
-                        break
-                    segment.append(value)
-                else:
-                    out.extend(segment)
-        return "".join(out)
-
-
-def _compile(parts: tuple[_Part, ...]) -> Callable[[Mapping[str, object]], str]:
-    """One Python function doing what :meth:`Template.interpret` does for ``parts``, in the same order.
-
-    Generated source: every field is read once (``values.get``), converted by :func:`_text` unless it is
-    already a ``str``, and each optional segment is a chain of nested ``if`` s that stops at its first blank
-    field. Names and literals enter the source only through ``repr()`` of a ``str``, so no template text is
-    ever executed.
-    """
-    lines = ["def render(values):", "    get = values.get"]
-    pieces: list[str] = []
-    count = 0
-
-    def load(name: str, indent: str) -> str:
-        nonlocal count
-        var = f"v{count}"
-        count += 1
-        lines.append(f"{indent}{var} = get({name!r})")
-        lines.append(f"{indent}if {var}.__class__ is not str:")
-        lines.append(f"{indent}    {var} = _text({name!r}, {var})")
-        return var
-
-    for number, part in enumerate(parts):
-        if isinstance(part, str):
-            pieces.append(repr(part))
-        elif isinstance(part, _Field):
-            pieces.append(load(part.name, "    "))
-        else:
-            segment = f"s{number}"
-            lines.append(f"    {segment} = ''")
-            inner_pieces: list[str] = []
-            indent = "    "
-            for inner in part.parts:
-                if isinstance(inner, str):
-                    inner_pieces.append(repr(inner))
-                    continue
-                var = load(inner.name, indent)
-                lines.append(f"{indent}if {var} and not {var}.isspace():")  # not value.strip(), without a copy
-                indent += "    "
-                inner_pieces.append(var)
-            lines.append(f"{indent}{segment} = ''.join(({', '.join(inner_pieces)},))" if inner_pieces else "    pass")
-            pieces.append(segment)
-    lines.append(f"    return ''.join(({', '.join(pieces)},))" if pieces else "    return ''")
-    namespace: dict[str, object] = {"_text": _text, "str": str}
-    exec(compile("\n".join(lines), "<batchpipe template>", "exec"), namespace)  # noqa: S102 - see docstring
-    render = namespace["render"]
-    assert callable(render)
-    return render
-
-
-def _text(name: str, value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    raise TypeError(f"template field '{name}' holds {type(value).__name__}, not a text or number value")
-
-
-def _parse_parts(text: str, start: int, *, in_optional: bool) -> tuple[list[_Part], int]:
-    """Parse from ``start`` until the end (or, inside ``{? ...}``, until its closing ``}``)."""
-    parts: list[_Part] = []
-    literal: list[str] = []
-    i = start
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "{":
-            if text.startswith("{{", i):
-                literal.append("{")
-                i += 2
-                continue
-            if literal:
-                parts.append("".join(literal))
-                literal = []
-            if text.startswith("{?", i):
-                if in_optional:
-                    raise TemplateSyntaxError("optional segments cannot be nested", i)
-                inner, i = _parse_parts(text, i + 2, in_optional=True)
-                parts.append(_Optional(tuple(p for p in inner if not isinstance(p, _Optional))))
-                continue
-            close = text.find("}", i + 1)
-            brace = text.find("{", i + 1)
-            if close < 0 or (0 <= brace < close):
-                raise TemplateSyntaxError("'{' opens a field that is never closed (write '{{' for a brace)", i)
-            name = text[i + 1 : close]
-            if not name:
-                raise TemplateSyntaxError("empty field name '{}'", i)
-            parts.append(_Field(name))
-            i = close + 1
-        elif ch == "}":
-            if text.startswith("}}", i):
-                literal.append("}")
-                i += 2
-                continue
-            if in_optional:
-                if literal:
-                    parts.append("".join(literal))
-                return parts, i + 1
-            raise TemplateSyntaxError("'}' closes nothing (write '}}' for a brace)", i)
-        else:
-            literal.append(ch)
-            i += 1
-    if in_optional:
-        raise TemplateSyntaxError("optional segment '{?' is never closed", start - 2)
-    if literal:
-        parts.append("".join(literal))
-    return parts, i
 
 
 # --------------------------------------------------------------------------------------------- the file
@@ -405,7 +193,7 @@ class RunOptions(_Strict):
     (gotchas #6; input files otherwise expire after 30 days, FACTS §1); ``retry_error_codes``: error codes
     resubmitted automatically besides the retryable ones (e.g. ``invalid_image_url``; moderation blocks and
     invalid requests are otherwise final); ``model_shutdown_warning_days``: warn when a model shuts down within
-    this many days (:mod:`batchpipe.lifecycle`).
+    this many days (:mod:`batchpipe.domain.lifecycle`).
     """
 
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -485,8 +273,8 @@ class JobSpec:
     copied to each item's metadata (catalog mode). ``defaults``: body fields applied under each row's own
     (only those set). ``output_dir``: absolute. ``c2pa_trust``: trust setting name. ``run``: run options.
     ``columns``: the manifest's columns as read at load time (catalog mode), else ``None``. ``matrix``: the
-    variant matrix and reference settings of a ``[matrix]`` job (:mod:`batchpipe.variants`), else ``None``.
-    ``policy``: the model lifecycle policy (:class:`~batchpipe.lifecycle.ModelPolicy`) over the job's model table
+    variant matrix and reference settings of a ``[matrix]`` job (:mod:`batchpipe.input.matrix`), else ``None``.
+    ``policy``: the model lifecycle policy (:class:`~batchpipe.domain.lifecycle.ModelPolicy`) over the job's model table
     (``models``), which validation and the build consult for every item. ``model_line``: the spec line of
     ``[defaults] model`` (for lifecycle messages), else ``None``.
     """
@@ -810,7 +598,7 @@ def _parse_template(text: str, loc: tuple[str, ...], fail: _Fail) -> Template:
 
 def _unknown_column(column: str, columns: tuple[str, ...]) -> str:
     hint = ""
-    if _SUSPICIOUS.search(column):
+    if SUSPICIOUS_FIELD_CHARS.search(column):
         hint = " (templates substitute plain fields only: no attribute/index access, conversions, format specs)"
     shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
     return f"template field '{{{column}}}' names no manifest column{hint}; columns: {shown}"

@@ -26,15 +26,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
+from batchpipe.domain.items import ItemStatus
+from batchpipe.domain.records import ITEM_COLUMNS, ITEM_TRANSITIONS, SHARD_TRANSITIONS, ItemRow, ShardRow
 from batchpipe.errors import LedgerError, TransitionError
-from batchpipe.models import ImageRef, Item, ItemStatus
-from batchpipe.spec import Endpoint
 
 __all__ = [
     "ITEM_TRANSITIONS",
@@ -45,31 +44,6 @@ __all__ = [
     "SqliteLedger",
     "open_ledger",
 ]
-
-S = ItemStatus
-#: Allowed item status changes: from → the statuses it may move to.
-ITEM_TRANSITIONS: Final[Mapping[ItemStatus, frozenset[ItemStatus]]] = {
-    S.PENDING: frozenset({S.SUBMITTED, S.FAILED, S.SUPERSEDED}),
-    S.SUBMITTED: frozenset({S.SUCCEEDED, S.FAILED, S.EXPIRED, S.CANCELLED, S.MISSING}),
-    S.SUCCEEDED: frozenset({S.SUPERSEDED}),
-    S.FAILED: frozenset({S.SUPERSEDED}),
-    S.EXPIRED: frozenset({S.SUPERSEDED}),
-    S.CANCELLED: frozenset({S.SUPERSEDED}),
-    S.MISSING: frozenset({S.SUPERSEDED}),
-    S.INVALID: frozenset({S.SUPERSEDED}),
-    S.SUPERSEDED: frozenset(),
-}
-
-#: Shard (submission intent) statuses, in order; ``indeterminate`` stops the run for a human.
-SHARD_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
-    "built": frozenset({"uploading"}),
-    "uploading": frozenset({"uploaded", "built", "indeterminate"}),
-    "uploaded": frozenset({"creating"}),
-    "creating": frozenset({"created", "uploaded", "indeterminate"}),
-    "created": frozenset({"done"}),
-    "indeterminate": frozenset({"built", "uploaded", "created"}),
-    "done": frozenset(),
-}
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -186,144 +160,6 @@ CREATE TABLE IF NOT EXISTS events (
     detail        TEXT
 );
 """
-
-_ITEM_COLUMNS: Final = [
-    "custom_id",
-    "job",
-    "item_key",
-    "attempt",
-    "run_id",
-    "previous_custom_id",
-    "endpoint",
-    "model",
-    "request_hash",
-    "body_json",
-    "metadata_json",
-    "source",
-    "product_key",
-    "variant",
-    "inputs_json",
-    "input_tokens_est",
-    "shard",
-    "batch_id",
-    "status",
-    "retryable",
-    "error_code",
-    "error_message",
-    "output_path",
-    "sha256",
-    "bytes",
-    "format",
-    "width",
-    "height",
-    "c2pa_state",
-    "c2pa_json",
-    "usage_json",
-    "cost_usd",
-    "created_at",
-    "updated_at",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class ItemRow:
-    """One ledger item row (one attempt of one item). Times are unix seconds; ``bytes`` is the image size."""
-
-    custom_id: str
-    job: str
-    item_key: str
-    attempt: int
-    run_id: str
-    previous_custom_id: str | None
-    endpoint: str
-    model: str
-    request_hash: str
-    body_json: str
-    metadata_json: str
-    source: str
-    product_key: str | None
-    variant: str | None
-    inputs_json: str | None
-    input_tokens_est: int
-    shard: str | None
-    batch_id: str | None
-    status: str
-    retryable: int | None
-    error_code: str | None
-    error_message: str | None
-    output_path: str | None
-    sha256: str | None
-    bytes: int | None
-    format: str | None
-    width: int | None
-    height: int | None
-    c2pa_state: str | None
-    c2pa_json: str | None
-    usage_json: str | None
-    cost_usd: float | None
-    created_at: float
-    updated_at: float
-
-    @property
-    def body(self) -> dict[str, object]:
-        """The request body as sent (parsed from ``body_json``)."""
-        parsed: dict[str, object] = orjson.loads(self.body_json)
-        return parsed
-
-    def as_item(
-        self,
-        *,
-        body: dict[str, object] | None = None,
-        metadata: dict[str, object] | None = None,
-        source: str | None = None,
-    ) -> Item:
-        """The :class:`~batchpipe.models.Item` this row sent (for a new attempt), with ``body``, ``metadata``
-        and ``source`` replaced when given; product key, variant and input references are kept."""
-        endpoint: Endpoint = "/v1/images/edits" if self.endpoint == "/v1/images/edits" else "/v1/images/generations"
-        return Item(
-            key=self.item_key,
-            endpoint=endpoint,
-            body=self.body if body is None else body,
-            metadata=orjson.loads(self.metadata_json) if metadata is None else metadata,
-            source=self.source if source is None else source,
-            product_key=self.product_key,
-            variant=self.variant,
-            inputs=ImageRef.parse_list(self.inputs_json),
-        )
-
-    def to_record(self) -> dict[str, object]:
-        """A flat JSON-ready dict for exports: every column, with JSON columns parsed."""
-        record: dict[str, object] = {}
-        for name in _ITEM_COLUMNS:
-            value = getattr(self, name)
-            if name.endswith("_json"):
-                record[name.removesuffix("_json")] = orjson.loads(value) if value else None
-            else:
-                record["key" if name == "item_key" else name] = value
-        return record
-
-
-@dataclass(frozen=True, slots=True)
-class ShardRow:
-    """One shard: a batch input file and its submission intent (``status`` in :data:`SHARD_TRANSITIONS`)."""
-
-    name: str
-    run_id: str
-    job: str
-    endpoint: str
-    model: str
-    path: str
-    requests: int
-    bytes: int
-    sha256: str
-    input_tokens: int
-    status: str
-    input_file_id: str | None
-    batch_id: str | None
-    intent_at: float | None
-    note: str | None
-    created_at: float
-    updated_at: float
 
 
 class Ledger:
@@ -462,11 +298,11 @@ class SqliteLedger(Ledger):
     def insert_items(self, rows: Iterable[Mapping[str, object]]) -> int:
         """Insert new item rows (``status`` must be ``pending`` or ``invalid``); returns how many.
 
-        Each mapping gives the ``items`` columns (see ``_ITEM_COLUMNS``); missing optional ones are NULL.
+        Each mapping gives the ``items`` columns (see ``ITEM_COLUMNS``); missing optional ones are NULL.
         Raises :class:`LedgerError` on a duplicate ``custom_id`` or (job, key, attempt).
         """
         now = self._clock()
-        columns = _ITEM_COLUMNS
+        columns = ITEM_COLUMNS
         sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         params = []
         for row in rows:
@@ -474,7 +310,7 @@ class SqliteLedger(Ledger):
             values.setdefault("created_at", now)
             values.setdefault("updated_at", now)
             values.setdefault("input_tokens_est", 0)
-            if values.get("status") not in (S.PENDING, S.INVALID):
+            if values.get("status") not in (ItemStatus.PENDING, ItemStatus.INVALID):
                 raise LedgerError(f"new items start as pending or invalid, not {values.get('status')!r}")
             params.append([values.get(c) for c in columns])
         if not params:

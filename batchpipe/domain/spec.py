@@ -7,7 +7,7 @@ Both sides of the wire read this module: the pipeline's validation (before spend
 - ``FACTS §n``: ``openai-batch-images-facts.md`` section n (shared/reference).
 - ``M26 §n``: ``openai-image-models-2026-11.md`` section n (shared/reference; wins over FACTS where they differ).
 
-What each *model* accepts and costs is not here: it is the model table (:mod:`batchpipe.modeltable`, data in
+What each *model* accepts and costs is not here: it is the model table (:mod:`batchpipe.domain.modeltable`, data in
 ``batchpipe/data/image-models.toml``), which every check below reads.
 
 Where the sources conflict, the choice made here is stated next to the constant.
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from batchpipe.modeltable import Endpoint, ModelFacts, ModelTable, shipped_table
+from batchpipe.domain.modeltable import Endpoint, ModelFacts, ModelTable, shipped_table
 
 __all__ = [
     "BATCH_DISCOUNT",
@@ -137,7 +137,7 @@ UNCOMPRESSED_FORMATS: Final[frozenset[str]] = frozenset({"gif", "svg"})
 
 
 class ModelAdvice(Protocol):
-    """What the request checks ask beyond a model's capabilities (:class:`batchpipe.lifecycle.ModelPolicy`).
+    """What the request checks ask beyond a model's capabilities (:class:`batchpipe.domain.lifecycle.ModelPolicy`).
 
     ``table``: the model table in force. ``model_problem(model)``: a lifecycle refusal for a model in the table
     (shut down before a batch could finish, unknown to the service), or ``None``. ``warn(key, message)``:
@@ -154,7 +154,7 @@ class ModelAdvice(Protocol):
 
 
 def shipped_models() -> ModelTable:
-    """The model table shipped in the package (:func:`batchpipe.modeltable.shipped_table`)."""
+    """The model table shipped in the package (:func:`batchpipe.domain.modeltable.shipped_table`)."""
     return shipped_table()
 
 

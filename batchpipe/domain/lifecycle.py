@@ -2,7 +2,7 @@
 
 A :class:`ModelPolicy` answers, for every model a job's items name: refused (shut down before now plus the 24 h
 completion window, or unknown to the service), warned (within ``warn_days`` of its shutdown; Batch support not
-confirmed; preview settings), or fine. It reads the model table (:mod:`batchpipe.modeltable`) and, once per model
+confirmed; preview settings), or fine. It reads the model table (:mod:`batchpipe.domain.modeltable`) and, once per model
 per run, the service's own word: ``GET /v1/models/{model}`` → ``shutdown_date`` (SPEC ``Model.shutdown_date``; SDK
 ``types/model.py``), which wins over the table (M26 §1: "The API tells you"). The clock is injected so tests and
 drills pin dates; the CLI reads ``BATCHPIPE_NOW`` (ISO 8601) for the same purpose.
@@ -17,9 +17,9 @@ from typing import Any, Final, Protocol
 
 import structlog
 
+from batchpipe.domain.modeltable import ModelFacts, ModelTable
+from batchpipe.domain.spec import COMPLETION_WINDOW_S, RequestProblem
 from batchpipe.errors import InputError, NotFoundError
-from batchpipe.modeltable import ModelFacts, ModelTable
-from batchpipe.spec import COMPLETION_WINDOW_S, RequestProblem
 
 __all__ = [
     "DEFAULT_WARN_DAYS",
@@ -31,7 +31,7 @@ __all__ = [
     "system_clock",
 ]
 
-log = structlog.get_logger("batchpipe.lifecycle")
+log = structlog.get_logger("batchpipe.domain.lifecycle")
 
 #: Warn this many days before a model's shutdown (``[run] model_shutdown_warning_days`` overrides it).
 DEFAULT_WARN_DAYS: Final = 30
@@ -63,7 +63,7 @@ def clock_from_env(environ: Mapping[str, str] | None = None) -> Clock:
 class LifecycleError(InputError):
     """Models that must not be submitted (shut down before the batch could finish, or unknown to the service).
 
-    Raised before any upload; ``problems`` holds one :class:`~batchpipe.spec.RequestProblem` per model.
+    Raised before any upload; ``problems`` holds one :class:`~batchpipe.domain.spec.RequestProblem` per model.
     """
 
     def __init__(

@@ -1,0 +1,66 @@
+"""``batchpipe validate``: check a job before spending anything (:func:`batchpipe.input.validate.validate_job`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from batchpipe.domain.lifecycle import clock_from_env
+from batchpipe.errors import InputError
+from batchpipe.input.jobspec import JobSpec
+from batchpipe.input.validate import count_summary, validate_job
+
+__all__ = ["validate_command"]
+
+
+@click.command("validate")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--job-name", help="Job name when SOURCE is a plain JSONL manifest rather than a TOML spec.")
+@click.option("--limit", type=click.IntRange(min=1), help="Read at most this many manifest rows.")
+@click.option("--max-listed", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option(
+    "--models",
+    "models_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='A TOML file of [models."NAME"] rows added to or overriding the model table.',
+)
+def validate_command(
+    source: Path, job_name: str | None, limit: int | None, max_listed: int, models_file: Path | None
+) -> None:
+    """Check a job (TOML spec, or plain JSONL manifest) before spending anything.
+
+    Exit 0: no problem; 1: some items have problems; 2: the spec is bad, or a model is shut down (or shuts down
+    before a batch could finish), with the date, the source and the replacement.
+    """
+
+    def warn(message: str) -> None:
+        click.echo(f"warning: {message}", err=True)
+
+    try:
+        clock = clock_from_env()
+        if source.suffix.lower() == ".toml":
+            spec = JobSpec.load(source, models_file=models_file, clock=clock, on_warning=warn)
+        else:
+            spec = JobSpec.for_manifest(
+                source, job_name or source.stem, models_file=models_file, clock=clock, on_warning=warn
+            )
+        report = validate_job(spec, limit=limit, max_listed=max_listed)
+    except (InputError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from exc
+    if report.matrix is not None:
+        click.echo(report.matrix.line())
+    for problem in report.problems:
+        click.echo(str(problem), err=True)
+    for warning in report.warnings:
+        click.echo(str(warning), err=True)
+    for (endpoint, model), count in sorted(report.groups.items()):
+        click.echo(f"{count:>9,}  {model}  {endpoint}")
+    summary = {**count_summary(report), "model_warnings": len(spec.policy.warnings)}
+    click.echo("  ".join(f"{k}={v}" for k, v in summary.items()))
+    if spec.policy.refused:
+        click.echo(f"error: refused model(s): {', '.join(sorted(spec.policy.refused))} (see above)", err=True)
+        raise SystemExit(2)
+    if not report.ok:
+        raise SystemExit(1)
