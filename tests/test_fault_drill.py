@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from batchpipe.adapters.sqlite_ledger import open_ledger
-from batchpipe.runtime.runner import Runner, RunOptions
+from batchpipe.runtime.runner import Runner
+from batchpipe.runtime.settings import RunOptions
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.emulator import EmbeddedEmulator, EmulatorConfig, SpeedConfig
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.validate import make_items
-from batchpipe.runtime.runner import Runner, RunOptions
+from batchpipe.runtime.runner import Runner
+from batchpipe.runtime.settings import RunOptions
 
 
 class Crash(BaseException):

@@ -17,12 +17,15 @@ import threading
 from pathlib import Path
 from typing import Final
 
+import structlog
+
 from batchpipe.ports import StoredImage
 
 __all__ = ["LocalImageStore", "safe_relative_path"]
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._@+=,-]+")
 _MAX_SEGMENT: Final = 120
+log = structlog.get_logger("batchpipe.adapters.local_store")
 
 
 def safe_relative_path(key: str, index: int, ext: str) -> Path:
@@ -57,6 +60,26 @@ class LocalImageStore:
         self.root = root.resolve()
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
+
+    def recover(self) -> list[Path]:
+        """Delete the ``.<name>.tmp-<pid>`` files (:meth:`put`) that a process killed mid-write left under
+        ``root``; files of a process that is still alive (this one included) are kept. Returns the deleted paths."""
+        removed: list[Path] = []
+        if not self.root.is_dir():
+            return removed
+        for path in self.root.rglob(".*.tmp-*"):
+            pid = path.name.rpartition(".tmp-")[2]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+                log.info("removed a temporary file of a killed run", path=str(path))
+            except OSError:
+                pass  # alive, owned by someone else
+        return removed
 
     def location_for(self, key: str, index: int, ext: str) -> str:
         """See :meth:`ImageStore.location_for`. ``safe_relative_path`` keeps the result inside ``root``

@@ -30,8 +30,8 @@ from batchpipe.errors import ApiError, BatchpipeError, IndeterminateSubmissionEr
 from batchpipe.logs import configure_logging
 from batchpipe.provenance.cli import verify_command
 from batchpipe.runtime import reprocess
-from batchpipe.runtime.runner import RunOptions
-from batchpipe.runtime.wiring import RunRequest, execute, run_job
+from batchpipe.runtime.settings import RunOptions, api_timing
+from batchpipe.runtime.wiring import RunRequest, execute, is_loopback, run_job
 
 __all__ = ["main"]
 
@@ -342,7 +342,13 @@ def retry(
     store.close()
     label, base_url = resolve_api(api, os.environ)
     highest = max(row.attempt for row in rows)
-    options = RunOptions(workdir=workdir.resolve(), max_attempts=max_attempts or highest + 2, models=policy.table)
+    local = label == "emulator" or is_loopback(base_url)
+    options = RunOptions(
+        workdir=workdir.resolve(),
+        max_attempts=max_attempts or highest + 2,
+        models=policy.table,
+        **api_timing(local=local, poll_interval_s=poll_interval),
+    )
     digest = orjson.dumps(sorted(row.custom_id for row in rows)) + orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
     request = RunRequest(
         job=jobs[0],
@@ -368,7 +374,6 @@ def retry(
             api_label=label,
             base_url=base_url,
             environ=os.environ,
-            poll_interval_s=poll_interval,
             echo=_echo_err,
         )
     )

@@ -13,10 +13,9 @@ run). Item statuses: see :class:`batchpipe.domain.items.ItemStatus`.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,11 @@ from batchpipe.adapters.local_store import LocalImageStore
 from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.domain.lifecycle import ModelPolicy
-from batchpipe.domain.modeltable import ModelTable
 from batchpipe.domain.records import ShardRow
 from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
+from batchpipe.ports import ImageStore
+from batchpipe.runtime.settings import RunOptions
 from batchpipe.stages.collect import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.stages.poll import Poller
 from batchpipe.stages.shard import ShardBuilder, ShardInfo
@@ -80,38 +80,6 @@ class ValidationFailed(InputError):
 
 
 @dataclass
-class RunOptions:
-    """How a run behaves. Times in seconds; budgets in estimated input tokens.
-
-    ``enqueued_token_budget``: per model, the most input tokens this run keeps enqueued at once (FACTS §3.1,
-    gotchas #4): shards go out in waves under it. ``output_grace_s``: how long a ``completed`` batch with
-    ``output_file_id: null`` is waited for before its rows are reconciled from the error file alone
-    (gotchas #3). ``cleanup_inputs`` / ``cleanup_outputs``: delete input files after their batch ends and
-    output/error files after collection (gotchas #6). ``retry_error_codes``: per-request error codes to
-    resubmit automatically on top of the retryable ones (e.g. ``invalid_image_url`` while a photo host is down).
-    """
-
-    workdir: Path
-    limit: int | None = None
-    skip_invalid: bool = False
-    max_attempts: int = 3
-    poll_interval_s: float = 5.0
-    max_poll_interval_s: float = 60.0
-    collect_concurrency: int = 2
-    collect_workers: int = 4
-    enqueued_token_budget: dict[str, int] = field(default_factory=dict)
-    output_grace_s: float = 600.0
-    cleanup_inputs: bool = True
-    cleanup_outputs: bool = True
-    max_shard_requests: int | None = None
-    max_shard_bytes: int | None = None
-    max_shard_input_tokens: int | None = None
-    retry_error_codes: frozenset[str] = frozenset()
-    models: ModelTable | None = None  #: the model table for costs (default: the shipped one)
-    stop_after: str | None = None  # testing hook: "build" | "submit" stops the run early (resumable)
-
-
-@dataclass
 class RunSummary:
     """What a run did: item counts by status, batches, cost (USD), and whether every item succeeded."""
 
@@ -136,11 +104,15 @@ class RunSummary:
 class Runner:
     """Runs one job against one API. ``client``: an ``OpenAIClient``; ``verifier``: a C2PA verifier or None.
 
-    ``sleep`` and ``clock`` are injectable for tests. ``model_policy``: when given, the service is asked about
-    every model once (``GET /v1/models/{model}``) before anything is uploaded, and a model it refuses stops the
-    run (:class:`~batchpipe.domain.lifecycle.LifecycleError`, exit 2). Raises :class:`ValidationFailed` on
-    invalid input, :class:`IndeterminateSubmissionError` when a submission intent cannot be decided, and the client's
-    :class:`ApiError` when the API is unusable after retries (the run stays resumable).
+    ``sleep`` and ``clock`` are injectable for tests; so are the stages' seams: ``store`` (an ``ImageStore``,
+    default a ``LocalImageStore`` on ``output_dir``), ``poller`` and ``collector_factory`` (default: a
+    ``Collector`` over this runner's client, ledger, store and verifier). ``model_policy``: when given, the
+    service is asked about every model once (``GET /v1/models/{model}``) before anything is uploaded, and a
+    model it refuses stops the run (:class:`~batchpipe.domain.lifecycle.LifecycleError`, exit 2).
+
+    Raises :class:`ValidationFailed` on invalid input, :class:`IndeterminateSubmissionError` when a submission
+    intent cannot be decided, and the client's :class:`ApiError` when the API is unusable after retries (the
+    run stays resumable).
     """
 
     def __init__(
@@ -156,19 +128,24 @@ class Runner:
         clock: Callable[[], float] = time.time,
         progress: Callable[[str, dict[str, Any]], None] | None = None,
         model_policy: ModelPolicy | None = None,
+        store: ImageStore | None = None,
+        poller: Poller | None = None,
+        collector_factory: Callable[[], Collector] | None = None,
     ) -> None:
         self.ledger = ledger
         self.model_policy = model_policy
         self.client = client
         self.options = options
-        self.store = LocalImageStore(output_dir)
+        self.store: ImageStore = store if store is not None else LocalImageStore(output_dir)
+        self.output_dir = output_dir
         self.verifier = verifier
         self.api_label = api_label
         self._sleep = sleep
         self._clock = clock
         self._progress = progress or (lambda event, data: None)
         self.shard_dir = options.workdir / "shards"
-        self.poller = Poller(client)
+        self.poller = poller if poller is not None else Poller(client)
+        self._collector_factory = collector_factory
         self._round = 0
 
     # ------------------------------------------------------------------------------------------------
@@ -191,7 +168,7 @@ class Runner:
         once per model) before the first upload of this invocation.
         """
         run_id, resumed = self.ledger.open_run(
-            job, spec_hash, self.api_label, output_dir=str(self.store.root), trust=trust, spec_path=spec_path
+            job, spec_hash, self.api_label, output_dir=str(self.output_dir), trust=trust, spec_path=spec_path
         )
         log.info("run", job=job, run_id=run_id, resumed=resumed)
         self._remove_stale_temporaries()
@@ -206,13 +183,17 @@ class Runner:
         )
         if self.options.stop_after == "build":
             return self._summary(job, run_id, stats, finished=False)
-        collector = Collector(
-            self.client,
-            self.ledger,
-            self.store,
-            self.verifier,
-            workers=self.options.collect_workers,
-            models=self.options.models,
+        collector = (
+            self._collector_factory()
+            if self._collector_factory is not None
+            else Collector(
+                self.client,
+                self.ledger,
+                self.store,
+                self.verifier,
+                workers=self.options.collect_workers,
+                models=self.options.models,
+            )
         )
         try:
             await self._reconcile_intents(run_id)
@@ -237,21 +218,9 @@ class Runner:
         self.model_policy.refuse(models, file=source_name)
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete ``.<name>.tmp-<pid>`` files (``LocalImageStore.put``) left in the output directory by a
-        process that was killed mid-write; files of a process that is still alive are kept."""
-        if not self.store.root.is_dir():
-            return
-        for path in self.store.root.rglob(".*.tmp-*"):
-            pid = path.name.rpartition(".tmp-")[2]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                path.unlink(missing_ok=True)
-                log.info("removed a temporary file of a killed run", path=str(path))
-            except OSError:
-                pass  # alive, owned by someone else
+        """Let a local store delete the temporary files a killed run left (``LocalImageStore.recover``)."""
+        if isinstance(self.store, LocalImageStore):
+            self.store.recover()
 
     def _summary(self, job: str, run_id: str, stats: dict[str, int], *, finished: bool) -> RunSummary:
         return RunSummary(

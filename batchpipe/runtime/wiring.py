@@ -26,7 +26,8 @@ from batchpipe.input.validate import make_items
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
 from batchpipe.runtime.matrix_run import MatrixRun
-from batchpipe.runtime.runner import Runner, RunOptions, RunSummary
+from batchpipe.runtime.runner import Runner, RunSummary
+from batchpipe.runtime.settings import ApiTiming, RunOptions, api_timing, options_from_spec
 
 __all__ = [
     "EMULATOR_API_KEY",
@@ -34,6 +35,7 @@ __all__ = [
     "RunRequest",
     "execute",
     "execute_async",
+    "is_loopback",
     "request_from_spec",
     "run_job",
     "summary_lines",
@@ -84,7 +86,7 @@ class ProgressReporter:
         )
 
 
-def _is_loopback(base_url: str | None) -> bool:
+def is_loopback(base_url: str | None) -> bool:
     """True for an API on this machine (``127.0.0.0/8``, ``localhost``, ``[::1]``)."""
     if not base_url:
         return False
@@ -151,11 +153,16 @@ def request_from_spec(
     models_file: Path | None = None,
     clock: Any = None,
     on_warning: Callable[[str], None] | None = None,
+    timing: ApiTiming | None = None,
+    stop_after: str | None = None,
+    trust: str | None = None,
 ) -> RunRequest:
     """A :class:`RunRequest` for a TOML job spec or a plain JSONL manifest (raises ``InputError`` subclasses).
 
     ``models_file`` (``--models FILE``), ``clock`` and ``on_warning`` configure the model lifecycle policy
-    (:meth:`batchpipe.input.jobspec.JobSpec.load`).
+    (:meth:`batchpipe.input.jobspec.JobSpec.load`). ``timing`` (:func:`~batchpipe.runtime.settings.api_timing`),
+    ``stop_after`` and ``trust`` (``--trust``, over the spec's ``[c2pa] trust``) go into the run's settings,
+    built here once.
     """
     model_args: dict[str, Any] = {
         "models_file": models_file,
@@ -168,19 +175,14 @@ def request_from_spec(
     else:
         assert manifest is not None and job_name is not None
         spec = JobSpec.for_manifest(manifest, job_name, workdir=workdir, **model_args)
-    options = RunOptions(
+    options = options_from_spec(
+        spec.run,
         workdir=workdir,
         limit=limit,
-        skip_invalid=skip_invalid or spec.run.skip_invalid,
-        max_attempts=spec.run.max_attempts,
-        enqueued_token_budget=dict(spec.run.enqueued_token_budget),
-        max_shard_requests=spec.run.max_requests_per_shard,
-        max_shard_bytes=spec.run.max_shard_bytes,
-        max_shard_input_tokens=spec.run.max_input_tokens_per_shard,
-        cleanup_inputs=spec.run.delete_input_files,
-        cleanup_outputs=spec.run.delete_output_files,
-        retry_error_codes=frozenset(spec.run.retry_error_codes),
+        skip_invalid=skip_invalid,
         models=spec.models,
+        stop_after=stop_after,
+        timing=timing,
     )
     known = {str(spec.defaults["model"])} if isinstance(spec.defaults.get("model"), str) else set()
     if spec.matrix is not None:
@@ -197,7 +199,7 @@ def request_from_spec(
         items=items,
         source_name=spec.source_name,
         output_dir=spec.output_dir,
-        trust=spec.c2pa_trust,
+        trust=trust if trust is not None else spec.c2pa_trust,
         options=options,
         prepare=prepare,
         session=session,
@@ -237,6 +239,7 @@ def run_job(
     or the system clock); lifecycle warnings go to ``echo``.
     """
     workdir = workdir.resolve()
+    local = api_label == "emulator" or is_loopback(base_url)
     request = request_from_spec(
         job_spec=job_spec,
         manifest=manifest,
@@ -247,16 +250,15 @@ def run_job(
         models_file=models_file,
         clock=clock or clock_from_env(environ),
         on_warning=lambda message: echo(f"warning: {message}"),
+        timing=api_timing(local=local, poll_interval_s=poll_interval_s),
+        stop_after=stop_after,
+        trust=trust,
     )
-    if trust is not None:
-        request.trust = trust
-    request.options.stop_after = stop_after
     return execute(
         request,
         api_label=api_label,
         base_url=base_url,
         environ=environ,
-        poll_interval_s=poll_interval_s,
         echo=echo,
         emulator_config=emulator_config,
     )
@@ -268,7 +270,6 @@ def execute(
     api_label: str,
     base_url: str | None,
     environ: Mapping[str, str],
-    poll_interval_s: float | None = None,
     echo: Callable[[str], None] = print,
     emulator_config: Any = None,
 ) -> int:
@@ -279,7 +280,6 @@ def execute(
             api_label=api_label,
             base_url=base_url,
             environ=environ,
-            poll_interval_s=poll_interval_s,
             echo=echo,
             emulator_config=emulator_config,
         )
@@ -295,7 +295,6 @@ async def execute_async(
     api_label: str,
     base_url: str | None,
     environ: Mapping[str, str],
-    poll_interval_s: float | None = None,
     echo: Callable[[str], None] = print,
     emulator_config: Any = None,
 ) -> RunSummary:
@@ -305,11 +304,7 @@ async def execute_async(
     from ``environ`` (``OPENAI_*``), or is a placeholder for emulators, which accept any bearer token.
     """
     emulated = api_label == "emulator"
-    local = emulated or _is_loopback(base_url)  # a standalone emulator (or a local proxy): poll like the embedded one
     options = request.options
-    options.poll_interval_s = poll_interval_s or (0.2 if local else 30.0)
-    options.max_poll_interval_s = max(options.poll_interval_s, 2.0 if local else 300.0)
-    options.output_grace_s = 30.0 if local else 600.0
     trust = request.trust
     if emulated and trust == "default":
         trust = "emulator"  # the emulator's test root is added to the default lists
