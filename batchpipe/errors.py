@@ -28,6 +28,8 @@ key) and the request method and URL, never headers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ApiConnectionError",
     "ApiError",
@@ -56,9 +58,19 @@ class BatchpipeError(Exception):
 
 
 class InputError(BatchpipeError):
-    """Bad user input, located: ``file`` (path as given), ``line`` (1-based, or None), ``field`` (or None)."""
+    """Bad user input, located: ``file`` (path as given), ``line`` (1-based, or None), ``field`` (or None);
+    ``problems``: the located problems behind it, listed under the message (strings or objects with ``str()``)."""
 
-    def __init__(self, message: str, *, file: str, line: int | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str,
+        line: int | None = None,
+        field: str | None = None,
+        problems: Sequence[object] = (),
+    ) -> None:
+        self.problems: Sequence[object] = problems
         self.file = file
         self.line = line
         self.field = field

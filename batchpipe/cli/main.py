@@ -11,7 +11,7 @@ import csv
 import hashlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -23,10 +23,11 @@ from rich.table import Table
 
 from batchpipe import __version__
 from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
+from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
 from batchpipe.cli.validate import validate_command
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import ModelTableError, load_overrides, shipped_table
-from batchpipe.errors import ApiError, BatchpipeError, IndeterminateSubmissionError, InputError
+from batchpipe.errors import InputError
 from batchpipe.logs import configure_logging
 from batchpipe.provenance.cli import verify_command
 from batchpipe.runtime import reprocess
@@ -37,7 +38,6 @@ __all__ = ["main"]
 
 #: The documented default work directory (ledger, shards, images, emulator state), under the current directory.
 DEFAULT_WORKDIR: Final = Path(".batchpipe")
-EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_STOPPED = 0, 1, 2, 3
 
 _models_option = click.option(
     "--models",
@@ -300,7 +300,8 @@ def retry(
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
     store = _open_existing_ledger(workdir)
-    try:
+
+    def action() -> int:
         selection = reprocess.RetrySelection(
             job=job,
             statuses=statuses or reprocess.DEFAULT_RETRY_STATUSES,
@@ -312,71 +313,67 @@ def retry(
         )
         changes = reprocess.parse_set_options(sets)
         policy = _retry_policy(models_file)
-    except (InputError, ValueError) as exc:
-        _echo_err(f"error: {exc}")
-        sys.exit(EXIT_INPUT)
-    rows = list(reprocess.select_rows(store, selection))
-    jobs = sorted({row.job for row in rows})
-    _echo_err(f"selected {len(rows)} item(s) from {len(jobs)} job(s): {', '.join(jobs) or '-'}")
-    if export_path is not None:
-        with export_path.open("wb") as out:
-            count, problems = reprocess.export_manifest(reprocess.retry_items(rows, changes), out)
-        for problem in problems:
-            _echo_err(f"  {problem}")
-        _echo_err(f"wrote {count} manifest line(s) to {export_path}")
-        sys.exit(EXIT_INPUT if problems else EXIT_OK)
-    if not rows:
-        sys.exit(EXIT_OK)
-    if len(jobs) > 1:
-        _echo_err("error: the selection spans several jobs; pick one with --job (or use --export)")
-        sys.exit(EXIT_INPUT)
-    running = store.latest_run(jobs[0])
-    if running and running["status"] == "running":
-        _echo_err(
-            f"error: run {running['run_id']} of job {jobs[0]} is not finished; resume it first with the same "
-            "batchpipe run command"
+        rows = list(reprocess.select_rows(store, selection))
+        jobs = sorted({row.job for row in rows})
+        _echo_err(f"selected {len(rows)} item(s) from {len(jobs)} job(s): {', '.join(jobs) or '-'}")
+        if export_path is not None:
+            with export_path.open("wb") as out:
+                count, problems = reprocess.export_manifest(reprocess.retry_items(rows, changes), out)
+            for problem in problems:
+                _echo_err(f"  {problem}")
+            _echo_err(f"wrote {count} manifest line(s) to {export_path}")
+            return EXIT_INPUT if problems else EXIT_OK
+        if not rows:
+            return EXIT_OK
+        if len(jobs) > 1:
+            raise InputError("the selection spans several jobs; pick one with --job (or use --export)", file="ledger")
+        running = store.latest_run(jobs[0])
+        if running and running["status"] == "running":
+            raise InputError(
+                f"run {running['run_id']} of job {jobs[0]} is not finished; resume it first with the same "
+                "batchpipe run command",
+                file="ledger",
+            )
+        output_dir, trust = reprocess.default_output_dir(store, jobs[0], workdir.resolve())
+        session = reprocess.job_session(store, jobs[0], workdir.resolve())
+        label, base_url = resolve_api(api, os.environ)
+        highest = max(row.attempt for row in rows)
+        local = label == "emulator" or is_loopback(base_url)
+        options = RunOptions(
+            workdir=workdir.resolve(),
+            max_attempts=max_attempts or highest + 2,
+            models=policy.table,
+            **api_timing(local=local, poll_interval_s=poll_interval),
         )
-        sys.exit(EXIT_INPUT)
-    output_dir, trust = reprocess.default_output_dir(store, jobs[0], workdir.resolve())
-    session = reprocess.job_session(store, jobs[0], workdir.resolve())
-    store.close()
-    label, base_url = resolve_api(api, os.environ)
-    highest = max(row.attempt for row in rows)
-    local = label == "emulator" or is_loopback(base_url)
-    options = RunOptions(
-        workdir=workdir.resolve(),
-        max_attempts=max_attempts or highest + 2,
-        models=policy.table,
-        **api_timing(local=local, poll_interval_s=poll_interval),
-    )
-    digest = orjson.dumps(sorted(row.custom_id for row in rows)) + orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
-    request = RunRequest(
-        job=jobs[0],
-        spec_hash="retry:" + hashlib.sha256(digest).hexdigest(),
-        items=lambda: reprocess.retry_items(rows, changes, advice=policy),
-        source_name="ledger",
-        output_dir=output_dir,
-        trust=trust,
-        options=options,
-        session=session,
-        policy=policy,
-    )
-    checked = list(reprocess.retry_items(rows, changes, advice=policy))  # lifecycle first: nothing is spent
-    if policy.refused:
-        _echo_err(f"error: refused model(s) {', '.join(sorted(policy.refused))}; nothing was submitted:")
-        model_problems = [str(p) for p in checked if getattr(p, "field", None) == "model"]
-        for line in model_problems[:20]:
-            _echo_err(f"  {line}")
-        sys.exit(EXIT_INPUT)
-    _run_guarded(
-        lambda: execute(
-            request,
-            api_label=label,
-            base_url=base_url,
-            environ=os.environ,
-            echo=_echo_err,
+        digest = orjson.dumps(sorted(row.custom_id for row in rows))
+        digest += orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
+        request = RunRequest(
+            job=jobs[0],
+            spec_hash="retry:" + hashlib.sha256(digest).hexdigest(),
+            items=lambda: reprocess.retry_items(rows, changes, advice=policy),
+            source_name="ledger",
+            output_dir=output_dir,
+            trust=trust,
+            options=options,
+            session=session,
+            policy=policy,
         )
-    )
+        checked = list(reprocess.retry_items(rows, changes, advice=policy))  # lifecycle first: nothing is spent
+        if policy.refused:
+            model_problems = [str(p) for p in checked if getattr(p, "field", None) == "model"]
+            raise InputError(
+                f"refused model(s) {', '.join(sorted(policy.refused))}; nothing was submitted",
+                file="ledger",
+                field="model",
+                problems=model_problems,
+            )
+        store.close()
+        return execute(request, api_label=label, base_url=base_url, environ=os.environ, echo=_echo_err)
+
+    try:
+        _run_guarded(action)
+    finally:
+        store.close()
 
 
 def _retry_policy(models_file: Path | None) -> Any:
@@ -396,28 +393,9 @@ def _retry_policy(models_file: Path | None) -> Any:
     )
 
 
-def _run_guarded(action: Any) -> None:
-    """Run ``action()`` (returning an exit code) and turn batchpipe errors into messages and exit codes."""
-    try:
-        code = action()
-    except InputError as exc:
-        _echo_err(f"error: {exc}")
-        for problem in getattr(exc, "problems", [])[:50]:
-            _echo_err(f"  {problem}")
-        extra = len(getattr(exc, "problems", [])) - 50
-        if extra > 0:
-            _echo_err(f"  ... and {extra} more")
-        sys.exit(EXIT_INPUT)
-    except IndeterminateSubmissionError as exc:
-        _echo_err(f"stopped: {exc}")
-        sys.exit(EXIT_STOPPED)
-    except ApiError as exc:
-        _echo_err(f"stopped: the API is not usable right now: {exc}. Run the same command again to resume.")
-        sys.exit(EXIT_STOPPED)
-    except BatchpipeError as exc:
-        _echo_err(f"error: {exc}")
-        sys.exit(EXIT_STOPPED)
-    sys.exit(code)
+def _run_guarded(action: Callable[[], int]) -> None:
+    """Run ``action()`` and exit with its code, errors mapped by :func:`batchpipe.cli.exits.guarded`."""
+    guarded(action, echo=_echo_err)
 
 
 def _attach_optional_commands() -> None:

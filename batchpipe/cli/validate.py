@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from batchpipe.cli.exits import EXIT_INCOMPLETE, EXIT_OK, guarded
 from batchpipe.domain.lifecycle import clock_from_env
 from batchpipe.errors import InputError
 from batchpipe.input.jobspec import JobSpec
@@ -37,7 +38,7 @@ def validate_command(
     def warn(message: str) -> None:
         click.echo(f"warning: {message}", err=True)
 
-    try:
+    def action() -> int:
         clock = clock_from_env()
         if source.suffix.lower() == ".toml":
             spec = JobSpec.load(source, models_file=models_file, clock=clock, on_warning=warn)
@@ -46,21 +47,20 @@ def validate_command(
                 source, job_name or source.stem, models_file=models_file, clock=clock, on_warning=warn
             )
         report = validate_job(spec, limit=limit, max_listed=max_listed)
-    except (InputError, ValueError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from exc
-    if report.matrix is not None:
-        click.echo(report.matrix.line())
-    for problem in report.problems:
-        click.echo(str(problem), err=True)
-    for warning in report.warnings:
-        click.echo(str(warning), err=True)
-    for (endpoint, model), count in sorted(report.groups.items()):
-        click.echo(f"{count:>9,}  {model}  {endpoint}")
-    summary = {**count_summary(report), "model_warnings": len(spec.policy.warnings)}
-    click.echo("  ".join(f"{k}={v}" for k, v in summary.items()))
-    if spec.policy.refused:
-        click.echo(f"error: refused model(s): {', '.join(sorted(spec.policy.refused))} (see above)", err=True)
-        raise SystemExit(2)
-    if not report.ok:
-        raise SystemExit(1)
+        if report.matrix is not None:
+            click.echo(report.matrix.line())
+        for problem in report.problems:
+            click.echo(str(problem), err=True)
+        for warning in report.warnings:
+            click.echo(str(warning), err=True)
+        for (endpoint, model), count in sorted(report.groups.items()):
+            click.echo(f"{count:>9,}  {model}  {endpoint}")
+        summary = {**count_summary(report), "model_warnings": len(spec.policy.warnings)}
+        click.echo("  ".join(f"{k}={v}" for k, v in summary.items()))
+        if spec.policy.refused:
+            raise InputError(
+                f"refused model(s): {', '.join(sorted(spec.policy.refused))} (see above)", file=spec.source_name
+            )
+        return EXIT_OK if report.ok else EXIT_INCOMPLETE
+
+    guarded(action, echo=lambda line: click.echo(line, err=True))

@@ -69,8 +69,8 @@ class LifecycleError(InputError):
     def __init__(
         self, problems: list[RequestProblem], *, file: str, line: int | None = None, field: str = "model"
     ) -> None:
-        self.problems = problems
         super().__init__("; ".join(p.message for p in problems), file=file, line=line, field=field)
+        self.problems: list[RequestProblem] = problems  # the refusals only: their text is the message
 
 
 class _ModelsApi(Protocol):

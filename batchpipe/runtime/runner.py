@@ -71,12 +71,13 @@ class ValidationFailed(InputError):
     """
 
     def __init__(self, problems: list[Any], *, file: str) -> None:
-        self.problems = problems
         super().__init__(
             f"{len(problems)} invalid item(s); nothing was submitted (fix them, or pass --skip-invalid to "
             "record them as invalid and submit the rest)",
             file=file,
+            problems=problems,
         )
+        self.problems: list[Any] = problems
 
 
 @dataclass
