@@ -24,6 +24,7 @@ import structlog
 
 from batchpipe.adapters.local_store import LocalImageStore
 from batchpipe.adapters.sqlite_ledger import SqliteLedger
+from batchpipe.domain.backoff import Backoff
 from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.domain.lifecycle import ModelPolicy
 from batchpipe.domain.records import ShardRow
@@ -530,7 +531,9 @@ class Runner:
 
     # -- drive: poll, collect, reconcile, follow up -----------------------------------------------------
     async def _drive(self, job: str, run_id: str, collector: Collector) -> None:
-        interval = self.options.poll_interval_s
+        # idle rounds back off from the base interval by 1.5x up to the maximum; any progress resets them
+        backoff = Backoff(self.options.poll_interval_s, self.options.max_poll_interval_s, factor=1.5)
+        idle = 0
         await self._cleanup_leftovers(run_id)
         while True:
             submitted = await self._submit_ready(run_id)
@@ -540,8 +543,8 @@ class Runner:
                     continue
                 if self.ledger.shards(run_id=run_id, statuses=["built", "uploaded"]):
                     if not submitted:  # every shard was deferred (429, upload race): wait before trying again
-                        await self._sleep(interval)
-                        interval = min(self.options.max_poll_interval_s, interval * 1.5)
+                        await self._sleep(backoff.delay_s(idle))
+                        idle += 1
                     continue
                 return
             tracked = {
@@ -582,13 +585,13 @@ class Runner:
                 results = await asyncio.gather(*(one(b) for b in ready))
                 changed = changed or any(results)
             if changed:
-                interval = self.options.poll_interval_s
+                idle = 0
             elif moving:
-                interval = self.options.poll_interval_s
-                await self._sleep(interval)
+                idle = 0
+                await self._sleep(backoff.delay_s(idle))
             else:
-                await self._sleep(interval)
-                interval = min(self.options.max_poll_interval_s, interval * 1.5)
+                await self._sleep(backoff.delay_s(idle))
+                idle += 1
 
     def _report_progress(self, run_id: str) -> None:
         states: dict[str, int] = {}

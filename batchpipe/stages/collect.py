@@ -35,6 +35,7 @@ import pybase64
 import structlog
 from PIL import Image
 
+from batchpipe.domain.backoff import Backoff
 from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.modeltable import ModelTable
 from batchpipe.domain.spec import request_cost_usd
@@ -77,6 +78,8 @@ _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"<?xml", "svg"),
     (b"<svg", "svg"),
 )
+#: Waits between reconnects of a cut download: 0.1 s doubling to 2 s.
+_RECONNECT_BACKOFF: Final = Backoff(0.1, 2.0)
 _EXT: Final[dict[str, str]] = {"png": "png", "jpeg": "jpg", "webp": "webp", "gif": "gif", "svg": "svg"}
 #: MIME types for C2PA (c2pa-python ``Reader.get_supported_mime_types``); the default is ``image/<format>``.
 _MIME: Final[dict[str, str]] = {"svg": "image/svg+xml"}
@@ -543,4 +546,4 @@ class Collector:
                     attempt=reconnects,
                     error=str(exc),
                 )
-                await asyncio.sleep(min(2.0, 0.1 * reconnects))
+                await asyncio.sleep(_RECONNECT_BACKOFF.delay_s(reconnects - 1))

@@ -35,6 +35,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from batchpipe.domain.backoff import Backoff
+
 __all__ = [
     "DEFAULT_RETRY_AFTER_PARSE_CAP_S",
     "RetryDecision",
@@ -75,6 +77,11 @@ class RetryPolicy:
             raise ValueError("jitter must be within [0, 1]")
         if self.max_retry_after_s < 0:
             raise ValueError("max_retry_after_s must be >= 0")
+
+    @property
+    def backoff(self) -> Backoff:
+        """The exponential backoff of this policy (factor 2, :class:`~batchpipe.domain.backoff.Backoff`)."""
+        return Backoff(self.initial_delay_s, self.max_delay_s, 2.0, self.jitter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +183,10 @@ def parse_duration_s(text: str) -> float | None:
 def backoff_delay_s(policy: RetryPolicy, attempt: int, rand: float) -> float:
     """Exponential backoff in seconds before the next retry (``attempt`` = retries already made).
 
-    ``min(initial_delay_s * 2**attempt, max_delay_s) * (1 - jitter * rand)``, never negative.
+    ``min(initial_delay_s * 2**attempt, max_delay_s) * (1 - jitter * rand)``, never negative: the policy's
+    :class:`~batchpipe.domain.backoff.Backoff`.
     """
-    exponent = min(max(attempt, 0), 1000)  # no overflow in pow
-    base = min(policy.initial_delay_s * math.pow(2.0, exponent), policy.max_delay_s)
-    return max(base * (1.0 - policy.jitter * rand), 0.0)
+    return policy.backoff.delay_s(attempt, rand)
 
 
 def _eligible(status_code: int | None, *, idempotent: bool, request_sent: bool, should_retry: bool) -> str | None:
