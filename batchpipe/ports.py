@@ -1,22 +1,33 @@
-"""The seams of the pipeline: what a stage needs of the ledger, the image store and the C2PA verifier, as Protocols.
+"""The seams of the pipeline: the ledger, the image store and the C2PA verifier, as Protocols.
 
 Stages (:mod:`batchpipe.stages`) type against these and never import an adapter; adapters
 (:mod:`batchpipe.adapters`: the SQLite ledger, the local image store, the OpenAI HTTP client) and
 :mod:`batchpipe.provenance` implement them; :mod:`batchpipe.runtime` wires one to the other. A PostgreSQL ledger or
-an object-storage image store plugs in by implementing the same Protocols.
+an object-storage image store plugs in by implementing the same Protocols. :mod:`batchpipe.fakes` ships in-memory
+implementations (``MemoryLedger``, ``MemoryImageStore``) and ``tests/contracts`` runs one suite of behaviour tests
+against every implementation of :class:`Ledger` and :class:`ImageStore`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from batchpipe.domain.items import ItemStatus
-from batchpipe.domain.records import ItemRow
+from batchpipe.domain.records import ItemRow, ShardRow
 
-__all__ = ["CollectLedger", "ImageStore", "StoredImage", "Verifier"]
+__all__ = [
+    "BatchApi",
+    "CollectLedger",
+    "FileContent",
+    "ImageStore",
+    "Ledger",
+    "StoredImage",
+    "Verifier",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +68,7 @@ class Verifier(Protocol):
 
 
 class CollectLedger(Protocol):
-    """The ledger as the collect stage uses it (:class:`batchpipe.adapters.sqlite_ledger.SqliteLedger`).
+    """The part of :class:`Ledger` the collect stage uses (any :class:`Ledger` is a ``CollectLedger``).
 
     ``items(batch_id=...)``: the batch's item rows. ``batch(id)``: the batch row (``output_offset``,
     ``error_offset`` in bytes...) or None. ``set_batch_progress``: collection offsets and done flags.
@@ -82,3 +93,296 @@ class CollectLedger(Protocol):
         fields: Mapping[str, object] | None = None,
         strict: bool = True,
     ) -> int: ...
+
+
+class Ledger(Protocol):
+    """The results ledger: the source of truth for every run, item, shard, batch and Files API object.
+
+    Implementations: :class:`batchpipe.adapters.sqlite_ledger.SqliteLedger` (WAL file, the production one) and
+    :class:`batchpipe.fakes.MemoryLedger` (in memory, for tests); ``tests/contracts/test_ledger_contract.py`` holds
+    every implementation to the semantics written here.
+
+    Rules every implementation keeps:
+
+    * Item statuses move only along :data:`~batchpipe.domain.records.ITEM_TRANSITIONS` and shard statuses along
+      :data:`~batchpipe.domain.records.SHARD_TRANSITIONS`, by guarded compare-and-set changes (a row moves only if
+      it is in an allowed status at the moment of the change, so two writers cannot both move it); a change the
+      table forbids raises :class:`~batchpipe.errors.TransitionError` and changes nothing.
+    * Every run, shard, batch and item status change appends to ``events`` (the append-only log).
+    * Thread-safe; :meth:`transaction` groups writes atomically, and every write method outside one opens its own.
+    * Rows come back as they were stored: times are unix seconds (float), flags and sizes ints (sizes in bytes).
+    * Other refusals raise :class:`~batchpipe.errors.LedgerError` (duplicate rows, unknown batch or shard...).
+    """
+
+    def close(self) -> None:
+        """Release the ledger's resources (idempotent)."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A block whose writes all happen or, if it raises, none do (rolled back, the exception propagates).
+
+        Re-entrant: an inner block joins the outer one (only the outermost block commits or rolls back). Other
+        threads wait while a block is open.
+        """
+        ...
+
+    # -- runs -------------------------------------------------------------------------------------------
+    def open_run(
+        self,
+        job: str,
+        spec_hash: str,
+        api: str,
+        *,
+        output_dir: str | None = None,
+        trust: str | None = None,
+        spec_path: str | None = None,
+    ) -> tuple[str, bool]:
+        """The unfinished (``running``) run of ``job`` if there is one, else a new one: ``(run_id, resumed)``.
+
+        A new run's id is ``<job>-<UTC YYYYmmddTHHMMSS>`` (``-2``, ``-3``... if taken) and logs a ``run`` event.
+        ``output_dir``, ``trust`` and ``spec_path`` are stored on a new run (so a retry can run its items again).
+        """
+        ...
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        """Mark a ``running`` run ``status`` (``finished``: every item terminal, or ``stopped``) with
+        ``finished_at``; a run that is not running is left as it is (a ``run`` event is logged either way). A
+        finished run is never resumed."""
+        ...
+
+    def run_info(self, run_id: str) -> dict[str, object] | None:
+        """The run's row (``run_id``, ``job``, ``spec_hash``, ``api``, ``output_dir``, ``trust``, ``spec_path``,
+        ``status``, ``started_at``, ``finished_at``) as a new dict, or None."""
+        ...
+
+    def latest_run(self, job: str | None = None) -> dict[str, object] | None:
+        """The most recently started run (of ``job`` if given) as :meth:`run_info` gives it, or None."""
+        ...
+
+    # -- items ------------------------------------------------------------------------------------------
+    def insert_items(self, rows: Iterable[Mapping[str, object]]) -> int:
+        """Insert new item rows, all or none; returns how many.
+
+        Each mapping gives item columns (:data:`~batchpipe.domain.records.ITEM_COLUMNS`; other keys are ignored,
+        missing optional ones are NULL, ``created_at``/``updated_at`` default to now). Raises
+        :class:`~batchpipe.errors.LedgerError` if a ``status`` is not ``pending`` or ``invalid``, on a duplicate
+        ``custom_id`` or (job, item_key, attempt), or a missing required column; then no row is inserted.
+        """
+        ...
+
+    def transition_items(
+        self,
+        custom_ids: Sequence[str],
+        to_status: ItemStatus,
+        *,
+        from_statuses: Iterable[ItemStatus] | None = None,
+        fields: Mapping[str, object] | None = None,
+        strict: bool = True,
+    ) -> int:
+        """Move items to ``to_status`` (setting ``fields`` and ``updated_at`` too) with a guarded update; returns
+        how many rows changed.
+
+        ``from_statuses`` defaults to every status allowed to reach ``to_status``; naming one that may not reach it
+        raises :class:`~batchpipe.errors.TransitionError` before anything is looked at. With ``strict``, if any id
+        is unknown or not in an allowed status, :class:`~batchpipe.errors.TransitionError` is raised and no row is
+        changed (even inside an outer :meth:`transaction` that catches it); without it, such rows are skipped (the
+        idempotent replay after a crash). A change of at least one row logs one ``items`` event (entity id: the
+        first id given, detail ``"<n> items"``).
+        """
+        ...
+
+    def update_item_fields(self, custom_id: str, fields: Mapping[str, object]) -> None:
+        """Set non-status columns of one item (e.g. its shard name); an unknown ``custom_id`` changes nothing.
+        Raises :class:`~batchpipe.errors.LedgerError` if ``fields`` has ``status`` (use :meth:`transition_items`)."""
+        ...
+
+    def item(self, custom_id: str) -> ItemRow | None:
+        """One item row by ``custom_id``, or None."""
+        ...
+
+    def items(
+        self,
+        *,
+        run_id: str | None = None,
+        job: str | None = None,
+        statuses: Iterable[str] | None = None,
+        shard: str | None = None,
+        batch_id: str | None = None,
+        error_codes: Iterable[str] | None = None,
+        c2pa_states: Iterable[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        latest_only: bool = False,
+    ) -> Iterator[ItemRow]:
+        """Item rows matching every given filter, in ``custom_id`` order, streamed lazily in pages.
+
+        ``statuses``/``error_codes``/``c2pa_states``: the column is one of them (an empty list matches nothing);
+        ``since``/``until``: ``since <= updated_at < until`` (unix seconds). ``latest_only`` keeps, per (job, key),
+        only the row of the highest attempt in the whole ledger (the row that speaks for the item), so a row whose
+        later attempt fails another filter is left out too.
+        """
+        ...
+
+    def latest_attempts(self, job: str, keys: Sequence[str]) -> dict[str, ItemRow]:
+        """For each key of ``job`` that has rows, its row of the highest attempt: ``{item_key: row}``."""
+        ...
+
+    def succeeded_hashes(self, job: str) -> Iterator[tuple[str, str]]:
+        """``(item_key, request_hash)`` of every ``succeeded`` row of ``job``, in no particular order."""
+        ...
+
+    def count_items(self, *, run_id: str | None = None, job: str | None = None) -> dict[str, int]:
+        """Item counts by status (only statuses that occur), for a run (``run_id`` wins over ``job``), a job, or
+        everything."""
+        ...
+
+    def cost_usd(self, *, run_id: str | None = None) -> float:
+        """Sum of the recorded ``cost_usd`` of items (USD; 0.0 if none), for a run or everything."""
+        ...
+
+    # -- shards (submission intents) --------------------------------------------------------------------
+    def insert_shard(self, row: Mapping[str, object]) -> None:
+        """Record a built shard: ``row`` gives the shard columns of :class:`~batchpipe.domain.records.ShardRow` but
+        ``status`` (set to ``built``) and the times; logs a ``shard`` event. Raises
+        :class:`~batchpipe.errors.LedgerError` on a duplicate ``name`` or a missing required column."""
+        ...
+
+    def transition_shard(
+        self,
+        name: str,
+        to_status: str,
+        *,
+        fields: Mapping[str, object] | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Guarded shard status change along :data:`~batchpipe.domain.records.SHARD_TRANSITIONS`, setting
+        ``fields``, ``note`` (replaced, None clears it) and ``updated_at``; logs a ``shard`` event with ``note`` as
+        detail. Raises :class:`~batchpipe.errors.LedgerError` for an unknown shard and
+        :class:`~batchpipe.errors.TransitionError` (changing nothing) if its status may not move to ``to_status``."""
+        ...
+
+    def shards(self, *, run_id: str | None = None, statuses: Iterable[str] | None = None) -> list[ShardRow]:
+        """Shards of a run (or all), optionally by status (an empty list matches nothing), ordered by
+        ``created_at`` then ``name``."""
+        ...
+
+    def shard(self, name: str) -> ShardRow | None:
+        """One shard by name, or None."""
+        ...
+
+    # -- batches ----------------------------------------------------------------------------------------
+    def record_batch(self, batch: Mapping[str, Any], *, shard: str, run_id: str, model: str) -> bool:
+        """Record a batch the service created (an OpenAI ``Batch``: ``id``, ``status``, ``input_file_id``,
+        ``created_at`` in unix seconds, else now); idempotent on ``id``: True and a ``batch`` event if it was new,
+        False (and nothing changed) if it was known. Collection progress starts at offsets 0, flags 0."""
+        ...
+
+    def update_batch(self, batch: Mapping[str, Any]) -> str | None:
+        """Store the service's view of a known batch (status, output/error file ids, ``request_counts``, errors;
+        ``ended_at`` is the first end time ever seen); returns the previous status and logs a ``batch`` event if the
+        status changed, else None. The status is taken as the service reports it (not checked against an order).
+        Raises :class:`~batchpipe.errors.LedgerError` for an unknown batch."""
+        ...
+
+    def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
+        """Batch rows (new dicts) of a run or all, by ``created_at``; ``unfinished``: not yet ``reconciled``.
+
+        Keys: ``batch_id``, ``shard``, ``run_id``, ``model``, ``status``, ``input_file_id``, ``output_file_id``,
+        ``error_file_id``, ``request_counts_json``, ``errors_json``, ``created_at``, ``ended_at``,
+        ``output_offset``/``error_offset`` (bytes collected), ``output_done``/``error_done``/``reconciled``
+        (0 or 1), ``updated_at``.
+        """
+        ...
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        """One batch row (a new dict, keys as in :meth:`batches`) by id, or None."""
+        ...
+
+    def set_batch_progress(self, batch_id: str, **fields: object) -> None:
+        """Set collection progress columns of a batch: ``output_offset``/``error_offset`` (bytes) and
+        ``output_done``/``error_done``/``reconciled`` (0 or 1); an unknown ``batch_id`` changes nothing. Raises
+        :class:`~batchpipe.errors.LedgerError` if no field or another field is given."""
+        ...
+
+    # -- files ------------------------------------------------------------------------------------------
+    def record_file(self, file_obj: Mapping[str, Any], *, role: str, sha256: str | None = None) -> None:
+        """Record a Files API object (an ``OpenAIFile``: ``id``, ``purpose``, ``filename``, ``bytes``,
+        ``created_at``, ``expires_at``) with our ``role`` (input/output/error/reference) and content ``sha256``;
+        idempotent on ``id`` (a known file is left as it is)."""
+        ...
+
+    def mark_file_deleted(self, file_id: str) -> None:
+        """Record that a file was deleted from the Files API (``deleted_at`` = now, kept if already set)."""
+        ...
+
+    def files(
+        self, *, role: str | None = None, deleted: bool | None = None, file_ids: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """File rows as new dicts (``file_id``, ``role``, ``purpose``, ``filename``, ``bytes``, ``sha256``,
+        ``created_at``, ``expires_at``, ``deleted_at``) by role, deletion state and id (an empty id list matches
+        nothing), in no particular order."""
+        ...
+
+    def file_by_sha256(self, sha256: str, *, role: str, not_expired_at: float) -> dict[str, Any] | None:
+        """The newest live file of ``role`` with this content hash: not deleted, and not expiring at or before
+        ``not_expired_at`` (unix seconds); None if there is none."""
+        ...
+
+    # -- events -----------------------------------------------------------------------------------------
+    def events(self, *, entity: str | None = None, entity_id: str | None = None) -> list[dict[str, Any]]:
+        """The append-only transition log, oldest first: dicts with ``event_id`` (increasing int), ``at`` (unix
+        seconds), ``entity`` (``run``/``items``/``shard``/``batch``), ``entity_id``, ``from_status`` (None when
+        new or not known), ``to_status`` and ``detail``."""
+        ...
+
+
+class FileContent(Protocol):
+    """The body of ``GET /files/{file_id}/content`` from ``start_byte`` on (``adapters.openai.FileStream``):
+    ``total_bytes`` is the whole file's size when the server said it."""
+
+    start_byte: int
+    total_bytes: int | None
+
+    def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes from ``start_byte`` on, in chunks of ``chunk_size`` bytes; a cut stream raises
+        ``ApiConnectionError``."""
+        ...
+
+
+class BatchApi(Protocol):
+    """The OpenAI Files and Batches API as the pipeline uses it (``adapters.openai.OpenAIClient``;
+    ``fakes.batch_api.MemoryBatchApi``). Objects are the SPEC's JSON shapes as dicts (``OpenAIFile``, ``Batch``,
+    list pages ``{data, has_more, first_id, last_id}``, ``Model``). Every method raises the
+    :class:`~batchpipe.errors.ApiError` family (``NotFoundError`` for an unknown id). The objects are untyped JSON
+    for now; parsing them into typed models at this boundary is the next step (the never-pay-twice issue)."""
+
+    async def upload_file(
+        self, path: Path, *, purpose: str, filename: str | None = None, expires_after_s: int | None = None
+    ) -> dict[str, Any]: ...
+
+    async def list_files(
+        self, *, purpose: str | None = None, after: str | None = None, limit: int | None = None, order: str = "desc"
+    ) -> dict[str, Any]: ...
+
+    async def delete_file(self, file_id: str) -> dict[str, Any]: ...
+
+    def stream_file_content(self, file_id: str, *, start_byte: int = 0) -> AbstractAsyncContextManager[FileContent]: ...
+
+    async def create_batch(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        metadata: dict[str, str] | None = None,
+        output_expires_after_s: int | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]: ...
+
+    async def list_batches(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]: ...
+
+    def iter_batches(
+        self, *, limit: int = 100, stop: Callable[[dict[str, Any]], bool] | None = None
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def retrieve_model(self, model: str) -> dict[str, Any]: ...

@@ -31,7 +31,7 @@ def test_delays(backoff: Backoff, attempt: int, rand: float, expected: float) ->
     "bad", [(-1.0, 1.0, 2.0, 0.0), (2.0, 1.0, 2.0, 0.0), (0.1, 1.0, 0.5, 0.0), (0.1, 1.0, 2.0, 2.0)]
 )
 def test_bad_settings_are_refused(bad: tuple[float, float, float, float]) -> None:
-    with pytest.raises(ValueError, match="initial_s|factor|jitter"):
+    with pytest.raises(ValueError, match=r"initial_s|factor|jitter"):
         Backoff(*bad)
 
 

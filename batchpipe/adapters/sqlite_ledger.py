@@ -1,10 +1,10 @@
 """The results ledger: the source of truth for every item, shard, batch and file of every run.
 
-One narrow interface, :class:`Ledger`, with one implementation today, :class:`SqliteLedger` (WAL, one
-transaction per logical step). The SQL is kept portable (standard types, ``INSERT ... ON CONFLICT``, no
-SQLite-only functions in queries) so a PostgreSQL implementation with several workers can follow: every status
-change is a guarded ``UPDATE ... WHERE status IN (...)`` (compare-and-set) and every change appends to
-``events``.
+:class:`SqliteLedger` implements the :class:`batchpipe.ports.Ledger` Protocol (WAL, one transaction per logical
+step); :class:`batchpipe.fakes.MemoryLedger` is the in-memory one, and ``tests/contracts`` checks both. The SQL
+is kept portable (standard types, ``INSERT ... ON CONFLICT``, ``SAVEPOINT``, no SQLite-only functions in queries)
+so a PostgreSQL implementation with several workers can follow: every status change is a guarded
+``UPDATE ... WHERE status IN (...)`` (compare-and-set) and every change appends to ``events``.
 
 Tables::
 
@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -35,11 +35,13 @@ from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.records import ITEM_COLUMNS, ITEM_TRANSITIONS, SHARD_TRANSITIONS, ItemRow, ShardRow
 from batchpipe.errors import LedgerError, TransitionError
 
+if TYPE_CHECKING:
+    from batchpipe.ports import Ledger
+
 __all__ = [
     "ITEM_TRANSITIONS",
     "SHARD_TRANSITIONS",
     "ItemRow",
-    "Ledger",
     "ShardRow",
     "SqliteLedger",
     "open_ledger",
@@ -162,15 +164,8 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-class Ledger:
-    """The narrow ledger interface every stage uses. See :class:`SqliteLedger` for the semantics."""
-
-    # The methods are defined on SqliteLedger; this base exists so callers type against the interface.
-    path: Path
-
-
-class SqliteLedger(Ledger):
-    """SQLite implementation of the ledger (WAL mode, ``synchronous=FULL``).
+class SqliteLedger:
+    """SQLite implementation of the :class:`batchpipe.ports.Ledger` Protocol (WAL mode, ``synchronous=FULL``).
 
     Thread-safe: one connection guarded by a lock (the pipeline is one asyncio loop plus worker threads that
     never touch the ledger directly). ``transaction()`` groups writes; every public write method either runs
@@ -220,6 +215,23 @@ class SqliteLedger(Ledger):
             self._depth -= 1
             if self._depth == 0:
                 self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """A transaction whose writes are undone if it raises even when it joins an outer one (a SAVEPOINT then),
+        so a caller that catches the error inside its own ``transaction()`` keeps no half-done step."""
+        with self.transaction():
+            if self._depth == 1:  # outermost: the transaction's own rollback undoes everything
+                yield
+                return
+            self._db.execute("SAVEPOINT step")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO step")
+                self._db.execute("RELEASE step")
+                raise
+            self._db.execute("RELEASE step")
 
     def _exec(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -299,7 +311,8 @@ class SqliteLedger(Ledger):
         """Insert new item rows (``status`` must be ``pending`` or ``invalid``); returns how many.
 
         Each mapping gives the ``items`` columns (see ``ITEM_COLUMNS``); missing optional ones are NULL.
-        Raises :class:`LedgerError` on a duplicate ``custom_id`` or (job, key, attempt).
+        Raises :class:`LedgerError` on a duplicate ``custom_id`` or (job, key, attempt) or a missing required
+        column, and then inserts none of ``rows``.
         """
         now = self._clock()
         columns = ITEM_COLUMNS
@@ -316,7 +329,7 @@ class SqliteLedger(Ledger):
         if not params:
             return 0
         try:
-            with self.transaction(), self._lock:
+            with self._all_or_nothing():
                 self._db.executemany(sql, params)
         except sqlite3.IntegrityError as exc:
             raise LedgerError(f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}") from exc
@@ -334,8 +347,8 @@ class SqliteLedger(Ledger):
         """Move items to ``to_status`` (setting ``fields`` too) with a guarded update; returns rows changed.
 
         ``from_statuses`` defaults to every status allowed to reach ``to_status``. With ``strict``, a row that
-        is not in an allowed status raises :class:`TransitionError` (and nothing is changed); without it, such
-        rows are left as they are (idempotent replays after a crash).
+        is not in an allowed status raises :class:`TransitionError` (and nothing is changed, even inside an outer
+        transaction); without it, such rows are left as they are (idempotent replays after a crash).
         """
         allowed = (
             frozenset(from_statuses)
@@ -349,7 +362,7 @@ class SqliteLedger(Ledger):
         set_sql = ", ".join(f"{k} = ?" for k in sets)
         placeholders = ", ".join("?" for _ in allowed)
         changed = 0
-        with self.transaction():
+        with self._all_or_nothing():
             for start in range(0, len(custom_ids), 500):
                 chunk = list(custom_ids[start : start + 500])
                 marks = ", ".join("?" for _ in chunk)
@@ -396,7 +409,7 @@ class SqliteLedger(Ledger):
         until: float | None = None,
         latest_only: bool = False,
     ) -> Iterator[ItemRow]:
-        """Item rows matching every given filter, in insertion order, streamed in pages of 1,000.
+        """Item rows matching every given filter, in ``custom_id`` order, streamed in pages of 1,000.
 
         ``latest_only`` keeps, per (job, key), only the highest attempt (the row that speaks for the item).
         """
@@ -481,15 +494,19 @@ class SqliteLedger(Ledger):
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:
-        """Record a built shard (``status`` ``built``)."""
+        """Record a built shard (``status`` ``built``). Raises :class:`LedgerError` on a duplicate ``name`` or a
+        missing required column."""
         now = self._clock()
         values = {**row, "status": "built", "created_at": now, "updated_at": now}
         columns = list(values)
         with self.transaction():
-            self._exec(
-                f"INSERT INTO shards ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
-                list(values.values()),
-            )
+            try:
+                self._exec(
+                    f"INSERT INTO shards ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                    list(values.values()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise LedgerError(f"cannot insert shard {values.get('name')!r} (duplicate name?): {exc}") from exc
             self._event("shard", str(values["name"]), None, "built", None)
 
     def transition_shard(
@@ -684,6 +701,10 @@ class SqliteLedger(Ledger):
         return [
             dict(r) for r in self._rows(f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY event_id", params)
         ]
+
+
+if TYPE_CHECKING:  # mypy proves that SqliteLedger implements the Ledger port; nothing runs
+    _conforms: Ledger = SqliteLedger(Path("ledger.sqlite"))
 
 
 def open_ledger(workdir: Path) -> SqliteLedger:

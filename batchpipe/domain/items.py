@@ -27,7 +27,7 @@ __all__ = [
 
 
 class ItemStatus(enum.StrEnum):
-    """Where one item stands. Changed only along ``batchpipe.adapters.sqlite_ledger.ITEM_TRANSITIONS``."""
+    """Where one item stands. Changed only along :data:`batchpipe.domain.records.ITEM_TRANSITIONS`."""
 
     PENDING = "pending"  #: accepted and written to a shard, not yet part of a created batch
     SUBMITTED = "submitted"  #: its line is in a batch that the service accepted

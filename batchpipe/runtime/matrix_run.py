@@ -9,7 +9,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -18,6 +17,7 @@ from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import MatrixStats, VariantMatrix
 from batchpipe.input.references import ReferenceMirror, ReferenceResolver, ensure_uploaded, release_unused
 from batchpipe.input.validate import ItemProblem, make_items
+from batchpipe.ports import BatchApi, Ledger
 from batchpipe.runtime.runner import ValidationFailed
 
 __all__ = ["MatrixRun"]
@@ -87,7 +87,7 @@ class MatrixRun:
                 self.mirror.close()
                 self.mirror = None
 
-    async def prepare(self, client: Any, ledger: Any) -> None:
+    async def prepare(self, client: BatchApi, ledger: Ledger) -> None:
         """Mirror, count, upload, clean up (see the class docstring). Raises the client's ``ApiError`` family
         when an upload fails and ``OSError`` when an explicit ``mirror_port`` is taken."""
         options = self.matrix.references

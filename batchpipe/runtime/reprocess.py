@@ -22,7 +22,6 @@ from typing import IO, Any, Final
 
 import orjson
 
-from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.domain import spec as rules
 from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.domain.modeltable import ModelTable
@@ -31,6 +30,7 @@ from batchpipe.errors import InputError
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import REQUEST_FIELDS
 from batchpipe.input.validate import ItemProblem
+from batchpipe.ports import Ledger
 from batchpipe.runtime.matrix_run import MatrixRun
 
 __all__ = [
@@ -114,7 +114,7 @@ def parse_set_options(pairs: Sequence[str]) -> dict[str, object]:
     return changes
 
 
-def select_rows(ledger: SqliteLedger, selection: RetrySelection) -> Iterator[ItemRow]:
+def select_rows(ledger: Ledger, selection: RetrySelection) -> Iterator[ItemRow]:
     """The latest attempt of every item matching ``selection`` (streamed)."""
     for row in ledger.items(
         job=selection.job,
@@ -180,7 +180,7 @@ def export_manifest(items: Iterable[Item | ItemProblem], out: IO[bytes]) -> tupl
     return count, problems
 
 
-def default_output_dir(ledger: SqliteLedger, job: str | None, workdir: Path) -> tuple[Path, str]:
+def default_output_dir(ledger: Ledger, job: str | None, workdir: Path) -> tuple[Path, str]:
     """The output directory and trust setting of the job's latest run (``workdir/out/retry`` if unknown)."""
     run = ledger.latest_run(job)
     if run and run.get("output_dir"):
@@ -188,9 +188,7 @@ def default_output_dir(ledger: SqliteLedger, job: str | None, workdir: Path) -> 
     return workdir / "out" / (job or "retry"), "default"
 
 
-def job_session(
-    ledger: SqliteLedger, job: str, workdir: Path
-) -> Callable[[], AbstractAsyncContextManager[None]] | None:
+def job_session(ledger: Ledger, job: str, workdir: Path) -> Callable[[], AbstractAsyncContextManager[None]] | None:
     """The job's run session (a matrix job's loopback mirror of reference photos), found through the spec path
     its latest run recorded; None when the job has none or its spec is gone."""
     run = ledger.latest_run(job)

@@ -23,14 +23,13 @@ import orjson
 import structlog
 
 from batchpipe.adapters.local_store import LocalImageStore
-from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.domain.backoff import Backoff
 from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.domain.lifecycle import ModelPolicy
 from batchpipe.domain.records import ShardRow
 from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
-from batchpipe.ports import ImageStore
+from batchpipe.ports import BatchApi, ImageStore, Ledger, Verifier
 from batchpipe.runtime.settings import RunOptions
 from batchpipe.stages.collect import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.stages.poll import Poller
@@ -119,12 +118,12 @@ class Runner:
 
     def __init__(
         self,
-        ledger: SqliteLedger,
-        client: Any,
+        ledger: Ledger,
+        client: BatchApi,
         *,
         options: RunOptions,
         output_dir: Path,
-        verifier: Any = None,
+        verifier: Verifier | None = None,
         api_label: str = "openai",
         sleep: Callable[[float], Any] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
@@ -159,7 +158,7 @@ class Runner:
         *,
         source_name: str,
         trust: str | None = None,
-        prepare: Callable[[Any, SqliteLedger], Awaitable[None]] | None = None,
+        prepare: Callable[[BatchApi, Ledger], Awaitable[None]] | None = None,
         spec_path: str | None = None,
     ) -> RunSummary:
         """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``).

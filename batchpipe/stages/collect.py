@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import orjson
 import pybase64
@@ -40,7 +40,7 @@ from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.modeltable import ModelTable
 from batchpipe.domain.spec import request_cost_usd
 from batchpipe.errors import ApiConnectionError
-from batchpipe.ports import CollectLedger, ImageStore, Verifier
+from batchpipe.ports import BatchApi, CollectLedger, ImageStore, Verifier
 
 __all__ = [
     "RETRYABLE_ERROR_CODES",
@@ -350,7 +350,7 @@ class Collector:
 
     def __init__(
         self,
-        client: Any,
+        client: BatchApi,
         ledger: CollectLedger,
         store: ImageStore,
         verifier: Verifier | None,

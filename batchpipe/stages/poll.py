@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 
+from batchpipe.ports import BatchApi
+
 __all__ = ["PollResult", "Poller"]
 
 log = structlog.get_logger("batchpipe.stages.poll")
@@ -31,7 +33,7 @@ class PollResult:
 class Poller:
     """Polls batches through the list endpoint. ``client``: an ``OpenAIClient``; ``page_limit`` 1..100."""
 
-    def __init__(self, client: Any, *, page_limit: int = 100) -> None:
+    def __init__(self, client: BatchApi, *, page_limit: int = 100) -> None:
         self._client = client
         self._page_limit = page_limit
 

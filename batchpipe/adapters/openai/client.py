@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiofiles
 import aiofiles.os
@@ -45,6 +45,7 @@ from batchpipe.errors import (
     RateLimitError,
     ServerError,
 )
+from batchpipe.ports import BatchApi
 
 __all__ = [
     "ClientStats",
@@ -734,3 +735,7 @@ class OpenAIClient:
         return await self._json(
             "POST", "/batches/{batch_id}/cancel", f"batches/{_seg(batch_id)}/cancel", idempotent=True
         )
+
+
+if TYPE_CHECKING:  # mypy proves that OpenAIClient implements the BatchApi port; nothing runs
+    _conforms: BatchApi = OpenAIClient(ApiSettings())

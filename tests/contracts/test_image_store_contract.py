@@ -1,0 +1,162 @@
+"""The ImageStore contract: every implementation of :class:`batchpipe.ports.ImageStore` behaves the same.
+
+Each test runs against ``LocalImageStore`` (a folder under tmp_path) and ``MemoryImageStore``. Tests of what only
+the local filesystem does (temporary files, folder fsyncs) stay in tests/test_store.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+import pytest
+
+from batchpipe.adapters.local_store import LocalImageStore, safe_relative_path
+from batchpipe.fakes import MemoryImageStore
+from batchpipe.ports import ImageStore, StoredImage
+
+if TYPE_CHECKING:  # checked by mypy, never run: both implement the ImageStore port
+    _local: ImageStore = LocalImageStore(Path("out"))
+    _memory: ImageStore = MemoryImageStore()
+
+
+@dataclass
+class Case:
+    """One implementation under test: the ``store``, how to read back what it holds, and whether a location lies
+    inside its root (and what it is relative to the root)."""
+
+    store: ImageStore
+    read: Callable[[str], bytes]
+    inside: Callable[[str], bool]
+    relative: Callable[[str], PurePosixPath]
+
+
+@pytest.fixture(params=["local", "memory"])
+def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+    if request.param == "local":
+        root = (tmp_path / "out").resolve()
+        return Case(
+            LocalImageStore(tmp_path / "out"),
+            read=lambda location: Path(location).read_bytes(),
+            inside=lambda location: Path(location).is_relative_to(root),
+            relative=lambda location: PurePosixPath(Path(location).relative_to(root).as_posix()),
+        )
+    memory = MemoryImageStore("memory://bucket")
+    prefix = "memory://bucket/"
+    return Case(
+        memory,
+        read=memory.read,
+        inside=lambda location: (
+            location.startswith(prefix) and ".." not in PurePosixPath(location[len(prefix) :]).parts
+        ),
+        relative=lambda location: PurePosixPath(location.removeprefix(prefix)),
+    )
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../../etc/passwd",
+        "/abs/path",
+        "a\\..\\..\\b",
+        "..",
+        "",
+        "a/../../b",
+        "x\x00y",
+        "\u00e9t\u00e9/ch\u00e2teau",
+    ],
+)
+def test_keys_never_escape_the_root(case: Case, key: str) -> None:
+    location = case.store.location_for(key, 0, "png")
+    assert case.inside(location)
+    assert not case.relative(location).is_absolute() and ".." not in case.relative(location).parts
+
+
+def test_locations_follow_the_shared_safe_path_rule(case: Case) -> None:
+    store = case.store
+    assert store.location_for("a b", 0, "png") == store.location_for("a b", 0, "png")  # deterministic
+    assert store.location_for("a b", 0, "png") != store.location_for("a_b", 0, "png")  # hash keeps them apart
+    assert store.location_for("k", 0, "png") != store.location_for("k", 1, "png")
+    assert case.relative(store.location_for("shoes/red", 1, "jpg")).parts[0] == "shoes"
+    assert store.location_for("shoes/red", 1, "jpg").endswith("-1.jpg")
+    assert store.location_for("k", 0, ".webp").endswith(".webp") and not store.location_for("k", 0, ".webp").endswith(
+        "..webp"
+    )
+    for key, index, ext in [("shoes/red sneaker", 0, "png"), ("../x", 2, "jpeg"), ("", 0, "gif")]:
+        relative = case.relative(store.location_for(key, index, ext))
+        assert relative == PurePosixPath(safe_relative_path(key, index, ext).as_posix())  # the same names everywhere
+
+
+def test_put_writes_exact_bytes(case: Case) -> None:
+    store = case.store
+    data = b"\x89PNG" + bytes(range(256)) * 10
+    location = store.location_for("k", 0, "png")
+    assert not store.exists(location)
+    stored = store.put(location, data)
+    assert stored == StoredImage(location, hashlib.sha256(data).hexdigest(), len(data))
+    assert case.read(stored.location) == data
+    assert stored.sha256 == hashlib.sha256(data).hexdigest() and stored.size_bytes == len(data)
+    store.put(stored.location, data)  # rewriting is idempotent
+    assert store.exists(stored.location)
+    assert case.read(stored.location) == data
+
+
+def test_put_replaces_what_a_location_held(case: Case) -> None:
+    store = case.store
+    location = store.location_for("shoes/red", 0, "png")
+    store.put(location, b"first version, longer than the second")
+    stored = store.put(location, b"second")
+    assert case.read(location) == b"second"
+    assert (stored.size_bytes, stored.sha256) == (6, hashlib.sha256(b"second").hexdigest())
+
+
+def test_empty_images_and_other_locations(case: Case) -> None:
+    store = case.store
+    empty = store.put(store.location_for("empty", 0, "png"), b"")
+    assert (empty.size_bytes, empty.sha256) == (0, hashlib.sha256(b"").hexdigest())
+    assert store.exists(empty.location) and case.read(empty.location) == b""
+    assert not store.exists(store.location_for("empty", 1, "png"))
+    assert not store.exists(store.location_for("other", 0, "png"))
+
+
+def test_sync_keeps_everything_put(case: Case) -> None:
+    store = case.store
+    store.sync()  # nothing to sync yet
+    locations = [store.location_for(f"group{i % 3}/k{i}", 0, "png") for i in range(9)]
+    for i, location in enumerate(locations):
+        store.put(location, bytes([i]) * 10)
+    store.sync()
+    store.sync()
+    for i, location in enumerate(locations):
+        assert store.exists(location) and case.read(location) == bytes([i]) * 10
+
+
+def test_puts_from_many_threads(case: Case) -> None:
+    store = case.store
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(25):
+                location = store.location_for(f"t{n}/k{i}", 0, "png")
+                stored = store.put(location, f"{n}-{i}".encode())
+                assert stored.location == location
+                if i % 5 == 0:
+                    store.sync()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.sync()
+    assert errors == []
+    for n in range(8):
+        for i in range(25):
+            assert case.read(store.location_for(f"t{n}/k{i}", 0, "png")) == f"{n}-{i}".encode()

@@ -1,0 +1,814 @@
+"""The Ledger contract: every implementation of :class:`batchpipe.ports.Ledger` behaves the same.
+
+Each test runs against ``SqliteLedger`` (a file under tmp_path) and ``MemoryLedger``. Tests of what only SQLite
+does (WAL, the file on disk, reopening it) stay in tests/test_ledger.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from batchpipe.adapters.sqlite_ledger import SqliteLedger
+from batchpipe.domain.items import ItemStatus
+from batchpipe.errors import LedgerError, TransitionError
+from batchpipe.fakes import MemoryLedger
+from batchpipe.ports import CollectLedger, Ledger
+
+if TYPE_CHECKING:  # checked by mypy, never run: both implement the Ledger port, and so the CollectLedger one
+    _sqlite: Ledger = SqliteLedger(Path("ledger.sqlite"))
+    _memory: Ledger = MemoryLedger()
+    _collect: CollectLedger = MemoryLedger()
+
+IMPLEMENTATIONS = [SqliteLedger, MemoryLedger]
+
+
+class Clock:
+    """A clock the test moves: ``clock()`` returns ``now`` (unix seconds)."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MakeLedger = Callable[..., Ledger]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeLedger]:
+    """A factory of empty ledgers of one implementation: ``make_ledger(clock=...)``."""
+    opened: list[Ledger] = []
+
+    def make(*, clock: Callable[[], float] = time.time) -> Ledger:
+        ledger: Ledger
+        if request.param == "sqlite":
+            ledger = SqliteLedger(tmp_path / f"ledger-{len(opened)}.sqlite", clock=clock)
+        else:
+            ledger = MemoryLedger(clock=clock)
+        opened.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in opened:
+        ledger.close()
+
+
+@pytest.fixture
+def ledger(make_ledger: MakeLedger) -> Ledger:
+    return make_ledger()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def timed(make_ledger: MakeLedger, clock: Clock) -> Ledger:
+    """A ledger on the test's clock."""
+    return make_ledger(clock=clock)
+
+
+def _row(
+    custom_id: str, key: str, *, attempt: int = 1, run_id: str = "r1", status: str = "pending", **extra: object
+) -> dict[str, object]:
+    return {
+        "custom_id": custom_id,
+        "job": "job",
+        "item_key": key,
+        "attempt": attempt,
+        "run_id": run_id,
+        "endpoint": "/v1/images/generations",
+        "model": "gpt-image-2",
+        "request_hash": "h-" + key,
+        "body_json": '{"prompt": "p"}',
+        "metadata_json": "{}",
+        "source": "m.jsonl:1",
+        "status": status,
+        **extra,
+    }
+
+
+def _shard(name: str, *, run_id: str = "r1") -> dict[str, object]:
+    return {
+        "name": name,
+        "run_id": run_id,
+        "job": "job",
+        "endpoint": "/v1/images/generations",
+        "model": "m",
+        "path": "/x",
+        "requests": 1,
+        "bytes": 10,
+        "sha256": "00",
+        "input_tokens": 5,
+    }
+
+
+def _batch(batch_id: str, status: str = "validating", **extra: object) -> dict[str, Any]:
+    return {"id": batch_id, "status": status, "input_file_id": "file-in-" + batch_id, "created_at": 100, **extra}
+
+
+def _state(ledger: Ledger) -> dict[str, object]:
+    """Everything a ledger holds, to compare before and after."""
+    return {
+        "items": list(ledger.items()),
+        "shards": ledger.shards(),
+        "batches": ledger.batches(),
+        "files": sorted(ledger.files(), key=lambda f: str(f["file_id"])),
+        "events": ledger.events(),
+        "latest_run": ledger.latest_run(),
+    }
+
+
+# -- the interface itself -------------------------------------------------------------------------------------
+def _public_methods(cls: type) -> dict[str, list[tuple[str, object, object]]]:
+    return {
+        name: [(p.name, p.kind, p.default) for p in inspect.signature(member).parameters.values()]
+        for name, member in inspect.getmembers(cls, callable)
+        if not name.startswith("_")
+    }
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
+def test_implements_exactly_the_protocol_methods_with_the_same_signatures(implementation: type) -> None:
+    protocol = _public_methods(Ledger)
+    assert len(protocol) == 29
+    assert _public_methods(implementation) == protocol
+
+
+# -- item transitions -----------------------------------------------------------------------------------------
+def test_transitions_follow_the_table(ledger: Ledger) -> None:
+    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2")])
+    assert ledger.transition_items(["c1", "c2"], ItemStatus.SUBMITTED) == 2
+    assert ledger.transition_items(["c1"], ItemStatus.SUCCEEDED, fields={"sha256": "ab"}) == 1
+    with pytest.raises(TransitionError):
+        ledger.transition_items(["c1"], ItemStatus.FAILED)  # succeeded -> failed is not allowed
+    row = ledger.item("c1")
+    assert row is not None and row.status == "succeeded" and row.sha256 == "ab"
+    # non-strict replays leave rows that already moved untouched
+    assert (
+        ledger.transition_items(["c1", "c2"], ItemStatus.MISSING, from_statuses=[ItemStatus.SUBMITTED], strict=False)
+        == 1
+    )
+    assert ledger.count_items(run_id="r1") == {"succeeded": 1, "missing": 1}
+
+
+def test_strict_transition_changes_nothing_when_one_row_is_wrong(ledger: Ledger) -> None:
+    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2")])
+    ledger.transition_items(["c1"], ItemStatus.SUBMITTED)
+    with pytest.raises(TransitionError):
+        ledger.transition_items(["c1", "c2"], ItemStatus.SUCCEEDED)
+    assert ledger.count_items() == {"submitted": 1, "pending": 1}
+
+
+@pytest.mark.parametrize(
+    ("start", "to_status", "from_statuses"),
+    [
+        ("pending", ItemStatus.SUCCEEDED, None),  # pending may not skip submitted
+        ("succeeded", ItemStatus.FAILED, None),
+        ("superseded", ItemStatus.PENDING, None),  # superseded is final
+        ("invalid", ItemStatus.SUBMITTED, None),
+        ("submitted", ItemStatus.SUCCEEDED, [ItemStatus.PENDING]),  # pending -> succeeded named as a source
+        ("pending", ItemStatus.SUPERSEDED, [ItemStatus.PENDING, ItemStatus.SUPERSEDED]),
+    ],
+)
+def test_a_forbidden_transition_raises_and_changes_nothing(
+    timed: Ledger, clock: Clock, start: str, to_status: ItemStatus, from_statuses: list[ItemStatus] | None
+) -> None:
+    status = "invalid" if start == "invalid" else "pending"
+    timed.insert_items([_row("c1", "k1", status=status), _row("c2", "k2")])
+    path = {
+        "submitted": [ItemStatus.SUBMITTED],
+        "succeeded": [ItemStatus.SUBMITTED, ItemStatus.SUCCEEDED],
+        "superseded": [ItemStatus.SUPERSEDED],
+    }
+    for step in path.get(start, []):
+        timed.transition_items(["c1"], step)
+    before = _state(timed)
+    clock.now += 60
+    with pytest.raises(TransitionError):
+        timed.transition_items(
+            ["c1"], to_status, from_statuses=from_statuses, fields={"error_code": "x", "sha256": "ff"}
+        )
+    assert _state(timed) == before  # not the status, not the fields, not updated_at, no event
+    row = timed.item("c1")
+    assert row is not None and row.status == start and row.error_code is None and row.sha256 is None
+
+
+def test_a_failed_strict_transition_changes_nothing_inside_an_outer_transaction(ledger: Ledger) -> None:
+    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2"), _row("c3", "k3")])
+    ledger.transition_items(["c1"], ItemStatus.SUBMITTED)
+    before = _state(ledger)
+    with ledger.transaction():
+        with pytest.raises(TransitionError):
+            ledger.transition_items(["c1", "c2"], ItemStatus.SUCCEEDED)  # c2 is pending: neither moves
+        assert _state(ledger) == before
+        ledger.transition_items(["c3"], ItemStatus.SUBMITTED)  # the outer transaction goes on and commits
+    assert ledger.count_items() == {"submitted": 2, "pending": 1}
+    assert [(r.custom_id, r.status) for r in ledger.items(statuses=["submitted"])] == [
+        ("c1", "submitted"),
+        ("c3", "submitted"),
+    ]
+
+
+def test_a_strict_failure_in_a_later_chunk_undoes_the_earlier_chunks(ledger: Ledger) -> None:
+    ids = [f"c{i:04d}" for i in range(1200)]
+    ledger.insert_items([_row(cid, cid) for cid in ids])
+    ledger.transition_items(ids[-1:], ItemStatus.SUBMITTED)  # the last id (third chunk of 500) is not pending
+    with pytest.raises(TransitionError):
+        ledger.transition_items(ids, ItemStatus.SUBMITTED, from_statuses=[ItemStatus.PENDING])
+    assert ledger.count_items() == {"pending": 1199, "submitted": 1}
+
+
+def test_a_guarded_transition_from_the_wrong_status_returns_0_when_not_strict(timed: Ledger, clock: Clock) -> None:
+    timed.insert_items([_row("c1", "k1"), _row("c2", "k2")])
+    timed.transition_items(["c1", "c2"], ItemStatus.SUBMITTED)
+    timed.transition_items(["c1", "c2"], ItemStatus.SUCCEEDED)
+    before = _state(timed)
+    clock.now += 60
+    # a replay after a crash: the rows already moved on
+    assert timed.transition_items(["c1", "c2"], ItemStatus.SUCCEEDED, fields={"sha256": "zz"}, strict=False) == 0
+    assert (
+        timed.transition_items(
+            ["c1"], ItemStatus.FAILED, from_statuses=[ItemStatus.SUBMITTED], fields={"error_code": "x"}, strict=False
+        )
+        == 0
+    )
+    assert timed.transition_items(["nope"], ItemStatus.SUBMITTED, strict=False) == 0  # unknown ids are skipped too
+    assert timed.transition_items([], ItemStatus.SUBMITTED) == 0
+    assert _state(timed) == before  # no field, no updated_at, no event
+
+
+def test_unknown_ids_fail_a_strict_transition(ledger: Ledger) -> None:
+    ledger.insert_items([_row("c1", "k1")])
+    with pytest.raises(TransitionError):
+        ledger.transition_items(["c1", "ghost"], ItemStatus.SUBMITTED)
+    assert ledger.count_items() == {"pending": 1}
+
+
+def test_a_transition_sets_fields_and_updated_at_and_logs_one_event(timed: Ledger, clock: Clock) -> None:
+    timed.insert_items([_row("c1", "k1"), _row("c2", "k2"), _row("c3", "k3")])
+    clock.now += 5
+    changed = timed.transition_items(["c2", "c1"], ItemStatus.SUBMITTED, fields={"batch_id": "b1", "shard": "s1"})
+    assert changed == 2
+    for cid in ("c1", "c2"):
+        row = timed.item(cid)
+        assert row is not None
+        assert (row.status, row.batch_id, row.shard, row.updated_at) == ("submitted", "b1", "s1", clock.now)
+        assert row.created_at == clock.now - 5
+    untouched = timed.item("c3")
+    assert untouched is not None and untouched.status == "pending" and untouched.batch_id is None
+    events = timed.events(entity="items")
+    assert [(e["entity_id"], e["from_status"], e["to_status"], e["detail"], e["at"]) for e in events] == [
+        ("c2", None, "submitted", "2 items", clock.now)
+    ]
+
+
+def test_concurrent_guarded_transitions_move_each_item_once(ledger: Ledger) -> None:
+    ids = [f"c{i:03d}" for i in range(200)]
+    ledger.insert_items([_row(cid, cid) for cid in ids])
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def race() -> None:
+        changed = ledger.transition_items(ids, ItemStatus.SUBMITTED, from_statuses=[ItemStatus.PENDING], strict=False)
+        with lock:
+            results.append(changed)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [0] * 7 + [200]  # compare-and-set: exactly one writer wins the rows
+    assert ledger.count_items() == {"submitted": 200}
+    assert len(ledger.events(entity="items")) == 1
+
+
+# -- inserting and reading items ------------------------------------------------------------------------------
+def test_new_items_must_start_pending_or_invalid_and_be_unique(ledger: Ledger) -> None:
+    with pytest.raises(LedgerError):
+        ledger.insert_items([_row("c1", "k1", status="succeeded")])
+    ledger.insert_items([_row("c1", "k1")])
+    with pytest.raises(LedgerError):
+        ledger.insert_items([_row("c9", "k1")])  # same job, key and attempt
+    assert ledger.count_items() == {"pending": 1}
+
+
+def test_insert_items_is_all_or_nothing(ledger: Ledger) -> None:
+    ledger.insert_items([_row("c1", "k1")])
+    with pytest.raises(LedgerError):
+        ledger.insert_items([_row("c2", "k2"), _row("c1", "k3")])  # the second has a taken custom_id
+    with pytest.raises(LedgerError):
+        ledger.insert_items([_row("c3", "k3"), _row("c4", "k4", request_hash=None)])  # a required column is NULL
+    with ledger.transaction():
+        with pytest.raises(LedgerError):
+            ledger.insert_items([_row("c5", "k5"), _row("c5", "k6")])  # a duplicate within the rows
+        ledger.insert_items([_row("c6", "k6")])
+    assert [r.custom_id for r in ledger.items()] == ["c1", "c6"]
+    assert ledger.insert_items([]) == 0
+    assert ledger.insert_items([_row("c7", "k7"), _row("c8", "k8", status="invalid")]) == 2
+
+
+def test_rows_read_back_with_their_column_types(timed: Ledger, clock: Clock) -> None:
+    timed.insert_items(
+        [_row("c1", "k1", status=ItemStatus.PENDING, created_at=5, updated_at=6, retryable=True, cost_usd=2)]
+    )
+    row = timed.item("c1")
+    assert row is not None
+    assert type(row.status) is str and row.status == "pending"
+    assert (row.created_at, row.updated_at, row.cost_usd) == (5.0, 6.0, 2.0)
+    assert all(type(v) is float for v in (row.created_at, row.updated_at, row.cost_usd))
+    assert row.retryable == 1 and type(row.retryable) is int
+    assert row.input_tokens_est == 0 and row.output_path is None and row.previous_custom_id is None
+    timed.record_batch(_batch("b1"), shard="s1", run_id="r1", model="m")
+    timed.set_batch_progress("b1", output_done=True, output_offset=10)
+    batch = timed.batch("b1")
+    assert batch is not None and batch["output_done"] == 1 and type(batch["output_done"]) is int
+    assert type(batch["created_at"]) is float and batch["output_offset"] == 10
+
+
+def test_items_filter_by_every_field(timed: Ledger, clock: Clock) -> None:
+    timed.insert_items(
+        [
+            _row("c3", "k3", run_id="r1"),
+            _row("c1", "k1", run_id="r1"),
+            _row("c2", "k2", run_id="r2"),
+            {**_row("d1", "k1", run_id="r2"), "job": "other"},
+        ]
+    )
+    clock.now += 10
+    timed.transition_items(["c1", "c2"], ItemStatus.SUBMITTED, fields={"shard": "s1", "batch_id": "b1"})
+    clock.now += 10
+    timed.transition_items(["c1"], ItemStatus.FAILED, fields={"error_code": "rate_limit_exceeded"})
+    timed.transition_items(["c2"], ItemStatus.SUCCEEDED, fields={"c2pa_state": "Trusted"})
+    t = clock.now
+
+    def ids(**filters: Any) -> list[str]:
+        return [r.custom_id for r in timed.items(**filters)]
+
+    assert ids() == ["c1", "c2", "c3", "d1"]  # custom_id order, not insertion order
+    assert ids(run_id="r1") == ["c1", "c3"]
+    assert ids(job="other") == ["d1"]
+    assert ids(statuses=["pending"]) == ["c3", "d1"]
+    assert ids(statuses=[ItemStatus.FAILED, ItemStatus.SUCCEEDED]) == ["c1", "c2"]
+    assert ids(statuses=[]) == []
+    assert ids(shard="s1") == ["c1", "c2"]
+    assert ids(batch_id="b1", run_id="r2") == ["c2"]
+    assert ids(error_codes=["rate_limit_exceeded"]) == ["c1"]
+    assert ids(error_codes=[]) == []
+    assert ids(c2pa_states=["Trusted", "Invalid"]) == ["c2"]
+    assert ids(since=t) == ["c1", "c2"]
+    assert ids(since=t - 10, until=t) == []
+    assert ids(until=t) == ["c3", "d1"]
+    assert ids(run_id="r1", statuses=["pending", "failed"], shard="s1") == ["c1"]
+    assert ids(run_id="nope") == []
+
+
+def test_items_stream_in_pages_and_latest_only(ledger: Ledger) -> None:
+    ledger.insert_items([_row(f"c{i:05d}", f"k{i}") for i in range(2500)])
+    ledger.insert_items([_row("z-2", "k1", attempt=2)])
+    assert sum(1 for _ in ledger.items(job="job")) == 2501
+    latest = {r.item_key: r.attempt for r in ledger.items(job="job", latest_only=True)}
+    assert len(latest) == 2500 and latest["k1"] == 2
+
+
+def test_latest_only_counts_attempts_outside_the_other_filters(ledger: Ledger) -> None:
+    ledger.insert_items([_row("a1", "k1", run_id="r1"), _row("a2", "k2", run_id="r1")])
+    ledger.insert_items([_row("b1", "k1", attempt=2, run_id="r2", previous_custom_id="a1")])
+    assert [r.custom_id for r in ledger.items(run_id="r1", latest_only=True)] == ["a2"]
+    assert [r.custom_id for r in ledger.items(run_id="r1")] == ["a1", "a2"]
+    latest = ledger.latest_attempts("job", ["k1", "k2", "k9"])
+    assert {k: r.custom_id for k, r in latest.items()} == {"k1": "b1", "k2": "a2"}
+    assert ledger.latest_attempts("other", ["k1"]) == {}
+
+
+def test_items_is_lazy_and_sees_writes_between_pages(ledger: Ledger) -> None:
+    ledger.insert_items([_row(f"c{i:04d}", f"k{i}") for i in range(1500)])
+    rows = ledger.items(statuses=["pending"])
+    ledger.insert_items([_row("c9999", "k9999")])  # before the first row is read: included
+    first = next(rows)
+    assert first.custom_id == "c0000"
+    ledger.transition_items([f"c{i:04d}" for i in range(1000, 1500)], ItemStatus.SUBMITTED)  # on the next page
+    assert sum(1 for _ in rows) == 999 + 1  # the rest of the first page, then c9999
+
+
+def test_item_counts_hashes_and_costs(ledger: Ledger) -> None:
+    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2"), _row("c3", "k3", run_id="r2")])
+    ledger.insert_items([{**_row("d1", "k1"), "job": "other"}])
+    ledger.transition_items(["c1", "c2", "c3"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["c1"], ItemStatus.SUCCEEDED, fields={"cost_usd": 0.25})
+    ledger.transition_items(["c3"], ItemStatus.SUCCEEDED, fields={"cost_usd": 0.5})
+    ledger.transition_items(["c2"], ItemStatus.FAILED, fields={"cost_usd": 0.125})
+    assert ledger.count_items() == {"failed": 1, "pending": 1, "succeeded": 2}
+    assert ledger.count_items(run_id="r2") == {"succeeded": 1}
+    assert ledger.count_items(job="other") == {"pending": 1}
+    assert ledger.count_items(run_id="r2", job="other") == {"succeeded": 1}  # run_id wins
+    assert ledger.count_items(run_id="none") == {}
+    assert sorted(ledger.succeeded_hashes("job")) == [("k1", "h-k1"), ("k3", "h-k3")]
+    assert list(ledger.succeeded_hashes("other")) == []
+    assert ledger.cost_usd() == pytest.approx(0.875)
+    assert ledger.cost_usd(run_id="r1") == pytest.approx(0.375)
+    assert ledger.cost_usd(run_id="none") == 0.0 and isinstance(ledger.cost_usd(run_id="none"), float)
+
+
+def test_update_item_fields_never_changes_a_status(timed: Ledger, clock: Clock) -> None:
+    timed.insert_items([_row("c1", "k1")])
+    clock.now += 3
+    timed.update_item_fields("c1", {"shard": "s9", "input_tokens_est": 42})
+    row = timed.item("c1")
+    assert row is not None and (row.shard, row.input_tokens_est, row.updated_at) == ("s9", 42, clock.now)
+    with pytest.raises(LedgerError):
+        timed.update_item_fields("c1", {"status": "succeeded", "shard": "s0"})
+    after = timed.item("c1")
+    assert after is not None and after.status == "pending" and after.shard == "s9"
+    timed.update_item_fields("ghost", {"shard": "s1"})  # an unknown id changes nothing
+    assert timed.item("ghost") is None and timed.events() == []
+
+
+# -- transactions ---------------------------------------------------------------------------------------------
+def test_transaction_rolls_back_everything(ledger: Ledger) -> None:
+    with pytest.raises(RuntimeError), ledger.transaction():
+        ledger.insert_items([_row("c1", "k1")])
+        raise RuntimeError("crash")
+    assert ledger.count_items() == {}
+
+
+def test_transaction_rolls_back_every_kind_of_write(timed: Ledger, clock: Clock) -> None:
+    run_id, _ = timed.open_run("job", "h", "emulator")
+    timed.insert_items([_row("c1", "k1", run_id=run_id), _row("c2", "k2", run_id=run_id)])
+    timed.insert_shard(_shard("s1", run_id=run_id))
+    timed.record_batch(_batch("b1"), shard="s1", run_id=run_id, model="m")
+    timed.record_file({"id": "file-1", "purpose": "batch", "created_at": 1}, role="input", sha256="aa")
+    before = {**_state(timed), "run": timed.run_info(run_id), "open": timed.open_run("job", "h", "emulator")}
+    clock.now += 100
+    with pytest.raises(RuntimeError, match="crash"), timed.transaction():
+        timed.insert_items([_row("c3", "k3", run_id=run_id)])
+        timed.transition_items(["c1", "c2"], ItemStatus.SUBMITTED, fields={"batch_id": "b1"})
+        timed.update_item_fields("c1", {"shard": "s1"})
+        with timed.transaction():  # an inner block joins the outer one
+            timed.transition_shard("s1", "uploading", fields={"intent_at": 5.0}, note="n")
+            timed.insert_shard(_shard("s2", run_id=run_id))
+        timed.record_batch(_batch("b2"), shard="s2", run_id=run_id, model="m")
+        timed.update_batch(_batch("b1", "completed", completed_at=150, output_file_id="file-out"))
+        timed.set_batch_progress("b1", output_offset=99, output_done=1)
+        timed.record_file({"id": "file-2", "purpose": "batch"}, role="output")
+        timed.mark_file_deleted("file-1")
+        timed.finish_run(run_id, "finished")
+        timed.open_run("other-job", "h", "emulator")
+        raise RuntimeError("crash")
+    assert {**_state(timed), "run": timed.run_info(run_id), "open": timed.open_run("job", "h", "emulator")} == before
+    # the ledger is usable afterwards
+    timed.insert_items([_row("c3", "k3", run_id=run_id)])
+    assert timed.count_items() == {"pending": 3}
+
+
+def test_an_error_from_an_inner_block_rolls_back_the_outer_one(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="inner"), ledger.transaction():
+        ledger.insert_items([_row("c1", "k1")])
+        with ledger.transaction():
+            ledger.insert_items([_row("c2", "k2")])
+            raise ValueError("inner")
+    assert ledger.count_items() == {} and ledger.events() == []
+
+
+def test_nested_transactions_commit_at_the_outermost_block(ledger: Ledger) -> None:
+    with ledger.transaction():
+        ledger.insert_items([_row("c1", "k1")])
+        with ledger.transaction():
+            ledger.insert_items([_row("c2", "k2")])
+        ledger.transition_items(["c1", "c2"], ItemStatus.SUBMITTED)
+    assert ledger.count_items() == {"submitted": 2}
+
+
+def test_other_threads_wait_for_an_open_transaction(ledger: Ledger) -> None:
+    seen: list[dict[str, int]] = []
+    opened = threading.Event()
+
+    def reader() -> None:
+        opened.wait()
+        seen.append(ledger.count_items())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    with ledger.transaction():
+        ledger.insert_items([_row("c1", "k1")])
+        opened.set()
+        time.sleep(0.2)  # the reader is blocked meanwhile
+        ledger.transition_items(["c1"], ItemStatus.SUBMITTED)
+    thread.join()
+    assert seen == [{"submitted": 1}]  # never the half-done state
+
+
+# -- runs -----------------------------------------------------------------------------------------------------
+def test_open_run_resumes_until_finished(ledger: Ledger) -> None:
+    run_id, resumed = ledger.open_run("job", "h", "emulator")
+    assert not resumed
+    assert ledger.open_run("job", "h", "emulator") == (run_id, True)
+    ledger.finish_run(run_id, "finished")
+    other, resumed = ledger.open_run("job", "h", "emulator")
+    assert other != run_id and not resumed
+
+
+def test_runs_are_named_and_remembered(timed: Ledger, clock: Clock) -> None:
+    start = clock.now
+    first, _ = timed.open_run("job", "h1", "emulator", output_dir="/out", trust="emulator", spec_path="/j.toml")
+    assert first == "job-20231114T221320"
+    info = timed.run_info(first)
+    assert info == {
+        "run_id": first,
+        "job": "job",
+        "spec_hash": "h1",
+        "api": "emulator",
+        "output_dir": "/out",
+        "trust": "emulator",
+        "spec_path": "/j.toml",
+        "status": "running",
+        "started_at": clock.now,
+        "finished_at": None,
+    }
+    timed.finish_run(first, "stopped")
+    clock.now += 0.5
+    second, resumed = timed.open_run("job", "h2", "openai")  # same second: a suffix keeps ids apart
+    assert second == "job-20231114T221320-2" and not resumed
+    clock.now += 1
+    other, _ = timed.open_run("other", "h3", "openai")
+    stopped = timed.run_info(first)
+    assert stopped is not None and stopped["status"] == "stopped" and stopped["finished_at"] == start
+    latest = timed.latest_run()
+    assert latest is not None and latest["run_id"] == other
+    latest_job = timed.latest_run("job")
+    assert latest_job is not None and latest_job["run_id"] == second
+    assert timed.latest_run("none") is None and timed.run_info("none") is None
+    timed.finish_run(first, "finished")  # a run that is not running stays as it is
+    again = timed.run_info(first)
+    assert again is not None and again["status"] == "stopped"
+    assert [(e["entity_id"], e["from_status"], e["to_status"]) for e in timed.events(entity="run")] == [
+        (first, None, "running"),
+        (first, "running", "stopped"),
+        (second, None, "running"),
+        (other, None, "running"),
+        (first, "running", "finished"),
+    ]
+
+
+def test_resuming_a_run_changes_nothing(timed: Ledger, clock: Clock) -> None:
+    run_id, _ = timed.open_run("job", "h", "emulator")
+    clock.now += 10
+    assert timed.open_run("job", "h2", "openai") == (run_id, True)
+    latest = timed.latest_run("job")
+    assert latest is not None and latest["spec_hash"] == "h"  # resuming changes nothing
+
+
+# -- shards ---------------------------------------------------------------------------------------------------
+def test_shard_intents_are_guarded(ledger: Ledger) -> None:
+    ledger.insert_shard(
+        {
+            "name": "s1",
+            "run_id": "r1",
+            "job": "job",
+            "endpoint": "/v1/images/generations",
+            "model": "m",
+            "path": "/x",
+            "requests": 1,
+            "bytes": 10,
+            "sha256": "00",
+            "input_tokens": 5,
+        }
+    )
+    ledger.transition_shard("s1", "uploading", fields={"intent_at": 1.0})
+    with pytest.raises(TransitionError):
+        ledger.transition_shard("s1", "created")
+    ledger.transition_shard("s1", "uploaded", fields={"input_file_id": "file-1"})
+    shard = ledger.shard("s1")
+    assert shard is not None and shard.status == "uploaded" and shard.input_file_id == "file-1"
+
+
+def test_a_forbidden_shard_transition_changes_nothing(timed: Ledger, clock: Clock) -> None:
+    timed.insert_shard(_shard("s1"))
+    timed.transition_shard("s1", "uploading", fields={"intent_at": 1.0}, note="why")
+    before = _state(timed)
+    clock.now += 60
+    for to_status in ("uploading", "created", "done", "creating", "bogus"):  # uploading may go back to built
+        with pytest.raises(TransitionError):
+            timed.transition_shard("s1", to_status, fields={"input_file_id": "file-x"}, note="no")
+    assert _state(timed) == before
+    with pytest.raises(LedgerError):
+        timed.transition_shard("ghost", "uploading")
+
+
+def test_shard_transitions_set_fields_and_notes_and_log_events(timed: Ledger, clock: Clock) -> None:
+    timed.insert_shard(_shard("s1"))
+    clock.now += 1
+    timed.transition_shard("s1", "uploading", fields={"intent_at": 7}, note="upload 1")
+    timed.transition_shard("s1", "indeterminate", note="timeout")
+    timed.transition_shard("s1", "uploaded", fields={"input_file_id": "file-1"})  # no note: cleared
+    shard = timed.shard("s1")
+    assert shard is not None
+    assert (shard.status, shard.intent_at, shard.input_file_id, shard.note) == ("uploaded", 7.0, "file-1", None)
+    assert (shard.created_at, shard.updated_at) == (clock.now - 1, clock.now)
+    assert [(e["from_status"], e["to_status"], e["detail"]) for e in timed.events(entity="shard", entity_id="s1")] == [
+        (None, "built", None),
+        ("built", "uploading", "upload 1"),
+        ("uploading", "indeterminate", "timeout"),
+        ("indeterminate", "uploaded", None),
+    ]
+
+
+def test_shards_are_unique_ordered_and_filtered(timed: Ledger, clock: Clock) -> None:
+    timed.insert_shard({**_shard("s2"), "status": "done"})  # a given status is ignored: new shards are built
+    clock.now += 1
+    timed.insert_shard(_shard("s3", run_id="r2"))
+    timed.insert_shard(_shard("s1", run_id="r2"))
+    with pytest.raises(LedgerError):
+        timed.insert_shard(_shard("s1"))
+    with pytest.raises(LedgerError):
+        timed.insert_shard({k: v for k, v in _shard("s4").items() if k != "path"})
+    timed.transition_shard("s3", "uploading")
+    assert [s.name for s in timed.shards()] == ["s2", "s1", "s3"]  # by created_at, then name
+    assert [s.name for s in timed.shards(run_id="r2")] == ["s1", "s3"]
+    assert [s.name for s in timed.shards(statuses=["built"])] == ["s2", "s1"]
+    assert [s.name for s in timed.shards(run_id="r1", statuses=["built", "uploading"])] == ["s2"]
+    assert timed.shards(statuses=[]) == []
+    assert timed.shard("s4") is None
+    assert len(timed.events(entity="shard")) == 4
+
+
+# -- batches --------------------------------------------------------------------------------------------------
+def test_batch_records_are_idempotent_and_changes_are_logged(ledger: Ledger) -> None:
+    batch = {"id": "batch_1", "status": "validating", "input_file_id": "file-1", "created_at": 100}
+    assert ledger.record_batch(batch, shard="s1", run_id="r1", model="gpt-image-2") is True
+    assert ledger.record_batch(batch, shard="s1", run_id="r1", model="gpt-image-2") is False
+    assert ledger.update_batch({**batch, "status": "in_progress"}) == "validating"
+    assert ledger.update_batch({**batch, "status": "in_progress"}) is None
+    events = ledger.events(entity="batch", entity_id="batch_1")
+    assert [(e["from_status"], e["to_status"]) for e in events] == [
+        (None, "validating"),
+        ("validating", "in_progress"),
+    ]
+    assert ledger.batches()[0]["created_at"] == 100
+
+
+def test_batch_rows_keep_the_services_view_and_collection_progress(timed: Ledger, clock: Clock) -> None:
+    assert timed.record_batch(
+        {"id": "b1", "status": "validating", "input_file_id": "f1"}, shard="s1", run_id="r1", model="m"
+    )
+    row = timed.batch("b1")
+    assert row == {
+        "batch_id": "b1",
+        "shard": "s1",
+        "run_id": "r1",
+        "model": "m",
+        "status": "validating",
+        "input_file_id": "f1",
+        "output_file_id": None,
+        "error_file_id": None,
+        "request_counts_json": None,
+        "errors_json": None,
+        "created_at": clock.now,  # the service gave none: now
+        "ended_at": None,
+        "output_offset": 0,
+        "error_offset": 0,
+        "output_done": 0,
+        "error_done": 0,
+        "reconciled": 0,
+        "updated_at": clock.now,
+    }
+    assert (
+        timed.record_batch({"id": "b1", "status": "failed", "input_file_id": "f9"}, shard="x", run_id="x", model="x")
+        is False
+    )
+    assert timed.batch("b1") == row  # a known batch is left as it is
+    clock.now += 10
+    counts = {"total": 2, "completed": 2, "failed": 0}
+    previous = timed.update_batch(
+        {"id": "b1", "status": "completed", "output_file_id": "out", "request_counts": counts, "completed_at": 111}
+    )
+    assert previous == "validating"
+    later = {"id": "b1", "status": "completed", "errors": {"data": [{"code": "x"}]}, "expired_at": 222}
+    assert timed.update_batch(later) is None
+    done = timed.batch("b1")
+    assert done is not None
+    assert (done["status"], done["ended_at"], done["updated_at"]) == ("completed", 111.0, clock.now)  # first end kept
+    assert done["output_file_id"] is None and done["request_counts_json"] == "null"  # as the service said last
+    assert done["errors_json"] == '{"data":[{"code":"x"}]}'
+    with pytest.raises(LedgerError):
+        timed.update_batch({"id": "ghost", "status": "completed"})
+    timed.set_batch_progress("b1", output_offset=1024, error_offset=7, output_done=1, error_done=1)
+    progressed = timed.batch("b1")
+    assert progressed is not None
+    assert [progressed[k] for k in ("output_offset", "error_offset", "output_done", "error_done")] == [1024, 7, 1, 1]
+    for bad in ({}, {"status": "failed"}, {"output_offset": 1, "shard": "s2"}):
+        with pytest.raises(LedgerError):
+            timed.set_batch_progress("b1", **bad)
+    timed.set_batch_progress("ghost", reconciled=1)  # an unknown batch changes nothing
+    assert timed.batch("ghost") is None
+
+
+def test_batches_are_ordered_and_filtered(ledger: Ledger) -> None:
+    ledger.record_batch(_batch("b2", created_at=200), shard="s2", run_id="r1", model="m")
+    ledger.record_batch(_batch("b1", created_at=100), shard="s1", run_id="r1", model="m")
+    ledger.record_batch(_batch("b3", created_at=300), shard="s3", run_id="r2", model="m")
+    assert [b["batch_id"] for b in ledger.batches()] == ["b1", "b2", "b3"]
+    assert [b["batch_id"] for b in ledger.batches(run_id="r1")] == ["b1", "b2"]
+    ledger.set_batch_progress("b1", reconciled=1)
+    assert [b["batch_id"] for b in ledger.batches(unfinished=True)] == ["b2", "b3"]
+    assert [b["batch_id"] for b in ledger.batches(run_id="r2", unfinished=True)] == ["b3"]
+    copy = ledger.batches()[0]
+    copy["status"] = "changed by the caller"
+    assert ledger.batches()[0]["status"] == "validating"  # rows are copies
+
+
+# -- files ----------------------------------------------------------------------------------------------------
+def test_files_are_recorded_once_and_deleted_once(timed: Ledger, clock: Clock) -> None:
+    obj = {"id": "file-1", "purpose": "batch", "filename": "a.jsonl", "bytes": 10, "created_at": 50, "expires_at": 99}
+    timed.record_file(obj, role="input", sha256="aa")
+    timed.record_file({**obj, "filename": "other"}, role="output", sha256="bb")  # known: left as it is
+    timed.record_file({"id": "file-2"}, role="reference")
+    assert sorted(timed.files(), key=lambda f: str(f["file_id"])) == [
+        {
+            "file_id": "file-1",
+            "role": "input",
+            "purpose": "batch",
+            "filename": "a.jsonl",
+            "bytes": 10,
+            "sha256": "aa",
+            "created_at": 50.0,
+            "expires_at": 99.0,
+            "deleted_at": None,
+        },
+        {
+            "file_id": "file-2",
+            "role": "reference",
+            "purpose": "",
+            "filename": None,
+            "bytes": None,
+            "sha256": None,
+            "created_at": clock.now,
+            "expires_at": None,
+            "deleted_at": None,
+        },
+    ]
+    timed.mark_file_deleted("file-1")
+    first = clock.now
+    clock.now += 5
+    timed.mark_file_deleted("file-1")  # the first deletion time is kept
+    timed.mark_file_deleted("ghost")
+    assert [f["deleted_at"] for f in timed.files(file_ids=["file-1"])] == [first]
+    assert [f["file_id"] for f in timed.files(deleted=True)] == ["file-1"]
+    assert [f["file_id"] for f in timed.files(deleted=False)] == ["file-2"]
+    assert [f["file_id"] for f in timed.files(role="reference")] == ["file-2"]
+    assert timed.files(role="input", deleted=False) == []
+    assert timed.files(file_ids=[]) == []
+    assert timed.events() == []  # files are not status changes
+
+
+def test_file_by_sha256_finds_the_newest_live_file(ledger: Ledger) -> None:
+    ref = "reference"
+    ledger.record_file({"id": "old", "created_at": 10, "expires_at": 1000}, role=ref, sha256="s")
+    ledger.record_file({"id": "new", "created_at": 20, "expires_at": 1000}, role=ref, sha256="s")
+    ledger.record_file({"id": "forever", "created_at": 5}, role=ref, sha256="t")
+    ledger.record_file({"id": "input", "created_at": 30}, role="input", sha256="s")
+    found = ledger.file_by_sha256("s", role=ref, not_expired_at=500)
+    assert found is not None and found["file_id"] == "new"
+    assert ledger.file_by_sha256("s", role=ref, not_expired_at=1000) is None  # expiring at that time is too soon
+    forever = ledger.file_by_sha256("t", role=ref, not_expired_at=1e12)
+    assert forever is not None and forever["file_id"] == "forever"
+    ledger.mark_file_deleted("new")
+    older = ledger.file_by_sha256("s", role=ref, not_expired_at=500)
+    assert older is not None and older["file_id"] == "old"
+    assert ledger.file_by_sha256("s", role="output", not_expired_at=0) is None
+    assert ledger.file_by_sha256("zz", role=ref, not_expired_at=0) is None
+
+
+# -- events ---------------------------------------------------------------------------------------------------
+def test_events_are_an_ordered_append_only_log(timed: Ledger, clock: Clock) -> None:
+    run_id, _ = timed.open_run("job", "h", "emulator")
+    clock.now += 1
+    timed.insert_shard(_shard("s1", run_id=run_id))
+    timed.insert_items([_row("c1", "k1", run_id=run_id)])  # inserting items logs nothing
+    clock.now += 1
+    timed.record_batch(_batch("b1"), shard="s1", run_id=run_id, model="m")
+    timed.transition_items(["c1"], ItemStatus.SUBMITTED)
+    events = timed.events()
+    assert [e["event_id"] for e in events] == sorted(e["event_id"] for e in events)
+    assert len({e["event_id"] for e in events}) == 4
+    assert [(e["entity"], e["entity_id"], e["to_status"], e["at"]) for e in events] == [
+        ("run", run_id, "running", clock.now - 2),
+        ("shard", "s1", "built", clock.now - 1),
+        ("batch", "b1", "validating", clock.now),
+        ("items", "c1", "submitted", clock.now),
+    ]
+    assert events[2]["detail"] == "s1"  # a new batch names its shard
+    assert set(events[0]) == {"event_id", "at", "entity", "entity_id", "from_status", "to_status", "detail"}
+    assert [e["entity"] for e in timed.events(entity="shard")] == ["shard"]
+    assert timed.events(entity_id="b1") == [events[2]]
+    assert timed.events(entity="run", entity_id="b1") == []
