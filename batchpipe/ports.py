@@ -108,7 +108,12 @@ class Ledger(Protocol):
       :data:`~batchpipe.domain.records.SHARD_TRANSITIONS`, by guarded compare-and-set changes (a row moves only if
       it is in an allowed status at the moment of the change, so two writers cannot both move it); a change the
       table forbids raises :class:`~batchpipe.errors.TransitionError` and changes nothing.
-    * Every run, shard, batch and item status change appends to ``events`` (the append-only log).
+    * Batch statuses only move forward (:data:`~batchpipe.domain.records.BATCH_TRANSITIONS`): an older status
+      reported later is ignored, not an error (:meth:`update_batch`).
+    * Every run, shard and batch status change appends to ``events`` (the append-only log), and so does every
+      item's: one event per item changed, in the transaction of the change (:meth:`item_history`).
+    * Work is claimed before it is done (:meth:`claim`: an owner and a lease on ``(kind, key)``), so two workers
+      sharing one ledger never take the same shard or output file.
     * Thread-safe; :meth:`transaction` groups writes atomically, and every write method outside one opens its own.
     * Rows come back as they were stored: times are unix seconds (float), flags and sizes ints (sizes in bytes).
     * Other refusals raise :class:`~batchpipe.errors.LedgerError` (duplicate rows, unknown batch or shard...).
@@ -186,14 +191,21 @@ class Ledger(Protocol):
         raises :class:`~batchpipe.errors.TransitionError` before anything is looked at. With ``strict``, if any id
         is unknown or not in an allowed status, :class:`~batchpipe.errors.TransitionError` is raised and no row is
         changed (even inside an outer :meth:`transaction` that catches it); without it, such rows are skipped (the
-        idempotent replay after a crash). A change of at least one row logs one ``items`` event (entity id: the
-        first id given, detail ``"<n> items"``).
+        idempotent replay after a crash). Every row changed logs one ``item`` event in the same transaction (entity
+        id: its ``custom_id``, ``from_status``: its status before, ``to_status``, detail ``"<n> items"``: how many
+        rows this call changed; ``at``: the ``updated_at`` set), in the order the ids were given.
         """
         ...
 
     def update_item_fields(self, custom_id: str, fields: Mapping[str, object]) -> None:
         """Set non-status columns of one item (e.g. its shard name); an unknown ``custom_id`` changes nothing.
         Raises :class:`~batchpipe.errors.LedgerError` if ``fields`` has ``status`` (use :meth:`transition_items`)."""
+        ...
+
+    def item_history(self, custom_id: str) -> list[dict[str, Any]]:
+        """The status changes of one item, oldest first (``[]`` for an unknown id or one that never moved): new
+        dicts with ``event_id`` (increasing int), ``custom_id``, ``from_status``, ``to_status``, ``detail`` and
+        ``created_at`` (unix seconds). Inserting an item is not a change: its first event is its first move."""
         ...
 
     def item(self, custom_id: str) -> ItemRow | None:
@@ -278,10 +290,19 @@ class Ledger(Protocol):
         ...
 
     def update_batch(self, batch: Mapping[str, Any]) -> str | None:
-        """Store the service's view of a known batch (status, output/error file ids, ``request_counts``, errors;
-        ``ended_at`` is the first end time ever seen); returns the previous status and logs a ``batch`` event if the
-        status changed, else None. The status is taken as the service reports it (not checked against an order).
-        Raises :class:`~batchpipe.errors.LedgerError` for an unknown batch."""
+        """Store the service's view of a known batch (an OpenAI ``Batch``: status, output/error file ids,
+        ``request_counts``, errors; ``ended_at`` is the first end time ever seen, unix seconds).
+
+        Guarded by :func:`~batchpipe.domain.records.batch_may_move`, compare-and-set on the stored status:
+
+        * a move forward stores everything, logs a ``batch`` event and returns the previous status;
+        * the same status stores the other fields (e.g. an ``output_file_id`` that appeared) and returns None;
+        * a backwards or sideways status (``completed`` → ``in_progress`` from a lagging list page or a cached
+          object; any change of a terminal status) stores nothing, logs no event, returns None and is logged (once
+          per batch and pair of statuses) as ``ledger.stale_batch_status``.
+
+        A status the service added after this code was written is stored unless the stored one is terminal, and
+        counts as not terminal. Raises :class:`~batchpipe.errors.LedgerError` for an unknown batch."""
         ...
 
     def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
@@ -331,8 +352,29 @@ class Ledger(Protocol):
     # -- events -----------------------------------------------------------------------------------------
     def events(self, *, entity: str | None = None, entity_id: str | None = None) -> list[dict[str, Any]]:
         """The append-only transition log, oldest first: dicts with ``event_id`` (increasing int), ``at`` (unix
-        seconds), ``entity`` (``run``/``items``/``shard``/``batch``), ``entity_id``, ``from_status`` (None when
-        new or not known), ``to_status`` and ``detail``."""
+        seconds), ``entity`` (``run``/``item``/``shard``/``batch``), ``entity_id`` (run id, ``custom_id``, shard
+        name, batch id), ``from_status`` (None when new or not known), ``to_status`` and ``detail``."""
+        ...
+
+    # -- claims (owner + lease) -------------------------------------------------------------------------
+    def claim(self, kind: str, key: str, *, owner: str, lease_s: float) -> bool:
+        """Take the claim on ``(kind, key)`` for ``owner`` until now + ``lease_s`` (seconds, on the ledger's clock),
+        or renew it (a new expiry, now + ``lease_s``) if ``owner`` holds it already; True if ``owner`` holds it now.
+
+        False, and nothing changed, if another owner holds an unexpired lease (expiry after now); an expired claim
+        (expiry at or before now) goes to whoever claims it next. One guarded write, so of two workers racing for a
+        key exactly one wins. Kinds in use: ``"shard"`` (key: the shard name) and ``"output"`` (key:
+        ``"<batch_id>:output"`` or ``"<batch_id>:error"``). A claim inside :meth:`transaction` is rolled back with
+        it. Raises ``ValueError`` if ``lease_s`` is not a positive finite number."""
+        ...
+
+    def release(self, kind: str, key: str, *, owner: str) -> bool:
+        """Drop the claim on ``(kind, key)`` if ``owner`` holds it (even if its lease has run out); True if it was
+        dropped, False (nothing changed) if there is none or another owner holds it."""
+        ...
+
+    def claim_holder(self, kind: str, key: str) -> tuple[str, float] | None:
+        """``(owner, expires_at)`` (unix seconds) of the unexpired claim on ``(kind, key)``, or None."""
         ...
 
 

@@ -50,6 +50,7 @@ def _row(custom_id: str, key: str) -> dict[str, object]:
         ("shards", memory_ledger._SHARDS),
         ("batches", memory_ledger._BATCHES),
         ("files", memory_ledger._FILES),
+        ("claims", memory_ledger._CLAIMS),
     ],
 )
 def test_memory_ledger_has_the_sqlite_schema(tmp_path: Path, table: str, columns: dict[str, tuple[str, bool]]) -> None:

@@ -4,7 +4,8 @@
 step); :class:`batchpipe.fakes.MemoryLedger` is the in-memory one, and ``tests/contracts`` checks both. The SQL
 is kept portable (standard types, ``INSERT ... ON CONFLICT``, ``SAVEPOINT``, no SQLite-only functions in queries)
 so a PostgreSQL implementation with several workers can follow: every status change is a guarded
-``UPDATE ... WHERE status IN (...)`` (compare-and-set) and every change appends to ``events``.
+``UPDATE ... WHERE status IN (...)`` (compare-and-set), every change appends to ``events`` (one row per item
+moved), and work is claimed with one guarded ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE`` on ``claims``.
 
 Tables::
 
@@ -13,26 +14,38 @@ Tables::
     shards    one row per batch input file: the submission *intent* record (status, file id, batch id)
     batches   one row per batch the service created (status, file ids, request_counts, collection progress)
     files     one row per Files API object we created or collected (role, expiry, deleted_at)
-    events    append-only log of status transitions
+    events    append-only log of status transitions (run, shard, batch, and one row per item moved)
+    claims    who works on what: (kind, key) → owner until expires_at (unix seconds)
 
 Item statuses and their allowed transitions are :data:`ITEM_TRANSITIONS`; shard statuses
-:data:`SHARD_TRANSITIONS`.
+:data:`SHARD_TRANSITIONS`; batch statuses only move forward (:data:`~batchpipe.domain.records.BATCH_TRANSITIONS`).
+Opening an older ledger file adds what it lacks (the ``claims`` table, the ``events`` index): the schema is all
+``CREATE ... IF NOT EXISTS``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+import structlog
 
 from batchpipe.domain.items import ItemStatus
-from batchpipe.domain.records import ITEM_COLUMNS, ITEM_TRANSITIONS, SHARD_TRANSITIONS, ItemRow, ShardRow
+from batchpipe.domain.records import (
+    ITEM_COLUMNS,
+    ITEM_TRANSITIONS,
+    SHARD_TRANSITIONS,
+    ItemRow,
+    ShardRow,
+    batch_may_move,
+)
 from batchpipe.errors import LedgerError, TransitionError
 
 if TYPE_CHECKING:
@@ -46,6 +59,9 @@ __all__ = [
     "SqliteLedger",
     "open_ledger",
 ]
+
+log = structlog.get_logger("batchpipe.ledger")
+_CHUNK: Final = 500  # ids per guarded statement (SQLite allows 999 parameters in old builds)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -161,7 +177,23 @@ CREATE TABLE IF NOT EXISTS events (
     to_status     TEXT NOT NULL,
     detail        TEXT
 );
+CREATE INDEX IF NOT EXISTS events_entity ON events (entity_id, entity);
+CREATE TABLE IF NOT EXISTS claims (
+    kind          TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    owner         TEXT NOT NULL,
+    expires_at    DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 """
+
+#: Take or renew a claim in one guarded statement (portable to PostgreSQL): a new row, or the existing one if its
+#: owner renews it or its lease ran out; otherwise nothing changes and the row count is 0.
+_CLAIM_SQL: Final = (
+    "INSERT INTO claims (kind, key, owner, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+    "WHERE claims.owner = excluded.owner OR claims.expires_at <= ?"
+)
 
 
 class SqliteLedger:
@@ -175,9 +207,10 @@ class SqliteLedger:
     :class:`~batchpipe.errors.TransitionError` for a status change not allowed from the current status.
     """
 
-    def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
+        self._stale_logged: set[tuple[str, str, str]] = set()  # (batch_id, stored, reported) already logged
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -344,11 +377,15 @@ class SqliteLedger:
         fields: Mapping[str, object] | None = None,
         strict: bool = True,
     ) -> int:
-        """Move items to ``to_status`` (setting ``fields`` too) with a guarded update; returns rows changed.
+        """Move items to ``to_status`` (setting ``fields`` and ``updated_at`` too) with a guarded update; returns
+        rows changed.
 
         ``from_statuses`` defaults to every status allowed to reach ``to_status``. With ``strict``, a row that
         is not in an allowed status raises :class:`TransitionError` (and nothing is changed, even inside an outer
-        transaction); without it, such rows are left as they are (idempotent replays after a crash).
+        transaction); without it, such rows are left as they are (idempotent replays after a crash). Each row
+        changed gets its ``item`` event (``executemany``, same transaction). Per chunk of 500 ids: the rows to move
+        are read, then moved by the guarded ``UPDATE``; under PostgreSQL the read becomes ``SELECT ... FOR
+        UPDATE``, and here the write lock of ``BEGIN IMMEDIATE`` keeps the two in step.
         """
         allowed = (
             frozenset(from_statuses)
@@ -358,27 +395,41 @@ class SqliteLedger:
         bad = allowed - {s for s, t in ITEM_TRANSITIONS.items() if to_status in t}
         if bad:
             raise TransitionError(f"items cannot move from {sorted(bad)} to {to_status}")
-        sets = {**(fields or {}), "status": str(to_status), "updated_at": self._clock()}
+        now = self._clock()
+        sets = {**(fields or {}), "status": str(to_status), "updated_at": now}
         set_sql = ", ".join(f"{k} = ?" for k in sets)
-        placeholders = ", ".join("?" for _ in allowed)
-        changed = 0
+        statuses = [str(s) for s in allowed]
+        placeholders = ", ".join("?" for _ in statuses)
+        moved: list[tuple[str, str]] = []  # (custom_id, status before), in the order given
         with self._all_or_nothing():
-            for start in range(0, len(custom_ids), 500):
-                chunk = list(custom_ids[start : start + 500])
+            for start in range(0, len(custom_ids), _CHUNK):
+                chunk = list(custom_ids[start : start + _CHUNK])
                 marks = ", ".join("?" for _ in chunk)
-                cur = self._exec(
-                    f"UPDATE items SET {set_sql} WHERE custom_id IN ({marks}) AND status IN ({placeholders})",
-                    [*sets.values(), *chunk, *[str(s) for s in allowed]],
-                )
-                changed += cur.rowcount
-                if strict and cur.rowcount != len(chunk):
+                where = f"WHERE custom_id IN ({marks}) AND status IN ({placeholders})"
+                reader = self._db.cursor()
+                reader.row_factory = None  # plain tuples: much faster than sqlite3.Row here
+                found = dict(reader.execute(f"SELECT custom_id, status FROM items {where}", [*chunk, *statuses]))
+                if strict and len(found) != len(chunk):
                     raise TransitionError(
-                        f"{len(chunk) - cur.rowcount} of {len(chunk)} items are not in {sorted(allowed)}; "
+                        f"{len(chunk) - len(found)} of {len(chunk)} items are not in {sorted(allowed)}; "
                         f"cannot move them to {to_status}"
                     )
-            if changed:
-                self._event("items", custom_ids[0], None, str(to_status), f"{changed} items")
-        return changed
+                if not found:
+                    continue
+                cur = self._db.execute(f"UPDATE items SET {set_sql} {where}", [*sets.values(), *chunk, *statuses])
+                if cur.rowcount != len(found):  # cannot happen under the write lock; a guard for other engines
+                    raise TransitionError(f"items moved by another writer while moving them to {to_status}")
+                for custom_id in dict.fromkeys(chunk):
+                    if custom_id in found:
+                        moved.append((custom_id, str(found.pop(custom_id))))
+            if moved:
+                detail = f"{len(moved)} items"
+                self._db.executemany(
+                    "INSERT INTO events (at, entity, entity_id, from_status, to_status, detail) "
+                    "VALUES (?, 'item', ?, ?, ?, ?)",
+                    [(now, custom_id, before, str(to_status), detail) for custom_id, before in moved],
+                )
+        return len(moved)
 
     def update_item_fields(self, custom_id: str, fields: Mapping[str, object]) -> None:
         """Set non-status columns of one item (e.g. its shard name)."""
@@ -389,6 +440,16 @@ class SqliteLedger:
             f"UPDATE items SET {', '.join(f'{k} = ?' for k in sets)} WHERE custom_id = ?",
             [*sets.values(), custom_id],
         )
+
+    def item_history(self, custom_id: str) -> list[dict[str, Any]]:
+        """The ``item`` events of one item, oldest first: ``event_id``, ``custom_id``, ``from_status``,
+        ``to_status``, ``detail``, ``created_at`` (unix seconds); ``[]`` if it never moved."""
+        rows = self._rows(
+            "SELECT event_id, entity_id AS custom_id, from_status, to_status, detail, at AS created_at FROM events "
+            "WHERE entity_id = ? AND entity = 'item' ORDER BY event_id",
+            (custom_id,),
+        )
+        return [dict(r) for r in rows]
 
     def item(self, custom_id: str) -> ItemRow | None:
         """One item row by ``custom_id``."""
@@ -578,35 +639,54 @@ class SqliteLedger:
             return bool(cur.rowcount)
 
     def update_batch(self, batch: Mapping[str, Any]) -> str | None:
-        """Store the service's view of a batch; returns the previous status if it changed, else None."""
-        rows = self._rows("SELECT status FROM batches WHERE batch_id = ?", (batch["id"],))
-        if not rows:
-            raise LedgerError(f"unknown batch {batch['id']!r}")
-        previous = str(rows[0]["status"])
+        """Store the service's view of a batch if its status did not go backwards; returns the previous status if it
+        moved forward, else None (see :meth:`batchpipe.ports.Ledger.update_batch`). Raises :class:`LedgerError`
+        for an unknown batch.
+
+        The stored status is read and the row updated with ``WHERE status = <the status read>`` in one transaction
+        (compare-and-set; PostgreSQL would read it ``FOR UPDATE``)."""
+        batch_id = str(batch["id"])
+        reported = str(batch["status"])
         errors = batch.get("errors")
         ended = None
         for key in ("completed_at", "failed_at", "expired_at", "cancelled_at"):
             if batch.get(key):
                 ended = float(batch[key])
         with self.transaction():
-            self._exec(
+            rows = self._rows("SELECT status FROM batches WHERE batch_id = ?", (batch_id,))
+            if not rows:
+                raise LedgerError(f"unknown batch {batch_id!r}")
+            previous = str(rows[0]["status"])
+            if reported != previous and not batch_may_move(previous, reported):
+                self._stale_batch(batch_id, previous, reported)
+                return None
+            cur = self._exec(
                 "UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, request_counts_json = ?, "
-                "errors_json = ?, ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE batch_id = ?",
+                "errors_json = ?, ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE batch_id = ? AND status = ?",
                 (
-                    batch["status"],
+                    reported,
                     batch.get("output_file_id"),
                     batch.get("error_file_id"),
                     orjson.dumps(batch.get("request_counts")).decode(),
                     orjson.dumps(errors).decode() if errors else None,
                     ended,
                     self._clock(),
-                    batch["id"],
+                    batch_id,
+                    previous,
                 ),
             )
-            if previous != batch["status"]:
-                self._event("batch", str(batch["id"]), previous, str(batch["status"]), None)
+            if cur.rowcount != 1:  # cannot happen under the write lock; a guard for other engines
+                raise LedgerError(f"batch {batch_id} changed under an update")
+            if previous != reported:
+                self._event("batch", batch_id, previous, reported, None)
                 return previous
         return None
+
+    def _stale_batch(self, batch_id: str, stored: str, reported: str) -> None:
+        """Log, once per (batch, stored, reported), that a poll reported a status older than the stored one."""
+        if (batch_id, stored, reported) not in self._stale_logged:
+            self._stale_logged.add((batch_id, stored, reported))
+            log.warning("ledger.stale_batch_status", batch_id=batch_id, stored=stored, reported=reported)
 
     def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
         """Batch rows (as dicts) of a run or all; ``unfinished``: not yet reconciled."""
@@ -701,6 +781,35 @@ class SqliteLedger:
         return [
             dict(r) for r in self._rows(f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY event_id", params)
         ]
+
+    # -- claims (owner + lease) -------------------------------------------------------------------------
+    def claim(self, kind: str, key: str, *, owner: str, lease_s: float) -> bool:
+        """Take or renew the claim on ``(kind, key)`` for ``owner`` until now + ``lease_s`` seconds; False if another
+        owner holds an unexpired lease. One guarded ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` (so separate
+        connections, other processes included, race safely). Raises ``ValueError`` for a lease that is not a
+        positive finite number of seconds."""
+        _check_lease(lease_s)
+        now = self._clock()
+        return self._exec(_CLAIM_SQL, (kind, key, owner, now + lease_s, now)).rowcount == 1
+
+    def release(self, kind: str, key: str, *, owner: str) -> bool:
+        """Drop the claim on ``(kind, key)`` if ``owner`` holds it (expired or not); True if dropped."""
+        cur = self._exec("DELETE FROM claims WHERE kind = ? AND key = ? AND owner = ?", (kind, key, owner))
+        return cur.rowcount == 1
+
+    def claim_holder(self, kind: str, key: str) -> tuple[str, float] | None:
+        """``(owner, expires_at)`` (unix seconds) of the unexpired claim on ``(kind, key)``, or None."""
+        rows = self._rows(
+            "SELECT owner, expires_at FROM claims WHERE kind = ? AND key = ? AND expires_at > ?",
+            (kind, key, self._clock()),
+        )
+        return (str(rows[0]["owner"]), float(rows[0]["expires_at"])) if rows else None
+
+
+def _check_lease(lease_s: float) -> None:
+    """Raises ValueError unless ``lease_s`` is a positive finite number of seconds."""
+    if not (isinstance(lease_s, int | float) and math.isfinite(lease_s) and lease_s > 0):
+        raise ValueError(f"a lease must be a positive number of seconds, not {lease_s!r}")
 
 
 if TYPE_CHECKING:  # mypy proves that SqliteLedger implements the Ledger port; nothing runs

@@ -2,7 +2,8 @@
 
 :class:`ItemRow` is one attempt of one item, :class:`ShardRow` one batch input file and its submission intent.
 :data:`ITEM_TRANSITIONS` and :data:`SHARD_TRANSITIONS` say which status changes are allowed; a ledger refuses
-any other (``TransitionError``).
+any other (``TransitionError``). :data:`BATCH_TRANSITIONS` says which batch statuses the service may move to next;
+a ledger keeps the status it has when a poll reports an earlier one (:func:`batch_may_move`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ from typing import Final
 
 import orjson
 
-from batchpipe.domain.items import ImageRef, Item, ItemStatus
+from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus
 from batchpipe.domain.spec import Endpoint
 
-__all__ = ["ITEM_COLUMNS", "ITEM_TRANSITIONS", "SHARD_TRANSITIONS", "ItemRow", "ShardRow"]
+__all__ = [
+    "BATCH_TRANSITIONS",
+    "ITEM_COLUMNS",
+    "ITEM_TRANSITIONS",
+    "SHARD_TRANSITIONS",
+    "ItemRow",
+    "ShardRow",
+    "batch_may_move",
+    "batch_status_is_terminal",
+]
 
 S = ItemStatus
 #: Allowed item status changes: from → the statuses it may move to.
@@ -42,6 +52,53 @@ SHARD_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
     "indeterminate": frozenset({"built", "uploaded", "created"}),
     "done": frozenset(),
 }
+
+B = BatchStatus
+_BATCH_ENDS: Final = frozenset({B.COMPLETED, B.FAILED, B.EXPIRED, B.CANCELLED})
+#: Batch statuses as a ledger may follow them: from → every status that may come later (FACTS §2.2: validating →
+#: in_progress → finalizing → completed; any non-terminal → failed | expired | cancelling → cancelled). Later, not
+#: next: a poll sees snapshots and may skip statuses (validating → completed). Every non-terminal status may reach
+#: every terminal one (also cancelling → completed: a terminal status is never a stale view, since it never
+#: changes, and refusing a real one would leave the batch open in the ledger forever). Terminal statuses move
+#: nowhere. Statuses the service adds later are not in the table; :func:`batch_may_move` places them.
+BATCH_TRANSITIONS: Final[Mapping[BatchStatus, frozenset[BatchStatus]]] = {
+    B.VALIDATING: frozenset({B.IN_PROGRESS, B.FINALIZING, B.CANCELLING}) | _BATCH_ENDS,
+    B.IN_PROGRESS: frozenset({B.FINALIZING, B.CANCELLING}) | _BATCH_ENDS,
+    B.FINALIZING: frozenset({B.CANCELLING}) | _BATCH_ENDS,
+    B.CANCELLING: _BATCH_ENDS,
+    B.COMPLETED: frozenset(),
+    B.FAILED: frozenset(),
+    B.EXPIRED: frozenset(),
+    B.CANCELLED: frozenset(),
+}
+_KNOWN_BATCH_STATUSES: Final[Mapping[str, BatchStatus]] = {str(s): s for s in BatchStatus}
+
+
+def batch_status_is_terminal(status: str) -> bool:
+    """True for ``completed``, ``failed``, ``expired`` and ``cancelled``; False for every other string, including
+    a status this code does not know (the service adds statuses: one we cannot place is taken as still running)."""
+    known = _KNOWN_BATCH_STATUSES.get(status)
+    return known is not None and known.terminal
+
+
+def batch_may_move(from_status: str, to_status: str) -> bool:
+    """True if a batch stored as ``from_status`` may take ``to_status`` (a move forward); False for the same status
+    (no move) and for a backwards or sideways one (a lagging list page or CDN-cached object: keep the newer status).
+
+    Known statuses follow :data:`BATCH_TRANSITIONS`. A status not in :class:`~batchpipe.domain.items.BatchStatus`
+    counts as not terminal: it may follow any non-terminal status, and any status may follow it (there is no order
+    to check it against). A terminal status never moves.
+    """
+    if from_status == to_status:
+        return False
+    known_from = _KNOWN_BATCH_STATUSES.get(from_status)
+    if known_from is None:
+        return True
+    known_to = _KNOWN_BATCH_STATUSES.get(to_status)
+    if known_to is None:
+        return not known_from.terminal
+    return known_to in BATCH_TRANSITIONS[known_from]
+
 
 #: The columns of an item row, in :class:`ItemRow` order.
 ITEM_COLUMNS: Final = [

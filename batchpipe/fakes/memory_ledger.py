@@ -2,7 +2,8 @@
 
 Same tables and columns as :mod:`batchpipe.adapters.sqlite_ledger` (rows are dicts), same status tables
 (:data:`~batchpipe.domain.records.ITEM_TRANSITIONS`, :data:`~batchpipe.domain.records.SHARD_TRANSITIONS`), same
-guarded compare-and-set transitions, same ``events``, same errors. Values are stored with the SQLite column
+guarded compare-and-set transitions, same ``events`` (one per item moved), same forward-only batch statuses, same
+claims (owner + lease on the ledger's clock), same errors. Values are stored with the SQLite column
 affinities (a flag given as True reads back as 1, a time given as an int reads back as a float), so rows read
 back alike from both. Transactions keep an undo log: rolling back replays it backwards.
 """
@@ -18,12 +19,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
+import structlog
 
 from batchpipe.domain.items import ItemStatus
-from batchpipe.domain.records import ITEM_COLUMNS, ITEM_TRANSITIONS, SHARD_TRANSITIONS, ItemRow, ShardRow
+from batchpipe.domain.records import (
+    ITEM_COLUMNS,
+    ITEM_TRANSITIONS,
+    SHARD_TRANSITIONS,
+    ItemRow,
+    ShardRow,
+    batch_may_move,
+)
 from batchpipe.errors import LedgerError, TransitionError
 
 if TYPE_CHECKING:
@@ -32,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["MemoryLedger"]
 
 Row = dict[str, Any]
+Key = TypeVar("Key", str, tuple[str, str])
+log = structlog.get_logger("batchpipe.ledger")
 
 
 def _columns(spec: str) -> dict[str, tuple[str, bool]]:
@@ -70,6 +81,7 @@ _FILES: Final = _columns(
     "file_id text!, role text!, purpose text!, filename text, bytes integer, sha256 text, created_at real!,"
     " expires_at real, deleted_at real"
 )
+_CLAIMS: Final = _columns("kind text!, key text!, owner text!, expires_at real!")
 #: Columns that name a row: changing them would make another row (the in-memory ledger refuses to).
 _IDENTITY_OF: Final = {
     "item": frozenset({"custom_id", "job", "item_key", "attempt"}),
@@ -143,7 +155,10 @@ class MemoryLedger:
         self._shards: dict[str, Row] = {}
         self._batches: dict[str, Row] = {}
         self._files: dict[str, Row] = {}
+        self._claims: dict[tuple[str, str], Row] = {}  # (kind, key) → claims row
         self._events: list[Row] = []
+        self._item_events: dict[str, list[Row]] = {}  # custom_id → its item events (the events index)
+        self._stale_logged: set[tuple[str, str, str]] = set()  # (batch_id, stored, reported) already logged
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -181,27 +196,52 @@ class MemoryLedger:
         while len(self._undo) > mark:
             self._undo.pop()()
 
-    def _put(self, table: dict[str, Row], key: str, row: Row) -> None:
+    def _put(self, table: dict[Key, Row], key: Key, row: Row) -> None:
         """Insert or replace ``table[key]`` (inside a transaction: undone on rollback)."""
         previous = table.get(key)
         table[key] = row
         self._undo.append(partial(table.pop, key) if previous is None else partial(table.__setitem__, key, previous))
 
-    def _event(self, entity: str, entity_id: str, from_status: str | None, to_status: str, detail: str | None) -> None:
+    def _delete(self, table: dict[Key, Row], key: Key) -> None:
+        """Remove ``table[key]`` if there (inside a transaction: undone on rollback)."""
+        previous = table.pop(key, None)
+        if previous is not None:
+            self._undo.append(partial(table.__setitem__, key, previous))
+
+    def _event(
+        self,
+        entity: str,
+        entity_id: str,
+        from_status: str | None,
+        to_status: str,
+        detail: str | None,
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Append an event at ``at`` (unix seconds; default now); an ``item`` event is indexed by its custom_id."""
         event_id = self._events[-1]["event_id"] + 1 if self._events else 1
-        at = _store_value("events", "at", "real", self._clock())
-        self._events.append(
-            {
-                "event_id": event_id,
-                "at": at,
-                "entity": entity,
-                "entity_id": entity_id,
-                "from_status": from_status,
-                "to_status": to_status,
-                "detail": detail,
-            }
-        )
+        event = {
+            "event_id": event_id,
+            "at": _store_value("events", "at", "real", self._clock() if at is None else at),
+            "entity": entity,
+            "entity_id": entity_id,
+            "from_status": from_status,
+            "to_status": to_status,
+            "detail": detail,
+        }
+        self._events.append(event)
         self._undo.append(self._events.pop)
+        if entity == "item":
+            history = self._item_events.setdefault(entity_id, [])
+            history.append(event)
+            self._undo.append(partial(self._unindex, entity_id))
+
+    def _unindex(self, custom_id: str) -> None:
+        """Undo the indexing of the last item event of ``custom_id``."""
+        history = self._item_events[custom_id]
+        history.pop()
+        if not history:
+            del self._item_events[custom_id]
 
     @staticmethod
     def _new_row(table: str, columns: Mapping[str, tuple[str, bool]], values: Mapping[str, object]) -> Row:
@@ -362,10 +402,11 @@ class MemoryLedger:
         bad = allowed - reachable
         if bad:
             raise TransitionError(f"items cannot move from {sorted(bad)} to {to_status}")
-        sets = {**(fields or {}), "status": str(to_status), "updated_at": self._clock()}
+        now = self._clock()
+        sets = {**(fields or {}), "status": str(to_status), "updated_at": now}
         changes = self._changes("items", _ITEMS, sets, _IDENTITY_OF["item"])
         allowed_values = {str(s) for s in allowed}
-        changed = 0
+        moved: list[tuple[str, str]] = []  # (custom_id, status before), in the order given
         with self._all_or_nothing():
             for start in range(0, len(custom_ids), _CHUNK):
                 chunk = list(custom_ids[start : start + _CHUNK])
@@ -380,11 +421,13 @@ class MemoryLedger:
                         f"cannot move them to {to_status}"
                     )
                 for custom_id in hits:
-                    self._put(self._items, custom_id, {**self._items[custom_id], **changes})
-                changed += len(hits)
-            if changed:
-                self._event("items", custom_ids[0], None, str(to_status), f"{changed} items")
-        return changed
+                    row = self._items[custom_id]
+                    moved.append((custom_id, str(row["status"])))
+                    self._put(self._items, custom_id, {**row, **changes})
+            detail = f"{len(moved)} items"
+            for custom_id, before in moved:
+                self._event("item", custom_id, before, str(to_status), detail, at=now)
+        return len(moved)
 
     def update_item_fields(self, custom_id: str, fields: Mapping[str, object]) -> None:
         """Set non-status columns of one item (an unknown id changes nothing). Raises LedgerError for ``status``."""
@@ -395,6 +438,22 @@ class MemoryLedger:
             row = self._items.get(custom_id)
             if row is not None:
                 self._put(self._items, custom_id, {**row, **changes})
+
+    def item_history(self, custom_id: str) -> list[dict[str, Any]]:
+        """The ``item`` events of one item, oldest first: ``event_id``, ``custom_id``, ``from_status``,
+        ``to_status``, ``detail``, ``created_at`` (unix seconds); ``[]`` if it never moved."""
+        with self._lock:
+            return [
+                {
+                    "event_id": event["event_id"],
+                    "custom_id": event["entity_id"],
+                    "from_status": event["from_status"],
+                    "to_status": event["to_status"],
+                    "detail": event["detail"],
+                    "created_at": event["at"],
+                }
+                for event in self._item_events.get(custom_id, [])
+            ]
 
     def item(self, custom_id: str) -> ItemRow | None:
         """One item row by ``custom_id``, or None."""
@@ -575,34 +634,45 @@ class MemoryLedger:
             return True
 
     def update_batch(self, batch: Mapping[str, Any]) -> str | None:
-        """Store the service's view of a batch; returns the previous status if it changed, else None. Raises
-        LedgerError for an unknown batch."""
-        with self._lock:
-            current = self._batches.get(batch["id"])
+        """Store the service's view of a batch if its status did not go backwards; returns the previous status if it
+        moved forward, else None (see :meth:`batchpipe.ports.Ledger.update_batch`). Raises LedgerError for an
+        unknown batch."""
+        batch_id = str(batch["id"])
+        reported = str(batch["status"])
+        errors = batch.get("errors")
+        ended = None
+        for key in ("completed_at", "failed_at", "expired_at", "cancelled_at"):
+            if batch.get(key):
+                ended = float(batch[key])
+        with self.transaction():
+            current = self._batches.get(batch_id)
             if current is None:
-                raise LedgerError(f"unknown batch {batch['id']!r}")
+                raise LedgerError(f"unknown batch {batch_id!r}")
             previous = str(current["status"])
-            errors = batch.get("errors")
-            ended = None
-            for key in ("completed_at", "failed_at", "expired_at", "cancelled_at"):
-                if batch.get(key):
-                    ended = float(batch[key])
-            with self.transaction():
-                values = {
-                    "status": batch["status"],
-                    "output_file_id": batch.get("output_file_id"),
-                    "error_file_id": batch.get("error_file_id"),
-                    "request_counts_json": orjson.dumps(batch.get("request_counts")).decode(),
-                    "errors_json": orjson.dumps(errors).decode() if errors else None,
-                    "ended_at": current["ended_at"] if current["ended_at"] is not None else ended,
-                    "updated_at": self._clock(),
-                }
-                changes = self._changes("batches", _BATCHES, values, _IDENTITY_OF["batch"])
-                self._put(self._batches, str(current["batch_id"]), {**current, **changes})
-                if previous != batch["status"]:
-                    self._event("batch", str(batch["id"]), previous, str(batch["status"]), None)
-                    return previous
+            if reported != previous and not batch_may_move(previous, reported):
+                self._stale_batch(batch_id, previous, reported)
+                return None
+            values = {
+                "status": reported,
+                "output_file_id": batch.get("output_file_id"),
+                "error_file_id": batch.get("error_file_id"),
+                "request_counts_json": orjson.dumps(batch.get("request_counts")).decode(),
+                "errors_json": orjson.dumps(errors).decode() if errors else None,
+                "ended_at": current["ended_at"] if current["ended_at"] is not None else ended,
+                "updated_at": self._clock(),
+            }
+            changes = self._changes("batches", _BATCHES, values, _IDENTITY_OF["batch"])
+            self._put(self._batches, batch_id, {**current, **changes})
+            if previous != reported:
+                self._event("batch", batch_id, previous, reported, None)
+                return previous
         return None
+
+    def _stale_batch(self, batch_id: str, stored: str, reported: str) -> None:
+        """Log, once per (batch, stored, reported), that a poll reported a status older than the stored one."""
+        if (batch_id, stored, reported) not in self._stale_logged:
+            self._stale_logged.add((batch_id, stored, reported))
+            log.warning("ledger.stale_batch_status", batch_id=batch_id, stored=stored, reported=reported)
 
     def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
         """Batch rows (new dicts) of a run or all, by ``created_at``; ``unfinished``: not yet reconciled."""
@@ -695,6 +765,39 @@ class MemoryLedger:
                 if (entity is None or event["entity"] == entity)
                 and (entity_id is None or event["entity_id"] == entity_id)
             ]
+
+    # -- claims (owner + lease) -------------------------------------------------------------------------
+    def claim(self, kind: str, key: str, *, owner: str, lease_s: float) -> bool:
+        """Take or renew the claim on ``(kind, key)`` for ``owner`` until now + ``lease_s`` seconds; False (nothing
+        changed) if another owner holds an unexpired lease. Raises ``ValueError`` for a lease that is not a positive
+        finite number of seconds."""
+        if not (isinstance(lease_s, int | float) and math.isfinite(lease_s) and lease_s > 0):
+            raise ValueError(f"a lease must be a positive number of seconds, not {lease_s!r}")
+        now = self._clock()
+        row = self._new_row("claims", _CLAIMS, {"kind": kind, "key": key, "owner": owner, "expires_at": now + lease_s})
+        with self.transaction():
+            held = self._claims.get((kind, key))
+            if held is not None and held["owner"] != row["owner"] and not held["expires_at"] <= now:
+                return False
+            self._put(self._claims, (kind, key), row)
+            return True
+
+    def release(self, kind: str, key: str, *, owner: str) -> bool:
+        """Drop the claim on ``(kind, key)`` if ``owner`` holds it (expired or not); True if dropped."""
+        with self.transaction():
+            held = self._claims.get((kind, key))
+            if held is None or held["owner"] != owner:
+                return False
+            self._delete(self._claims, (kind, key))
+            return True
+
+    def claim_holder(self, kind: str, key: str) -> tuple[str, float] | None:
+        """``(owner, expires_at)`` (unix seconds) of the unexpired claim on ``(kind, key)``, or None."""
+        with self._lock:
+            held = self._claims.get((kind, key))
+            if held is None or not held["expires_at"] > self._clock():
+                return None
+            return str(held["owner"]), float(held["expires_at"])
 
 
 if TYPE_CHECKING:  # mypy proves that MemoryLedger implements the Ledger port; nothing runs

@@ -1,7 +1,9 @@
 """The Ledger contract: every implementation of :class:`batchpipe.ports.Ledger` behaves the same.
 
 Each test runs against ``SqliteLedger`` (a file under tmp_path) and ``MemoryLedger``. Tests of what only SQLite
-does (WAL, the file on disk, reopening it) stay in tests/test_ledger.py.
+does (WAL, the file on disk, reopening it, other processes) stay in tests/test_ledger.py. The claims tests run on
+two handles of one ledger (``workers``): two ``SqliteLedger`` objects on one file (two connections, as two workers
+have), or the one ``MemoryLedger`` twice.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from batchpipe.adapters.sqlite_ledger import SqliteLedger
-from batchpipe.domain.items import ItemStatus
+from batchpipe.domain.items import BatchStatus, ItemStatus
 from batchpipe.errors import LedgerError, TransitionError
 from batchpipe.fakes import MemoryLedger
 from batchpipe.ports import CollectLedger, Ledger
@@ -75,6 +78,19 @@ def clock() -> Clock:
 def timed(make_ledger: MakeLedger, clock: Clock) -> Ledger:
     """A ledger on the test's clock."""
     return make_ledger(clock=clock)
+
+
+@pytest.fixture
+def workers(request: pytest.FixtureRequest, make_ledger: MakeLedger, clock: Clock) -> Iterator[tuple[Ledger, Ledger]]:
+    """Two workers' handles on one ledger, on the test's clock: two ``SqliteLedger`` objects (two connections) on
+    one file, or one ``MemoryLedger`` twice (an in-memory ledger lives in one process)."""
+    first = make_ledger(clock=clock)
+    if not isinstance(first, SqliteLedger):
+        yield first, first
+        return
+    second = SqliteLedger(first.path, clock=clock)
+    yield first, second
+    second.close()
 
 
 def _row(
@@ -140,7 +156,7 @@ def _public_methods(cls: type) -> dict[str, list[tuple[str, object, object]]]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
 def test_implements_exactly_the_protocol_methods_with_the_same_signatures(implementation: type) -> None:
     protocol = _public_methods(Ledger)
-    assert len(protocol) == 29
+    assert len(protocol) == 33
     assert _public_methods(implementation) == protocol
 
 
@@ -226,6 +242,9 @@ def test_a_strict_failure_in_a_later_chunk_undoes_the_earlier_chunks(ledger: Led
     with pytest.raises(TransitionError):
         ledger.transition_items(ids, ItemStatus.SUBMITTED, from_statuses=[ItemStatus.PENDING])
     assert ledger.count_items() == {"pending": 1199, "submitted": 1}
+    assert [e["entity_id"] for e in ledger.events(entity="item")] == ids[-1:]  # no event of the undone moves
+    assert ledger.transition_items(ids, ItemStatus.SUBMITTED, strict=False) == 1199
+    assert len(ledger.events(entity="item")) == 1200  # one per item, across chunks of 500
 
 
 def test_a_guarded_transition_from_the_wrong_status_returns_0_when_not_strict(timed: Ledger, clock: Clock) -> None:
@@ -254,7 +273,7 @@ def test_unknown_ids_fail_a_strict_transition(ledger: Ledger) -> None:
     assert ledger.count_items() == {"pending": 1}
 
 
-def test_a_transition_sets_fields_and_updated_at_and_logs_one_event(timed: Ledger, clock: Clock) -> None:
+def test_a_transition_sets_fields_and_updated_at_and_logs_an_event_per_item(timed: Ledger, clock: Clock) -> None:
     timed.insert_items([_row("c1", "k1"), _row("c2", "k2"), _row("c3", "k3")])
     clock.now += 5
     changed = timed.transition_items(["c2", "c1"], ItemStatus.SUBMITTED, fields={"batch_id": "b1", "shard": "s1"})
@@ -266,10 +285,12 @@ def test_a_transition_sets_fields_and_updated_at_and_logs_one_event(timed: Ledge
         assert row.created_at == clock.now - 5
     untouched = timed.item("c3")
     assert untouched is not None and untouched.status == "pending" and untouched.batch_id is None
-    events = timed.events(entity="items")
+    events = timed.events(entity="item")
     assert [(e["entity_id"], e["from_status"], e["to_status"], e["detail"], e["at"]) for e in events] == [
-        ("c2", None, "submitted", "2 items", clock.now)
+        ("c2", "pending", "submitted", "2 items", clock.now),  # in the order the ids were given
+        ("c1", "pending", "submitted", "2 items", clock.now),
     ]
+    assert timed.events(entity="items") == []  # no bulk event any more
 
 
 def test_concurrent_guarded_transitions_move_each_item_once(ledger: Ledger) -> None:
@@ -290,7 +311,87 @@ def test_concurrent_guarded_transitions_move_each_item_once(ledger: Ledger) -> N
         thread.join()
     assert sorted(results) == [0] * 7 + [200]  # compare-and-set: exactly one writer wins the rows
     assert ledger.count_items() == {"submitted": 200}
-    assert len(ledger.events(entity="items")) == 1
+    events = ledger.events(entity="item")
+    assert sorted(e["entity_id"] for e in events) == ids  # each item moved, and was logged, exactly once
+    assert {(e["from_status"], e["to_status"]) for e in events} == {("pending", "submitted")}
+
+
+# -- item history (one event per item moved) -------------------------------------------------------------------
+def test_every_item_transition_is_an_event_in_its_history(timed: Ledger, clock: Clock) -> None:
+    timed.insert_items([_row("c1", "k1"), _row("c2", "k2"), _row("c3", "k3")])
+    assert timed.item_history("c1") == []  # inserting is not a move
+    t1 = clock.now = clock.now + 5
+    timed.transition_items(["c2", "c1"], ItemStatus.SUBMITTED, fields={"batch_id": "b1"})
+    t2 = clock.now = clock.now + 7.25
+    timed.transition_items(["c1"], ItemStatus.SUCCEEDED, fields={"sha256": "ab"})
+    timed.transition_items(["c2"], ItemStatus.FAILED, fields={"error_code": "x"})
+    history = timed.item_history("c1")
+    assert [{k: v for k, v in e.items() if k != "event_id"} for e in history] == [
+        {
+            "custom_id": "c1",
+            "from_status": "pending",
+            "to_status": "submitted",
+            "detail": "2 items",
+            "created_at": t1,
+        },
+        {
+            "custom_id": "c1",
+            "from_status": "submitted",
+            "to_status": "succeeded",
+            "detail": "1 items",
+            "created_at": t2,
+        },
+    ]
+    assert history[0]["event_id"] < history[1]["event_id"]
+    assert all(type(e["created_at"]) is float and type(e["event_id"]) is int for e in history)
+    assert [(e["from_status"], e["to_status"]) for e in timed.item_history("c2")] == [
+        ("pending", "submitted"),
+        ("submitted", "failed"),
+    ]
+    assert timed.item_history("c3") == [] and timed.item_history("ghost") == []
+    # events() keeps working: the same changes, as item events, oldest first
+    assert [(e["entity_id"], e["to_status"]) for e in timed.events(entity="item")] == [
+        ("c2", "submitted"),
+        ("c1", "submitted"),
+        ("c1", "succeeded"),
+        ("c2", "failed"),
+    ]
+    assert [e["event_id"] for e in timed.events(entity="item", entity_id="c1")] == [e["event_id"] for e in history]
+    history[0]["to_status"] = "changed by the caller"
+    assert timed.item_history("c1")[0]["to_status"] == "submitted"  # new dicts
+
+
+def test_each_item_event_names_the_status_that_item_left(ledger: Ledger) -> None:
+    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2"), _row("c3", "k3"), _row("c4", "k4", status="invalid")])
+    ledger.transition_items(["c2", "c3"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["c3"], ItemStatus.SUCCEEDED)
+    ledger.transition_items(["c2"], ItemStatus.FAILED)
+    moved = ledger.transition_items(["c1", "c2", "c3", "c4", "c1", "ghost"], ItemStatus.SUPERSEDED, strict=False)
+    assert moved == 4
+    assert [(e["entity_id"], e["from_status"], e["detail"]) for e in ledger.events(entity="item")][-4:] == [
+        ("c1", "pending", "4 items"),  # a repeated id moves, and is logged, once
+        ("c2", "failed", "4 items"),
+        ("c3", "succeeded", "4 items"),
+        ("c4", "invalid", "4 items"),
+    ]
+    assert [e["to_status"] for e in ledger.item_history("c3")] == ["submitted", "succeeded", "superseded"]
+    assert ledger.transition_items(["c1", "c2"], ItemStatus.SUPERSEDED, strict=False) == 0  # a replay logs nothing
+    assert len(ledger.events(entity="item")) == 8
+
+
+def test_item_events_are_rolled_back_with_their_transition(ledger: Ledger) -> None:
+    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2")])
+    with pytest.raises(RuntimeError), ledger.transaction():
+        ledger.transition_items(["c1", "c2"], ItemStatus.SUBMITTED)
+        assert [e["to_status"] for e in ledger.item_history("c1")] == ["submitted"]  # visible inside
+        raise RuntimeError("crash")
+    assert ledger.item_history("c1") == [] and ledger.events() == []
+    with ledger.transaction():
+        ledger.transition_items(["c1"], ItemStatus.SUBMITTED)
+        with pytest.raises(TransitionError):
+            ledger.transition_items(["c1", "c2"], ItemStatus.SUCCEEDED)  # c2 is pending: neither moves
+    assert [e["to_status"] for e in ledger.item_history("c1")] == ["submitted"]
+    assert ledger.item_history("c2") == []
 
 
 # -- inserting and reading items ------------------------------------------------------------------------------
@@ -713,6 +814,100 @@ def test_batch_rows_keep_the_services_view_and_collection_progress(timed: Ledger
     assert timed.batch("ghost") is None
 
 
+#: Where each known batch status stands, by hand (FACTS §2.2): the statuses it may still reach.
+_LATER: dict[str, set[str]] = {
+    "validating": {"in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled"},
+    "in_progress": {"finalizing", "cancelling", "completed", "failed", "expired", "cancelled"},
+    "finalizing": {"cancelling", "completed", "failed", "expired", "cancelled"},
+    "cancelling": {"completed", "failed", "expired", "cancelled"},
+    "completed": set(),
+    "failed": set(),
+    "expired": set(),
+    "cancelled": set(),
+}
+
+
+def test_batch_statuses_only_move_forward(timed: Ledger, clock: Clock) -> None:
+    assert set(_LATER) == {str(s) for s in BatchStatus}
+    wrong: list[tuple[str, str, object]] = []
+    for n, (stored, reported) in enumerate((a, b) for a in _LATER for b in _LATER):
+        batch_id = f"b{n}"
+        timed.record_batch(_batch(batch_id, stored), shard="s", run_id="r", model="m")
+        before = timed.batch(batch_id)
+        previous = timed.update_batch(_batch(batch_id, reported, output_file_id="file-out", completed_at=150))
+        row = timed.batch(batch_id)
+        assert row is not None and before is not None
+        if reported in _LATER[stored]:
+            ok = previous == stored and row["status"] == reported and row["output_file_id"] == "file-out"
+        elif reported == stored:
+            ok = previous is None and row["status"] == stored and row["output_file_id"] == "file-out"
+        else:  # backwards or sideways: nothing stored
+            ok = previous is None and row == before
+        if not ok:
+            wrong.append((stored, reported, previous))
+    assert wrong == []
+
+
+def test_a_stale_batch_status_changes_nothing_and_is_logged_once(timed: Ledger, clock: Clock) -> None:
+    timed.record_batch(_batch("b1"), shard="s1", run_id="r1", model="m")
+    done = _batch("b1", "completed", output_file_id="file-out", request_counts={"total": 2}, completed_at=150)
+    assert timed.update_batch(done) == "validating"
+    before = _state(timed)
+    clock.now += 60
+    lagging = _batch("b1", "in_progress", request_counts={"total": 2, "completed": 1}, errors={"data": []})
+    with capture_logs() as logs:
+        assert timed.update_batch(lagging) is None  # e.g. a list page or a CDN serving the older object
+        assert timed.update_batch(lagging) is None
+        assert timed.update_batch(_batch("b1", "failed", failed_at=160)) is None  # terminal never changes
+        assert timed.update_batch(_batch("b1", "mystery_new_status")) is None  # nor to a status we do not know
+    assert _state(timed) == before  # status, fields, ended_at, updated_at, events: as they were
+    stale = [e for e in logs if e["event"] == "ledger.stale_batch_status"]
+    assert [(e["batch_id"], e["stored"], e["reported"], e["log_level"]) for e in stale] == [
+        ("b1", "completed", "in_progress", "warning"),  # once, though served twice
+        ("b1", "completed", "failed", "warning"),
+        ("b1", "completed", "mystery_new_status", "warning"),
+    ]
+    # the same status still brings newer fields (an output file id that appears after completed)
+    assert timed.update_batch({**done, "error_file_id": "file-err"}) is None
+    row = timed.batch("b1")
+    assert row is not None and (row["status"], row["error_file_id"], row["updated_at"]) == (
+        "completed",
+        "file-err",
+        clock.now,
+    )
+    assert len(timed.events(entity="batch")) == 2
+
+
+def test_a_backwards_batch_status_inside_a_transaction_keeps_the_newer_one(ledger: Ledger) -> None:
+    ledger.record_batch(_batch("b1", "finalizing"), shard="s1", run_id="r1", model="m")
+    with ledger.transaction():
+        assert ledger.update_batch(_batch("b1", "in_progress")) is None
+        assert ledger.update_batch(_batch("b1", "cancelling")) == "finalizing"
+        assert ledger.update_batch(_batch("b1", "finalizing")) is None
+        assert ledger.update_batch(_batch("b1", "cancelled", cancelled_at=170)) == "cancelling"
+    row = ledger.batch("b1")
+    assert row is not None and (row["status"], row["ended_at"]) == ("cancelled", 170.0)
+    assert [(e["from_status"], e["to_status"]) for e in ledger.events(entity="batch")] == [
+        (None, "finalizing"),
+        ("finalizing", "cancelling"),
+        ("cancelling", "cancelled"),
+    ]
+
+
+def test_an_unknown_batch_status_is_stored_unless_the_batch_ended(ledger: Ledger) -> None:
+    ledger.record_batch(_batch("b1", "in_progress"), shard="s1", run_id="r1", model="m")
+    assert ledger.update_batch(_batch("b1", "paused_for_review")) == "in_progress"  # a status the service added
+    assert ledger.update_batch(_batch("b1", "paused_again")) == "paused_for_review"
+    assert ledger.update_batch(_batch("b1", "in_progress")) == "paused_again"  # it cannot be placed: not terminal
+    assert ledger.update_batch(_batch("b1", "paused_for_review")) == "in_progress"
+    assert ledger.update_batch(_batch("b1", "completed", completed_at=150)) == "paused_for_review"
+    assert ledger.update_batch(_batch("b1", "paused_for_review")) is None  # never after a terminal status
+    row = ledger.batch("b1")
+    assert row is not None and row["status"] == "completed"
+    ledger.record_batch(_batch("b2", "brand_new"), shard="s2", run_id="r1", model="m")  # recorded as reported
+    assert ledger.update_batch(_batch("b2", "validating")) == "brand_new"
+
+
 def test_batches_are_ordered_and_filtered(ledger: Ledger) -> None:
     ledger.record_batch(_batch("b2", created_at=200), shard="s2", run_id="r1", model="m")
     ledger.record_batch(_batch("b1", created_at=100), shard="s1", run_id="r1", model="m")
@@ -805,10 +1000,117 @@ def test_events_are_an_ordered_append_only_log(timed: Ledger, clock: Clock) -> N
         ("run", run_id, "running", clock.now - 2),
         ("shard", "s1", "built", clock.now - 1),
         ("batch", "b1", "validating", clock.now),
-        ("items", "c1", "submitted", clock.now),
+        ("item", "c1", "submitted", clock.now),
     ]
     assert events[2]["detail"] == "s1"  # a new batch names its shard
     assert set(events[0]) == {"event_id", "at", "entity", "entity_id", "from_status", "to_status", "detail"}
     assert [e["entity"] for e in timed.events(entity="shard")] == ["shard"]
     assert timed.events(entity_id="b1") == [events[2]]
     assert timed.events(entity="run", entity_id="b1") == []
+
+
+# -- claims (owner + lease) -------------------------------------------------------------------------------------
+def test_of_two_workers_racing_for_a_key_exactly_one_wins(workers: tuple[Ledger, Ledger]) -> None:
+    keys = [f"shard-{i:03d}" for i in range(100)]
+    won: dict[str, list[str]] = {"a": [], "b": []}
+    start = threading.Barrier(2)
+
+    def worker(name: str, ledger: Ledger) -> None:
+        start.wait()
+        for key in keys:
+            if ledger.claim("shard", key, owner=name, lease_s=60):
+                won[name].append(key)
+
+    threads = [threading.Thread(target=worker, args=(name, ledger)) for name, ledger in zip("ab", workers, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won["a"] + won["b"]) == keys  # every key won, none twice
+    for name, taken in won.items():
+        for key in taken:
+            holder = workers[0].claim_holder("shard", key)
+            assert holder is not None and holder[0] == name
+
+
+def test_a_claim_is_seen_by_every_worker_and_taken_over_when_its_lease_expires(
+    workers: tuple[Ledger, Ledger], clock: Clock
+) -> None:
+    a, b = workers
+    t0 = clock.now
+    assert a.claim("shard", "s1", owner="worker-a", lease_s=30)
+    assert b.claim_holder("shard", "s1") == ("worker-a", t0 + 30)  # the other connection sees it
+    assert not b.claim("shard", "s1", owner="worker-b", lease_s=30)
+    clock.now = t0 + 29.5
+    assert not b.claim("shard", "s1", owner="worker-b", lease_s=30)
+    assert a.claim_holder("shard", "s1") == ("worker-a", t0 + 30)  # a refused claim changes nothing
+    clock.now = t0 + 30  # expired at its expiry time
+    assert b.claim_holder("shard", "s1") is None
+    assert b.claim("shard", "s1", owner="worker-b", lease_s=10)
+    assert a.claim_holder("shard", "s1") == ("worker-b", t0 + 40)
+    assert not a.claim("shard", "s1", owner="worker-a", lease_s=30)  # the old holder lost it
+
+
+def test_the_holder_renews_its_claim(workers: tuple[Ledger, Ledger], clock: Clock) -> None:
+    a, b = workers
+    t0 = clock.now
+    assert a.claim("output", "batch_1:output", owner="worker-a", lease_s=30)
+    clock.now = t0 + 20
+    assert a.claim("output", "batch_1:output", owner="worker-a", lease_s=30)  # renewed: now + 30
+    assert b.claim_holder("output", "batch_1:output") == ("worker-a", t0 + 50)
+    clock.now = t0 + 40  # past the first lease, within the renewed one
+    assert not b.claim("output", "batch_1:output", owner="worker-b", lease_s=30)
+    clock.now = t0 + 60
+    assert a.claim("output", "batch_1:output", owner="worker-a", lease_s=5)  # its own expired claim: taken again
+    assert b.claim_holder("output", "batch_1:output") == ("worker-a", t0 + 65)
+
+
+def test_only_the_holder_releases_a_claim(workers: tuple[Ledger, Ledger], clock: Clock) -> None:
+    a, b = workers
+    assert a.claim("shard", "s1", owner="worker-a", lease_s=30)
+    assert not b.release("shard", "s1", owner="worker-b")  # refused
+    assert a.claim_holder("shard", "s1") == ("worker-a", clock.now + 30)
+    assert not b.release("shard", "s2", owner="worker-a")  # no such claim
+    assert b.release("shard", "s1", owner="worker-a")  # the holder, from either connection
+    assert a.claim_holder("shard", "s1") is None
+    assert not a.release("shard", "s1", owner="worker-a")  # already released
+    assert b.claim("shard", "s1", owner="worker-b", lease_s=30)  # free at once, no wait for the lease
+    clock.now += 31
+    assert b.release("shard", "s1", owner="worker-b")  # its own claim, though expired
+
+
+def test_claims_are_per_kind_and_key(ledger: Ledger) -> None:
+    assert ledger.claim("shard", "x", owner="a", lease_s=60)
+    assert ledger.claim("output", "x", owner="b", lease_s=60)  # another kind: another claim
+    assert ledger.claim("shard", "y", owner="b", lease_s=60)
+    assert ledger.claim("output", "batch_1:error", owner="c", lease_s=60)
+    holders = {(k, key): ledger.claim_holder(k, key) for k, key in [("shard", "x"), ("output", "x"), ("shard", "y")]}
+    assert {where: h[0] for where, h in holders.items() if h is not None} == {
+        ("shard", "x"): "a",
+        ("output", "x"): "b",
+        ("shard", "y"): "b",
+    }
+    assert ledger.claim_holder("output", "batch_1:output") is None
+    assert ledger.events() == []  # claims are not status changes
+
+
+@pytest.mark.parametrize("lease_s", [0, -1.0, float("nan"), float("inf")])
+def test_a_lease_must_be_a_positive_number_of_seconds(ledger: Ledger, lease_s: float) -> None:
+    with pytest.raises(ValueError, match="lease"):
+        ledger.claim("shard", "s1", owner="a", lease_s=lease_s)
+    assert ledger.claim_holder("shard", "s1") is None
+
+
+def test_a_claim_is_rolled_back_with_its_transaction(workers: tuple[Ledger, Ledger]) -> None:
+    a, b = workers
+    assert a.claim("shard", "kept", owner="a", lease_s=60)
+    with pytest.raises(RuntimeError), a.transaction():
+        assert a.claim("shard", "s1", owner="a", lease_s=60)
+        assert a.release("shard", "kept", owner="a")
+        raise RuntimeError("crash")
+    assert b.claim_holder("shard", "s1") is None
+    kept = b.claim_holder("shard", "kept")
+    assert kept is not None and kept[0] == "a"
+    with a.transaction():
+        assert a.claim("shard", "s1", owner="a", lease_s=60)
+    assert b.claim("shard", "s1", owner="b", lease_s=60) is False
