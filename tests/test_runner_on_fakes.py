@@ -6,6 +6,7 @@ recording it: each ends with exactly one batch per shard at the service and ever
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def _items(n: int, *, failing: frozenset[int] = frozenset()) -> Iterator[Item]:
 
 def _runner(tmp_path: Path, ledger: MemoryLedger, api: MemoryBatchApi, store: MemoryImageStore) -> Runner:
     async def no_sleep(_: float) -> None:
-        return None
+        await asyncio.sleep(0)  # no waiting, but a turn of the loop, as a real sleep gives other tasks
 
     options = RunOptions(
         workdir=tmp_path,
@@ -71,3 +72,29 @@ async def test_a_create_whose_outcome_is_unknown_is_adopted_never_repeated(tmp_p
     assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 6}
     assert api.creates == 2 == len(api.batches)  # two shards, one batch each: the first was adopted
     assert {b.metadata.get("batchpipe_shard") for b in api.batches.values()} == {s.name for s in ledger.shards()}
+
+
+async def test_two_workers_on_one_ledger_never_take_the_same_work(tmp_path: Path) -> None:
+    """Two runners (owners A and B) run the same job at once against one ledger and one API: one builds, the
+    other waits for the build; every shard is created once, every batch collected once, every item succeeds."""
+    ledger, api, store = MemoryLedger(), MemoryBatchApi(), MemoryImageStore()
+    workers = []
+    for owner in ("A", "B"):
+        runner = _runner(tmp_path, ledger, api, store)
+        runner.owner = owner
+        workers.append(runner)
+    summaries = await asyncio.gather(*(w.run("job", "h1", lambda: _items(20), source_name="t") for w in workers))
+    assert all(s.finished for s in summaries), summaries
+    assert api.creates == 5 == len(api.batches)  # 20 items, 4 a shard: one batch per shard, none twice
+    assert ledger.count_items() == {ItemStatus.SUCCEEDED: 20}
+    for row in ledger.items():
+        history = [(e["from_status"], e["to_status"]) for e in ledger.item_history(row.custom_id)]
+        assert history == [("pending", "submitted"), ("submitted", "succeeded")], history
+    assert len(store.locations()) == 20
+
+
+def test_a_worker_restarted_under_its_name_takes_its_claims_back(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    assert ledger.claim("shard", "s1", owner="host-a", lease_s=3600)
+    assert not ledger.claim("shard", "s1", owner="host-b", lease_s=3600)  # another worker waits
+    assert ledger.claim("shard", "s1", owner="host-a", lease_s=3600)  # the same name after a restart: at once

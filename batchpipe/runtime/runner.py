@@ -13,20 +13,22 @@ run). Item statuses: see :class:`batchpipe.domain.items.ItemStatus`.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import structlog
 
 from batchpipe.adapters.local_store import LocalImageStore
 from batchpipe.domain.backoff import Backoff
-from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
+from batchpipe.domain.items import ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.domain.lifecycle import ModelPolicy
-from batchpipe.domain.records import ShardRow
+from batchpipe.domain.records import ShardRow, batch_status_is_terminal
 from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
 from batchpipe.ports import BatchApi, ImageStore, Ledger, Verifier
@@ -41,6 +43,18 @@ log = structlog.get_logger("batchpipe.run")
 
 #: Metadata keys put on every batch we create (SPEC ``Metadata``: <= 16 pairs, keys <= 64, values <= 512).
 META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_shard_sha256"
+#: How long a claim (a build, a shard being submitted, a batch being collected) holds before another worker may
+#: take it over, in seconds: longer than any single step (a 200 MB upload, a 3 GB output file).
+DEFAULT_LEASE_S: Final = 3600.0
+#: Environment variable naming this worker (default: the host name): two workers on one machine need two names.
+WORKER_ENV: Final = "BATCHPIPE_WORKER"
+
+
+def default_owner() -> str:
+    """This worker's name in the ledger's claims: ``BATCHPIPE_WORKER`` if set, else the host name. It is stable
+    across restarts, so a worker killed mid-step takes its own claims back at once instead of waiting for the
+    lease to run out."""
+    return os.environ.get(WORKER_ENV) or socket.gethostname() or "worker"
 
 
 def _inputs_json(inputs: tuple[ImageRef, ...]) -> str | None:
@@ -111,6 +125,11 @@ class Runner:
     service is asked about every model once (``GET /v1/models/{model}``) before anything is uploaded, and a
     model it refuses stops the run (:class:`~batchpipe.domain.lifecycle.LifecycleError`, exit 2).
 
+    Work is claimed in the ledger, not assumed (``owner``, default :func:`default_owner`; ``lease_s`` seconds):
+    the build of a run, each shard while it is submitted or reconciled, and each batch while its files are
+    collected. Several workers may run the same job against one shared ledger: a shard or an output file another
+    owner holds is left to it. An owner restarted under the same name takes its claims back at once.
+
     Raises :class:`ValidationFailed` on invalid input, :class:`IndeterminateSubmissionError` when a submission
     intent cannot be decided, and the client's :class:`ApiError` when the API is unusable after retries (the
     run stays resumable).
@@ -132,6 +151,8 @@ class Runner:
         store: ImageStore | None = None,
         poller: Poller | None = None,
         collector_factory: Callable[[], Collector] | None = None,
+        owner: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self.ledger = ledger
         self.model_policy = model_policy
@@ -146,6 +167,8 @@ class Runner:
         self._progress = progress or (lambda event, data: None)
         self.shard_dir = options.workdir / "shards"
         self.poller = poller if poller is not None else Poller(client)
+        self.owner = owner or default_owner()
+        self.lease_s = lease_s
         self._collector_factory = collector_factory
         self._round = 0
 
@@ -173,12 +196,15 @@ class Runner:
         )
         log.info("run", job=job, run_id=run_id, resumed=resumed)
         self._remove_stale_temporaries()
-        built = bool(self.ledger.shards(run_id=run_id)) or bool(self.ledger.count_items(run_id=run_id))
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0}
-        if not built:
-            if prepare is not None:
-                await prepare(self.client, self.ledger)
-            stats = await self._build(job, run_id, items, source_name=source_name)
+        if not self._built(run_id) and await self._claim_build(run_id):
+            try:
+                if not self._built(run_id):  # another worker may have built it while we waited
+                    if prepare is not None:
+                        await prepare(self.client, self.ledger)
+                    stats = await self._build(job, run_id, items, source_name=source_name)
+            finally:
+                self.ledger.release("build", run_id, owner=self.owner)
         await self._check_models(
             {s.model for s in self.ledger.shards(run_id=run_id) if s.batch_id is None}, source_name
         )
@@ -209,6 +235,41 @@ class Runner:
         if finished:
             self.ledger.finish_run(run_id, "finished")
         return self._summary(job, run_id, stats, finished=finished)
+
+    def _built(self, run_id: str) -> bool:
+        """True when the run's build is finished: its rows exist and no other worker is still building it."""
+        holder = self.ledger.claim_holder("build", run_id)
+        if holder is not None and holder[0] != self.owner:
+            return False
+        return bool(self.ledger.shards(run_id=run_id)) or bool(self.ledger.count_items(run_id=run_id))
+
+    async def _claim_build(self, run_id: str) -> bool:
+        """Claim the run's build; while another worker holds it, wait (backing off) until it is built or the
+        claim is free. True: this worker builds; False: the run was built by another. Raises ``TimeoutError``
+        when the other worker neither finishes nor lets go within ``lease_s``."""
+        backoff = Backoff(min(0.05, self.options.poll_interval_s), max(self.options.poll_interval_s, 0.05) * 10)
+        waited = 0.0
+        attempt = 0
+        while not self.ledger.claim("build", run_id, owner=self.owner, lease_s=self.lease_s):
+            if self._built(run_id):
+                return False
+            if waited > self.lease_s:
+                raise TimeoutError(f"run {run_id} is being built by another worker for over {self.lease_s:g} s")
+            delay = backoff.delay_s(attempt)
+            log.info(
+                "waiting for another worker's build", run_id=run_id, holder=self.ledger.claim_holder("build", run_id)
+            )
+            await self._sleep(delay)
+            waited += delay
+            attempt += 1
+        return True
+
+    def _claim(self, kind: str, key: str) -> bool:
+        """Take (or renew) this worker's claim on ``(kind, key)``; False when another owner holds it."""
+        taken = self.ledger.claim(kind, key, owner=self.owner, lease_s=self.lease_s)
+        if not taken:
+            log.info("left to another worker", kind=kind, key=key, holder=self.ledger.claim_holder(kind, key))
+        return taken
 
     async def _check_models(self, models: set[str] | frozenset[str], source_name: str) -> None:
         """Ask the service about ``models`` (once per model per run) and stop before any upload if one is
@@ -385,11 +446,19 @@ class Runner:
     # -- submit (intent first) -----------------------------------------------------------------------
     async def _reconcile_intents(self, run_id: str) -> None:
         """Settle shards a previous process left mid-submission by asking the service what it has."""
-        for shard in self.ledger.shards(run_id=run_id, statuses=["uploading", "creating", "indeterminate"]):
-            if shard.status == "uploading" or (shard.status == "indeterminate" and not shard.input_file_id):
-                await self._reconcile_upload(shard)
-            else:
-                await self._reconcile_create(shard)
+        for listed in self.ledger.shards(run_id=run_id, statuses=["uploading", "creating", "indeterminate"]):
+            if not self._claim("shard", listed.name):
+                continue
+            try:
+                shard = self.ledger.shard(listed.name)  # as it is now that it is ours
+                if shard is None or shard.status not in ("uploading", "creating", "indeterminate"):
+                    continue
+                if shard.status == "uploading" or (shard.status == "indeterminate" and not shard.input_file_id):
+                    await self._reconcile_upload(shard)
+                else:
+                    await self._reconcile_create(shard)
+            finally:
+                self.ledger.release("shard", listed.name, owner=self.owner)
 
     async def _reconcile_upload(self, shard: ShardRow) -> None:
         filename = Path(shard.path).name
@@ -453,7 +522,7 @@ class Runner:
 
     def _inflight_tokens(self, run_id: str) -> dict[str, int]:
         tokens: dict[str, int] = {}
-        live = {b["batch_id"] for b in self.ledger.batches(run_id=run_id) if not BatchStatus(b["status"]).terminal}
+        live = {b["batch_id"] for b in self.ledger.batches(run_id=run_id) if not batch_status_is_terminal(b["status"])}
         for shard in self.ledger.shards(run_id=run_id, statuses=["created"]):
             if shard.batch_id in live:
                 tokens[shard.model] = tokens.get(shard.model, 0) + shard.input_tokens
@@ -468,9 +537,17 @@ class Runner:
             used = inflight.get(shard.model, 0)
             if budget is not None and used and used + shard.input_tokens > budget:
                 continue  # next wave
-            if await self._submit(shard):
-                inflight[shard.model] = used + shard.input_tokens
-                submitted += 1
+            if not self._claim("shard", shard.name):
+                continue
+            try:
+                current = self.ledger.shard(shard.name)  # as it is now that it is ours
+                if current is None or current.status not in ("built", "uploaded"):
+                    continue
+                if await self._submit(current):
+                    inflight[shard.model] = used + shard.input_tokens
+                    submitted += 1
+            finally:
+                self.ledger.release("shard", shard.name, owner=self.owner)
         return submitted
 
     async def _submit(self, shard: ShardRow) -> bool:
@@ -549,7 +626,7 @@ class Runner:
             tracked = {
                 b["batch_id"]: float(b["created_at"])
                 for b in open_batches
-                if not BatchStatus(b["status"]).terminal
+                if not batch_status_is_terminal(b["status"])
                 # gotchas #3: completed while output_file_id is still null; poll again until it appears
                 or (b["status"] == "completed" and not b["output_file_id"] and not b["error_file_id"])
             }
@@ -572,7 +649,7 @@ class Runner:
                         )
                 self._report_progress(run_id)
             ready = [
-                b for b in self.ledger.batches(run_id=run_id, unfinished=True) if BatchStatus(b["status"]).terminal
+                b for b in self.ledger.batches(run_id=run_id, unfinished=True) if batch_status_is_terminal(b["status"])
             ]
             if ready:
                 sem = asyncio.Semaphore(self.options.collect_concurrency)
@@ -613,7 +690,19 @@ class Runner:
         )
 
     async def _finish_batch(self, batch: dict[str, Any], collector: Collector) -> bool:
-        """Collect a terminal batch's files, reconcile its rows, clean up; True if it was reconciled."""
+        """Collect a terminal batch's files, reconcile its rows, clean up; True if it was reconciled. The batch
+        is claimed (``output``) while this worker does it; False when another worker holds it."""
+        if not self._claim("output", str(batch["batch_id"])):
+            return False
+        try:
+            current = self.ledger.batch(str(batch["batch_id"]))  # as it is now that it is ours
+            if current is None or current["reconciled"]:
+                return False  # another worker finished it meanwhile
+            return await self._finish_claimed(current, collector)
+        finally:
+            self.ledger.release("output", str(batch["batch_id"]), owner=self.owner)
+
+    async def _finish_claimed(self, batch: dict[str, Any], collector: Collector) -> bool:
         batch_id = batch["batch_id"]
         status = batch["status"]
         counts = orjson.loads(batch["request_counts_json"] or "null") or {}
