@@ -21,6 +21,7 @@ from batchpipe.domain.records import ItemRow, ShardRow
 
 __all__ = [
     "BatchApi",
+    "Clock",
     "CollectLedger",
     "FileContent",
     "ImageStore",
@@ -28,6 +29,12 @@ __all__ = [
     "StoredImage",
     "Verifier",
 ]
+
+
+class Clock(Protocol):
+    """Now, as unix seconds (``time.time``): injected wherever the pipeline reads the time, so tests pin it."""
+
+    def __call__(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)

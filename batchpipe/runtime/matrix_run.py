@@ -17,7 +17,7 @@ from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import MatrixStats, VariantMatrix
 from batchpipe.input.references import ReferenceMirror, ReferenceResolver, ensure_uploaded, release_unused
 from batchpipe.input.validate import ItemProblem, make_items
-from batchpipe.ports import BatchApi, Ledger
+from batchpipe.ports import BatchApi, Clock, Ledger
 from batchpipe.runtime.runner import ValidationFailed
 
 __all__ = ["MatrixRun"]
@@ -48,7 +48,7 @@ class MatrixRun:
         limit: int | None = None,
         skip_invalid: bool = False,
         echo: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         if spec.matrix is None:
             raise ValueError("MatrixRun needs a job spec with a [matrix] section")

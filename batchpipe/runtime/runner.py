@@ -31,7 +31,7 @@ from batchpipe.domain.lifecycle import ModelPolicy
 from batchpipe.domain.records import ShardRow, batch_status_is_terminal
 from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
-from batchpipe.ports import BatchApi, ImageStore, Ledger, Verifier
+from batchpipe.ports import BatchApi, Clock, ImageStore, Ledger, Verifier
 from batchpipe.runtime.settings import RunOptions
 from batchpipe.stages.collect import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.stages.poll import Poller
@@ -145,7 +145,7 @@ class Runner:
         verifier: Verifier | None = None,
         api_label: str = "openai",
         sleep: Callable[[float], Any] = asyncio.sleep,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
         progress: Callable[[str, dict[str, Any]], None] | None = None,
         model_policy: ModelPolicy | None = None,
         store: ImageStore | None = None,
