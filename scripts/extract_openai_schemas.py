@@ -38,6 +38,8 @@ ROOT_SCHEMAS = (
     "ImageGenUsage",
     "Error",
     "ErrorResponse",
+    "Model",
+    "ListModelsResponse",
 )
 SCHEMA_ID = "https://batchpipe.invalid/openai-openapi-f85dbe2.json"
 PREFIX = "#/components/schemas/"

@@ -34,7 +34,7 @@ _ROUTE_SCHEMAS: tuple[tuple[str, re.Pattern[str], str | None, str | None], ...] 
     ("POST", re.compile(r"^/v1/batches/[^/]+/cancel$"), None, "Batch"),
     ("POST", re.compile(r"^/v1/images/generations$"), "CreateImageRequest", "ImagesResponse"),
     ("POST", re.compile(r"^/v1/images/edits$"), "EditImageBodyJsonParam", "ImagesResponse"),
-    ("GET", re.compile(r"^/v1/models$"), None, "ListModelsResponse"),  # from the spec yaml (emu_helpers)
+    ("GET", re.compile(r"^/v1/models$"), None, "ListModelsResponse"),  # tests/spec, with format checks
     ("GET", re.compile(r"^/v1/models/[^/]+$"), None, "Model"),
 )
 
