@@ -16,6 +16,13 @@ Both outputs are hashed; the script fails if they differ (same lines, same bytes
     build_items_per_s=<n> build_vs_orjson=<ratio> build_peak_rss_mb=<n> ...
 
 Targets: >= 0.5x the bare loop, <= 300 MB peak RSS.
+
+``--stages`` also times the first two stages of the build alone, each in its own child on the same CSV:
+``read`` is ``manifest.iter_manifest`` over every row; ``validate`` is ``validate.make_items`` over every row
+(reading included), no shards. Their wall and CPU seconds join the FINAL line (``read_s``, ``read_cpu_s``,
+``validate_s``, ``validate_cpu_s``; CPU seconds are steadier on a busy machine), with ``build_s`` (the
+``batchpipe`` contender's wall seconds). A speed trick in the reader or the validator is kept only if it saves
+10% or more of its stage's seconds (compare runs as interleaved pairs A, B, B, A).
 """
 
 from __future__ import annotations
@@ -129,6 +136,39 @@ def batchpipe_child(spec_path: str, out_dir: str) -> dict[str, Any]:
     }
 
 
+def stage_child(spec_path: str, out_dir: str, stage: str) -> dict[str, Any]:
+    """One stage alone, timed from spec load to the last row: ``read`` (iter_manifest) or ``validate``
+    (make_items, reading included); returns ``elapsed_s`` (wall seconds), ``cpu_s`` (this process's CPU
+    seconds: steadier than wall time on a busy machine), ``items`` (rows read or items made) and ``problems``."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    from batchpipe.domain.items import Item
+    from batchpipe.input.jobspec import JobSpec
+    from batchpipe.input.manifest import ManifestRow, iter_manifest
+    from batchpipe.input.validate import make_items
+
+    began, began_cpu = time.perf_counter(), time.process_time()
+    spec = JobSpec.load(Path(spec_path), workdir=Path(out_dir))
+    items = problems = 0
+    if stage == "read":
+        for row in iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes):
+            if isinstance(row, ManifestRow):
+                items += 1
+            else:
+                problems += 1
+    else:
+        for entry in make_items(spec):
+            if isinstance(entry, Item):
+                items += 1
+            else:
+                problems += 1
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - began_cpu
+    return {"elapsed_s": elapsed, "cpu_s": cpu, "items": items, "problems": problems}
+
+
 def orjson_child(csv_path: str, out_dir: str, job: str, shard_requests: int) -> dict[str, Any]:
     """The bare loop: csv + the same body + orjson.dumps + buffered writes; no validation, no fsync."""
     import orjson
@@ -173,6 +213,7 @@ def main() -> None:
     parser.add_argument("--shard-requests", type=int, default=50_000, help="Lines per shard (default 50,000).")
     parser.add_argument("--quick", action="store_true", help="Small size (50,000 items).")
     parser.add_argument("--tmp", type=Path, default=None, help="Parent of the temporary work directory.")
+    parser.add_argument("--stages", action="store_true", help="Also time the read and validate stages alone.")
     args = parser.parse_args()
     n = 50_000 if args.quick else args.items
 
@@ -201,6 +242,16 @@ def main() -> None:
                 f"{result['bytes'] / 1e6:.0f} MB  sha256={result['sha256'][:12]}",
                 flush=True,
             )
+        for stage in ("read", "validate") if args.stages else ():
+            result = run_child(stage_child, str(spec_path), str(base / stage), stage)
+            if result["items"] != n or result["problems"]:
+                raise SystemExit(f"{stage}: {result['items']} rows/items with {result['problems']} problems, not {n}")
+            results[stage] = result
+            print(
+                f"  {stage:10s} {result['elapsed_s']:7.2f} s  cpu {result['cpu_s']:7.2f} s  "
+                f"peak RSS {result['peak_rss_mb']:7.1f} MB",
+                flush=True,
+            )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -210,6 +261,12 @@ def main() -> None:
     same = real["sha256"] == bare["sha256"]
     if not same:
         raise SystemExit("the two contenders wrote different bytes: the comparison would be unfair")
+    stages = {
+        f"{stage}_{kind}": results[stage][field]
+        for stage in ("read", "validate")
+        if stage in results
+        for kind, field in (("s", "elapsed_s"), ("cpu_s", "cpu_s"))
+    }
     print(
         final_line(
             {
@@ -221,6 +278,8 @@ def main() -> None:
                 "items": n,
                 "shards": real["shards"],
                 "same_bytes": str(same).lower(),
+                "build_s": real["elapsed_s"],
+                **stages,
             }
         )
     )

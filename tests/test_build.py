@@ -4,13 +4,10 @@ nothing under a final name before close."""
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from batchpipe.domain import spec
 from batchpipe.domain.items import Item, make_custom_id
@@ -180,14 +177,3 @@ def test_bad_arguments(tmp_path: Path) -> None:
         ShardBuilder(tmp_path, prefix="a/b")
     with pytest.raises(ValueError, match="limits"):
         ShardBuilder(tmp_path, prefix="a", max_bytes=0)
-
-
-@given(st.text(max_size=200), st.sampled_from(["gpt-image-1", "gpt-image-2", "gpt-image-2.5-flare"]))
-async def test_inlined_token_estimate_matches_spec(prompt: str, model: str) -> None:
-    body: dict[str, object] = {"model": model, "prompt": prompt}
-    expected = spec.estimate_input_tokens(body)
-    with tempfile.TemporaryDirectory() as directory:
-        builder = ShardBuilder(Path(directory), prefix="t")
-        await builder.add("c", Item("k", GEN, body))
-        (shard,) = await builder.close()
-    assert shard.input_tokens == expected

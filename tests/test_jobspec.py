@@ -223,42 +223,19 @@ def test_for_manifest(tmp_path: Path) -> None:
     assert info.value.field == "manifest.format"
 
 
-# ------------------------------------------------------------------------ compiled templates = the parts
-
-_NAMES = ["a", "b c", "it's", 'q"uote', "x\\y", "x?"]
-_LITERAL = st.text(st.sampled_from("ab %{}'\"\\\n"), max_size=4).map(lambda t: t.replace("{", "{{").replace("}", "}}"))
-_FIELD = st.sampled_from(_NAMES).map(lambda n: "{" + n + "}")
-_OPTIONAL = st.lists(st.one_of(_LITERAL, _FIELD), max_size=4).map(lambda parts: "{?" + "".join(parts) + "}")
-_VALUE = st.one_of(
-    st.none(),
-    st.text(st.sampled_from("x {}\t\u2028"), max_size=3),
-    st.integers(),
-    st.booleans(),
-    st.floats(),
-    st.just([1]),
-)
+# --------------------------------------------------------------------------------- rendering, field by field
 
 
-@given(
-    st.lists(st.one_of(_LITERAL, _FIELD, _OPTIONAL), max_size=6).map("".join),
-    st.dictionaries(st.sampled_from(_NAMES), _VALUE),
-)
-def test_compiled_render_equals_walking_the_parts(source: str, values: dict[str, object]) -> None:
-    template = Template.parse(source)
-    try:
-        expected: str | BaseException = template.interpret(values)
-    except TypeError as exc:
-        expected = exc
-    if isinstance(expected, str):
-        assert template.render(values) == expected
-        assert template.renderer(values) == expected
-    else:
-        with pytest.raises(TypeError) as info:
-            template.render(values)
-        assert str(info.value) == str(expected)  # the same field fails first
+def test_an_optional_segment_stops_at_its_first_blank_field_and_the_first_bad_field_is_named() -> None:
+    template = Template.parse("{a}{? [{b}|{c}]}")
+    assert template.render({"a": "x", "b": " ", "c": [1]}) == "x"  # c is never read: b is blank
+    assert template.render({"a": "x", "b": "y", "c": 0}) == "x [y|0]"
+    with pytest.raises(TypeError, match="'c'"):
+        template.render({"a": "x", "b": "y", "c": [1]})
+    with pytest.raises(TypeError, match="'a'"):
+        Template.parse("{a}{b}").render({"a": [1], "b": {}})
 
 
 def test_templates_compare_and_hash_by_source() -> None:
     one, two = Template.parse("{a}{? by {b}}"), Template.parse("{a}{? by {b}}")
     assert one == two and hash(one) == hash(two) and one != Template.parse("{a}")
-    assert "_compiled" not in repr(one)

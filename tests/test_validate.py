@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import csv
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -15,10 +17,11 @@ from hypothesis import strategies as st
 
 from batchpipe.cli.validate import validate_command
 from batchpipe.domain import spec as rules
-from batchpipe.domain.items import ImageRef, Item
+from batchpipe.domain.items import ImageRef, Item, make_custom_id
 from batchpipe.errors import ManifestError
-from batchpipe.input.jobspec import JobSpec
-from batchpipe.input.validate import ItemProblem, KeyIndex, key_problem, make_items, validate_job
+from batchpipe.input.jobspec import JobSpec, RunOptions
+from batchpipe.input.validate import ItemProblem, key_problem, make_items, validate_job
+from batchpipe.stages.shard import ShardBuilder
 
 REPO = Path(__file__).resolve().parents[1]
 GEN = "/v1/images/generations"
@@ -243,16 +246,6 @@ def test_limit_counts_rows(tmp_path: Path) -> None:
     assert len(list(make_items(spec, limit=3))) == 3
 
 
-def test_key_index_grows_and_remembers_first_lines() -> None:
-    index = KeyIndex(capacity=8)
-    for i in range(5000):
-        assert index.add(f"key-{i}", i + 2) is None
-    assert len(index) == 5000
-    assert index.add("key-1234", 99999) == 1236
-    assert "key-4999" in index
-    assert "key-5000" not in index
-
-
 def test_the_flipkart_catalog_maps_to_20000_items_with_its_duplicates_reported() -> None:
     spec = JobSpec.load(REPO / "jobs" / "catalog-nightly.toml", workdir=REPO)
     with spec.manifest_path.open(newline="", encoding="utf-8") as handle:
@@ -287,6 +280,116 @@ def test_validate_job_report_and_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(validate_command, [str(REPO / "jobs" / "catalog-nightly.toml"), "--limit", "50"])
     assert result.exit_code == 0, result.output
     assert "items=50" in result.output
+
+
+# ------------------------------------------------------------------------------- the shard byte limit, every mode
+
+#: The longest custom_id a line can carry (attempt 10, the most ``[run] max_attempts`` allows).
+_LONGEST_ID = make_custom_id("t", "any key", 10)
+
+
+def _line(endpoint: str, body: dict[str, object], custom_id: str = _LONGEST_ID) -> int:
+    """Bytes of the batch input line the shard builder writes for ``body`` (newline included)."""
+    return len(orjson.dumps({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})) + 1
+
+
+def _prompt_filling(limit: int, *, over: int = 0) -> str:
+    """A prompt whose gpt-image-2 generation line is exactly ``limit + over`` bytes."""
+    empty = _line(GEN, {"model": "gpt-image-2", "prompt": ""})
+    return "p" * (limit - empty + over)
+
+
+def test_a_plain_item_over_the_shard_byte_limit_is_refused_at_validation(tmp_path: Path) -> None:
+    fits, over = _prompt_filling(1024), _prompt_filling(1024, over=1)
+    path = _jsonl(
+        tmp_path, {"key": "fits", "prompt": fits}, {"key": "big", "prompt": over}, {"key": "ok", "prompt": "x"}
+    )
+    spec = JobSpec.for_manifest(
+        path, "t", defaults={"model": "gpt-image-2"}, run=RunOptions(max_shard_bytes=1024), workdir=tmp_path
+    )
+    results = list(make_items(spec))
+    assert [r.key for r in results if isinstance(r, Item)] == ["fits", "ok"]
+    (problem,) = [r for r in results if isinstance(r, ItemProblem)]
+    assert (problem.file, problem.line, problem.field, problem.key) == (str(path.resolve()), 2, "prompt", "big")
+    assert problem.message == "the request line would be 1,025 bytes, over the 1,024-byte shard limit"
+    assert str(problem).startswith(f"{path.resolve()}:2: field 'prompt': the request line would be 1,025 bytes")
+    report = validate_job(spec)
+    assert (report.items, report.problem_count) == (2, 1)
+
+
+def test_a_plain_edit_with_a_data_url_over_the_limit_names_images(tmp_path: Path) -> None:
+    image = {"image_url": "data:image/png;base64," + "A" * 2000}
+    path = _jsonl(tmp_path, {"key": "e", "prompt": "make it blue", "images": [image]})
+    spec = JobSpec.for_manifest(
+        path, "t", defaults={"model": "gpt-image-1.5"}, run=RunOptions(max_shard_bytes=1024), workdir=tmp_path
+    )
+    (problem,) = list(make_items(spec))
+    assert isinstance(problem, ItemProblem)
+    assert (problem.line, problem.field, problem.key) == (1, "images", "e")
+    assert "over the 1,024-byte shard limit (data URLs count in full" in problem.message
+
+
+def _catalog_job(tmp_path: Path, names: list[str], *, max_shard_bytes: int = 1024) -> Path:
+    with (tmp_path / "c.csv").open("w", newline="") as out:
+        csv.writer(out).writerows([["sku", "name"], *([f"S{i}", name] for i, name in enumerate(names, start=1))])
+    (tmp_path / "job.toml").write_text(
+        '[job]\nname = "c"\n[manifest]\npath = "c.csv"\n[item]\nkey = "{sku}"\nprompt = "{name}"\n'
+        f'[defaults]\nmodel = "gpt-image-2"\n[run]\nmax_shard_bytes = {max_shard_bytes}\n'
+    )
+    return tmp_path / "job.toml"
+
+
+def test_a_catalog_item_over_the_shard_byte_limit_is_refused_at_validation(tmp_path: Path) -> None:
+    job = _catalog_job(tmp_path, ["a mug", _prompt_filling(1024, over=1), _prompt_filling(1024)])
+    spec = JobSpec.load(job, workdir=tmp_path)
+    results = list(make_items(spec))
+    assert [r.key for r in results if isinstance(r, Item)] == ["S1", "S3"]
+    (problem,) = [r for r in results if isinstance(r, ItemProblem)]
+    assert (problem.file, problem.line, problem.field, problem.key) == (str(tmp_path / "c.csv"), 3, "prompt", "S2")
+    assert "1,025 bytes, over the 1,024-byte shard limit" in problem.message
+
+
+async def test_an_item_validation_accepts_fits_in_a_shard_at_its_last_attempt(tmp_path: Path) -> None:
+    """The validator's arithmetic is the builder's: a line of exactly ``max_shard_bytes`` passes both."""
+    path = _jsonl(tmp_path, {"key": "fits", "prompt": _prompt_filling(1024)})
+    spec = JobSpec.for_manifest(
+        path, "t", defaults={"model": "gpt-image-2"}, run=RunOptions(max_shard_bytes=1024), workdir=tmp_path
+    )
+    (item,) = list(make_items(spec))
+    assert isinstance(item, Item)
+    builder = ShardBuilder(tmp_path / "shards", prefix="t", max_bytes=1024)
+    await builder.add(make_custom_id("t", item.key, 10), item)
+    (shard,) = await builder.close()
+    assert shard.bytes == 1024
+
+
+@pytest.mark.parametrize("mode", ["plain", "catalog"])
+def test_run_refuses_an_item_over_the_shard_byte_limit_and_leaves_no_shard_file(tmp_path: Path, mode: str) -> None:
+    """Refused at validation, so the shard builder never meets it: exit 2, the row located, no shard and no
+    ``.part`` file left behind (100 bytes over: over even at attempt 1, whose custom_id is the shortest)."""
+    big = _prompt_filling(1024, over=100)
+    if mode == "plain":
+        manifest = _jsonl(tmp_path, {"key": "a", "prompt": "a red mug"}, {"key": "big", "prompt": big})
+        job = tmp_path / "job.toml"
+        job.write_text(
+            '[job]\nname = "p"\n[manifest]\npath = "items.jsonl"\n[defaults]\nmodel = "gpt-image-2"\n'
+            "[run]\nmax_shard_bytes = 1024\n"
+        )
+    else:
+        job = _catalog_job(tmp_path, ["a red mug", big])
+        manifest = tmp_path / "c.csv"
+    workdir = tmp_path / "w"
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchpipe", "--log-json", "run", str(job), "--workdir", str(workdir), "--api",
+         "emulator"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    line = 2 if mode == "plain" else 3  # the CSV's header is line 1
+    assert f"{manifest.resolve()}:{line}: field 'prompt': the request line would be 1,124 bytes" in proc.stderr
+    assert "nothing was submitted" in proc.stderr
+    assert not list(workdir.rglob("*.jsonl")) and not list(workdir.rglob("*.part"))
 
 
 # --------------------------------------------------------------------------------------------- property
@@ -466,7 +569,7 @@ def test_catalog_items_equal_checking_every_full_body(
     assert set(by_line) <= set(starts)
     for line, (pid, name, brand, long) in zip(starts, rows, strict=True):
         values = {"name": name * (3000 if long and name.strip() else 1), "brand": brand}
-        prompt = " ".join(spec.prompt_template.interpret(values).split())
+        prompt = " ".join(spec.prompt_template.render(values).split())
         body = {"model": defaults["model"], "prompt": prompt}
         body.update({k: defaults[k] for k in BODY_DEFAULT_FIELDS[1:] if k in defaults})
         expected = [(p.param, p.message) for p in rules.check_image_request(GEN, body, advice=spec.policy)]
@@ -504,28 +607,21 @@ def test_key_problem_fast_path_agrees_with_the_per_character_rule(key: str) -> N
         assert key_problem(key) is None  # non-printable but not a control character (e.g. U+2028)
 
 
-@given(st.lists(st.text(st.sampled_from("ab/~"), max_size=4), max_size=300))
-def test_key_index_matches_a_dict_across_growth(keys: list[str]) -> None:
-    index = KeyIndex(capacity=8)
-    first: dict[str, int] = {}
-    for line, key in enumerate(keys, start=2):
-        assert index.add(key, line) == first.get(key)
-        first.setdefault(key, line)
-    assert len(index) == len(first)
-    assert all(key in index for key in first)
-
-
-@given(st.text(st.sampled_from("ab \t\n\u00a0\u2028\u3000\x1c\x85\u200b"), max_size=12) | st.text(max_size=30))
-def test_single_spacing_fast_path_equals_split_and_join(text: str) -> None:
-    from batchpipe.input.validate import _single_spaced
-
-    assert _single_spaced(text) == " ".join(text.split())
-
-
-@given(st.lists(st.text(max_size=6), max_size=6).map(tuple), st.dictionaries(st.text(max_size=6), st.integers()))
-def test_metadata_picker_equals_the_comprehension(columns: tuple[str, ...], values: dict[str, object]) -> None:
-    from batchpipe.input.validate import _column_picker
-
-    picked = _column_picker(columns)(values)
-    expected = {column: values.get(column) for column in columns}
-    assert picked == expected and list(picked) == list(expected)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(st.sampled_from("ab~"), min_size=1, max_size=3), min_size=1, max_size=40))
+def test_renamed_duplicate_keys_stay_unique_and_name_the_first_line(
+    tmp_path_factory: pytest.TempPathFactory, keys: list[str]
+) -> None:
+    path = _jsonl(tmp_path_factory.mktemp("keys"), *({"key": key, "prompt": "p"} for key in keys))
+    items, problems, warnings = _run(path)
+    assert problems == []
+    assert len(items) == len(keys) and len({i.key for i in items}) == len(keys)  # every row kept, keys distinct
+    taken: dict[str, int] = {}  # final key → the line that took it
+    for line, (key, item) in enumerate(zip(keys, items, strict=True), start=1):
+        if key not in taken:
+            assert item.key == key and "_batchpipe" not in item.metadata
+        else:
+            assert item.key.startswith(f"{key}~") and item.key not in taken
+            assert item.metadata["_batchpipe"] == {"duplicate_of": {"key": key, "line": taken[key]}}
+        taken[item.key] = line
+    assert len(warnings) == sum(1 for key, item in zip(keys, items, strict=True) if item.key != key)

@@ -66,9 +66,6 @@ class _Line(NamedTuple):
     length: int  # bytes, without the newline
 
 
-_new_tuple: Final = tuple.__new__
-
-
 def detect_format(path: Path) -> ManifestFormat | None:
     """``"csv"`` for ``.csv``, ``"jsonl"`` for ``.jsonl`` / ``.ndjson`` (case-insensitive), else ``None``."""
     return _EXTENSIONS.get(path.suffix.lower())
@@ -82,7 +79,7 @@ def iter_lines(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> I
     the start of the file is dropped. Raises ``ManifestError`` if the file cannot be opened.
     """
     for line in _raw_lines(path, max_line_bytes):
-        yield _new_tuple(_Line, line)
+        yield _Line(*line)
 
 
 def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
@@ -197,7 +194,7 @@ def _iter_jsonl(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | Manif
         if not isinstance(value, dict):
             yield ManifestError(f"expected a JSON object, got {_json_type(value)}", file=name, line=number)
             continue
-        yield _new_tuple(ManifestRow, (number, value))
+        yield ManifestRow(number, value)
     if not seen_content:
         raise ManifestError("empty manifest: no rows", file=name)
 
@@ -348,7 +345,7 @@ class _CsvRows:
                     line=feed.row_start,
                 )
                 continue
-            yield _new_tuple(ManifestRow, (feed.row_start, dict(zip(header, row, strict=False))))  # width checked
+            yield ManifestRow(feed.row_start, dict(zip(header, row, strict=False)))  # width checked
 
 
 def _iter_csv(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | ManifestError]:

@@ -9,8 +9,8 @@ expanded again.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 __all__ = ["SUSPICIOUS_FIELD_CHARS", "Template", "TemplateSyntaxError"]
@@ -43,17 +43,12 @@ SUSPICIOUS_FIELD_CHARS: Final = re.compile(r"[.\[\]!:()]")
 class Template:
     """A parsed template: literal text, ``{field}`` substitutions and ``{? ...}`` optional segments.
 
-    Build with :meth:`parse`; :meth:`render` takes a ``Mapping[str, object]`` of column values. The parts are
-    compiled once, at construction, into one specialised function (:func:`_compile`), so rendering a
-    catalog row costs a few dictionary lookups and one join.
+    Build with :meth:`parse`; :meth:`render` takes a ``Mapping[str, object]`` of column values. Two templates
+    are equal (and hash alike) when their sources are.
     """
 
     source: str
     parts: tuple[_Part, ...]
-    _compiled: Callable[[Mapping[str, object]], str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_compiled", _compile(self.parts))
 
     @classmethod
     def parse(cls, text: str) -> Template:
@@ -76,23 +71,14 @@ class Template:
                         seen.setdefault(inner.name)
         return tuple(seen)
 
-    @property
-    def renderer(self) -> Callable[[Mapping[str, object]], str]:
-        """The compiled :meth:`render` as a plain function (saves a method call per row in hot loops)."""
-        return self._compiled
-
     def render(self, values: Mapping[str, object]) -> str:
         """The template with each field replaced by ``values[name]`` as text (``None``/missing → ``""``).
 
         Values are inserted literally: braces or ``{x}`` inside a value are never expanded. ``str`` values as
         they are, ``bool`` as ``true``/``false``, numbers with ``str()``. An optional segment is dropped at
         its first field that renders blank (fields after it are not read). Raises ``TypeError`` (naming the
-        field) for a list or object value. Same result as :meth:`interpret`, faster.
+        first such field) for a list or object value.
         """
-        return self._compiled(values)
-
-    def interpret(self, values: Mapping[str, object]) -> str:
-        """:meth:`render` by walking the parts (the reference the compiled form is tested against)."""
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
@@ -112,55 +98,6 @@ class Template:
                 else:
                     out.extend(segment)
         return "".join(out)
-
-
-def _compile(parts: tuple[_Part, ...]) -> Callable[[Mapping[str, object]], str]:
-    """One Python function doing what :meth:`Template.interpret` does for ``parts``, in the same order.
-
-    Generated source: every field is read once (``values.get``), converted by :func:`_text` unless it is
-    already a ``str``, and each optional segment is a chain of nested ``if`` s that stops at its first blank
-    field. Names and literals enter the source only through ``repr()`` of a ``str``, so no template text is
-    ever executed.
-    """
-    lines = ["def render(values):", "    get = values.get"]
-    pieces: list[str] = []
-    count = 0
-
-    def load(name: str, indent: str) -> str:
-        nonlocal count
-        var = f"v{count}"
-        count += 1
-        lines.append(f"{indent}{var} = get({name!r})")
-        lines.append(f"{indent}if {var}.__class__ is not str:")
-        lines.append(f"{indent}    {var} = _text({name!r}, {var})")
-        return var
-
-    for number, part in enumerate(parts):
-        if isinstance(part, str):
-            pieces.append(repr(part))
-        elif isinstance(part, _Field):
-            pieces.append(load(part.name, "    "))
-        else:
-            segment = f"s{number}"
-            lines.append(f"    {segment} = ''")
-            inner_pieces: list[str] = []
-            indent = "    "
-            for inner in part.parts:
-                if isinstance(inner, str):
-                    inner_pieces.append(repr(inner))
-                    continue
-                var = load(inner.name, indent)
-                lines.append(f"{indent}if {var} and not {var}.isspace():")  # not value.strip(), without a copy
-                indent += "    "
-                inner_pieces.append(var)
-            lines.append(f"{indent}{segment} = ''.join(({', '.join(inner_pieces)},))" if inner_pieces else "    pass")
-            pieces.append(segment)
-    lines.append(f"    return ''.join(({', '.join(pieces)},))" if pieces else "    return ''")
-    namespace: dict[str, object] = {"_text": _text, "str": str}
-    exec(compile("\n".join(lines), "<batchpipe template>", "exec"), namespace)  # noqa: S102 - see docstring
-    render = namespace["render"]
-    assert callable(render)
-    return render
 
 
 def _text(name: str, value: object) -> str:

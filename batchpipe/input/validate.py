@@ -10,7 +10,7 @@ Keys are checked (:func:`key_problem`) and de-duplicated per the spec's ``on_dup
 ``"suffix"`` the 2nd occurrence of ``K`` becomes ``K~2`` (3rd ``K~3``...), reported as a warning naming
 both lines and recorded in the item's metadata under ``"_batchpipe"``; with ``"error"`` it is a problem.
 Keys are registered even for rows with other problems, so a row's key never depends on another row's
-validity. Memory stays flat: seen keys are kept as 8-byte hashes (:class:`KeyIndex`), not strings.
+validity. Seen keys are kept in a ``dict`` (key → first line): about 100 bytes per key.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import binascii
 import hashlib
 import itertools
 import unicodedata
-from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import orjson
 import structlog
@@ -33,14 +32,13 @@ from batchpipe.domain.items import ImageRef, Item
 from batchpipe.errors import InputError, ManifestError
 from batchpipe.input.jobspec import BODY_DEFAULT_FIELDS, JobSpec
 from batchpipe.input.manifest import ManifestRow, iter_manifest
-from batchpipe.input.matrix import MatrixStats, ProductRefs, VariantMatrix, build_request, resolve_all
+from batchpipe.input.matrix import MatrixStats, ProductRefs, Variant, VariantMatrix, build_request, resolve_all
 from batchpipe.input.references import ReferenceResolver, Resolved
 
 __all__ = [
     "MAX_KEY_CHARS",
     "PLAIN_ITEM_FIELDS",
     "ItemProblem",
-    "KeyIndex",
     "ValidationReport",
     "count_summary",
     "key_problem",
@@ -98,83 +96,6 @@ class ItemProblem:
         return cls(key, error.file, error.line, error.field, error.reason)
 
 
-class KeyIndex:
-    """A set of keys stored as 64-bit hashes, each with the line it was first seen on.
-
-    The hash is Python's own ``hash()`` of the ``str`` (SipHash-1-3 keyed with a secret drawn at process
-    start, PEP 456; 64 bits on 64-bit builds): fast, and keys cannot be crafted to collide. An index lives
-    within one process only, so the per-process seed does not matter. Open addressing over ``array('q')``
-    at most half full: about 24 bytes per key (1,000,000 keys ≈ 24 MB), against ~100 for a ``dict`` of
-    strings. Two distinct keys share a hash with probability about ``n² / 2**65`` (≈ 3e-8 for a million
-    keys); such a key would be treated as a duplicate.
-    """
-
-    __slots__ = ("_count", "_limit", "_lines", "_mask", "_slots")
-
-    def __init__(self, capacity: int = 1024) -> None:
-        size = 1
-        while size < max(capacity, 8):
-            size *= 2
-        self._allocate(size)
-        self._count = 0
-
-    def _allocate(self, size: int) -> None:
-        self._slots = array("q", bytes(8)) * size  # signed: hash() values as they come
-        self._lines = array("I", bytes(4)) * size
-        self._mask = size - 1
-        self._limit = size // 2  # grow past half full
-
-    def __len__(self) -> int:
-        return self._count
-
-    @staticmethod
-    def _hash(key: str) -> int:
-        return hash(key) or 1  # 0 marks an empty slot (hash() is never -1)
-
-    def _find(self, digest: int) -> int:
-        slots, mask = self._slots, self._mask
-        i = digest & mask
-        while True:
-            value = slots[i]
-            if value == 0 or value == digest:
-                return i
-            i = (i + 1) & mask
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._slots[self._find(self._hash(key))] != 0
-
-    def add(self, key: str, line: int) -> int | None:
-        """Add ``key`` first seen on ``line``; returns ``None`` if new, else the line it was first seen on."""
-        digest = hash(key) or 1
-        slots = self._slots
-        mask = self._mask
-        i = digest & mask
-        value = slots[i]
-        while value:  # _find, inlined: this runs once per manifest row
-            if value == digest:
-                return self._lines[i]
-            i = (i + 1) & mask
-            value = slots[i]
-        slots[i] = digest
-        self._lines[i] = line if 0 <= line <= 0xFFFFFFFF else min(max(line, 0), 0xFFFFFFFF)
-        self._count += 1
-        if self._count > self._limit:
-            self._grow()
-        return None
-
-    def _grow(self) -> None:
-        old_slots, old_lines = self._slots, self._lines
-        self._allocate(len(old_slots) * 2)
-        slots, lines, mask = self._slots, self._lines, self._mask
-        for digest, line in zip(old_slots, old_lines, strict=True):
-            if digest:
-                i = digest & mask
-                while slots[i]:
-                    i = (i + 1) & mask
-                slots[i] = digest
-                lines[i] = line
-
-
 def key_problem(key: str) -> str | None:
     """Why ``key`` cannot be an item key, or ``None``.
 
@@ -223,46 +144,40 @@ def _image_ref(ref: object) -> ImageRef | None:
     return ImageRef("url", url)
 
 
-@dataclass(slots=True)
-class _Row:
-    """A row turned into a request, before key de-duplication and the service's checks."""
+# ------------------------------------------------------------------------------------------- the row loop
 
+
+@dataclass(slots=True)
+class _Draft:
+    """One request a mode made of a manifest row, before the row loop's own checks (:func:`_row_loop`).
+
+    ``line``: the row's 1-based physical line. ``key``: the item key as rendered or read (``None`` when it
+    could not be). ``body``: the request body as it would be sent. ``problems``: the mode's own ``(field,
+    message)`` problems, in the order found. ``checks``: what the service would refuse in ``body``
+    (:func:`batchpipe.domain.spec.check_image_request` or its split form). ``note``: appended to every problem
+    message (a matrix item's ``" (variant 'autumn')"``). The rest are copied to the :class:`Item`.
+    """
+
+    line: int
     key: str | None
     endpoint: rules.Endpoint
     body: dict[str, object]
     metadata: dict[str, object]
-    problems: list[tuple[str | None, str]] = field(default_factory=list)  # (field, message)
+    problems: list[tuple[str | None, str]]
+    checks: list[rules.RequestProblem]
+    inputs: tuple[ImageRef, ...] = ()
+    product_key: str | None = None
+    variant: str | None = None
+    note: str = ""
 
 
-def _plain_row(spec: JobSpec, row: ManifestRow) -> tuple[_Row, dict[str, object]]:
-    """The row as a request, and the body fields the row sets itself (the rest come from the defaults)."""
-    fields = row.fields
-    out = _Row(None, _EDITS if fields.get("images") is not None else _GENERATIONS, {}, {})
-    for name in fields:
-        if name not in PLAIN_ITEM_FIELDS:
-            out.problems.append((name, f"unknown field {name!r} (known: {', '.join(sorted(PLAIN_ITEM_FIELDS))})"))
-    key = fields.get("key")
-    if isinstance(key, str):
-        out.key = key
-    else:
-        out.problems.append(("key", "missing" if key is None else f"must be a string, not {type(key).__name__}"))
-    metadata = fields.get("metadata")
-    if isinstance(metadata, dict):
-        out.metadata = dict(metadata)
-    elif metadata is not None:
-        out.problems.append(("metadata", f"must be an object, not {type(metadata).__name__}"))
-    body: dict[str, object] = {}
-    own: dict[str, object] = {}
-    for name in _BODY_ORDER:
-        value = fields.get(name)
-        if value is None:
-            value = spec.defaults.get(name)
-        else:
-            own[name] = value
-        if value is not None:
-            body[name] = value
-    out.body = body
-    return out, own
+class _Mode(Protocol):
+    """How one kind of manifest turns a row into requests: :class:`_CatalogMode`, :class:`_PlainMode` or
+    :class:`_MatrixMode` (the strategies :func:`_row_loop` is given)."""
+
+    def drafts(self, row: ManifestRow) -> Sequence[_Draft]:
+        """The requests ``row`` makes: one, none (a matrix row folded into its product) or one per variant."""
+        ...
 
 
 def make_items(
@@ -281,176 +196,108 @@ def make_items(
     defaults applied under the row's own fields and ``model`` always present, metadata (catalog mode: the
     spec's ``metadata_columns``; plain JSONL: the line's ``metadata``), ``source`` ``"file:line"`` and, for
     edits, ``inputs`` (the images, then the mask). Problems carry the param names of
-    ``spec.check_image_request`` as ``field``. Raises ``ManifestError`` for file-level manifest errors.
+    ``spec.check_image_request`` as ``field``. A request line (as the shard builder writes it) over
+    ``spec.run.max_shard_bytes`` is a problem, named by the body field that takes the most bytes. Raises
+    ``ManifestError`` for file-level manifest errors.
 
     A ``[matrix]`` job (:mod:`batchpipe.input.matrix`) yields one edit item per product x variant, with
     ``product_key``, ``variant`` and ``inputs`` set; ``resolver`` turns reference texts into request params
     (default: a checking resolver with placeholder ``file_id``\ s for local files, enough for validation);
     ``stats`` (optional) receives the matrix counts. ``limit`` then counts manifest rows read.
     """
-    file = str(spec.manifest_path)
     warn = on_warning or _log_warning
+    mode: _Mode
+    matrix_stats: MatrixStats | None = None
     if spec.matrix is not None:
-        yield from _matrix_items(
-            spec,
-            spec.matrix,
-            limit=limit,
-            warn=warn,
-            resolver=resolver or ReferenceResolver(spec.matrix.references),
-            stats=stats if stats is not None else MatrixStats(),
+        matrix_stats = stats if stats is not None else MatrixStats()
+        opened = _MatrixMode.open(
+            spec, spec.matrix, resolver or ReferenceResolver(spec.matrix.references), matrix_stats
         )
-        return
+        if isinstance(opened, ItemProblem):
+            yield opened
+            return
+        mode = opened
+    elif spec.prompt_template is not None:
+        mode = _CatalogMode(spec)
+    else:
+        mode = _PlainMode(spec)
     rows = iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes)
     if limit is not None:
         rows = itertools.islice(rows, limit)
-    if spec.prompt_template is not None:
-        yield from _catalog_items(spec, rows, file, warn)
-    else:
-        yield from _plain_items(spec, rows, file, warn)
+    results = _row_loop(spec, rows, mode, warn)
+    if matrix_stats is None:
+        yield from results
+        return
+    for result in results:
+        if isinstance(result, Item):
+            matrix_stats.items += 1
+        yield result
 
 
-def _single_spaced(text: str) -> str:
-    """``" ".join(text.split())``: runs of whitespace become one space, none at either end.
-
-    Most prompts already are: when ``text`` is printable (so its only whitespace is U+0020: every other
-    ``str.isspace`` character is non-printable), has no two spaces in a row and none at either end, it is
-    returned as is, without splitting it into words and joining them again.
-    """
-    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
-        return text
-    return " ".join(text.split())
-
-
-def _column_picker(columns: tuple[str, ...]) -> Callable[[Mapping[str, object]], dict[str, object]]:
-    """A function doing ``{column: values.get(column) for column in columns}`` with one dict display.
-
-    Generated once per job (no comprehension frame per row); column names enter the source only through
-    ``repr()`` of a ``str``, so no manifest text is ever executed.
-    """
-    items = ", ".join(f"{column!r}: get({column!r})" for column in columns)
-    source = f"def pick(values):\n    get = values.get\n    return {{{items}}}\n"
-    namespace: dict[str, object] = {}
-    exec(compile(source, "<batchpipe metadata columns>", "exec"), namespace)  # noqa: S102 - see docstring
-    pick = namespace["pick"]
-    assert callable(pick)
-    return pick
-
-
-def _catalog_items(
-    spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], file: str, warn: Callable[[ItemProblem], None]
+def _row_loop(
+    spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], mode: _Mode, warn: Callable[[ItemProblem], None]
 ) -> Iterator[Item | ItemProblem]:
-    """:func:`make_items` in catalog mode: the hot loop of a big catalog, so everything per job is hoisted.
+    """The one loop of every mode: rows → the mode's drafts → checked :class:`Item` or :class:`ItemProblem`.
 
-    The body fields from ``[defaults]`` are checked once (``spec.ImageRequestCheck``); per row only the
-    prompt is (the rest of the body is the same on every row). Same results as checking each full body.
+    Per draft, in this order: the mode's own problems; the key (:func:`key_problem`, then de-duplicated per
+    ``spec.on_duplicate_key``, registered even when the draft has other problems); the service's checks of the
+    body (those about a field already reported are dropped); the size of the request line against
+    ``spec.run.max_shard_bytes`` (only for an otherwise valid draft). A draft with any problem yields them all
+    (each with the draft's ``note``) and no item. Row errors of the manifest become problems.
     """
-    assert spec.key_template is not None and spec.prompt_template is not None
-    render_key = spec.key_template.renderer
-    render_prompt = spec.prompt_template.renderer
-    empty_prompt = f"the prompt renders empty (columns used: {', '.join(spec.prompt_template.fields)})"
-    defaults = spec.defaults
-    model = defaults["model"]
-    shared = {name: defaults[name] for name in BODY_DEFAULT_FIELDS[1:] if name in defaults}
-    check = rules.ImageRequestCheck(_GENERATIONS, {"model": model, **shared}, advice=spec.policy)
-    pick_metadata = _column_picker(spec.metadata_columns)
-    index = KeyIndex()
-    add_key = index.add
-    for row in rows:
-        if type(row) is not ManifestRow:
-            assert isinstance(row, ManifestError)
-            yield ItemProblem.from_error(row)
-            continue
-        line, values = row
-        found: list[tuple[str | None, str]] = []  # (field, message)
-        key: str | None
-        try:
-            key = render_key(values).strip()
-        except TypeError as exc:
-            found.append(("key", str(exc)))
-            key = None
-        try:
-            prompt = _single_spaced(render_prompt(values))
-        except TypeError as exc:
-            found.append(("prompt", str(exc)))
-            prompt = ""
-        else:
-            if not prompt:
-                found.append(("prompt", empty_prompt))
-        metadata = pick_metadata(values)
-        if key is not None:
-            message = key_problem(key)
-            if message is not None:
-                found.append(("key", message))
-                key = None
-            else:
-                first = add_key(key, line)
-                if first is not None:  # a repeated key (add_key registered nothing)
-                    original = key
-                    key, duplicate, first = _repeated_key(spec, index, key, first, line, file, warn)
-                    if duplicate is not None:
-                        found.append(("key", duplicate))
-                    else:
-                        metadata["_batchpipe"] = {"duplicate_of": {"key": original, "line": first}}
-        checked = check.check_prompt(prompt)
-        if found or checked or key is None:
-            reported = {name for name, _ in found}
-            yield from [ItemProblem(key, file, line, name, message) for name, message in found]
-            yield from [ItemProblem(key, file, line, p.param, p.message) for p in checked if p.param not in reported]
-            continue
-        # positional (key, endpoint, body, metadata, source): a fifth cheaper than keywords, once per row
-        yield Item(key, _GENERATIONS, {"model": model, "prompt": prompt, **shared}, metadata, f"{file}:{line}")
-
-
-def _plain_items(
-    spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], file: str, warn: Callable[[ItemProblem], None]
-) -> Iterator[Item | ItemProblem]:
-    """:func:`make_items` for a plain JSONL item manifest (each line holds its key and body fields)."""
-    defaults = spec.defaults
-    shared = {name: defaults[name] for name in _BODY_ORDER if defaults.get(name) is not None}
-    checks = {
-        endpoint: rules.ImageRequestCheck(endpoint, shared, advice=spec.policy) for endpoint in (_GENERATIONS, _EDITS)
-    }
-    index = KeyIndex()
+    file = str(spec.manifest_path)
+    max_bytes = spec.run.max_shard_bytes
+    seen: dict[str, int] = {}  # key → the line it was first seen on
     for row in rows:
         if isinstance(row, ManifestError):
             yield ItemProblem.from_error(row)
             continue
-        built, own = _plain_row(spec, row)
-        key = built.key
-        if key is not None:
-            message = key_problem(key)
-            if message is not None:
-                built.problems.append(("key", message))
-                key = None
-        if key is not None:
-            original = key
-            key, duplicate, first = _dedupe(spec, index, key, row.line, file, warn)
-            if duplicate is not None:
-                built.problems.append(("key", duplicate))
-            elif first is not None:
-                built.metadata["_batchpipe"] = {"duplicate_of": {"key": original, "line": first}}
-        reported = {name for name, _ in built.problems}
-        problems = [ItemProblem(key, file, row.line, name, message) for name, message in built.problems]
-        problems += [
-            ItemProblem(key, file, row.line, p.param, p.message)
-            for p in checks[built.endpoint].check(own)
-            if p.param not in reported
-        ]
-        if problems or key is None:
-            yield from problems
-            continue
-        inputs: tuple[ImageRef, ...] = ()
-        if built.endpoint == _EDITS:
-            refs = [*_as_list(built.body.get("images")), built.body.get("mask"), built.body.get("markup")]
-            inputs = tuple(ref for ref in map(_image_ref, refs) if ref is not None)
-        yield Item(
-            key=key,
-            endpoint=built.endpoint,
-            body=built.body,
-            metadata=built.metadata,
-            source=f"{file}:{row.line}",
-            inputs=inputs,
-        )
+        for draft in mode.drafts(row):
+            line = draft.line
+            problems = draft.problems
+            key = draft.key
+            if key is not None:
+                message = key_problem(key)
+                if message is not None:
+                    problems.append(("key", message))
+                    key = None
+                else:
+                    original = key
+                    key, duplicate, first = _dedupe(spec, seen, key, line, file, warn)
+                    if duplicate is not None:
+                        problems.append(("key", duplicate))
+                    elif first is not None:
+                        draft.metadata["_batchpipe"] = {"duplicate_of": {"key": original, "line": first}}
+            if draft.checks:
+                reported = {name for name, _ in problems}
+                problems += [
+                    (p.param, p.message)
+                    for p in draft.checks
+                    if p.param not in reported and _root(p.param) not in reported
+                ]
+            if not problems and key is not None:
+                size = _line_bytes(draft.endpoint, draft.body)
+                if size > max_bytes:
+                    problems.append(_size_problem(draft.body, size, max_bytes))
+            if problems or key is None:
+                for name, message in problems:
+                    yield ItemProblem(key, file, line, name, message + draft.note)
+                continue
+            yield Item(
+                key=key,
+                endpoint=draft.endpoint,
+                body=draft.body,
+                metadata=draft.metadata,
+                source=f"{file}:{line}",
+                product_key=draft.product_key,
+                variant=draft.variant,
+                inputs=draft.inputs,
+            )
+
+
+def _root(param: str) -> str:
+    """The body field a request param names: ``"images[2].image_url"`` → ``"images"``."""
+    return param.split("[", 1)[0].split(".", 1)[0]
 
 
 #: The longest ``custom_id`` a line can carry (``bp-`` + 20 hex + ``-a10``; ``[run] max_attempts`` <= 10).
@@ -463,141 +310,273 @@ def _line_bytes(endpoint: str, body: dict[str, object]) -> int:
     return len(orjson.dumps(line)) + 1
 
 
+def _size_problem(body: dict[str, object], size: int, max_bytes: int) -> tuple[str, str]:
+    """``(field, message)`` for a request line of ``size`` bytes over ``max_bytes``.
+
+    ``field`` is the body field that takes the most bytes (``prompt`` for a long prompt, ``images`` for data URLs).
+    """
+    name = max(body, key=lambda field_name: len(orjson.dumps(body[field_name])))
+    message = f"the request line would be {size:,} bytes, over the {max_bytes:,}-byte shard limit"
+    if name in ("images", "mask", "markup") and b'"data:' in orjson.dumps(body[name]):
+        message += " (data URLs count in full: upload local files instead)"
+    return name, message
+
+
+# ---------------------------------------------------------------------------------------------- the modes
+
+
+class _CatalogMode:
+    """Catalog rows (CSV or JSONL) with ``[item]`` key and prompt templates: one generation request per row.
+
+    The body is ``model``, the rendered prompt (single-spaced), then the other ``[defaults]`` fields; metadata
+    is the spec's ``metadata_columns``. The ``[defaults]`` fields are checked once, here
+    (:class:`batchpipe.domain.spec.ImageRequestCheck`); per row only the prompt is (same problems as checking
+    each full body).
+    """
+
+    def __init__(self, spec: JobSpec) -> None:
+        assert spec.key_template is not None and spec.prompt_template is not None
+        self._key = spec.key_template
+        self._prompt = spec.prompt_template
+        self._empty_prompt = f"the prompt renders empty (columns used: {', '.join(spec.prompt_template.fields)})"
+        defaults = spec.defaults
+        self._model = defaults["model"]
+        self._shared = {name: defaults[name] for name in BODY_DEFAULT_FIELDS[1:] if name in defaults}
+        self._check = rules.ImageRequestCheck(_GENERATIONS, {"model": self._model, **self._shared}, advice=spec.policy)
+        self._metadata_columns = spec.metadata_columns
+
+    def drafts(self, row: ManifestRow) -> tuple[_Draft]:
+        """One draft: the row's key and prompt rendered (a value that is a list or object is a problem)."""
+        values = row.fields
+        problems: list[tuple[str | None, str]] = []
+        key: str | None
+        try:
+            key = self._key.render(values).strip()
+        except TypeError as exc:
+            problems.append(("key", str(exc)))
+            key = None
+        try:
+            prompt = " ".join(self._prompt.render(values).split())  # single-spaced, none at either end
+        except TypeError as exc:
+            problems.append(("prompt", str(exc)))
+            prompt = ""
+        else:
+            if not prompt:
+                problems.append(("prompt", self._empty_prompt))
+        return (
+            _Draft(
+                line=row.line,
+                key=key,
+                endpoint=_GENERATIONS,
+                body={"model": self._model, "prompt": prompt, **self._shared},
+                metadata={column: values.get(column) for column in self._metadata_columns},
+                problems=problems,
+                checks=self._check.check_prompt(prompt),
+            ),
+        )
+
+
+class _PlainMode:
+    """Plain JSONL item lines: each line holds its ``key``, body fields and optional ``metadata`` object.
+
+    Body fields the line leaves out come from ``[defaults]``, in ``_BODY_ORDER``; a line with ``images`` is
+    an edit. The defaults are checked once (one :class:`batchpipe.domain.spec.ImageRequestCheck` per endpoint),
+    each line's own fields over them.
+    """
+
+    def __init__(self, spec: JobSpec) -> None:
+        self._defaults = spec.defaults
+        shared = {name: spec.defaults[name] for name in _BODY_ORDER if spec.defaults.get(name) is not None}
+        self._checks = {
+            endpoint: rules.ImageRequestCheck(endpoint, shared, advice=spec.policy)
+            for endpoint in (_GENERATIONS, _EDITS)
+        }
+
+    def drafts(self, row: ManifestRow) -> tuple[_Draft]:
+        """One draft; unknown fields, a key that is not a string and metadata that is not an object are problems."""
+        fields = row.fields
+        endpoint: rules.Endpoint = _EDITS if fields.get("images") is not None else _GENERATIONS
+        problems: list[tuple[str | None, str]] = []
+        for name in fields:
+            if name not in PLAIN_ITEM_FIELDS:
+                problems.append((name, f"unknown field {name!r} (known: {', '.join(sorted(PLAIN_ITEM_FIELDS))})"))
+        raw_key = fields.get("key")
+        key: str | None = None
+        if isinstance(raw_key, str):
+            key = raw_key
+        else:
+            problems.append(
+                ("key", "missing" if raw_key is None else f"must be a string, not {type(raw_key).__name__}")
+            )
+        raw_metadata = fields.get("metadata")
+        metadata: dict[str, object] = {}
+        if isinstance(raw_metadata, dict):
+            metadata = dict(raw_metadata)
+        elif raw_metadata is not None:
+            problems.append(("metadata", f"must be an object, not {type(raw_metadata).__name__}"))
+        body: dict[str, object] = {}
+        own: dict[str, object] = {}
+        for name in _BODY_ORDER:
+            value = fields.get(name)
+            if value is None:
+                value = self._defaults.get(name)
+            else:
+                own[name] = value
+            if value is not None:
+                body[name] = value
+        checks = self._checks[endpoint].check(own)
+        inputs: tuple[ImageRef, ...] = ()
+        if endpoint == _EDITS and not problems and not checks:
+            refs = [*_as_list(body.get("images")), body.get("mask"), body.get("markup")]
+            inputs = tuple(ref for ref in map(_image_ref, refs) if ref is not None)
+        return (
+            _Draft(
+                line=row.line,
+                key=key,
+                endpoint=endpoint,
+                body=body,
+                metadata=metadata,
+                problems=problems,
+                checks=checks,
+                inputs=inputs,
+            ),
+        )
+
+
 def _template_field(template_fields: tuple[str, ...], fallback: str) -> str:
     """The manifest column a product-level template reads (its only field), else ``fallback``."""
     return template_fields[0] if len(template_fields) == 1 else fallback
 
 
-def _matrix_items(
-    spec: JobSpec,
-    matrix: VariantMatrix,
-    *,
-    limit: int | None,
-    warn: Callable[[ItemProblem], None],
-    resolver: ReferenceResolver,
-    stats: MatrixStats,
-) -> Iterator[Item | ItemProblem]:
-    """:func:`make_items` for a ``[matrix]`` job: products (first row per product key) x variants."""
-    assert spec.key_template is not None and spec.prompt_template is not None
-    file = str(spec.manifest_path)
-    spec_file = spec.source_name
-    keys = KeyIndex()
-    products = KeyIndex()
-    stats.variants = len(matrix.variants)
-    brand: list[Resolved] = []
-    for index, asset in enumerate(matrix.brand_assets):
-        found = resolver.resolve(asset, base=matrix.spec_dir, role="image")
-        if isinstance(found, str):  # checked at load; only a file changed since then gets here
-            yield ItemProblem(None, spec_file, None, f"references.brand_assets[{index}]", found)
-            return
-        brand.append(found)
-    per_variant: list[tuple[list[Resolved], Resolved | None, list[tuple[str, str]]]] = []
-    for variant in matrix.variants:
-        images, found_problems = resolve_all(resolver, variant.images, base=variant.base, field="variant images")
-        mask: Resolved | None = None
-        if variant.mask:
-            found = resolver.resolve(variant.mask, base=variant.base, role="mask")
+class _MatrixMode:
+    """A ``[matrix]`` job: products (the first row per product key; later rows of a product are folded into
+    it) x variants, one edit request per pair. Build with :meth:`open`, which resolves the brand assets and
+    each variant's references once."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        matrix: VariantMatrix,
+        resolver: ReferenceResolver,
+        stats: MatrixStats,
+        brand: list[Resolved],
+        per_variant: list[tuple[list[Resolved], Resolved | None, list[tuple[str, str]]]],
+    ) -> None:
+        assert spec.key_template is not None and spec.prompt_template is not None
+        self._spec = spec
+        self._key = spec.key_template
+        self._prompt = spec.prompt_template
+        self._matrix = matrix
+        self._resolver = resolver
+        self._stats = stats
+        self._brand = brand
+        self._per_variant = per_variant
+        self._product_field = _template_field(matrix.product.fields, "matrix.product")
+        self._products: set[str] = set()
+
+    @classmethod
+    def open(
+        cls, spec: JobSpec, matrix: VariantMatrix, resolver: ReferenceResolver, stats: MatrixStats
+    ) -> _MatrixMode | ItemProblem:
+        """The mode, or the problem with a brand asset (checked at load: only a file changed since gets here)."""
+        stats.variants = len(matrix.variants)
+        brand: list[Resolved] = []
+        for index, asset in enumerate(matrix.brand_assets):
+            found = resolver.resolve(asset, base=matrix.spec_dir, role="image")
             if isinstance(found, str):
-                found_problems.append(("mask", f"variant {variant.name!r} mask: {found}"))
-            else:
-                mask = found
-        per_variant.append((images, mask, found_problems))
-    read = 0
-    rows = iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes)
-    for row in rows:
-        if limit is not None and read >= limit:
-            break
-        read += 1
-        if isinstance(row, ManifestError):
-            yield ItemProblem.from_error(row)
-            continue
+                return ItemProblem(None, spec.source_name, None, f"references.brand_assets[{index}]", found)
+            brand.append(found)
+        per_variant: list[tuple[list[Resolved], Resolved | None, list[tuple[str, str]]]] = []
+        for variant in matrix.variants:
+            images, found_problems = resolve_all(resolver, variant.images, base=variant.base, field="variant images")
+            mask: Resolved | None = None
+            if variant.mask:
+                found = resolver.resolve(variant.mask, base=variant.base, role="mask")
+                if isinstance(found, str):
+                    found_problems.append(("mask", f"variant {variant.name!r} mask: {found}"))
+                else:
+                    mask = found
+            per_variant.append((images, mask, found_problems))
+        return cls(spec, matrix, resolver, stats, brand, per_variant)
+
+    def drafts(self, row: ManifestRow) -> Sequence[_Draft]:
+        """One draft per variant for a new product; none for a folded row; one that is only a problem (no key)
+        if the product key does not render."""
+        matrix = self._matrix
         base_values: dict[str, object] = {**row.fields, **matrix.vars}
-        product_field = _template_field(matrix.product.fields, "matrix.product")
         try:
             product_key = matrix.product.render(base_values).strip()
         except TypeError as exc:
-            yield ItemProblem(None, file, row.line, product_field, str(exc))
-            continue
+            return (self._product_problem(row, str(exc)),)
         if not product_key:
-            yield ItemProblem(None, file, row.line, product_field, "the product key renders empty")
-            continue
-        if products.add(product_key, row.line) is not None:
-            stats.folded_rows += 1  # e.g. a Shopify variant row of a Handle seen earlier: first row wins
-            continue
-        stats.products += 1
-        product = _product_refs(matrix, resolver, base_values)
-        for variant, (variant_images, variant_mask, variant_problems) in zip(matrix.variants, per_variant, strict=True):
-            values: dict[str, object] = {**row.fields, **variant.values, "variant": variant.name}
-            problems: list[tuple[str | None, str]] = [*product.problems, *variant_problems]
-            key: str | None = None
-            try:
-                key = spec.key_template.render(values).strip()
-            except TypeError as exc:
-                problems.append(("key", str(exc)))
-            try:
-                prompt = _single_spaced(spec.prompt_template.render(values))
-            except TypeError as exc:
-                problems.append(("prompt", str(exc)))
-                prompt = ""
-            else:
-                if not prompt:
-                    problems.append(("prompt", "the prompt renders empty"))
-            built = build_request(
-                prompt=prompt,
-                defaults=spec.defaults,
-                variant=variant,
-                product=product,
-                variant_refs=variant_images,
-                variant_mask=variant_mask,
-                brand_refs=brand,
-            )
-            problems += built.problems
-            if key is not None:
-                message = key_problem(key)
-                if message is not None:
-                    problems.append(("key", message))
-                    key = None
-            original, first = key, None
-            if key is not None:
-                key, duplicate, first = _dedupe(spec, keys, key, row.line, file, warn)
-                if duplicate is not None:
-                    problems.append(("key", duplicate))
-            reported = {name for name, _ in problems}
-            problems += [
-                (p.param, p.message)
-                for p in rules.check_image_request(_EDITS, built.body, advice=spec.policy)
-                if p.param not in reported and p.param.split("[")[0].split(".")[0] not in reported
-            ]
-            if not problems:
-                size = _line_bytes(_EDITS, built.body)
-                if size > spec.run.max_shard_bytes:
-                    problems.append(
-                        (
-                            "images",
-                            f"the request line would be {size:,} bytes, over the {spec.run.max_shard_bytes:,}-byte "
-                            "shard limit (data URLs count in full: upload local files instead)",
-                        )
-                    )
-            if problems or key is None:
-                for name, message in problems:
-                    yield ItemProblem(key, file, row.line, name, f"{message} (variant {variant.name!r})")
-                continue
-            metadata: dict[str, object] = {column: row.fields.get(column) for column in spec.metadata_columns}
-            if built.mask_ref is not None:
-                metadata["reference_mask"] = built.mask_ref.ref
-            if first is not None:
-                metadata["_batchpipe"] = {"duplicate_of": {"key": original, "line": first}}
-            stats.items += 1
-            yield Item(
-                key=key,
-                endpoint=_EDITS,
-                body=built.body,
-                metadata=metadata,
-                source=f"{file}:{row.line}",
-                product_key=product_key,
-                variant=variant.name,
-                inputs=built.inputs,
-            )
+            return (self._product_problem(row, "the product key renders empty"),)
+        if product_key in self._products:
+            self._stats.folded_rows += 1  # e.g. a Shopify variant row of a Handle seen earlier: first row wins
+            return []
+        self._products.add(product_key)
+        self._stats.products += 1
+        product = _product_refs(matrix, self._resolver, base_values)
+        return [
+            self._draft(row, product_key, product, variant, images, mask, variant_problems)
+            for variant, (images, mask, variant_problems) in zip(matrix.variants, self._per_variant, strict=True)
+        ]
+
+    def _product_problem(self, row: ManifestRow, message: str) -> _Draft:
+        """A draft that only carries ``message`` about the product key column (no key, so no item)."""
+        problems: list[tuple[str | None, str]] = [(self._product_field, message)]
+        return _Draft(line=row.line, key=None, endpoint=_EDITS, body={}, metadata={}, problems=problems, checks=[])
+
+    def _draft(
+        self,
+        row: ManifestRow,
+        product_key: str,
+        product: ProductRefs,
+        variant: Variant,
+        variant_images: list[Resolved],
+        variant_mask: Resolved | None,
+        variant_problems: list[tuple[str, str]],
+    ) -> _Draft:
+        values: dict[str, object] = {**row.fields, **variant.values, "variant": variant.name}
+        problems: list[tuple[str | None, str]] = [*product.problems, *variant_problems]
+        key: str | None = None
+        try:
+            key = self._key.render(values).strip()
+        except TypeError as exc:
+            problems.append(("key", str(exc)))
+        try:
+            prompt = " ".join(self._prompt.render(values).split())
+        except TypeError as exc:
+            problems.append(("prompt", str(exc)))
+            prompt = ""
+        else:
+            if not prompt:
+                problems.append(("prompt", "the prompt renders empty"))
+        built = build_request(
+            prompt=prompt,
+            defaults=self._spec.defaults,
+            variant=variant,
+            product=product,
+            variant_refs=variant_images,
+            variant_mask=variant_mask,
+            brand_refs=self._brand,
+        )
+        problems += built.problems
+        metadata: dict[str, object] = {column: row.fields.get(column) for column in self._spec.metadata_columns}
+        if built.mask_ref is not None:
+            metadata["reference_mask"] = built.mask_ref.ref
+        return _Draft(
+            line=row.line,
+            key=key,
+            endpoint=_EDITS,
+            body=built.body,
+            metadata=metadata,
+            problems=problems,
+            checks=rules.check_image_request(_EDITS, built.body, advice=self._spec.policy),
+            inputs=built.inputs,
+            product_key=product_key,
+            variant=variant.name,
+            note=f" (variant {variant.name!r})",
+        )
 
 
 def _product_refs(matrix: VariantMatrix, resolver: ReferenceResolver, values: Mapping[str, object]) -> ProductRefs:
@@ -638,30 +617,25 @@ def _as_list(value: object) -> list[object]:
 
 
 def _dedupe(
-    spec: JobSpec, index: KeyIndex, key: str, line: int, file: str, warn: Callable[[ItemProblem], None]
+    spec: JobSpec, seen: dict[str, int], key: str, line: int, file: str, warn: Callable[[ItemProblem], None]
 ) -> tuple[str, str | None, int | None]:
     """``(final key, problem or None, first line if a duplicate)`` for ``key`` seen on ``line``.
 
-    Registers the final key in ``index``.
+    ``seen`` maps each key registered so far to the line it was first seen on; the final key is added to it.
+    A repeated key is renamed ``K~2``, ``K~3``... (the first free one; ``on_duplicate_key = "suffix"``, with a
+    warning) or is a problem (``"error"``, or when the renamed key would be over ``MAX_KEY_CHARS``).
     """
-    first = index.add(key, line)
+    first = seen.get(key)
     if first is None:
+        seen[key] = line
         return key, None, None
-    return _repeated_key(spec, index, key, first, line, file, warn)
-
-
-def _repeated_key(
-    spec: JobSpec, index: KeyIndex, key: str, first: int, line: int, file: str, warn: Callable[[ItemProblem], None]
-) -> tuple[str, str | None, int]:
-    """:func:`_dedupe` for ``key``, already in ``index`` since line ``first``: rename it, or a problem."""
     if spec.on_duplicate_key == "error":
         return key, f"duplicate key {key!r} (first at line {first})", first
     suffix = 2
-    while True:
-        candidate = f"{key}~{suffix}"
-        if index.add(candidate, line) is None:
-            break
+    while f"{key}~{suffix}" in seen:
         suffix += 1
+    candidate = f"{key}~{suffix}"
+    seen[candidate] = line
     if len(candidate) > MAX_KEY_CHARS:
         return (
             key,

@@ -147,12 +147,7 @@ class ShardBuilder:
         body = item.body
         line = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})
         size = len(line) + 1
-        prompt = body.get("prompt")
-        if type(prompt) is str and "images" not in body and "mask" not in body:
-            # spec.estimate_input_tokens for a text-only body, inlined for the hot path (a test keeps them equal)
-            tokens = (len(prompt) + 3) // 4 or 1
-        else:
-            tokens = estimate_input_tokens(body)
+        tokens = estimate_input_tokens(body)
         max_tokens = self.max_input_tokens
         group = (endpoint, body.get("model"))
         shard = self._open.get(group)
