@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchpipe.errors import JobSpecError
-from batchpipe.input.jobspec import JobSpec, RunOptions
+from batchpipe.input.jobspec import JobSpec, RunSection
 from batchpipe.input.templates import Template, TemplateSyntaxError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_for_manifest(tmp_path: Path) -> None:
     assert spec.name == "adhoc"
     assert spec.defaults == {"model": "gpt-image-2.5-flare"}
     assert spec.output_dir == tmp_path / "out" / "adhoc"
-    assert spec.run == RunOptions()
+    assert spec.run == RunSection()
     with pytest.raises(JobSpecError) as info:
         JobSpec.for_manifest(path, "bad name")
     assert info.value.field == "job.name"

@@ -19,7 +19,7 @@ from batchpipe.cli.validate import validate_command
 from batchpipe.domain import spec as rules
 from batchpipe.domain.items import ImageRef, Item, make_custom_id
 from batchpipe.errors import ManifestError
-from batchpipe.input.jobspec import JobSpec, RunOptions
+from batchpipe.input.jobspec import JobSpec, RunSection
 from batchpipe.input.validate import ItemProblem, key_problem, make_items, validate_job
 from batchpipe.stages.shard import ShardBuilder
 
@@ -305,7 +305,7 @@ def test_a_plain_item_over_the_shard_byte_limit_is_refused_at_validation(tmp_pat
         tmp_path, {"key": "fits", "prompt": fits}, {"key": "big", "prompt": over}, {"key": "ok", "prompt": "x"}
     )
     spec = JobSpec.for_manifest(
-        path, "t", defaults={"model": "gpt-image-2"}, run=RunOptions(max_shard_bytes=1024), workdir=tmp_path
+        path, "t", defaults={"model": "gpt-image-2"}, run=RunSection(max_shard_bytes=1024), workdir=tmp_path
     )
     results = list(make_items(spec))
     assert [r.key for r in results if isinstance(r, Item)] == ["fits", "ok"]
@@ -321,7 +321,7 @@ def test_a_plain_edit_with_a_data_url_over_the_limit_names_images(tmp_path: Path
     image = {"image_url": "data:image/png;base64," + "A" * 2000}
     path = _jsonl(tmp_path, {"key": "e", "prompt": "make it blue", "images": [image]})
     spec = JobSpec.for_manifest(
-        path, "t", defaults={"model": "gpt-image-1.5"}, run=RunOptions(max_shard_bytes=1024), workdir=tmp_path
+        path, "t", defaults={"model": "gpt-image-1.5"}, run=RunSection(max_shard_bytes=1024), workdir=tmp_path
     )
     (problem,) = list(make_items(spec))
     assert isinstance(problem, ItemProblem)
@@ -353,7 +353,7 @@ async def test_an_item_validation_accepts_fits_in_a_shard_at_its_last_attempt(tm
     """The validator's arithmetic is the builder's: a line of exactly ``max_shard_bytes`` passes both."""
     path = _jsonl(tmp_path, {"key": "fits", "prompt": _prompt_filling(1024)})
     spec = JobSpec.for_manifest(
-        path, "t", defaults={"model": "gpt-image-2"}, run=RunOptions(max_shard_bytes=1024), workdir=tmp_path
+        path, "t", defaults={"model": "gpt-image-2"}, run=RunSection(max_shard_bytes=1024), workdir=tmp_path
     )
     (item,) = list(make_items(spec))
     assert isinstance(item, Item)

@@ -93,7 +93,7 @@ __all__ = [
     "BODY_DEFAULT_FIELDS",
     "DuplicatePolicy",
     "JobSpec",
-    "RunOptions",
+    "RunSection",
 ]
 
 DuplicatePolicy = Literal["suffix", "error"]
@@ -181,8 +181,8 @@ class _C2paSection(_Strict):
     trust: Annotated[str, Field(min_length=1)] = "default"
 
 
-class RunOptions(_Strict):
-    """``[run]`` options.
+class RunSection(_Strict):
+    """The job spec's ``[run]`` section (the run's settings are :class:`batchpipe.runtime.settings.RunOptions`).
 
     ``max_attempts`` per item (1..10); ``skip_invalid``: record invalid rows and go on instead of refusing the
     job; ``enqueued_token_budget``: model → input tokens allowed in flight (FACTS §3.1 enqueued tokens);
@@ -215,7 +215,7 @@ class _SpecFile(_Strict):
     defaults: _Defaults = Field(default_factory=_Defaults)
     output: _OutputSection = Field(default_factory=_OutputSection)
     c2pa: _C2paSection = Field(default_factory=_C2paSection)
-    run: RunOptions = Field(default_factory=RunOptions)
+    run: RunSection = Field(default_factory=RunSection)
     matrix: _MatrixSection | None = None
     references: _ReferencesSection | None = None
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -290,7 +290,7 @@ class JobSpec:
     metadata_columns: tuple[str, ...] = ()
     defaults: dict[str, object] = field(default_factory=dict)
     c2pa_trust: str = "default"
-    run: RunOptions = field(default_factory=RunOptions)
+    run: RunSection = field(default_factory=RunSection)
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     columns: tuple[str, ...] | None = None
     matrix: VariantMatrix | None = None
@@ -486,7 +486,7 @@ class JobSpec:
         *,
         defaults: Mapping[str, object] | None = None,
         output_dir: Path | None = None,
-        run: RunOptions | None = None,
+        run: RunSection | None = None,
         workdir: Path | None = None,
         on_duplicate_key: DuplicatePolicy = "error",
         models_file: Path | None = None,
@@ -521,7 +521,7 @@ class JobSpec:
             first = exc.errors()[0]
             raise fail(first["msg"], ("defaults", *(str(p) for p in first["loc"]))) from exc
         clean = {k: v for k, v in checked.model_dump().items() if v is not None}
-        run = run or RunOptions()
+        run = run or RunSection()
         policy = _policy(
             {}, name, "", models_file, clock=clock, on_warning=on_warning, warn_days=run.model_shutdown_warning_days
         )

@@ -1,7 +1,7 @@
 """Run settings, built once at the edge and then only read.
 
 Precedence: the command line (``--limit``, ``--skip-invalid``, ``--poll-interval``...) over the job spec's
-``[run]`` section (:class:`batchpipe.input.jobspec.RunOptions`) over the defaults below. Where the API is (this
+``[run]`` section (:class:`batchpipe.input.jobspec.RunSection`) over the defaults below. Where the API is (this
 machine or the real service) decides the polling and grace timings (:func:`api_timing`).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from batchpipe.domain.modeltable import ModelTable
-from batchpipe.input.jobspec import RunOptions as RunSection
+from batchpipe.input.jobspec import RunSection
 
 __all__ = ["ApiTiming", "RunOptions", "api_timing", "options_from_spec"]
 
