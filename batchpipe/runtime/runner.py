@@ -248,19 +248,17 @@ class Runner:
         claim is free. True: this worker builds; False: the run was built by another. Raises ``TimeoutError``
         when the other worker neither finishes nor lets go within ``lease_s``."""
         backoff = Backoff(min(0.05, self.options.poll_interval_s), max(self.options.poll_interval_s, 0.05) * 10)
-        waited = 0.0
+        started = self._clock()
         attempt = 0
         while not self.ledger.claim("build", run_id, owner=self.owner, lease_s=self.lease_s):
             if self._built(run_id):
                 return False
-            if waited > self.lease_s:
+            if self._clock() - started > self.lease_s:  # time that passed, not the sleeps asked for
                 raise TimeoutError(f"run {run_id} is being built by another worker for over {self.lease_s:g} s")
-            delay = backoff.delay_s(attempt)
-            log.info(
-                "waiting for another worker's build", run_id=run_id, holder=self.ledger.claim_holder("build", run_id)
-            )
-            await self._sleep(delay)
-            waited += delay
+            if attempt == 0:
+                holder = self.ledger.claim_holder("build", run_id)
+                log.info("waiting for another worker's build", run_id=run_id, holder=holder)
+            await self._sleep(backoff.delay_s(attempt))
             attempt += 1
         return True
 
