@@ -1,7 +1,7 @@
 """Extract the components.schemas the emulator's tests validate against from the official OpenAPI spec.
 
 Usage: ``python scripts/extract_openai_schemas.py [SPEC_YAML] [OUT_JSON]``
-(defaults: ``/work/shared/reference/openai-openapi.yaml`` → ``tests/spec/openai-schemas.json``).
+(defaults: ``../shared/reference/openai-openapi.yaml`` beside the checkout → ``tests/spec/openai-schemas.json``).
 
 The output is one JSON document ``{"$schema", "$id", "x-source", "components": {"schemas": {...}}}`` holding
 the named schemas plus everything they reference (transitively), unchanged, so the spec's own
@@ -81,7 +81,8 @@ def extract(spec: dict[str, Any], roots: tuple[str, ...] = ROOT_SCHEMAS) -> dict
 
 def main(argv: list[str]) -> int:
     """Read the YAML spec, write the JSON subset; prints the schema names written."""
-    source = Path(argv[1]) if len(argv) > 1 else Path("/work/shared/reference/openai-openapi.yaml")
+    repo = Path(__file__).resolve().parents[1]
+    source = Path(argv[1]) if len(argv) > 1 else repo.parent / "shared" / "reference" / "openai-openapi.yaml"
     target = Path(argv[2]) if len(argv) > 2 else Path(__file__).resolve().parents[1] / "tests/spec/openai-schemas.json"
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with source.open("rb") as fh:
