@@ -26,7 +26,7 @@ from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
 from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
 from batchpipe.cli.validate import validate_command
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
-from batchpipe.domain.modeltable import ModelTableError, load_overrides, shipped_table
+from batchpipe.domain.modeltable import shipped_table
 from batchpipe.errors import InputError
 from batchpipe.logs import configure_logging
 from batchpipe.provenance.cli import verify_command
@@ -378,15 +378,10 @@ def retry(
 
 def _retry_policy(models_file: Path | None) -> Any:
     """The lifecycle policy of ``batchpipe retry``: the shipped table plus ``--models FILE``, the clock from
-    ``BATCHPIPE_NOW`` (or the system clock), refusals that suggest ``--set model=...``."""
-    table = shipped_table()
-    if models_file is not None:
-        try:
-            table = table.with_overrides(load_overrides(models_file), origin=str(models_file))
-        except ModelTableError as exc:
-            raise InputError(exc.message, file=str(models_file), field=exc.field) from exc
+    ``BATCHPIPE_NOW`` (or the system clock), refusals that suggest ``--set model=...``. A models file that does
+    not load raises ``ModelTableError`` (a ``ValueError`` naming file and field: exit 2 through ``guarded``)."""
     return ModelPolicy(
-        table,
+        shipped_table().with_file(models_file),
         clock=clock_from_env(),
         on_warning=lambda message: _echo_err(f"warning: {message}"),
         fix="batchpipe retry ... --set model={model}",

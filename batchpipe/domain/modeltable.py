@@ -281,6 +281,13 @@ class ModelTable:
                     )
         return cls(resolved, origin=origin, raw=rows)
 
+    def with_file(self, path: Path | None) -> ModelTable:
+        """This table with the rows of a ``--models FILE`` merged in (itself when ``path`` is None). Raises
+        :class:`ModelTableError` naming the file (and ``models.<name>.<field>``) for a file that does not load."""
+        if path is None:
+            return self
+        return self.with_overrides(load_overrides(path), origin=str(path))
+
     def with_overrides(self, raw: Mapping[str, Any], *, origin: str) -> ModelTable:
         """A new table: this one with ``raw`` rows (``[models."NAME"]`` tables) added or merged over it.
 

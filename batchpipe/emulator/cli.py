@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from batchpipe.domain.modeltable import ModelTable, ModelTableError, load_overrides, shipped_table
+from batchpipe.domain.modeltable import ModelTable, ModelTableError, shipped_table
 from batchpipe.emulator.config import ROUTES, EmulatorConfig, FaultConfig, RouteFaults, SpeedConfig
 from batchpipe.emulator.server import run_server
 
@@ -23,7 +23,7 @@ def serve_models(path: Path | None) -> ModelTable:
     if path is None:
         return table
     try:
-        return table.with_overrides(load_overrides(path), origin=str(path))
+        return table.with_file(path)
     except ModelTableError as exc:
         raise click.UsageError(f"--models: {exc}") from exc
 

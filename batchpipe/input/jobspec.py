@@ -82,7 +82,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchpipe.domain import spec
 from batchpipe.domain.lifecycle import DEFAULT_WARN_DAYS, Clock, ModelPolicy, clock_from_env
-from batchpipe.domain.modeltable import ModelTable, ModelTableError, load_overrides, shipped_table
+from batchpipe.domain.modeltable import ModelTable, ModelTableError, shipped_table
 from batchpipe.errors import InputError, JobSpecError, ManifestError
 from batchpipe.input.manifest import DEFAULT_MAX_LINE_BYTES, ManifestFormat, detect_format, read_columns
 from batchpipe.input.matrix import Variant, VariantMatrix, variants_from_csv, variants_from_tables
@@ -564,11 +564,10 @@ def _policy(
     except ModelTableError as exc:
         parts = tuple((exc.field or "models").split("."))
         raise JobSpecError(exc.message, file=spec_file, line=_locate(text, parts[:3]), field=exc.field) from exc
-    if models_file is not None:
-        try:
-            table = table.with_overrides(load_overrides(models_file), origin=str(models_file))
-        except ModelTableError as exc:
-            raise JobSpecError(exc.message, file=str(models_file), field=exc.field) from exc
+    try:
+        table = table.with_file(models_file)
+    except ModelTableError as exc:
+        raise JobSpecError(exc.message, file=exc.file, field=exc.field) from exc
     return ModelPolicy(table, clock=clock or clock_from_env(), warn_days=warn_days, on_warning=on_warning)
 
 
