@@ -344,7 +344,7 @@ def _model_problems(
                     "model",
                     "invalid_value",
                     f"Invalid value for 'model': {model!r}. Supported GPT image models: "
-                    + ", ".join(n for n in table.names() if table.get(n) and endpoint in table.get(n).endpoints)  # type: ignore[union-attr]
+                    + ", ".join(sorted(f.name for f in table if endpoint in f.endpoints))
                     + ".",
                 )
             ],
