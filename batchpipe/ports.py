@@ -1,4 +1,5 @@
-"""The seams of the pipeline: the ledger, the image store and the C2PA verifier, as Protocols.
+"""The seams of the pipeline: the ledger, the image store, the C2PA verifier, the Batch API and the clock, as
+Protocols, plus :class:`AsyncLedger`, the one way code on the event loop reaches a ledger.
 
 Stages (:mod:`batchpipe.stages`) type against these and never import an adapter; adapters
 (:mod:`batchpipe.adapters`: the SQLite ledger, the local image store, the OpenAI HTTP client) and
@@ -10,19 +11,21 @@ against every implementation of :class:`Ledger` and :class:`ImageStore`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from batchpipe.domain.items import ItemStatus
-from batchpipe.domain.records import ItemRow, ShardRow
+from batchpipe.domain.records import BatchRow, ItemRow, ShardRow
 
 __all__ = [
+    "AsyncLedger",
     "BatchApi",
     "Clock",
-    "CollectLedger",
     "FileContent",
     "ImageStore",
     "Ledger",
@@ -72,34 +75,6 @@ class Verifier(Protocol):
     def verify_bytes(self, data: bytes, mime: str | None = None) -> Any:
         """A report with ``state``, ``failure_codes``... and ``to_dict()`` (``C2paReport``)."""
         ...
-
-
-class CollectLedger(Protocol):
-    """The part of :class:`Ledger` the collect stage uses (any :class:`Ledger` is a ``CollectLedger``).
-
-    ``items(batch_id=...)``: the batch's item rows. ``batch(id)``: the batch row (``output_offset``,
-    ``error_offset`` in bytes...) or None. ``set_batch_progress``: collection offsets and done flags.
-    ``transaction()``: one atomic group of writes. ``transition_items``: a guarded status change; returns the rows
-    changed, raises ``TransitionError`` for a change the transition table forbids (when ``strict``).
-    """
-
-    def items(self, *, batch_id: str | None = None) -> Iterator[ItemRow]: ...
-
-    def batch(self, batch_id: str) -> dict[str, Any] | None: ...
-
-    def set_batch_progress(self, batch_id: str, **fields: object) -> None: ...
-
-    def transaction(self) -> AbstractContextManager[None]: ...
-
-    def transition_items(
-        self,
-        custom_ids: Sequence[str],
-        to_status: ItemStatus,
-        *,
-        from_statuses: Iterable[ItemStatus] | None = None,
-        fields: Mapping[str, object] | None = None,
-        strict: bool = True,
-    ) -> int: ...
 
 
 class Ledger(Protocol):
@@ -164,7 +139,22 @@ class Ledger(Protocol):
 
     def run_info(self, run_id: str) -> dict[str, object] | None:
         """The run's row (``run_id``, ``job``, ``spec_hash``, ``api``, ``output_dir``, ``trust``, ``spec_path``,
-        ``status``, ``started_at``, ``finished_at``) as a new dict, or None."""
+        ``status``, ``started_at``, ``finished_at``, ``built_at``) as a new dict, or None."""
+        ...
+
+    def finish_build(self, run_id: str, shards: Sequence[Mapping[str, object]]) -> int:
+        """Close the build of ``run_id`` in one transaction: insert its ``shards`` (as :meth:`insert_shard`),
+        supersede every earlier attempt (``previous_custom_id``) of the run's items that is not ``submitted`` or
+        already ``superseded``, and set the run's ``built_at`` (now) with a ``run`` event. A build writes its items
+        in chunks (:meth:`insert_items`, each its own transaction) and ends here, so a run without ``built_at`` is
+        a build that did not finish. Returns how many attempts were superseded. Raises
+        :class:`~batchpipe.errors.LedgerError` for an unknown run or one already built (nothing changed)."""
+        ...
+
+    def discard_build(self, run_id: str) -> int:
+        """Delete what an unfinished build of ``run_id`` left (its items with their events, its shards), so it can
+        be built again from the start; returns how many items were deleted. Raises
+        :class:`~batchpipe.errors.LedgerError` for an unknown run or one already built (nothing changed)."""
         ...
 
     def latest_run(self, job: str | None = None) -> dict[str, object] | None:
@@ -312,18 +302,13 @@ class Ledger(Protocol):
         counts as not terminal. Raises :class:`~batchpipe.errors.LedgerError` for an unknown batch."""
         ...
 
-    def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
-        """Batch rows (new dicts) of a run or all, by ``created_at``; ``unfinished``: not yet ``reconciled``.
-
-        Keys: ``batch_id``, ``shard``, ``run_id``, ``model``, ``status``, ``input_file_id``, ``output_file_id``,
-        ``error_file_id``, ``request_counts_json``, ``errors_json``, ``created_at``, ``ended_at``,
-        ``output_offset``/``error_offset`` (bytes collected), ``output_done``/``error_done``/``reconciled``
-        (0 or 1), ``updated_at``.
-        """
+    def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[BatchRow]:
+        """Batch rows (:class:`~batchpipe.domain.records.BatchRow`) of a run or all, by ``created_at``;
+        ``unfinished``: not yet ``reconciled``."""
         ...
 
-    def batch(self, batch_id: str) -> dict[str, Any] | None:
-        """One batch row (a new dict, keys as in :meth:`batches`) by id, or None."""
+    def batch(self, batch_id: str) -> BatchRow | None:
+        """One batch row by id, or None."""
         ...
 
     def set_batch_progress(self, batch_id: str, **fields: object) -> None:
@@ -383,6 +368,173 @@ class Ledger(Protocol):
     def claim_holder(self, kind: str, key: str) -> tuple[str, float] | None:
         """``(owner, expires_at)`` (unix seconds) of the unexpired claim on ``(kind, key)``, or None."""
         ...
+
+
+T = TypeVar("T")
+
+
+class AsyncLedger:
+    """The ledger as the pipeline's event loop uses it: every call runs on the ledger's own thread, never on the
+    loop, and no transaction spans an ``await``.
+
+    Wraps any :class:`Ledger` (SQLite, the in-memory fake; a PostgreSQL one next). Calls are queued to one worker
+    thread in the order they were awaited, so the ledger sees one caller at a time. A group of writes that must
+    commit together is one synchronous function given to :meth:`atomic`, which runs it inside
+    :meth:`Ledger.transaction` on that thread. Each method has the semantics (and raises the errors) of the
+    :class:`Ledger` method of the same name. Code that is not on an event loop (the CLI's reports, tests) uses
+    :attr:`sync` directly.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.sync = ledger
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+
+    def close(self) -> None:
+        """Stop the ledger thread after the calls already queued (the wrapped ledger stays open)."""
+        self._thread.shutdown(wait=True)
+
+    async def call(self, fn: Callable[[Ledger], T]) -> T:
+        """``fn(ledger)`` on the ledger thread; its result (or exception)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, self.sync)
+
+    async def atomic(self, fn: Callable[[Ledger], T]) -> T:
+        """``fn(ledger)`` inside one :meth:`Ledger.transaction` on the ledger thread: every write in it commits, or
+        (if it raises) none does."""
+
+        def run(ledger: Ledger) -> T:
+            with ledger.transaction():
+                return fn(ledger)
+
+        return await self.call(run)
+
+    # -- the calls the stages make, one line each --------------------------------------------------------
+    async def open_run(
+        self,
+        job: str,
+        spec_hash: str,
+        api: str,
+        *,
+        output_dir: str | None = None,
+        trust: str | None = None,
+        spec_path: str | None = None,
+    ) -> tuple[str, bool]:
+        """:meth:`Ledger.open_run`."""
+        return await self.call(
+            lambda db: db.open_run(job, spec_hash, api, output_dir=output_dir, trust=trust, spec_path=spec_path)
+        )
+
+    async def finish_run(self, run_id: str, status: str) -> None:
+        """:meth:`Ledger.finish_run`."""
+        await self.call(lambda db: db.finish_run(run_id, status))
+
+    async def run_info(self, run_id: str) -> dict[str, object] | None:
+        """:meth:`Ledger.run_info`."""
+        return await self.call(lambda db: db.run_info(run_id))
+
+    async def finish_build(self, run_id: str, shards: Sequence[Mapping[str, object]]) -> int:
+        """:meth:`Ledger.finish_build`."""
+        return await self.call(lambda db: db.finish_build(run_id, shards))
+
+    async def discard_build(self, run_id: str) -> int:
+        """:meth:`Ledger.discard_build`."""
+        return await self.call(lambda db: db.discard_build(run_id))
+
+    async def insert_items(self, rows: Sequence[Mapping[str, object]]) -> int:
+        """:meth:`Ledger.insert_items`."""
+        return await self.call(lambda db: db.insert_items(rows))
+
+    async def transition_items(
+        self,
+        custom_ids: Sequence[str],
+        to_status: ItemStatus,
+        *,
+        from_statuses: Iterable[ItemStatus] | None = None,
+        fields: Mapping[str, object] | None = None,
+        strict: bool = True,
+    ) -> int:
+        """:meth:`Ledger.transition_items`."""
+        return await self.call(
+            lambda db: db.transition_items(
+                custom_ids, to_status, from_statuses=from_statuses, fields=fields, strict=strict
+            )
+        )
+
+    async def items(self, **filters: Any) -> list[ItemRow]:
+        """:meth:`Ledger.items` with the same keyword filters, read whole (a list: use it for bounded sets, e.g.
+        one batch's rows; page through :attr:`sync` in a thread for a whole catalog)."""
+        return await self.call(lambda db: list(db.items(**filters)))
+
+    async def latest_attempts(self, job: str, keys: Sequence[str]) -> dict[str, ItemRow]:
+        """:meth:`Ledger.latest_attempts`."""
+        return await self.call(lambda db: db.latest_attempts(job, keys))
+
+    async def count_items(self, *, run_id: str | None = None, job: str | None = None) -> dict[str, int]:
+        """:meth:`Ledger.count_items`."""
+        return await self.call(lambda db: db.count_items(run_id=run_id, job=job))
+
+    async def cost_usd(self, *, run_id: str | None = None) -> float:
+        """:meth:`Ledger.cost_usd`."""
+        return await self.call(lambda db: db.cost_usd(run_id=run_id))
+
+    async def transition_shard(
+        self, name: str, to_status: str, *, fields: Mapping[str, object] | None = None, note: str | None = None
+    ) -> None:
+        """:meth:`Ledger.transition_shard`."""
+        await self.call(lambda db: db.transition_shard(name, to_status, fields=fields, note=note))
+
+    async def shards(self, *, run_id: str | None = None, statuses: Iterable[str] | None = None) -> list[ShardRow]:
+        """:meth:`Ledger.shards`."""
+        return await self.call(lambda db: db.shards(run_id=run_id, statuses=statuses))
+
+    async def shard(self, name: str) -> ShardRow | None:
+        """:meth:`Ledger.shard`."""
+        return await self.call(lambda db: db.shard(name))
+
+    async def update_batch(self, batch: Mapping[str, Any]) -> str | None:
+        """:meth:`Ledger.update_batch`."""
+        return await self.call(lambda db: db.update_batch(batch))
+
+    async def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[BatchRow]:
+        """:meth:`Ledger.batches`."""
+        return await self.call(lambda db: db.batches(run_id=run_id, unfinished=unfinished))
+
+    async def batch(self, batch_id: str) -> BatchRow | None:
+        """:meth:`Ledger.batch`."""
+        return await self.call(lambda db: db.batch(batch_id))
+
+    async def set_batch_progress(self, batch_id: str, **fields: object) -> None:
+        """:meth:`Ledger.set_batch_progress`."""
+        await self.call(lambda db: db.set_batch_progress(batch_id, **fields))
+
+    async def record_file(self, file_obj: Mapping[str, Any], *, role: str, sha256: str | None = None) -> None:
+        """:meth:`Ledger.record_file`."""
+        await self.call(lambda db: db.record_file(file_obj, role=role, sha256=sha256))
+
+    async def mark_file_deleted(self, file_id: str) -> None:
+        """:meth:`Ledger.mark_file_deleted`."""
+        await self.call(lambda db: db.mark_file_deleted(file_id))
+
+    async def files(
+        self, *, role: str | None = None, deleted: bool | None = None, file_ids: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`Ledger.files`."""
+        return await self.call(lambda db: db.files(role=role, deleted=deleted, file_ids=file_ids))
+
+    async def file_by_sha256(self, sha256: str, *, role: str, not_expired_at: float) -> dict[str, Any] | None:
+        """:meth:`Ledger.file_by_sha256`."""
+        return await self.call(lambda db: db.file_by_sha256(sha256, role=role, not_expired_at=not_expired_at))
+
+    async def claim(self, kind: str, key: str, *, owner: str, lease_s: float) -> bool:
+        """:meth:`Ledger.claim`."""
+        return await self.call(lambda db: db.claim(kind, key, owner=owner, lease_s=lease_s))
+
+    async def release(self, kind: str, key: str, *, owner: str) -> bool:
+        """:meth:`Ledger.release`."""
+        return await self.call(lambda db: db.release(kind, key, owner=owner))
+
+    async def claim_holder(self, kind: str, key: str) -> tuple[str, float] | None:
+        """:meth:`Ledger.claim_holder`."""
+        return await self.call(lambda db: db.claim_holder(kind, key))
 
 
 class FileContent(Protocol):

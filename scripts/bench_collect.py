@@ -203,7 +203,7 @@ def collector_child(
         async with OpenAIClient(settings) as client:
             collector = Collector(client, ledger, store, verifier)
             try:
-                targets = collector.targets_for_batch(batch["batch_id"])
+                targets = await collector.targets_for_batch(batch["batch_id"])
                 began = time.perf_counter()
                 stats = await collector.collect_file(batch["batch_id"], batch["output_file_id"], "output", targets)
                 return stats, time.perf_counter() - began

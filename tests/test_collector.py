@@ -143,7 +143,8 @@ async def test_lines_in_any_order_become_exact_files_and_states(tmp_path: Path) 
     store = LocalImageStore(tmp_path / "out")
     collector = Collector(FakeClient(_file(lines)), ledger, store, C2paVerifier(TrustConfig.from_setting("emulator")))
     try:
-        stats = await collector.collect_file("batch_1", "file-out", "output", collector.targets_for_batch("batch_1"))
+        targets = await collector.targets_for_batch("batch_1")
+        stats = await collector.collect_file("batch_1", "file-out", "output", targets)
     finally:
         collector.close()
     assert stats.lines == 6 and stats.unknown == 1 and stats.images == 3
@@ -168,7 +169,8 @@ async def test_a_cut_download_resumes_after_the_last_complete_line(tmp_path: Pat
     client = FakeClient(data, cuts=2, cut_at=len(data) // 3)
     collector = Collector(client, ledger, LocalImageStore(tmp_path / "out"), None)
     try:
-        stats = await collector.collect_file("batch_1", "file-out", "output", collector.targets_for_batch("batch_1"))
+        targets = await collector.targets_for_batch("batch_1")
+        stats = await collector.collect_file("batch_1", "file-out", "output", targets)
     finally:
         collector.close()
     assert stats.reconnects == 2
@@ -186,12 +188,13 @@ async def test_a_restarted_collector_starts_from_the_committed_offset(tmp_path: 
     client = FakeClient(data)
     collector = Collector(client, ledger, LocalImageStore(tmp_path / "out"), None)
     try:
-        stats = await collector.collect_file("batch_1", "file-out", "output", collector.targets_for_batch("batch_1"))
+        targets = await collector.targets_for_batch("batch_1")
+        stats = await collector.collect_file("batch_1", "file-out", "output", targets)
     finally:
         collector.close()
     assert client.starts == [first_two] and stats.lines == 1
     assert ledger.count_items() == {"submitted": 2, "succeeded": 1}
-    assert ledger.batches()[0]["output_offset"] == len(data) and ledger.batches()[0]["output_done"] == 1
+    assert ledger.batches()[0].output_offset == len(data) and ledger.batches()[0].output_done == 1
 
 
 @pytest.mark.parametrize("garbage", [b"not json\n", b'{"no_custom_id": 1}\n'])
@@ -200,7 +203,7 @@ async def test_unusable_lines_do_not_stop_the_file(tmp_path: Path, garbage: byte
     data = garbage + _file([_ok(ids[0], _png((1, 2, 3)))])
     collector = Collector(FakeClient(data), ledger, LocalImageStore(tmp_path / "out"), None)
     try:
-        await collector.collect_file("batch_1", "f", "output", collector.targets_for_batch("batch_1"))
+        await collector.collect_file("batch_1", "f", "output", await collector.targets_for_batch("batch_1"))
     finally:
         collector.close()
     assert ledger.count_items() == {"succeeded": 1}
@@ -241,7 +244,7 @@ async def test_escaped_payloads_still_decode(tmp_path: Path) -> None:
     line = orjson.dumps(_ok(ids[0], png)).replace(b"/", b"\\/")  # a server escaping "/" as JSON allows
     collector = Collector(FakeClient(line + b"\n"), ledger, LocalImageStore(tmp_path / "out"), None)
     try:
-        await collector.collect_file("batch_1", "f", "output", collector.targets_for_batch("batch_1"))
+        await collector.collect_file("batch_1", "f", "output", await collector.targets_for_batch("batch_1"))
     finally:
         collector.close()
     row = ledger.item(ids[0])

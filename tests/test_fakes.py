@@ -164,7 +164,7 @@ async def test_the_collector_runs_on_the_fakes() -> None:
     data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     collector = Collector(_OneFileClient(data), ledger, store, None)
     try:
-        stats = await collector.collect_file("b1", "file-out", "output", collector.targets_for_batch("b1"))
+        stats = await collector.collect_file("b1", "file-out", "output", await collector.targets_for_batch("b1"))
     finally:
         collector.close()
     assert stats.lines == 3 and stats.images == 2
@@ -176,4 +176,4 @@ async def test_the_collector_runs_on_the_fakes() -> None:
     assert expired is not None and expired.status == "expired"
     assert store.unsynced() == []  # every image the ledger records was synced first
     batch = ledger.batch("b1")
-    assert batch is not None and batch["output_offset"] == len(data) and batch["output_done"] == 1
+    assert batch is not None and batch.output_offset == len(data) and batch.output_done == 1

@@ -23,11 +23,11 @@ from batchpipe.input.references import (
     ReferenceMirror,
     ReferenceOptions,
     ReferenceResolver,
-    ensure_uploaded,
     inspect_image_bytes,
     inspect_image_file,
-    release_unused,
 )
+from batchpipe.ports import AsyncLedger
+from batchpipe.stages.references import ensure_uploaded, release_unused
 
 _COLOURS: dict[str, int | tuple[int, ...]] = {"RGBA": (10, 200, 30, 0), "LA": (128, 0), "L": 128, "P": 1}
 
@@ -172,7 +172,8 @@ async def test_uploads_are_cached_by_sha256_and_checked_against_the_service(
     tmp_path: Path, emulator: EmbeddedEmulator, client: OpenAIClient
 ) -> None:
     now = [1_900_000_000.0]
-    ledger = SqliteLedger(tmp_path / "ledger.sqlite", clock=lambda: now[0])
+    plain = SqliteLedger(tmp_path / "ledger.sqlite", clock=lambda: now[0])
+    ledger = AsyncLedger(plain)
     photos = {}
     for index in range(3):
         path = tmp_path / f"p{index}.png"
@@ -187,7 +188,7 @@ async def test_uploads_are_cached_by_sha256_and_checked_against_the_service(
     listed = _files(emulator)
     assert {f["id"] for f in listed} == set(ids.values())
     assert all(f["expires_at"] is not None for f in listed)  # expires_after was sent
-    rows = ledger.files(role=REFERENCE_ROLE)
+    rows = await ledger.files(role=REFERENCE_ROLE)
     assert {r["sha256"] for r in rows} == set(photos) and {r["purpose"] for r in rows} == {"vision"}
 
     again, uploaded = await ensure_uploaded(client, ledger, photos, options=options)
@@ -198,7 +199,7 @@ async def test_uploads_are_cached_by_sha256_and_checked_against_the_service(
     await client.delete_file(gone_id)
     third, uploaded = await ensure_uploaded(client, ledger, photos, options=options)
     assert uploaded == 1 and third[gone_sha] != gone_id
-    assert {r["file_id"] for r in ledger.files(role=REFERENCE_ROLE, deleted=True)} == {gone_id}
+    assert {r["file_id"] for r in await ledger.files(role=REFERENCE_ROLE, deleted=True)} == {gone_id}
 
     # a cached file expiring within the 24 h completion window + margin is not reused
     short = ReferenceOptions(upload_expires_after_s=7 * 86_400, reuse_margin_s=7 * 86_400)
@@ -216,3 +217,4 @@ async def test_uploads_are_cached_by_sha256_and_checked_against_the_service(
     assert set(deleted) == set(fresh.values()) | set(third.values())
     assert _files(emulator) == [] and len(_files(emulator, "user_data")) == 3
     ledger.close()
+    plain.close()

@@ -7,6 +7,7 @@ recording it: each ends with exactly one batch per shard at the service and ever
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +99,79 @@ def test_a_worker_restarted_under_its_name_takes_its_claims_back(tmp_path: Path)
     assert ledger.claim("shard", "s1", owner="host-a", lease_s=3600)
     assert not ledger.claim("shard", "s1", owner="host-b", lease_s=3600)  # another worker waits
     assert ledger.claim("shard", "s1", owner="host-a", lease_s=3600)  # the same name after a restart: at once
+
+
+class _ThreadWatchingLedger(MemoryLedger):
+    """A MemoryLedger that notes the thread of every public call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def __getattribute__(self, name: str) -> object:
+        if not name.startswith("_") and name != "threads":
+            object.__getattribute__(self, "threads").add(threading.get_ident())
+        return object.__getattribute__(self, name)
+
+
+async def test_no_ledger_call_runs_on_the_event_loop(tmp_path: Path) -> None:
+    ledger, api, store = _ThreadWatchingLedger(), MemoryBatchApi(), MemoryImageStore()
+    ledger.threads.clear()
+    summary = await _runner(tmp_path, ledger, api, store).run(
+        "job", "h1", lambda: _items(10, failing=frozenset({3})), source_name="t"
+    )
+    assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 9, ItemStatus.FAILED: 1}
+    assert ledger.threads and threading.get_ident() not in ledger.threads
+
+
+async def test_a_build_killed_part_way_is_discarded_and_built_again(tmp_path: Path) -> None:
+    """A kill mid-build leaves committed chunks of rows and shard files but no built run: the next run throws
+    them away and builds from the start (attempt 1 for every key, no row twice)."""
+    ledger, api, store = MemoryLedger(), MemoryBatchApi(), MemoryImageStore()
+    run_id, _ = ledger.open_run("job", "h1", "openai")
+    ledger.insert_items(
+        [
+            {
+                "custom_id": f"job:sku-{i}:1",
+                "job": "job",
+                "item_key": f"sku-{i}",
+                "attempt": 1,
+                "run_id": run_id,
+                "endpoint": GEN,
+                "model": "gpt-image-2",
+                "request_hash": "stale",
+                "body_json": "{}",
+                "metadata_json": "{}",
+                "source": "t",
+                "status": ItemStatus.PENDING,
+            }
+            for i in range(3)
+        ]
+    )
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    (shard_dir / f"{run_id}-00000-gen-gpt-image-2.jsonl").write_text("{}\n")
+    (shard_dir / f".{run_id}-00001-gen-gpt-image-2.jsonl.part").write_text("{")
+    (shard_dir / "other-run-00000-gen-gpt-image-2.jsonl").write_text("{}\n")  # not ours: kept
+    summary = await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(6), source_name="t")
+    assert summary.run_id == run_id and summary.finished and summary.items == {ItemStatus.SUCCEEDED: 6}
+    assert sorted(row.attempt for row in ledger.items()) == [1] * 6 and api.creates == 2
+    assert {row.request_hash for row in ledger.items()} != {"stale"}
+    assert sorted(p.name for p in shard_dir.iterdir() if "other-run" in p.name or p.name.startswith(".")) == [
+        "other-run-00000-gen-gpt-image-2.jsonl"
+    ]
+
+
+async def test_a_build_that_fails_part_way_keeps_no_row_and_no_shard_file(tmp_path: Path) -> None:
+    ledger, api, store = MemoryLedger(), MemoryBatchApi(), MemoryImageStore()
+
+    def items() -> Iterator[Item]:
+        yield from _items(1200)  # more than two ledger commits and many shard files
+        raise RuntimeError("the catalog's disk went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        await _runner(tmp_path, ledger, api, store).run("job", "h1", items, source_name="t")
+    assert ledger.count_items() == {} and ledger.shards() == [] and api.creates == 0
+    assert list((tmp_path / "shards").iterdir()) == []
+    summary = await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(5), source_name="t")
+    assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 5}

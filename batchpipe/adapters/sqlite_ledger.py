@@ -42,6 +42,7 @@ from batchpipe.domain.records import (
     ITEM_COLUMNS,
     ITEM_TRANSITIONS,
     SHARD_TRANSITIONS,
+    BatchRow,
     ItemRow,
     ShardRow,
     batch_may_move,
@@ -74,7 +75,8 @@ CREATE TABLE IF NOT EXISTS runs (
     spec_path     TEXT,
     status        TEXT NOT NULL,
     started_at    DOUBLE PRECISION NOT NULL,
-    finished_at   DOUBLE PRECISION
+    finished_at   DOUBLE PRECISION,
+    built_at      DOUBLE PRECISION
 );
 CREATE TABLE IF NOT EXISTS items (
     custom_id     TEXT PRIMARY KEY,
@@ -224,6 +226,19 @@ class SqliteLedger:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a ledger file written by an older batchpipe up to this schema (idempotent). ``runs.built_at``:
+        older versions built a run in one transaction, so a run of theirs with any item or shard was built."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
+        if "built_at" not in columns:
+            self._db.execute("ALTER TABLE runs ADD COLUMN built_at DOUBLE PRECISION")
+            self._db.execute(
+                "UPDATE runs SET built_at = started_at"
+                " WHERE EXISTS (SELECT 1 FROM items WHERE items.run_id = runs.run_id)"
+                " OR EXISTS (SELECT 1 FROM shards WHERE shards.run_id = runs.run_id)"
+            )
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -325,6 +340,49 @@ class SqliteLedger:
                 (status, self._clock(), run_id),
             )
             self._event("run", run_id, "running", status, None)
+
+    def finish_build(self, run_id: str, shards: Sequence[Mapping[str, object]]) -> int:
+        """Close a run's build in one transaction: record its ``shards``, supersede the earlier attempts its items
+        replace, set ``runs.built_at``; returns how many earlier attempts were superseded. Raises
+        :class:`LedgerError` for an unknown run or one already built (nothing changed)."""
+        with self._all_or_nothing():
+            rows = self._rows("SELECT built_at FROM runs WHERE run_id = ?", (run_id,))
+            if not rows or rows[0]["built_at"] is not None:
+                raise LedgerError(f"run {run_id!r} is {'already built' if rows else 'unknown'}")
+            for shard in shards:
+                self.insert_shard(shard)
+            earlier = [
+                str(r[0])
+                for r in self._rows(
+                    "SELECT p.custom_id FROM items i JOIN items p ON p.custom_id = i.previous_custom_id "
+                    "WHERE i.run_id = ? AND p.status NOT IN (?, ?) ORDER BY p.custom_id",
+                    (run_id, ItemStatus.SUBMITTED, ItemStatus.SUPERSEDED),
+                )
+            ]
+            superseded = self.transition_items(earlier, ItemStatus.SUPERSEDED, strict=False) if earlier else 0
+            self._exec("UPDATE runs SET built_at = ? WHERE run_id = ?", (self._clock(), run_id))
+            self._event("run", run_id, "running", "running", f"built: {len(shards)} shards")
+            return superseded
+
+    def discard_build(self, run_id: str) -> int:
+        """Delete what an unfinished build of ``run_id`` left (its items and their events, its shards); returns
+        how many items went. Raises :class:`LedgerError` for an unknown run or one already built."""
+        with self._all_or_nothing():
+            rows = self._rows("SELECT built_at FROM runs WHERE run_id = ?", (run_id,))
+            if not rows or rows[0]["built_at"] is not None:
+                raise LedgerError(f"run {run_id!r} is {'already built' if rows else 'unknown'}: nothing to discard")
+            self._exec(
+                "DELETE FROM events WHERE entity = 'item'"
+                " AND entity_id IN (SELECT custom_id FROM items WHERE run_id = ?)",
+                (run_id,),
+            )
+            gone = self._exec("DELETE FROM items WHERE run_id = ?", (run_id,)).rowcount
+            self._exec(
+                "DELETE FROM events WHERE entity = 'shard' AND entity_id IN (SELECT name FROM shards WHERE run_id = ?)",
+                (run_id,),
+            )
+            self._exec("DELETE FROM shards WHERE run_id = ?", (run_id,))
+            return int(gone)
 
     def run_info(self, run_id: str) -> dict[str, object] | None:
         """The run's row as a dict, or None."""
@@ -688,8 +746,8 @@ class SqliteLedger:
             self._stale_logged.add((batch_id, stored, reported))
             log.warning("ledger.stale_batch_status", batch_id=batch_id, stored=stored, reported=reported)
 
-    def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
-        """Batch rows (as dicts) of a run or all; ``unfinished``: not yet reconciled."""
+    def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[BatchRow]:
+        """Batch rows of a run or all; ``unfinished``: not yet reconciled."""
         where, params = ["1 = 1"], []
         if run_id is not None:
             where.append("run_id = ?")
@@ -697,14 +755,14 @@ class SqliteLedger:
         if unfinished:
             where.append("reconciled = 0")
         return [
-            dict(r)
+            BatchRow(**dict(r))
             for r in self._rows(f"SELECT * FROM batches WHERE {' AND '.join(where)} ORDER BY created_at", params)
         ]
 
-    def batch(self, batch_id: str) -> dict[str, Any] | None:
-        """One batch row (as a dict) by id."""
+    def batch(self, batch_id: str) -> BatchRow | None:
+        """One batch row by id."""
         rows = self._rows("SELECT * FROM batches WHERE batch_id = ?", (batch_id,))
-        return dict(rows[0]) if rows else None
+        return BatchRow(**dict(rows[0])) if rows else None
 
     def set_batch_progress(self, batch_id: str, **fields: object) -> None:
         """Set collection progress columns (``output_offset``, ``error_offset``, ``output_done``, ``error_done``,

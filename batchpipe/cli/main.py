@@ -149,7 +149,7 @@ def status(workdir: Path, as_json: bool) -> None:
     latest = ledger.latest_run()
     batches: dict[str, int] = {}
     for batch in ledger.batches():
-        batches[batch["status"]] = batches.get(batch["status"], 0) + 1
+        batches[batch.status] = batches.get(batch.status, 0) + 1
     report: dict[str, Any] = {
         "workdir": str(workdir),
         "latest_run": latest,

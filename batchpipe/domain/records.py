@@ -1,6 +1,7 @@
 """Ledger records and the status transition tables every ledger enforces (SQLite today, PostgreSQL next).
 
-:class:`ItemRow` is one attempt of one item, :class:`ShardRow` one batch input file and its submission intent.
+:class:`ItemRow` is one attempt of one item, :class:`ShardRow` one batch input file and its submission intent,
+:class:`BatchRow` one batch the service created and how far its collection got.
 :data:`ITEM_TRANSITIONS` and :data:`SHARD_TRANSITIONS` say which status changes are allowed; a ledger refuses
 any other (``TransitionError``). :data:`BATCH_TRANSITIONS` says which batch statuses the service may move to next;
 a ledger keeps the status it has when a poll reports an earlier one (:func:`batch_may_move`).
@@ -22,6 +23,7 @@ __all__ = [
     "ITEM_COLUMNS",
     "ITEM_TRANSITIONS",
     "SHARD_TRANSITIONS",
+    "BatchRow",
     "ItemRow",
     "ShardRow",
     "batch_may_move",
@@ -238,3 +240,51 @@ class ShardRow:
     note: str | None
     created_at: float
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """One batch the service created, as the ledger keeps it: the service's view (``status``, file ids,
+    ``request_counts_json``, ``errors_json``; times in unix seconds) and collection progress (``output_offset`` /
+    ``error_offset``: bytes of the output / error file applied; ``output_done`` / ``error_done`` / ``reconciled``:
+    0 or 1)."""
+
+    batch_id: str
+    shard: str
+    run_id: str
+    model: str
+    status: str
+    input_file_id: str
+    output_file_id: str | None
+    error_file_id: str | None
+    request_counts_json: str | None
+    errors_json: str | None
+    created_at: float
+    ended_at: float | None
+    output_offset: int
+    error_offset: int
+    output_done: int
+    error_done: int
+    reconciled: int
+    updated_at: float
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        """``request_counts`` as the service last reported it (``{total, completed, failed}``; ``{}`` if never)."""
+        parsed = orjson.loads(self.request_counts_json) if self.request_counts_json else None
+        return parsed if isinstance(parsed, dict) else {}
+
+    @property
+    def errors(self) -> list[dict[str, object]]:
+        """The batch's ``errors.data`` (validation errors of a ``failed`` batch), ``[]`` if none."""
+        parsed = orjson.loads(self.errors_json) if self.errors_json else None
+        data = parsed.get("data") if isinstance(parsed, dict) else None
+        return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+    def offset(self, kind: str) -> int:
+        """Bytes of the ``kind`` (``output`` or ``error``) file already applied to the ledger."""
+        return self.output_offset if kind == "output" else self.error_offset
+
+    def done(self, kind: str) -> bool:
+        """True when the ``kind`` (``output`` or ``error``) file has been applied to its end."""
+        return bool(self.output_done if kind == "output" else self.error_done)

@@ -29,6 +29,7 @@ from batchpipe.domain.records import (
     ITEM_COLUMNS,
     ITEM_TRANSITIONS,
     SHARD_TRANSITIONS,
+    BatchRow,
     ItemRow,
     ShardRow,
     batch_may_move,
@@ -56,7 +57,7 @@ def _columns(spec: str) -> dict[str, tuple[str, bool]]:
 
 _RUNS: Final = _columns(
     "run_id text!, job text!, spec_hash text!, api text!, output_dir text, trust text, spec_path text, status text!,"
-    " started_at real!, finished_at real"
+    " started_at real!, finished_at real, built_at real"
 )
 _ITEMS: Final = _columns(
     "custom_id text!, job text!, item_key text!, attempt integer!, run_id text!, previous_custom_id text,"
@@ -325,6 +326,78 @@ class MemoryLedger:
                 changes = self._changes("runs", _RUNS, {"status": status, "finished_at": finished_at}, frozenset())
                 self._put(self._runs, run_id, {**run, **changes})
             self._event("run", run_id, "running", status, None)
+
+    def finish_build(self, run_id: str, shards: Sequence[Mapping[str, object]]) -> int:
+        """See :meth:`batchpipe.ports.Ledger.finish_build`: shards recorded, earlier attempts superseded and
+        ``built_at`` set, in one transaction; returns how many were superseded. Raises LedgerError for an unknown
+        or already built run."""
+        with self._all_or_nothing():
+            run = self._runs.get(run_id)
+            if run is None or run["built_at"] is not None:
+                raise LedgerError(f"run {run_id!r} is {'already built' if run else 'unknown'}")
+            for shard in shards:
+                self.insert_shard(shard)
+            keep = (ItemStatus.SUBMITTED, ItemStatus.SUPERSEDED)
+            earlier = sorted(
+                str(row["previous_custom_id"])
+                for row in self._items.values()
+                if row["run_id"] == run_id
+                and row["previous_custom_id"] in self._items
+                and self._items[str(row["previous_custom_id"])]["status"] not in keep
+            )
+            superseded = self.transition_items(earlier, ItemStatus.SUPERSEDED, strict=False) if earlier else 0
+            changes = self._changes("runs", _RUNS, {"built_at": self._clock()}, frozenset())
+            self._put(self._runs, run_id, {**run, **changes})
+            self._event("run", run_id, "running", "running", f"built: {len(shards)} shards")
+            return superseded
+
+    def discard_build(self, run_id: str) -> int:
+        """See :meth:`batchpipe.ports.Ledger.discard_build`: an unfinished build's items (and their events) and
+        shards removed; returns how many items. Raises LedgerError for an unknown or already built run."""
+        with self._all_or_nothing():
+            run = self._runs.get(run_id)
+            if run is None or run["built_at"] is not None:
+                raise LedgerError(f"run {run_id!r} is {'already built' if run else 'unknown'}: nothing to discard")
+            doomed = [cid for cid, row in self._items.items() if row["run_id"] == run_id]
+            for custom_id in doomed:
+                self._remove_item(custom_id)
+            for name in [n for n, row in self._shards.items() if row["run_id"] == run_id]:
+                self._delete(self._shards, name)
+                self._drop_events("shard", name)
+            return len(doomed)
+
+    def _remove_item(self, custom_id: str) -> None:
+        """Delete one item row and its events (undone on rollback)."""
+        row = self._items.pop(custom_id)
+        index = bisect.bisect_left(self._item_ids, custom_id)
+        del self._item_ids[index]
+        ident = (row["job"], row["item_key"])
+        del self._attempts[ident][row["attempt"]]
+        if not self._attempts[ident]:
+            del self._attempts[ident]
+        self._drop_events("item", custom_id)
+
+        def undo() -> None:
+            self._items[custom_id] = row
+            self._item_ids.insert(index, custom_id)
+            self._attempts.setdefault(ident, {})[row["attempt"]] = custom_id
+
+        self._undo.append(undo)
+
+    def _drop_events(self, entity: str, entity_id: str) -> None:
+        """Delete the events of one entity (undone on rollback)."""
+        kept = [e for e in self._events if not (e["entity"] == entity and e["entity_id"] == entity_id)]
+        if len(kept) == len(self._events):
+            return
+        before, self._events = self._events, kept
+        history = self._item_events.pop(entity_id, None) if entity == "item" else None
+
+        def undo() -> None:
+            self._events = before
+            if history is not None:
+                self._item_events[entity_id] = history
+
+        self._undo.append(undo)
 
     def run_info(self, run_id: str) -> dict[str, object] | None:
         """The run's row as a new dict, or None."""
@@ -674,21 +747,21 @@ class MemoryLedger:
             self._stale_logged.add((batch_id, stored, reported))
             log.warning("ledger.stale_batch_status", batch_id=batch_id, stored=stored, reported=reported)
 
-    def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[dict[str, Any]]:
-        """Batch rows (new dicts) of a run or all, by ``created_at``; ``unfinished``: not yet reconciled."""
+    def batches(self, *, run_id: str | None = None, unfinished: bool = False) -> list[BatchRow]:
+        """Batch rows of a run or all, by ``created_at``; ``unfinished``: not yet reconciled."""
         with self._lock:
             rows = [
-                dict(row)
+                BatchRow(**row)
                 for row in self._batches.values()
                 if (run_id is None or row["run_id"] == run_id) and (not unfinished or row["reconciled"] == 0)
             ]
-        return sorted(rows, key=lambda r: r["created_at"])
+        return sorted(rows, key=lambda r: r.created_at)
 
-    def batch(self, batch_id: str) -> dict[str, Any] | None:
-        """One batch row (a new dict) by id, or None."""
+    def batch(self, batch_id: str) -> BatchRow | None:
+        """One batch row by id, or None."""
         with self._lock:
             row = self._batches.get(batch_id)
-            return dict(row) if row is not None else None
+            return BatchRow(**row) if row is not None else None
 
     def set_batch_progress(self, batch_id: str, **fields: object) -> None:
         """Set collection progress columns (``output_offset``, ``error_offset`` in bytes; ``output_done``,

@@ -41,10 +41,9 @@ import http.server
 import io
 import mimetypes
 import threading
-import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -53,8 +52,7 @@ import structlog
 from PIL import Image
 
 from batchpipe.domain import spec as rules
-from batchpipe.domain.items import ImageRef, ItemStatus
-from batchpipe.errors import ApiError, NotFoundError
+from batchpipe.domain.items import ImageRef
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -67,10 +65,8 @@ __all__ = [
     "ReferenceOptions",
     "ReferenceResolver",
     "Resolved",
-    "ensure_uploaded",
     "inspect_image_bytes",
     "inspect_image_file",
-    "release_unused",
 ]
 
 _log = structlog.get_logger("batchpipe.input.references")
@@ -318,104 +314,6 @@ class ReferenceResolver:
         else:
             self._data_urls.move_to_end(path)
         return url
-
-
-# --------------------------------------------------------------------------------------------- uploads
-
-
-async def ensure_uploaded(
-    client: Any,
-    ledger: Any,
-    files: Mapping[str, Path],
-    *,
-    options: ReferenceOptions,
-    clock: Callable[[], float] = time.time,
-    concurrency: int = 4,
-) -> tuple[dict[str, str], int]:
-    """Make every file of ``files`` (sha256 → path) available as a ``file_id``; returns (sha256 → file_id,
-    number uploaded now).
-
-    A ledger row (role ``reference``, same sha256 and purpose, not deleted, expiring after now + 24 h
-    completion window + ``options.reuse_margin_s``) whose file the service still lists (``GET /files``,
-    paged) is reused; a row whose file is gone is marked deleted. Others are uploaded with
-    ``expires_after`` = ``options.upload_expires_after_s`` and recorded with their sha256. Raises the
-    client's ``ApiError`` family if an upload fails (the run stops before anything is submitted).
-    """
-    if not files:
-        return {}, 0
-    not_before = clock() + rules.COMPLETION_WINDOW_S + options.reuse_margin_s
-    cached: dict[str, str] = {}
-    for sha in files:
-        row = ledger.file_by_sha256(sha, role=REFERENCE_ROLE, not_expired_at=not_before)
-        if row is not None and row.get("purpose") == options.upload_purpose:
-            cached[sha] = str(row["file_id"])
-    if cached:
-        live = await _listed_file_ids(client, options.upload_purpose)
-        for sha, file_id in list(cached.items()):
-            if file_id not in live:
-                _log.info("cached reference file is gone from the service", file_id=file_id)
-                ledger.mark_file_deleted(file_id)
-                del cached[sha]
-    todo = [(sha, path) for sha, path in files.items() if sha not in cached]
-    gate = asyncio.Semaphore(concurrency)
-
-    async def upload(sha: str, path: Path) -> None:
-        async with gate:
-            obj = await client.upload_file(
-                path,
-                purpose=options.upload_purpose,
-                filename=path.name,
-                expires_after_s=options.upload_expires_after_s,
-            )
-        ledger.record_file(obj, role=REFERENCE_ROLE, sha256=sha)
-        cached[sha] = str(obj["id"])
-
-    await asyncio.gather(*(upload(sha, path) for sha, path in todo))
-    return cached, len(todo)
-
-
-async def _listed_file_ids(client: Any, purpose: str) -> set[str]:
-    """Every file id the service lists for ``purpose`` (all pages)."""
-    ids: set[str] = set()
-    after: str | None = None
-    while True:
-        page = await client.list_files(purpose=purpose, after=after)
-        data = page.get("data") or []
-        ids.update(str(f["id"]) for f in data)
-        if not page.get("has_more") or not data:
-            return ids
-        after = str(data[-1]["id"])
-
-
-def _file_ids_in_body(body: Mapping[str, object]) -> Iterable[str]:
-    refs = body.get("images")
-    for ref in [*(refs if isinstance(refs, list) else []), body.get("mask")]:
-        if isinstance(ref, dict) and isinstance(ref.get("file_id"), str):
-            yield str(ref["file_id"])
-
-
-async def release_unused(client: Any, ledger: Any, *, keep: Iterable[str] = ()) -> list[str]:
-    """Delete reference files (ledger role ``reference``) that no pending or submitted item of any job
-    needs and that are not in ``keep``; returns the deleted ids. A file already gone (404) is marked
-    deleted too; other API errors leave the row for a later try (logged)."""
-    needed = set(keep)
-    for row in ledger.items(statuses=[ItemStatus.PENDING, ItemStatus.SUBMITTED]):
-        needed.update(_file_ids_in_body(row.body))
-    deleted: list[str] = []
-    for row in ledger.files(role=REFERENCE_ROLE, deleted=False):
-        file_id = str(row["file_id"])
-        if file_id in needed:
-            continue
-        try:
-            await client.delete_file(file_id)
-        except NotFoundError:
-            pass
-        except ApiError as exc:
-            _log.warning("could not delete a reference file", file_id=file_id, error=str(exc))
-            continue
-        ledger.mark_file_deleted(file_id)
-        deleted.append(file_id)
-    return deleted
 
 
 # --------------------------------------------------------------------------------------------- the mirror

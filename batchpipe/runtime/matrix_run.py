@@ -15,10 +15,11 @@ import click
 from batchpipe.domain.items import Item
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import MatrixStats, VariantMatrix
-from batchpipe.input.references import ReferenceMirror, ReferenceResolver, ensure_uploaded, release_unused
+from batchpipe.input.references import ReferenceMirror, ReferenceResolver
 from batchpipe.input.validate import ItemProblem, make_items
-from batchpipe.ports import BatchApi, Clock, Ledger
+from batchpipe.ports import AsyncLedger, BatchApi, Clock
 from batchpipe.runtime.runner import ValidationFailed
+from batchpipe.stages.references import ensure_uploaded, release_unused
 
 __all__ = ["MatrixRun"]
 
@@ -35,7 +36,7 @@ class MatrixRun:
     the run's event loop), makes one checking pass over the matrix (prints ``matrix: P products x V variants
     = N items`` through ``echo``), raises ``ValidationFailed`` (every problem; exit 2) if items are invalid
     and ``skip_invalid`` is off, uploads the local reference files the first ``limit`` items need — each distinct
-    file once, reusing cached ``file_id`` values (:func:`~batchpipe.input.references.ensure_uploaded`) — and, with
+    file once, reusing cached ``file_id`` values (:func:`~batchpipe.stages.references.ensure_uploaded`) — and, with
     ``delete_unused``, deletes reference files nothing pending needs. :meth:`items` then streams the items with
     real ``file_id`` values and mirrored URLs. ``workdir`` keeps the mirror's port (``references/mirror-port``).
     """
@@ -87,7 +88,7 @@ class MatrixRun:
                 self.mirror.close()
                 self.mirror = None
 
-    async def prepare(self, client: BatchApi, ledger: Ledger) -> None:
+    async def prepare(self, client: BatchApi, ledger: AsyncLedger) -> None:
         """Mirror, count, upload, clean up (see the class docstring). Raises the client's ``ApiError`` family
         when an upload fails and ``OSError`` when an explicit ``mirror_port`` is taken."""
         options = self.matrix.references

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,10 +29,10 @@ from batchpipe.adapters.local_store import LocalImageStore
 from batchpipe.domain.backoff import Backoff
 from batchpipe.domain.items import ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.domain.lifecycle import ModelPolicy
-from batchpipe.domain.records import ShardRow, batch_status_is_terminal
+from batchpipe.domain.records import BatchRow, ShardRow, batch_status_is_terminal
 from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
-from batchpipe.ports import BatchApi, Clock, ImageStore, Ledger, Verifier
+from batchpipe.ports import AsyncLedger, BatchApi, Clock, ImageStore, Ledger, Verifier
 from batchpipe.runtime.settings import RunOptions
 from batchpipe.stages.collect import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.stages.poll import Poller
@@ -46,6 +47,8 @@ META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_
 #: How long a claim (a build, a shard being submitted, a batch being collected) holds before another worker may
 #: take it over, in seconds: longer than any single step (a 200 MB upload, a 3 GB output file).
 DEFAULT_LEASE_S: Final = 3600.0
+#: Item rows per ledger transaction while building: a build never holds a transaction across an ``await``.
+_ROWS_PER_COMMIT: Final = 500
 #: Environment variable naming this worker (default: the host name): two workers on one machine need two names.
 WORKER_ENV: Final = "BATCHPIPE_WORKER"
 
@@ -150,7 +153,7 @@ class Runner:
         model_policy: ModelPolicy | None = None,
         store: ImageStore | None = None,
         poller: Poller | None = None,
-        collector_factory: Callable[[], Collector] | None = None,
+        collector_factory: Callable[[AsyncLedger], Collector] | None = None,
         owner: str | None = None,
         lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
@@ -181,7 +184,7 @@ class Runner:
         *,
         source_name: str,
         trust: str | None = None,
-        prepare: Callable[[BatchApi, Ledger], Awaitable[None]] | None = None,
+        prepare: Callable[[BatchApi, AsyncLedger], Awaitable[None]] | None = None,
         spec_path: str | None = None,
     ) -> RunSummary:
         """Run (or resume) ``job``. ``items()`` yields :class:`Item` or problem objects (with ``str()``).
@@ -191,31 +194,51 @@ class Runner:
         With a ``model_policy``, the models of every shard not yet submitted are checked (the service asked
         once per model) before the first upload of this invocation.
         """
-        run_id, resumed = self.ledger.open_run(
+        self.db = AsyncLedger(self.ledger)
+        try:
+            return await self._run(
+                job, spec_hash, items, source_name=source_name, trust=trust, prepare=prepare, spec_path=spec_path
+            )
+        finally:
+            self.db.close()
+
+    async def _run(
+        self,
+        job: str,
+        spec_hash: str,
+        items: Callable[[], Iterator[Any]],
+        *,
+        source_name: str,
+        trust: str | None,
+        prepare: Callable[[BatchApi, AsyncLedger], Awaitable[None]] | None,
+        spec_path: str | None,
+    ) -> RunSummary:
+        run_id, resumed = await self.db.open_run(
             job, spec_hash, self.api_label, output_dir=str(self.output_dir), trust=trust, spec_path=spec_path
         )
         log.info("run", job=job, run_id=run_id, resumed=resumed)
         self._remove_stale_temporaries()
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0}
-        if not self._built(run_id) and await self._claim_build(run_id):
+        if not await self._built(run_id) and await self._claim_build(run_id):
             try:
-                if not self._built(run_id):  # another worker may have built it while we waited
+                if not await self._built(run_id):  # another worker may have built it while we waited
+                    await self._discard_unfinished_build(run_id)
                     if prepare is not None:
-                        await prepare(self.client, self.ledger)
+                        await prepare(self.client, self.db)
                     stats = await self._build(job, run_id, items, source_name=source_name)
             finally:
-                self.ledger.release("build", run_id, owner=self.owner)
+                await self.db.release("build", run_id, owner=self.owner)
         await self._check_models(
-            {s.model for s in self.ledger.shards(run_id=run_id) if s.batch_id is None}, source_name
+            {s.model for s in await self.db.shards(run_id=run_id) if s.batch_id is None}, source_name
         )
         if self.options.stop_after == "build":
-            return self._summary(job, run_id, stats, finished=False)
+            return await self._summary(job, run_id, stats, finished=False)
         collector = (
-            self._collector_factory()
+            self._collector_factory(self.db)
             if self._collector_factory is not None
             else Collector(
                 self.client,
-                self.ledger,
+                self.db,
                 self.store,
                 self.verifier,
                 workers=self.options.collect_workers,
@@ -226,22 +249,32 @@ class Runner:
             await self._reconcile_intents(run_id)
             if self.options.stop_after == "submit":
                 await self._submit_ready(run_id)
-                return self._summary(job, run_id, stats, finished=False)
+                return await self._summary(job, run_id, stats, finished=False)
             await self._drive(job, run_id, collector)
         finally:
             collector.close()
-        counts = self.ledger.count_items(run_id=run_id)
+        counts = await self.db.count_items(run_id=run_id)
         finished = not any(counts.get(s) for s in (ItemStatus.PENDING, ItemStatus.SUBMITTED))
         if finished:
-            self.ledger.finish_run(run_id, "finished")
-        return self._summary(job, run_id, stats, finished=finished)
+            await self.db.finish_run(run_id, "finished")
+        return await self._summary(job, run_id, stats, finished=finished)
 
-    def _built(self, run_id: str) -> bool:
-        """True when the run's build is finished: its rows exist and no other worker is still building it."""
-        holder = self.ledger.claim_holder("build", run_id)
-        if holder is not None and holder[0] != self.owner:
-            return False
-        return bool(self.ledger.shards(run_id=run_id)) or bool(self.ledger.count_items(run_id=run_id))
+    async def _built(self, run_id: str) -> bool:
+        """True when the run's build is finished (:meth:`Ledger.finish_build` set ``built_at``)."""
+        info = await self.db.run_info(run_id)
+        return info is not None and info.get("built_at") is not None
+
+    async def _discard_unfinished_build(self, run_id: str) -> None:
+        """Undo what a build killed part way left: its item rows (the ledger) and its shard files (the disk)."""
+        gone = await self.db.discard_build(run_id)
+        ours = re.compile(rf"\.?{re.escape(run_id)}-\d{{5}}-[a-z]+-.*\.jsonl(\.part)?")  # ShardBuilder's names
+        leftovers = (
+            [p for p in sorted(self.shard_dir.iterdir()) if ours.fullmatch(p.name)] if self.shard_dir.is_dir() else []
+        )
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        if gone or leftovers:
+            log.warning("discarded an unfinished build", run_id=run_id, items=gone, shard_files=len(leftovers))
 
     async def _claim_build(self, run_id: str) -> bool:
         """Claim the run's build; while another worker holds it, wait (backing off) until it is built or the
@@ -250,23 +283,23 @@ class Runner:
         backoff = Backoff(min(0.05, self.options.poll_interval_s), max(self.options.poll_interval_s, 0.05) * 10)
         started = self._clock()
         attempt = 0
-        while not self.ledger.claim("build", run_id, owner=self.owner, lease_s=self.lease_s):
-            if self._built(run_id):
+        while not await self.db.claim("build", run_id, owner=self.owner, lease_s=self.lease_s):
+            if await self._built(run_id):
                 return False
             if self._clock() - started > self.lease_s:  # time that passed, not the sleeps asked for
                 raise TimeoutError(f"run {run_id} is being built by another worker for over {self.lease_s:g} s")
             if attempt == 0:
-                holder = self.ledger.claim_holder("build", run_id)
+                holder = await self.db.claim_holder("build", run_id)
                 log.info("waiting for another worker's build", run_id=run_id, holder=holder)
             await self._sleep(backoff.delay_s(attempt))
             attempt += 1
         return True
 
-    def _claim(self, kind: str, key: str) -> bool:
+    async def _claim(self, kind: str, key: str) -> bool:
         """Take (or renew) this worker's claim on ``(kind, key)``; False when another owner holds it."""
-        taken = self.ledger.claim(kind, key, owner=self.owner, lease_s=self.lease_s)
+        taken = await self.db.claim(kind, key, owner=self.owner, lease_s=self.lease_s)
         if not taken:
-            log.info("left to another worker", kind=kind, key=key, holder=self.ledger.claim_holder(kind, key))
+            log.info("left to another worker", kind=kind, key=key, holder=await self.db.claim_holder(kind, key))
         return taken
 
     async def _check_models(self, models: set[str] | frozenset[str], source_name: str) -> None:
@@ -282,13 +315,13 @@ class Runner:
         if isinstance(self.store, LocalImageStore):
             self.store.recover()
 
-    def _summary(self, job: str, run_id: str, stats: dict[str, int], *, finished: bool) -> RunSummary:
+    async def _summary(self, job: str, run_id: str, stats: dict[str, int], *, finished: bool) -> RunSummary:
         return RunSummary(
             run_id=run_id,
             job=job,
-            items=self.ledger.count_items(run_id=run_id),
-            batches=len(self.ledger.batches(run_id=run_id)),
-            cost_usd=self.ledger.cost_usd(run_id=run_id),
+            items=await self.db.count_items(run_id=run_id),
+            batches=len(await self.db.batches(run_id=run_id)),
+            cost_usd=await self.db.cost_usd(run_id=run_id),
             skipped_unchanged=stats.get("skipped", 0),
             invalid=stats.get("invalid", 0),
             duplicates=stats.get("duplicates", 0),
@@ -309,15 +342,19 @@ class Runner:
     async def _build(
         self, job: str, run_id: str, items: Callable[[], Iterator[Any]], *, source_name: str
     ) -> dict[str, int]:
-        """Validate and write every item to shards and the ledger in ONE transaction (all or nothing)."""
-        done = dict(self.ledger.succeeded_hashes(job))
+        """Validate every item and write it to a shard and, in chunks of 500 rows (each its own transaction), to the
+        ledger; then :meth:`Ledger.finish_build` records the shards, supersedes earlier attempts and marks the run
+        built, in one transaction. A build that stops part way (invalid items without ``skip_invalid``, an error, a
+        kill) leaves no built run: what it wrote is discarded (now, or by the next run) and it starts over.
+        Raises :class:`ValidationFailed` (nothing kept)."""
+        done = await self.db.call(lambda db: dict(db.succeeded_hashes(job)))
         builder = self._builder(run_id)
         problems: list[Any] = []
         rows: list[dict[str, object]] = []
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0, "items": 0}
         invalid_rows: dict[str, dict[str, object]] = {}
         count = 0
-        with self.ledger.transaction():
+        try:
             for entry in items():
                 if not isinstance(entry, Item):
                     problems.append(entry)
@@ -340,17 +377,22 @@ class Runner:
                     stats["skipped"] += 1
                     continue
                 rows.append(self._pending_row(job, run_id, entry, rhash))
-                if len(rows) >= 500:
-                    await self._flush_rows(job, rows, builder)
-            await self._flush_rows(job, rows, builder)
+                if len(rows) >= _ROWS_PER_COMMIT:
+                    await self._number_rows(job, rows, builder)
+                    await self.db.insert_items(rows)
+                    rows = []
+            await self._number_rows(job, rows, builder)
+            await self.db.insert_items(rows)
             if problems and not self.options.skip_invalid:
-                await builder.abort()  # no shard file survives; the transaction rolls back every row
                 raise ValidationFailed(problems, file=source_name)
             shards = await builder.close()
-            for shard in shards:
-                self._insert_shard(run_id, job, shard)
-            stats["invalid"] = len(problems)
-            stats["items"] = count
+        except BaseException:
+            await builder.abort()
+            await self._discard_unfinished_build(run_id)  # no shard file and no row of this build survives
+            raise
+        await self.db.finish_build(run_id, [self._shard_row(run_id, job, shard) for shard in shards])
+        stats["invalid"] = len(problems)
+        stats["items"] = count
         for problem in problems:
             log.warning("invalid item", problem=str(problem))
         self._progress("built", {"items": count, "shards": len(shards), **stats})
@@ -402,11 +444,12 @@ class Runner:
             "retryable": 0,
         }
 
-    async def _flush_rows(self, job: str, rows: list[dict[str, object]], builder: ShardBuilder) -> None:
-        """Number attempts after the ledger's history, supersede older attempts, add lines to shards."""
+    async def _number_rows(self, job: str, rows: list[dict[str, object]], builder: ShardBuilder) -> list[str]:
+        """Number attempts after the ledger's history and add the items' lines to shards; returns the custom_ids
+        of the earlier attempts the rows replace that are still to be superseded."""
         if not rows:
-            return
-        previous = self.ledger.latest_attempts(job, [str(r["item_key"]) for r in rows])
+            return []
+        previous = await self.db.latest_attempts(job, [str(r["item_key"]) for r in rows])
         supersede: list[str] = []
         for row in rows:
             prior = previous.get(str(row["item_key"]))
@@ -420,35 +463,32 @@ class Runner:
             item = row.pop("_item", None)  # invalid rows have none: they go to the ledger only
             if isinstance(item, Item):
                 row["shard"] = await builder.add(str(row["custom_id"]), item)
-        if supersede:
-            self.ledger.transition_items(supersede, ItemStatus.SUPERSEDED, strict=False)
-        self.ledger.insert_items(rows)
-        rows.clear()
+        return supersede
 
-    def _insert_shard(self, run_id: str, job: str, shard: ShardInfo) -> None:
-        self.ledger.insert_shard(
-            {
-                "name": shard.name,
-                "run_id": run_id,
-                "job": job,
-                "endpoint": shard.endpoint,
-                "model": shard.model,
-                "path": str(shard.path),
-                "requests": shard.requests,
-                "bytes": shard.bytes,
-                "sha256": shard.sha256,
-                "input_tokens": shard.input_tokens,
-            }
-        )
+    @staticmethod
+    def _shard_row(run_id: str, job: str, shard: ShardInfo) -> dict[str, object]:
+        """The ledger row of a finished shard file."""
+        return {
+            "name": shard.name,
+            "run_id": run_id,
+            "job": job,
+            "endpoint": shard.endpoint,
+            "model": shard.model,
+            "path": str(shard.path),
+            "requests": shard.requests,
+            "bytes": shard.bytes,
+            "sha256": shard.sha256,
+            "input_tokens": shard.input_tokens,
+        }
 
     # -- submit (intent first) -----------------------------------------------------------------------
     async def _reconcile_intents(self, run_id: str) -> None:
         """Settle shards a previous process left mid-submission by asking the service what it has."""
-        for listed in self.ledger.shards(run_id=run_id, statuses=["uploading", "creating", "indeterminate"]):
-            if not self._claim("shard", listed.name):
+        for listed in await self.db.shards(run_id=run_id, statuses=["uploading", "creating", "indeterminate"]):
+            if not await self._claim("shard", listed.name):
                 continue
             try:
-                shard = self.ledger.shard(listed.name)  # as it is now that it is ours
+                shard = await self.db.shard(listed.name)  # as it is now that it is ours
                 if shard is None or shard.status not in ("uploading", "creating", "indeterminate"):
                     continue
                 if shard.status == "uploading" or (shard.status == "indeterminate" and not shard.input_file_id):
@@ -456,7 +496,7 @@ class Runner:
                 else:
                     await self._reconcile_create(shard)
             finally:
-                self.ledger.release("shard", listed.name, owner=self.owner)
+                await self.db.release("shard", listed.name, owner=self.owner)
 
     async def _reconcile_upload(self, shard: ShardRow) -> None:
         filename = Path(shard.path).name
@@ -477,15 +517,15 @@ class Runner:
                     break
                 after = page.get("last_id") or data[-1]["id"]
         except ApiError as exc:
-            self._indeterminate(shard, f"cannot list files to reconcile the upload: {exc}")
+            await self._indeterminate(shard, f"cannot list files to reconcile the upload: {exc}")
         if found is not None:
-            self.ledger.record_file(found, role="input", sha256=shard.sha256)
-            self.ledger.transition_shard(
+            await self.db.record_file(found, role="input", sha256=shard.sha256)
+            await self.db.transition_shard(
                 shard.name, "uploaded", fields={"input_file_id": found["id"]}, note="adopted existing upload"
             )
             log.info("adopted upload", shard=shard.name, file_id=found["id"])
         else:
-            self.ledger.transition_shard(shard.name, "built", note="upload never reached the service")
+            await self.db.transition_shard(shard.name, "built", note="upload never reached the service")
 
     async def _reconcile_create(self, shard: ShardRow) -> None:
         since = (shard.intent_at or 0) - 120
@@ -499,53 +539,53 @@ class Runner:
                     found = batch
                     break
         except ApiError as exc:
-            self._indeterminate(shard, f"cannot list batches to reconcile the create: {exc}")
+            await self._indeterminate(shard, f"cannot list batches to reconcile the create: {exc}")
         if found is not None:
             if shard.status == "indeterminate":
-                self.ledger.transition_shard(shard.name, "uploaded", fields={"input_file_id": shard.input_file_id})
-                self.ledger.transition_shard(shard.name, "creating")
-            self._adopt_batch(shard, found, note="adopted existing batch")
+                await self.db.transition_shard(shard.name, "uploaded", fields={"input_file_id": shard.input_file_id})
+                await self.db.transition_shard(shard.name, "creating")
+            await self._adopt_batch(shard, found, note="adopted existing batch")
             log.info("adopted batch", shard=shard.name, batch_id=found["id"])
         else:
-            self.ledger.transition_shard(shard.name, "uploaded", note="create never reached the service")
+            await self.db.transition_shard(shard.name, "uploaded", note="create never reached the service")
 
-    def _indeterminate(self, shard: ShardRow, why: str) -> None:
+    async def _indeterminate(self, shard: ShardRow, why: str) -> None:
         if shard.status != "indeterminate":
-            self.ledger.transition_shard(shard.name, "indeterminate", note=why)
+            await self.db.transition_shard(shard.name, "indeterminate", note=why)
         raise IndeterminateSubmissionError(
             why,
             shard=shard.name,
             resolve_command=f"batchpipe run <same job> --workdir {self.options.workdir}",
         )
 
-    def _inflight_tokens(self, run_id: str) -> dict[str, int]:
+    async def _inflight_tokens(self, run_id: str) -> dict[str, int]:
         tokens: dict[str, int] = {}
-        live = {b["batch_id"] for b in self.ledger.batches(run_id=run_id) if not batch_status_is_terminal(b["status"])}
-        for shard in self.ledger.shards(run_id=run_id, statuses=["created"]):
+        live = {b.batch_id for b in await self.db.batches(run_id=run_id) if not batch_status_is_terminal(b.status)}
+        for shard in await self.db.shards(run_id=run_id, statuses=["created"]):
             if shard.batch_id in live:
                 tokens[shard.model] = tokens.get(shard.model, 0) + shard.input_tokens
         return tokens
 
     async def _submit_ready(self, run_id: str) -> int:
         """Submit built shards, in order, while each model's enqueued-token budget allows; returns how many."""
-        inflight = self._inflight_tokens(run_id)
+        inflight = await self._inflight_tokens(run_id)
         submitted = 0
-        for shard in self.ledger.shards(run_id=run_id, statuses=["built", "uploaded"]):
+        for shard in await self.db.shards(run_id=run_id, statuses=["built", "uploaded"]):
             budget = self.options.enqueued_token_budget.get(shard.model)
             used = inflight.get(shard.model, 0)
             if budget is not None and used and used + shard.input_tokens > budget:
                 continue  # next wave
-            if not self._claim("shard", shard.name):
+            if not await self._claim("shard", shard.name):
                 continue
             try:
-                current = self.ledger.shard(shard.name)  # as it is now that it is ours
+                current = await self.db.shard(shard.name)  # as it is now that it is ours
                 if current is None or current.status not in ("built", "uploaded"):
                     continue
                 if await self._submit(current):
                     inflight[shard.model] = used + shard.input_tokens
                     submitted += 1
             finally:
-                self.ledger.release("shard", shard.name, owner=self.owner)
+                await self.db.release("shard", shard.name, owner=self.owner)
         return submitted
 
     async def _submit(self, shard: ShardRow) -> bool:
@@ -556,7 +596,7 @@ class Runner:
         by the same reconciliation a restart does, so nothing is created twice (gotchas #9).
         """
         if shard.status == "built":
-            self.ledger.transition_shard(shard.name, "uploading", fields={"intent_at": self._clock()})
+            await self.db.transition_shard(shard.name, "uploading", fields={"intent_at": self._clock()})
             try:
                 uploaded = await self.client.upload_file(
                     Path(shard.path), purpose="batch", filename=Path(shard.path).name
@@ -564,11 +604,16 @@ class Runner:
             except ApiError as exc:
                 await self._after_failure(shard.name, exc, what="upload", back_to="built")
                 return False
-            with self.ledger.transaction():
-                self.ledger.record_file(uploaded, role="input", sha256=shard.sha256)
-                self.ledger.transition_shard(shard.name, "uploaded", fields={"input_file_id": uploaded["id"]})
-            shard = self.ledger.shard(shard.name) or shard
-        self.ledger.transition_shard(shard.name, "creating", fields={"intent_at": self._clock()})
+            name, sha = shard.name, shard.sha256
+
+            def record_upload(db: Ledger) -> ShardRow | None:
+                db.record_file(uploaded, role="input", sha256=sha)
+                db.transition_shard(name, "uploaded", fields={"input_file_id": uploaded["id"]})
+                return db.shard(name)
+
+            stored = await self.db.atomic(record_upload)
+            shard = stored or shard
+        await self.db.transition_shard(shard.name, "creating", fields={"intent_at": self._clock()})
         metadata = {META_RUN: shard.run_id, META_SHARD: shard.name, META_SHA: shard.sha256[:64]}
         try:
             batch = await self.client.create_batch(
@@ -577,7 +622,7 @@ class Runner:
         except ApiError as exc:
             await self._after_failure(shard.name, exc, what="create", back_to="uploaded")
             return False
-        self._adopt_batch(self.ledger.shard(shard.name) or shard, batch, note="created")
+        await self._adopt_batch(await self.db.shard(shard.name) or shard, batch, note="created")
         log.info("batch created", shard=shard.name, batch_id=batch["id"], requests=shard.requests)
         return True
 
@@ -585,23 +630,27 @@ class Runner:
         """Settle a failed upload or create: a definite refusal returns the shard to ``back_to`` (deferred if
         it passes with time, else re-raised); an ambiguous one is reconciled against the service now."""
         if _definitely_not_done(exc):
-            self.ledger.transition_shard(name, back_to, note=f"{what} refused: {exc}")
+            await self.db.transition_shard(name, back_to, note=f"{what} refused: {exc}")
             if _worth_waiting(exc):
                 return
             raise exc
         log.warning(f"{what} outcome unknown, reconciling", shard=name, error=str(exc))
         await self._sleep(1.0)
-        shard = self.ledger.shard(name)
+        shard = await self.db.shard(name)
         assert shard is not None
         await (self._reconcile_upload(shard) if what == "upload" else self._reconcile_create(shard))
 
-    def _adopt_batch(self, shard: ShardRow, batch: dict[str, Any], *, note: str) -> None:
-        with self.ledger.transaction():
-            self.ledger.record_batch(batch, shard=shard.name, run_id=shard.run_id, model=shard.model)
-            self.ledger.update_batch(batch)
-            ids = [row.custom_id for row in self.ledger.items(shard=shard.name, statuses=[ItemStatus.PENDING])]
-            self.ledger.transition_items(ids, ItemStatus.SUBMITTED, fields={"batch_id": batch["id"]})
-            self.ledger.transition_shard(shard.name, "created", fields={"batch_id": batch["id"]}, note=note)
+    async def _adopt_batch(self, shard: ShardRow, batch: dict[str, Any], *, note: str) -> None:
+        """Record the batch and move the shard to ``created`` and its pending items to ``submitted``, at once."""
+
+        def adopt(db: Ledger) -> None:
+            db.record_batch(batch, shard=shard.name, run_id=shard.run_id, model=shard.model)
+            db.update_batch(batch)
+            ids = [row.custom_id for row in db.items(shard=shard.name, statuses=[ItemStatus.PENDING])]
+            db.transition_items(ids, ItemStatus.SUBMITTED, fields={"batch_id": batch["id"]})
+            db.transition_shard(shard.name, "created", fields={"batch_id": batch["id"]}, note=note)
+
+        await self.db.atomic(adopt)
 
     # -- drive: poll, collect, reconcile, follow up -----------------------------------------------------
     async def _drive(self, job: str, run_id: str, collector: Collector) -> None:
@@ -611,33 +660,33 @@ class Runner:
         await self._cleanup_leftovers(run_id)
         while True:
             submitted = await self._submit_ready(run_id)
-            open_batches = self.ledger.batches(run_id=run_id, unfinished=True)
+            open_batches = await self.db.batches(run_id=run_id, unfinished=True)
             if not open_batches:
                 if await self._follow_up(job, run_id):
                     continue
-                if self.ledger.shards(run_id=run_id, statuses=["built", "uploaded"]):
+                if await self.db.shards(run_id=run_id, statuses=["built", "uploaded"]):
                     if not submitted:  # every shard was deferred (429, upload race): wait before trying again
                         await self._sleep(backoff.delay_s(idle))
                         idle += 1
                     continue
                 return
             tracked = {
-                b["batch_id"]: float(b["created_at"])
+                b.batch_id: float(b.created_at)
                 for b in open_batches
-                if not batch_status_is_terminal(b["status"])
+                if not batch_status_is_terminal(b.status)
                 # gotchas #3: completed while output_file_id is still null; poll again until it appears
-                or (b["status"] == "completed" and not b["output_file_id"] and not b["error_file_id"])
+                or (b.status == "completed" and not b.output_file_id and not b.error_file_id)
             }
             changed = False
             moving = False  # requests are being answered: keep polling at the base interval
             if tracked:
-                before = {b["batch_id"]: b["request_counts_json"] for b in open_batches}
+                before = {b.batch_id: b.request_counts_json for b in open_batches}
                 result = await self.poller.poll(tracked)
                 for batch_id, batch in result.batches.items():
                     counts = batch.get("request_counts")
                     if counts is not None and orjson.dumps(counts).decode() != before.get(batch_id):
                         moving = True
-                    if self.ledger.update_batch(batch) is not None:
+                    if await self.db.update_batch(batch) is not None:
                         changed = True
                         log.info(
                             "batch status",
@@ -645,14 +694,14 @@ class Runner:
                             status=batch["status"],
                             counts=batch.get("request_counts"),
                         )
-                self._report_progress(run_id)
+                await self._report_progress(run_id)
             ready = [
-                b for b in self.ledger.batches(run_id=run_id, unfinished=True) if batch_status_is_terminal(b["status"])
+                b for b in await self.db.batches(run_id=run_id, unfinished=True) if batch_status_is_terminal(b.status)
             ]
             if ready:
                 sem = asyncio.Semaphore(self.options.collect_concurrency)
 
-                async def one(b: dict[str, Any], sem: asyncio.Semaphore = sem) -> bool:
+                async def one(b: BatchRow, sem: asyncio.Semaphore = sem) -> bool:
                     async with sem:
                         return await self._finish_batch(b, collector)
 
@@ -667,14 +716,14 @@ class Runner:
                 await self._sleep(backoff.delay_s(idle))
                 idle += 1
 
-    def _report_progress(self, run_id: str) -> None:
+    async def _report_progress(self, run_id: str) -> None:
         states: dict[str, int] = {}
         rendered = 0
-        for batch in self.ledger.batches(run_id=run_id):
-            states[batch["status"]] = states.get(batch["status"], 0) + 1
-            counts = orjson.loads(batch["request_counts_json"] or "null") or {}
+        for batch in await self.db.batches(run_id=run_id):
+            states[batch.status] = states.get(batch.status, 0) + 1
+            counts = orjson.loads(batch.request_counts_json or "null") or {}
             rendered += int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
-        items = self.ledger.count_items(run_id=run_id)
+        items = await self.db.count_items(run_id=run_id)
         live = items.get(ItemStatus.PENDING, 0) + items.get(ItemStatus.SUBMITTED, 0)
         total = sum(n for status, n in items.items() if status != ItemStatus.SUPERSEDED)
         self._progress(
@@ -687,94 +736,95 @@ class Runner:
             },
         )
 
-    async def _finish_batch(self, batch: dict[str, Any], collector: Collector) -> bool:
+    async def _finish_batch(self, batch: BatchRow, collector: Collector) -> bool:
         """Collect a terminal batch's files, reconcile its rows, clean up; True if it was reconciled. The batch
         is claimed (``output``) while this worker does it; False when another worker holds it."""
-        if not self._claim("output", str(batch["batch_id"])):
+        if not await self._claim("output", str(batch.batch_id)):
             return False
         try:
-            current = self.ledger.batch(str(batch["batch_id"]))  # as it is now that it is ours
-            if current is None or current["reconciled"]:
+            current = await self.db.batch(str(batch.batch_id))  # as it is now that it is ours
+            if current is None or current.reconciled:
                 return False  # another worker finished it meanwhile
             return await self._finish_claimed(current, collector)
         finally:
-            self.ledger.release("output", str(batch["batch_id"]), owner=self.owner)
+            await self.db.release("output", str(batch.batch_id), owner=self.owner)
 
-    async def _finish_claimed(self, batch: dict[str, Any], collector: Collector) -> bool:
-        batch_id = batch["batch_id"]
-        status = batch["status"]
-        counts = orjson.loads(batch["request_counts_json"] or "null") or {}
-        output_id, error_id = batch["output_file_id"], batch["error_file_id"]
+    async def _finish_claimed(self, batch: BatchRow, collector: Collector) -> bool:
+        batch_id = batch.batch_id
+        status = batch.status
+        counts = orjson.loads(batch.request_counts_json or "null") or {}
+        output_id, error_id = batch.output_file_id, batch.error_file_id
         if status == "completed" and output_id is None and (counts.get("completed") or 0) > 0:
-            ended = batch["ended_at"] or batch["updated_at"]
+            ended = batch.ended_at or batch.updated_at
             if self._clock() - float(ended) < self.options.output_grace_s:
                 return False  # gotchas #3: completed while output_file_id is still null; wait for it
             log.warning("output file never appeared", batch_id=batch_id)
-        targets = collector.targets_for_batch(batch_id)
-        if output_id and not batch["output_done"]:
-            self.ledger.record_file({"id": output_id, "purpose": "batch_output"}, role="output")
+        targets = await collector.targets_for_batch(batch_id)
+        if output_id and not batch.output_done:
+            await self.db.record_file({"id": output_id, "purpose": "batch_output"}, role="output")
             await collector.collect_file(batch_id, output_id, "output", targets)
-        if error_id and not batch["error_done"]:
-            self.ledger.record_file({"id": error_id, "purpose": "batch_output"}, role="error")
+        if error_id and not batch.error_done:
+            await self.db.record_file({"id": error_id, "purpose": "batch_output"}, role="error")
             await collector.collect_file(batch_id, error_id, "error", targets)
-        self._reconcile_batch(batch_id, status)
+        await self._reconcile_batch(batch_id, status)
         await self._cleanup(batch)
         return True
 
-    def _reconcile_batch(self, batch_id: str, status: str) -> None:
+    async def _reconcile_batch(self, batch_id: str, status: str) -> None:
         """Every submitted custom_id ends in exactly one state; leftovers become missing (or the batch's fate)."""
-        left = [row.custom_id for row in self.ledger.items(batch_id=batch_id, statuses=[ItemStatus.SUBMITTED])]
-        with self.ledger.transaction():
-            if left:
-                if status == "failed":
-                    errors = (self.ledger.batch(batch_id) or {}).get("errors_json")
-                    data = (orjson.loads(errors) or {}).get("data") if errors else None
-                    first = (data or [{}])[0]
-                    code = str(first.get("code") or "batch_failed")
-                    self.ledger.transition_items(
-                        left,
-                        ItemStatus.FAILED,
-                        fields={
-                            "error_code": code,
-                            "error_message": str(first.get("message") or "the batch failed validation")[:2000],
-                            "retryable": 1 if code in RETRYABLE_ERROR_CODES else 0,
-                        },
-                    )
-                else:
-                    fate = {"expired": ItemStatus.EXPIRED, "cancelled": ItemStatus.CANCELLED}.get(
-                        status, ItemStatus.MISSING
-                    )
-                    code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(status, "missing")
-                    self.ledger.transition_items(
-                        left,
-                        fate,
-                        fields={
-                            "error_code": code,
-                            "error_message": "in neither the output file nor the error file"
-                            if fate == ItemStatus.MISSING
-                            else f"batch {status}",
-                            "retryable": 1,
-                        },
-                    )
-                log.warning("reconciled leftovers", batch_id=batch_id, rows=len(left), batch_status=status)
-            self.ledger.set_batch_progress(batch_id, reconciled=1)
-            shard = next((s for s in self.ledger.shards(statuses=["created"]) if s.batch_id == batch_id), None)
-            if shard is not None:
-                self.ledger.transition_shard(shard.name, "done")
+        await self.db.atomic(lambda db: self._reconcile_batch_in(db, batch_id, status))
 
-    def _cleanup_ids(self, batch: dict[str, Any]) -> list[str]:
-        ids = []
+    @staticmethod
+    def _reconcile_batch_in(db: Ledger, batch_id: str, status: str) -> None:
+        """:meth:`_reconcile_batch` inside its transaction."""
+        left = [row.custom_id for row in db.items(batch_id=batch_id, statuses=[ItemStatus.SUBMITTED])]
+        stored = db.batch(batch_id)
+        if left and status == "failed":
+            first = ((stored.errors if stored is not None else []) or [{}])[0]
+            code = str(first.get("code") or "batch_failed")
+            db.transition_items(
+                left,
+                ItemStatus.FAILED,
+                fields={
+                    "error_code": code,
+                    "error_message": str(first.get("message") or "the batch failed validation")[:2000],
+                    "retryable": 1 if code in RETRYABLE_ERROR_CODES else 0,
+                },
+            )
+        elif left:
+            fate = {"expired": ItemStatus.EXPIRED, "cancelled": ItemStatus.CANCELLED}.get(status, ItemStatus.MISSING)
+            code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(status, "missing")
+            db.transition_items(
+                left,
+                fate,
+                fields={
+                    "error_code": code,
+                    "error_message": "in neither the output file nor the error file"
+                    if fate == ItemStatus.MISSING
+                    else f"batch {status}",
+                    "retryable": 1,
+                },
+            )
+        if left:
+            log.warning("reconciled leftovers", batch_id=batch_id, rows=len(left), batch_status=status)
+        db.set_batch_progress(batch_id, reconciled=1)
+        shard = db.shard(stored.shard) if stored is not None else None
+        if shard is not None and shard.status == "created":
+            db.transition_shard(shard.name, "done")
+
+    def _cleanup_ids(self, batch: BatchRow) -> list[str]:
+        ids: list[str | None] = []
         if self.options.cleanup_inputs:
-            ids.append(batch["input_file_id"])
+            ids.append(batch.input_file_id)
         if self.options.cleanup_outputs:
-            ids += [batch["output_file_id"], batch["error_file_id"]]
+            ids += [batch.output_file_id, batch.error_file_id]
         return [file_id for file_id in ids if file_id]
 
-    async def _cleanup(self, batch: dict[str, Any]) -> None:
+    async def _cleanup(self, batch: BatchRow) -> None:
         """Delete the batch's files from the Files API (gotchas #6); a 404 means already gone. A failure is
         left for :meth:`_cleanup_leftovers` on a later pass or run."""
         ids = self._cleanup_ids(batch)
-        deleted = {f["file_id"] for f in self.ledger.files(deleted=True, file_ids=ids)}
+        deleted = {f["file_id"] for f in await self.db.files(deleted=True, file_ids=ids)}
         for file_id in ids:
             if file_id in deleted:
                 continue
@@ -785,40 +835,54 @@ class Runner:
             except ApiError as exc:
                 log.warning("file not deleted yet", file_id=file_id, error=str(exc))
                 continue
-            self.ledger.mark_file_deleted(file_id)
+            await self.db.mark_file_deleted(file_id)
 
     async def _cleanup_leftovers(self, run_id: str) -> None:
         """Clean up reconciled batches whose files a killed process never deleted."""
-        live = {f["file_id"] for f in self.ledger.files(deleted=False)}
-        for batch in self.ledger.batches(run_id=run_id):
-            if batch["reconciled"] and live.intersection(self._cleanup_ids(batch)):
+        live = {f["file_id"] for f in await self.db.files(deleted=False)}
+        for batch in await self.db.batches(run_id=run_id):
+            if batch.reconciled and live.intersection(self._cleanup_ids(batch)):
                 await self._cleanup(batch)
 
     async def _follow_up(self, job: str, run_id: str) -> bool:
         """New attempts for retryable failures of this run (up to ``max_attempts``); True if any were made."""
         retry = [
             row
-            for row in self.ledger.items(
+            for row in await self.db.items(
                 run_id=run_id,
                 statuses=[ItemStatus.FAILED, ItemStatus.EXPIRED, ItemStatus.CANCELLED, ItemStatus.MISSING],
             )
             if (row.retryable or row.error_code in self.options.retry_error_codes)
             and row.attempt < self.options.max_attempts
         ]
-        latest = self.ledger.latest_attempts(job, [r.item_key for r in retry])
+        latest = await self.db.latest_attempts(job, [r.item_key for r in retry])
         retry = [r for r in retry if latest[r.item_key].custom_id == r.custom_id]
         if not retry:
             return False
         self._round += 1
         builder = self._builder(f"{run_id}-retry{int(self._clock())}-{self._round}")
-        rows = []
-        with self.ledger.transaction():
-            for row in retry:
-                rows.append(self._pending_row(job, run_id, row.as_item(), row.request_hash))
-                if len(rows) >= 500:
-                    await self._flush_rows(job, rows, builder)
-            await self._flush_rows(job, rows, builder)
-            for shard in await builder.close():
-                self._insert_shard(run_id, job, shard)
+        rows: list[dict[str, object]] = []
+        supersede: list[str] = []
+        try:
+            for start in range(0, len(retry), _ROWS_PER_COMMIT):
+                chunk = [
+                    self._pending_row(job, run_id, r.as_item(), r.request_hash)
+                    for r in retry[start : start + _ROWS_PER_COMMIT]
+                ]
+                supersede += await self._number_rows(job, chunk, builder)
+                rows += chunk
+            shards = [self._shard_row(run_id, job, shard) for shard in await builder.close()]
+        except BaseException:
+            await builder.abort()
+            raise
+
+        def commit(db: Ledger) -> None:  # the new attempts and their shards, all at once
+            if supersede:
+                db.transition_items(supersede, ItemStatus.SUPERSEDED, strict=False)
+            db.insert_items(rows)
+            for shard in shards:
+                db.insert_shard(shard)
+
+        await self.db.atomic(commit)
         log.info("follow-up attempts", run_id=run_id, items=len(retry))
         return True

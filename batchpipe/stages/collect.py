@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, Literal
 
 import orjson
@@ -40,7 +41,7 @@ from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.modeltable import ModelTable
 from batchpipe.domain.spec import request_cost_usd
 from batchpipe.errors import ApiConnectionError
-from batchpipe.ports import BatchApi, CollectLedger, ImageStore, Verifier
+from batchpipe.ports import AsyncLedger, BatchApi, ImageStore, Ledger, Verifier
 
 __all__ = [
     "RETRYABLE_ERROR_CODES",
@@ -341,6 +342,9 @@ class Collector:
     """Collects output and error files of finished batches into the store and the ledger.
 
     ``client`` is a :class:`batchpipe.adapters.openai.OpenAIClient`; ``verifier`` None turns C2PA checks off.
+    ``ledger``: the runner's :class:`~batchpipe.ports.AsyncLedger`, or a plain :class:`~batchpipe.ports.Ledger`
+    (wrapped in one this collector owns); every ledger call runs on the ledger's thread, each group of lines in
+    one transaction there.
     ``workers``: worker threads for parse/decode/write/verify (default 4: twice the cores here, since fsync
     and C2PA reads wait outside the GIL);
     ``queue_lines``: lines in flight (bounds memory: about ``queue_lines`` × the largest line);
@@ -351,7 +355,7 @@ class Collector:
     def __init__(
         self,
         client: BatchApi,
-        ledger: CollectLedger,
+        ledger: AsyncLedger | Ledger,
         store: ImageStore,
         verifier: Verifier | None,
         *,
@@ -366,7 +370,8 @@ class Collector:
     ) -> None:
         self._client = client
         self._models = models
-        self._ledger = ledger
+        self._owns_ledger = not isinstance(ledger, AsyncLedger)
+        self._ledger = ledger if isinstance(ledger, AsyncLedger) else AsyncLedger(ledger)
         self._store = store
         self._verifier = verifier
         self._workers = workers
@@ -377,18 +382,18 @@ class Collector:
         self._max_reconnects = max_reconnects
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect")
-        self._commit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-commit")
 
     def close(self) -> None:
-        """Stop the worker threads."""
+        """Stop the worker threads (and the ledger thread if this collector made it)."""
         self._pool.shutdown(wait=True)
-        self._commit_pool.shutdown(wait=True)
+        if self._owns_ledger:
+            self._ledger.close()
 
-    def targets_for_batch(self, batch_id: str) -> dict[str, ItemTarget]:
+    async def targets_for_batch(self, batch_id: str) -> dict[str, ItemTarget]:
         """The batch's items by custom_id (at most 50,000: a dict is fine)."""
         return {
             row.custom_id: ItemTarget(row.custom_id, row.item_key, row.model, self._models)
-            for row in self._ledger.items(batch_id=batch_id)
+            for row in await self._ledger.items(batch_id=batch_id)
         }
 
     async def collect_file(
@@ -402,8 +407,8 @@ class Collector:
 
         Raises :class:`~batchpipe.errors.ApiError` when the file cannot be read after ``max_reconnects``.
         """
-        batch = self._ledger.batch(batch_id)
-        start = int(batch[f"{kind}_offset"]) if batch else 0
+        batch = await self._ledger.batch(batch_id)
+        start = batch.offset(kind) if batch else 0
         stats = CollectStats()
         began = self._clock()
         tracker = _OffsetTracker(start)
@@ -436,12 +441,12 @@ class Collector:
                     pending.append(entry)
                 due = len(pending) >= self._commit_every or self._clock() - last_commit >= self._commit_every_s
                 if pending and (due or entry is None):
-                    # in a thread: the commit's fsync must not stall the reader on the event loop
-                    await loop.run_in_executor(self._commit_pool, self._apply, batch_id, kind, pending, tracker, stats)
+                    # on the ledger thread: the commit's fsync must not stall the reader on the event loop
+                    await self._ledger.call(partial(self._apply, batch_id, kind, pending, tracker, stats))
                     pending = []
                     last_commit = self._clock()
             if pending:
-                await loop.run_in_executor(self._commit_pool, self._apply, batch_id, kind, pending, tracker, stats)
+                await self._ledger.call(partial(self._apply, batch_id, kind, pending, tracker, stats))
 
         async def reader() -> None:
             await self._read_lines(file_id, start, queue, stats)
@@ -456,7 +461,7 @@ class Collector:
                 group.create_task(writer())
         except BaseExceptionGroup as eg:
             raise eg.exceptions[0] from None
-        self._ledger.set_batch_progress(batch_id, **{f"{kind}_offset": tracker.committed, f"{kind}_done": 1})
+        await self._ledger.set_batch_progress(batch_id, **{f"{kind}_offset": tracker.committed, f"{kind}_done": 1})
         stats.elapsed_s = self._clock() - began
         log.info(
             "file collected",
@@ -477,14 +482,16 @@ class Collector:
         entries: list[tuple[int, int, LineResult | None]],
         tracker: _OffsetTracker,
         stats: CollectStats,
+        db: Ledger,
     ) -> None:
+        """Apply a group of line results in one transaction of ``db`` (called on the ledger thread)."""
         self._store.sync()  # files first: a committed row always has its file on disk
-        with self._ledger.transaction():
+        with db.transaction():
             for seq, end, result in entries:
                 if result is None:
                     stats.unknown += 1
                 else:
-                    changed = self._ledger.transition_items(
+                    changed = db.transition_items(
                         [result.custom_id],
                         result.status,
                         from_statuses=[ItemStatus.SUBMITTED],
@@ -496,7 +503,7 @@ class Collector:
                     stats.images += result.images
                     stats.image_bytes += result.image_bytes
                 tracker.done(seq, end)
-            self._ledger.set_batch_progress(batch_id, **{f"{kind}_offset": tracker.committed})
+            db.set_batch_progress(batch_id, **{f"{kind}_offset": tracker.committed})
 
     async def _read_lines(
         self,

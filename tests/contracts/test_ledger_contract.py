@@ -8,6 +8,7 @@ have), or the one ``MemoryLedger`` twice.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 import time
@@ -20,14 +21,15 @@ from structlog.testing import capture_logs
 
 from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.domain.items import BatchStatus, ItemStatus
+from batchpipe.domain.records import BatchRow
 from batchpipe.errors import LedgerError, TransitionError
 from batchpipe.fakes import MemoryLedger
-from batchpipe.ports import CollectLedger, Ledger
+from batchpipe.ports import AsyncLedger, Ledger
 
-if TYPE_CHECKING:  # checked by mypy, never run: both implement the Ledger port, and so the CollectLedger one
+if TYPE_CHECKING:  # checked by mypy, never run: both implement the Ledger port
     _sqlite: Ledger = SqliteLedger(Path("ledger.sqlite"))
     _memory: Ledger = MemoryLedger()
-    _collect: CollectLedger = MemoryLedger()
+    _async: AsyncLedger = AsyncLedger(MemoryLedger())
 
 IMPLEMENTATIONS = [SqliteLedger, MemoryLedger]
 
@@ -156,7 +158,7 @@ def _public_methods(cls: type) -> dict[str, list[tuple[str, object, object]]]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
 def test_implements_exactly_the_protocol_methods_with_the_same_signatures(implementation: type) -> None:
     protocol = _public_methods(Ledger)
-    assert len(protocol) == 33
+    assert len(protocol) == 35
     assert _public_methods(implementation) == protocol
 
 
@@ -433,8 +435,8 @@ def test_rows_read_back_with_their_column_types(timed: Ledger, clock: Clock) -> 
     timed.record_batch(_batch("b1"), shard="s1", run_id="r1", model="m")
     timed.set_batch_progress("b1", output_done=True, output_offset=10)
     batch = timed.batch("b1")
-    assert batch is not None and batch["output_done"] == 1 and type(batch["output_done"]) is int
-    assert type(batch["created_at"]) is float and batch["output_offset"] == 10
+    assert batch is not None and batch.output_done == 1 and type(batch.output_done) is int
+    assert type(batch.created_at) is float and batch.output_offset == 10
 
 
 def test_items_filter_by_every_field(timed: Ledger, clock: Clock) -> None:
@@ -635,6 +637,7 @@ def test_runs_are_named_and_remembered(timed: Ledger, clock: Clock) -> None:
         "status": "running",
         "started_at": clock.now,
         "finished_at": None,
+        "built_at": None,
     }
     timed.finish_run(first, "stopped")
     clock.now += 0.5
@@ -755,7 +758,7 @@ def test_batch_records_are_idempotent_and_changes_are_logged(ledger: Ledger) -> 
         (None, "validating"),
         ("validating", "in_progress"),
     ]
-    assert ledger.batches()[0]["created_at"] == 100
+    assert ledger.batches()[0].created_at == 100
 
 
 def test_batch_rows_keep_the_services_view_and_collection_progress(timed: Ledger, clock: Clock) -> None:
@@ -763,26 +766,26 @@ def test_batch_rows_keep_the_services_view_and_collection_progress(timed: Ledger
         {"id": "b1", "status": "validating", "input_file_id": "f1"}, shard="s1", run_id="r1", model="m"
     )
     row = timed.batch("b1")
-    assert row == {
-        "batch_id": "b1",
-        "shard": "s1",
-        "run_id": "r1",
-        "model": "m",
-        "status": "validating",
-        "input_file_id": "f1",
-        "output_file_id": None,
-        "error_file_id": None,
-        "request_counts_json": None,
-        "errors_json": None,
-        "created_at": clock.now,  # the service gave none: now
-        "ended_at": None,
-        "output_offset": 0,
-        "error_offset": 0,
-        "output_done": 0,
-        "error_done": 0,
-        "reconciled": 0,
-        "updated_at": clock.now,
-    }
+    assert row == BatchRow(
+        batch_id="b1",
+        shard="s1",
+        run_id="r1",
+        model="m",
+        status="validating",
+        input_file_id="f1",
+        output_file_id=None,
+        error_file_id=None,
+        request_counts_json=None,
+        errors_json=None,
+        created_at=clock.now,  # the service gave none: now
+        ended_at=None,
+        output_offset=0,
+        error_offset=0,
+        output_done=0,
+        error_done=0,
+        reconciled=0,
+        updated_at=clock.now,
+    )
     assert (
         timed.record_batch({"id": "b1", "status": "failed", "input_file_id": "f9"}, shard="x", run_id="x", model="x")
         is False
@@ -798,15 +801,20 @@ def test_batch_rows_keep_the_services_view_and_collection_progress(timed: Ledger
     assert timed.update_batch(later) is None
     done = timed.batch("b1")
     assert done is not None
-    assert (done["status"], done["ended_at"], done["updated_at"]) == ("completed", 111.0, clock.now)  # first end kept
-    assert done["output_file_id"] is None and done["request_counts_json"] == "null"  # as the service said last
-    assert done["errors_json"] == '{"data":[{"code":"x"}]}'
+    assert (done.status, done.ended_at, done.updated_at) == ("completed", 111.0, clock.now)  # first end kept
+    assert done.output_file_id is None and done.request_counts_json == "null"  # as the service said last
+    assert done.errors_json == '{"data":[{"code":"x"}]}'
     with pytest.raises(LedgerError):
         timed.update_batch({"id": "ghost", "status": "completed"})
     timed.set_batch_progress("b1", output_offset=1024, error_offset=7, output_done=1, error_done=1)
     progressed = timed.batch("b1")
     assert progressed is not None
-    assert [progressed[k] for k in ("output_offset", "error_offset", "output_done", "error_done")] == [1024, 7, 1, 1]
+    assert [getattr(progressed, k) for k in ("output_offset", "error_offset", "output_done", "error_done")] == [
+        1024,
+        7,
+        1,
+        1,
+    ]
     for bad in ({}, {"status": "failed"}, {"output_offset": 1, "shard": "s2"}):
         with pytest.raises(LedgerError):
             timed.set_batch_progress("b1", **bad)
@@ -838,9 +846,9 @@ def test_batch_statuses_only_move_forward(timed: Ledger, clock: Clock) -> None:
         row = timed.batch(batch_id)
         assert row is not None and before is not None
         if reported in _LATER[stored]:
-            ok = previous == stored and row["status"] == reported and row["output_file_id"] == "file-out"
+            ok = previous == stored and row.status == reported and row.output_file_id == "file-out"
         elif reported == stored:
-            ok = previous is None and row["status"] == stored and row["output_file_id"] == "file-out"
+            ok = previous is None and row.status == stored and row.output_file_id == "file-out"
         else:  # backwards or sideways: nothing stored
             ok = previous is None and row == before
         if not ok:
@@ -870,7 +878,7 @@ def test_a_stale_batch_status_changes_nothing_and_is_logged_once(timed: Ledger, 
     # the same status still brings newer fields (an output file id that appears after completed)
     assert timed.update_batch({**done, "error_file_id": "file-err"}) is None
     row = timed.batch("b1")
-    assert row is not None and (row["status"], row["error_file_id"], row["updated_at"]) == (
+    assert row is not None and (row.status, row.error_file_id, row.updated_at) == (
         "completed",
         "file-err",
         clock.now,
@@ -886,7 +894,7 @@ def test_a_backwards_batch_status_inside_a_transaction_keeps_the_newer_one(ledge
         assert ledger.update_batch(_batch("b1", "finalizing")) is None
         assert ledger.update_batch(_batch("b1", "cancelled", cancelled_at=170)) == "cancelling"
     row = ledger.batch("b1")
-    assert row is not None and (row["status"], row["ended_at"]) == ("cancelled", 170.0)
+    assert row is not None and (row.status, row.ended_at) == ("cancelled", 170.0)
     assert [(e["from_status"], e["to_status"]) for e in ledger.events(entity="batch")] == [
         (None, "finalizing"),
         ("finalizing", "cancelling"),
@@ -903,7 +911,7 @@ def test_an_unknown_batch_status_is_stored_unless_the_batch_ended(ledger: Ledger
     assert ledger.update_batch(_batch("b1", "completed", completed_at=150)) == "paused_for_review"
     assert ledger.update_batch(_batch("b1", "paused_for_review")) is None  # never after a terminal status
     row = ledger.batch("b1")
-    assert row is not None and row["status"] == "completed"
+    assert row is not None and row.status == "completed"
     ledger.record_batch(_batch("b2", "brand_new"), shard="s2", run_id="r1", model="m")  # recorded as reported
     assert ledger.update_batch(_batch("b2", "validating")) == "brand_new"
 
@@ -912,14 +920,15 @@ def test_batches_are_ordered_and_filtered(ledger: Ledger) -> None:
     ledger.record_batch(_batch("b2", created_at=200), shard="s2", run_id="r1", model="m")
     ledger.record_batch(_batch("b1", created_at=100), shard="s1", run_id="r1", model="m")
     ledger.record_batch(_batch("b3", created_at=300), shard="s3", run_id="r2", model="m")
-    assert [b["batch_id"] for b in ledger.batches()] == ["b1", "b2", "b3"]
-    assert [b["batch_id"] for b in ledger.batches(run_id="r1")] == ["b1", "b2"]
+    assert [b.batch_id for b in ledger.batches()] == ["b1", "b2", "b3"]
+    assert [b.batch_id for b in ledger.batches(run_id="r1")] == ["b1", "b2"]
     ledger.set_batch_progress("b1", reconciled=1)
-    assert [b["batch_id"] for b in ledger.batches(unfinished=True)] == ["b2", "b3"]
-    assert [b["batch_id"] for b in ledger.batches(run_id="r2", unfinished=True)] == ["b3"]
+    assert [b.batch_id for b in ledger.batches(unfinished=True)] == ["b2", "b3"]
+    assert [b.batch_id for b in ledger.batches(run_id="r2", unfinished=True)] == ["b3"]
     copy = ledger.batches()[0]
-    copy["status"] = "changed by the caller"
-    assert ledger.batches()[0]["status"] == "validating"  # rows are copies
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copy.status = "changed by the caller"  # type: ignore[misc]
+    assert ledger.batches()[0].status == "validating"  # rows are values: a caller cannot change the ledger's
 
 
 # -- files ----------------------------------------------------------------------------------------------------
@@ -1114,3 +1123,110 @@ def test_a_claim_is_rolled_back_with_its_transaction(workers: tuple[Ledger, Ledg
     with a.transaction():
         assert a.claim("shard", "s1", owner="a", lease_s=60)
     assert b.claim("shard", "s1", owner="b", lease_s=60) is False
+
+
+# -- builds in chunks: finish_build / discard_build ---------------------------------------------------------------
+def test_finish_build_records_shards_supersedes_earlier_attempts_and_marks_the_run_built(
+    timed: Ledger, clock: Clock
+) -> None:
+    first, _ = timed.open_run("job", "h", "emulator")
+    timed.insert_items([_row("c1", "k1", run_id=first), _row("c2", "k2", run_id=first), _row("c3", "k3", run_id=first)])
+    assert timed.finish_build(first, [_shard("s1", run_id=first)]) == 0
+    timed.transition_items(["c1", "c2", "c3"], ItemStatus.SUBMITTED, fields={"batch_id": "b1"})
+    timed.transition_items(["c1"], ItemStatus.FAILED)
+    timed.transition_items(["c2"], ItemStatus.SUCCEEDED)  # c3 stays submitted: a later attempt never hides it
+    timed.finish_run(first, "finished")
+    second, _ = timed.open_run("job", "h", "emulator")
+    assert (timed.run_info(second) or {}).get("built_at") is None
+    clock.now += 5
+    timed.insert_items(
+        [
+            _row(f"{c}-2", k, attempt=2, run_id=second, previous_custom_id=c)
+            for c, k in (("c1", "k1"), ("c2", "k2"), ("c3", "k3"))
+        ]
+    )
+    assert [s.name for s in timed.shards(run_id=second)] == []  # shards appear only when the build finishes
+    assert timed.finish_build(second, [_shard("s2", run_id=second), _shard("s3", run_id=second)]) == 2
+    statuses = {cid: row.status for cid in ("c1", "c2", "c3") if (row := timed.item(cid)) is not None}
+    assert statuses == {"c1": "superseded", "c2": "superseded", "c3": "submitted"}
+    assert [e["to_status"] for e in timed.item_history("c1")][-1] == "superseded"
+    assert (timed.run_info(second) or {}).get("built_at") == clock.now
+    assert [(s.name, s.status) for s in timed.shards(run_id=second)] == [("s2", "built"), ("s3", "built")]
+    before = _state(timed)
+    for run_id in (second, "no-such-run"):
+        with pytest.raises(LedgerError):
+            timed.finish_build(run_id, [_shard("s9", run_id=run_id)])
+    assert _state(timed) == before
+
+
+def test_discard_build_removes_what_an_unfinished_build_wrote(timed: Ledger, clock: Clock) -> None:
+    done, _ = timed.open_run("done-job", "h", "emulator")
+    timed.insert_items([_row("d1", "kd", run_id=done)])
+    timed.finish_build(done, [_shard("sd", run_id=done)])
+    run_id, _ = timed.open_run("job", "h", "emulator")
+    timed.insert_items([_row("c1", "k1", run_id=run_id), _row("c2", "k2", run_id=run_id, status="invalid")])
+    timed.transition_items(["c1"], ItemStatus.FAILED)  # an event of the unfinished build
+    assert timed.discard_build(run_id) == 2
+    assert [r.custom_id for r in timed.items(run_id=run_id)] == [] and timed.item_history("c1") == []
+    assert not [e for e in timed.events(entity="item") if e["entity_id"] in ("c1", "c2")]
+    assert timed.discard_build(run_id) == 0  # idempotent
+    # the same keys can be built again from the start, attempt 1
+    timed.insert_items([_row("c1", "k1", run_id=run_id)])
+    assert timed.finish_build(run_id, []) == 0
+    before = _state(timed)
+    for built in (done, run_id, "no-such-run"):
+        with pytest.raises(LedgerError):
+            timed.discard_build(built)
+    assert _state(timed) == before
+    assert [r.custom_id for r in timed.items(run_id=done)] == ["d1"]
+
+
+def test_finish_build_is_all_or_nothing(timed: Ledger) -> None:
+    run_id, _ = timed.open_run("job", "h", "emulator")
+    timed.insert_items([_row("c1", "k1", run_id=run_id)])
+    timed.insert_shard(_shard("taken", run_id="other"))
+    before = {**_state(timed), "run": timed.run_info(run_id)}
+    with pytest.raises(LedgerError):
+        timed.finish_build(run_id, [_shard("s1", run_id=run_id), _shard("taken", run_id=run_id)])
+    assert {**_state(timed), "run": timed.run_info(run_id)} == before
+
+
+# -- the async face --------------------------------------------------------------------------------------------
+def test_the_async_ledger_offers_each_ledger_method_it_names_with_the_same_parameters() -> None:
+    protocol = _public_methods(Ledger)
+    offered = {name: params for name, params in _public_methods(AsyncLedger).items() if name not in ("call", "atomic")}
+    assert len(offered) >= 25
+    for name, params in offered.items():
+        if name == "close":
+            continue
+        expected = protocol[name]
+        if name == "items":  # the same filters, passed on as keywords
+            assert [p[0] for p in params] == ["self", "filters"]
+            continue
+        if name == "insert_items":  # a sequence, not any iterable: it crosses to the ledger thread as it is
+            assert [p[0] for p in params] == [p[0] for p in expected]
+            continue
+        assert params == expected, name
+
+
+async def test_the_async_ledger_runs_every_call_off_the_event_loop_and_atomic_rolls_back(ledger: Ledger) -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    db = AsyncLedger(ledger)
+    try:
+        run_id, resumed = await db.open_run("job", "h", "emulator")
+        assert not resumed
+        await db.insert_items([_row("c1", "k1", run_id=run_id)])
+
+        def crash(inner: Ledger) -> None:
+            seen.append(threading.get_ident())
+            inner.transition_items(["c1"], ItemStatus.FAILED)
+            raise RuntimeError("crash")
+
+        with pytest.raises(RuntimeError, match="crash"):
+            await db.atomic(crash)
+        assert (await db.count_items(run_id=run_id)) == {"pending": 1}  # rolled back
+        seen.append(await db.call(lambda _: threading.get_ident()))
+        assert seen and loop_thread not in seen and len(set(seen)) == 1  # one ledger thread, never the loop's
+    finally:
+        db.close()
