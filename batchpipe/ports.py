@@ -42,7 +42,8 @@ class Clock(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StoredImage:
-    """Where an image went: ``location`` (a filesystem path or URL as str), ``sha256`` (hex), ``size_bytes``."""
+    """Where an image went: ``location`` (a URI: ``file:///...``, ``s3://bucket/key``...), ``sha256`` (hex),
+    ``size_bytes``."""
 
     location: str
     sha256: str
@@ -50,10 +51,17 @@ class StoredImage:
 
 
 class ImageStore(Protocol):
-    """The image store as the collector uses it (thread-safe: called from worker threads)."""
+    """The image store as the collector uses it (thread-safe: called from worker threads). Images are addressed
+    by URI (:mod:`batchpipe.domain.locations`), which is what the ledger records (``items.output_uri``), so any
+    store can answer for the images it holds."""
 
     def location_for(self, key: str, index: int, ext: str) -> str:
-        """The deterministic location of image ``index`` (0-based, of ``n``) of item ``key`` with extension."""
+        """The deterministic location (a URI inside this store) of image ``index`` (0-based, of ``n``) of item
+        ``key`` with extension ``ext``."""
+        ...
+
+    def read(self, location: str) -> bytes:
+        """The bytes stored at ``location``. Raises ``FileNotFoundError`` if there are none."""
         ...
 
     def put(self, location: str, data: bytes) -> StoredImage:

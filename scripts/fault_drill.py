@@ -44,6 +44,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import httpx
 
@@ -131,6 +133,13 @@ class DrillReport:
 
 
 # -- processes ---------------------------------------------------------------------------------------------
+
+
+def _file_of(uri: str) -> Path:
+    """The local file a ledger's ``output_uri`` names (``file://`` URI, or a plain path in older ledgers)."""
+    return Path(uri) if uri.startswith("/") else Path(url2pathname(urlsplit(uri).path))
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -478,7 +487,7 @@ def check_results(
     out_dirs = {Path(str(r["output_dir"])) for r in runs if r.get("output_dir")}
     files = [p for d in out_dirs if d.exists() for p in d.rglob("*") if p.is_file()]
     tmp_files = [p for p in files if ".tmp" in p.name]
-    expected = {Path(str(r["output_path"])).resolve(): r for r in live_rows if r["status"] == "succeeded"}
+    expected = {_file_of(str(r["output_uri"])).resolve(): r for r in live_rows if r["status"] == "succeeded"}
     files_ok = 0
     for path, row in expected.items():
         if not path.is_file():

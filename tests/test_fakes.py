@@ -72,7 +72,7 @@ def test_memory_ledger_refuses_what_sqlite_would_refuse() -> None:
     with pytest.raises(LedgerError):
         ledger.update_item_fields("c1", {"no_such_column": 1})
     with pytest.raises(LedgerError):
-        ledger.transition_items(["c1"], ItemStatus.SUBMITTED, fields={"output_path": Path("/x")})  # cannot bind
+        ledger.transition_items(["c1"], ItemStatus.SUBMITTED, fields={"output_uri": Path("/x")})  # cannot bind
     with pytest.raises(LedgerError):
         ledger.update_item_fields("c1", {"model": None})  # NOT NULL
     with pytest.raises(LedgerError):
@@ -171,7 +171,7 @@ async def test_the_collector_runs_on_the_fakes() -> None:
     for cid, png in zip(ids, pngs, strict=False):
         row = ledger.item(cid)
         assert row is not None and row.status == "succeeded" and row.sha256 == hashlib.sha256(png).hexdigest()
-        assert store.read(str(row.output_path)) == png
+        assert store.read(str(row.output_uri)) == png
     expired = ledger.item(ids[2])
     assert expired is not None and expired.status == "expired"
     assert store.unsynced() == []  # every image the ledger records was synced first

@@ -55,7 +55,7 @@ async def test_submit_poll_collect_settle(tmp_path: Path) -> None:
     assert rows["sku-3"].error_code == "x" and rows["sku-3"].status == ItemStatus.FAILED
     for key, row in rows.items():
         if key != "sku-3":
-            assert row.output_path is not None and store.read(row.output_path) == PNG_1X1
+            assert row.output_uri is not None and store.read(row.output_uri) == PNG_1X1
     assert not (tmp_path / "out").exists()  # nothing touched the disk but the shard files
 
 

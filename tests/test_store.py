@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchpipe.adapters.local_store import LocalImageStore, safe_relative_path
+from batchpipe.domain.locations import local_path
 
 
 @given(st.text(min_size=0, max_size=80))
@@ -31,8 +32,9 @@ def test_put_writes_a_file_and_leaves_no_temp(tmp_path: Path) -> None:
     store = LocalImageStore(tmp_path)
     data = b"\x89PNG" + bytes(range(256)) * 10
     stored = store.put(store.location_for("k", 0, "png"), data)
-    assert Path(stored.location).read_bytes() == data
-    assert [p.name for p in tmp_path.iterdir()] == [Path(stored.location).name]
+    path = local_path(stored.location)  # a file:// URI
+    assert path is not None and path.read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
     store.put(stored.location, data)  # rewriting leaves no temp either
-    assert [p.name for p in tmp_path.iterdir()] == [Path(stored.location).name]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
     store.sync()

@@ -19,6 +19,7 @@ from typing import Final
 
 import structlog
 
+from batchpipe.domain.locations import file_uri, local_path
 from batchpipe.ports import StoredImage
 
 __all__ = ["LocalImageStore", "safe_relative_path"]
@@ -87,11 +88,20 @@ class LocalImageStore:
         relative = safe_relative_path(key, index, ext)
         if relative.is_absolute() or ".." in relative.parts:  # defence in depth; cannot happen
             raise ValueError(f"item key {key!r} maps outside the output directory")
-        return str(self.root / relative)
+        return file_uri(self.root / relative)
+
+    def _path(self, location: str) -> Path:
+        """The file a location of this store names. Raises ``ValueError`` for a location that is not a
+        ``file://`` URI (or, as older ledgers hold, an absolute path) inside ``root``."""
+        path = local_path(location)
+        if path is None or not path.is_relative_to(self.root):
+            raise ValueError(f"not a location of the image store at {self.root}: {location!r}")
+        return path
 
     def put(self, location: str, data: bytes) -> StoredImage:
-        """Write ``data`` to ``location`` via ``.<name>.tmp-<pid>``, fsync, rename; the folder is synced later."""
-        path = Path(location)
+        """Write ``data`` to ``location`` via ``.<name>.tmp-<pid>``, fsync, rename; the folder is synced later.
+        Raises ``ValueError`` for a location outside this store and ``OSError`` when the disk refuses."""
+        path = self._path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -106,7 +116,7 @@ class LocalImageStore:
         os.replace(tmp, path)
         with self._lock:
             self._dirty.add(str(path.parent))
-        return StoredImage(str(path), hashlib.sha256(data).hexdigest(), len(data))
+        return StoredImage(location, hashlib.sha256(data).hexdigest(), len(data))
 
     def sync(self) -> None:
         """Make every rename since the last call durable (fsync of each folder written to)."""
@@ -121,4 +131,9 @@ class LocalImageStore:
 
     def exists(self, location: str) -> bool:
         """True if the file exists."""
-        return Path(location).is_file()
+        return self._path(location).is_file()
+
+    def read(self, location: str) -> bytes:
+        """The bytes stored at ``location``. Raises ``FileNotFoundError`` if there are none, ``ValueError`` for a
+        location outside this store."""
+        return self._path(location).read_bytes()

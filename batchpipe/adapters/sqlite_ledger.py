@@ -101,7 +101,7 @@ CREATE TABLE IF NOT EXISTS items (
     retryable     INTEGER,
     error_code    TEXT,
     error_message TEXT,
-    output_path   TEXT,
+    output_uri    TEXT,
     sha256        TEXT,
     bytes         INTEGER,
     format        TEXT,
@@ -229,8 +229,13 @@ class SqliteLedger:
             self._migrate()
 
     def _migrate(self) -> None:
-        """Bring a ledger file written by an older batchpipe up to this schema (idempotent). ``runs.built_at``:
+        """Bring a ledger file written by an older batchpipe up to this schema (idempotent). ``items.output_uri``
+        was ``output_path`` (a plain path, which :func:`~batchpipe.domain.locations.local_path` still reads).
+        ``runs.built_at``:
         older versions built a run in one transaction, so a run of theirs with any item or shard was built."""
+        items = {r["name"] for r in self._db.execute("PRAGMA table_info(items)")}
+        if "output_path" in items:  # images are addressed by URI; older rows keep plain absolute paths
+            self._db.execute("ALTER TABLE items RENAME COLUMN output_path TO output_uri")
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
         if "built_at" not in columns:
             self._db.execute("ALTER TABLE runs ADD COLUMN built_at DOUBLE PRECISION")

@@ -201,6 +201,7 @@ _EXPORT_FIELDS: Final = [
     "attempt",
     "run_id",
     "status",
+    "output_uri",
     "output_path",
     "sha256",
     "bytes",

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import orjson
 
 from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus
+from batchpipe.domain.locations import local_path
 from batchpipe.domain.spec import Endpoint
 
 __all__ = [
@@ -126,7 +128,7 @@ ITEM_COLUMNS: Final = [
     "retryable",
     "error_code",
     "error_message",
-    "output_path",
+    "output_uri",
     "sha256",
     "bytes",
     "format",
@@ -167,7 +169,7 @@ class ItemRow:
     retryable: int | None
     error_code: str | None
     error_message: str | None
-    output_path: str | None
+    output_uri: str | None
     sha256: str | None
     bytes: int | None
     format: str | None
@@ -207,8 +209,15 @@ class ItemRow:
             inputs=ImageRef.parse_list(self.inputs_json),
         )
 
+    @property
+    def output_path(self) -> Path | None:
+        """The local file of the item's (first) image when the store is a local folder (a ``file://``
+        :attr:`output_uri`), else None."""
+        return local_path(self.output_uri)
+
     def to_record(self) -> dict[str, object]:
-        """A flat JSON-ready dict for exports: every column, with JSON columns parsed."""
+        """A flat JSON-ready dict for exports: every column, with JSON columns parsed, and ``output_path``: the
+        local file of ``output_uri`` when the image is in a local folder (else None)."""
         record: dict[str, object] = {}
         for name in ITEM_COLUMNS:
             value = getattr(self, name)
@@ -216,6 +225,9 @@ class ItemRow:
                 record[name.removesuffix("_json")] = orjson.loads(value) if value else None
             else:
                 record["key" if name == "item_key" else name] = value
+            if name == "output_uri":
+                path = self.output_path
+                record["output_path"] = str(path) if path is not None else None
         return record
 
 

@@ -63,7 +63,7 @@ _ITEMS: Final = _columns(
     "custom_id text!, job text!, item_key text!, attempt integer!, run_id text!, previous_custom_id text,"
     " endpoint text!, model text!, request_hash text!, body_json text!, metadata_json text!, source text!,"
     " product_key text, variant text, inputs_json text, input_tokens_est integer!, shard text, batch_id text,"
-    " status text!, retryable integer, error_code text, error_message text, output_path text, sha256 text,"
+    " status text!, retryable integer, error_code text, error_message text, output_uri text, sha256 text,"
     " bytes integer, format text, width integer, height integer, c2pa_state text, c2pa_json text, usage_json text,"
     " cost_usd real, created_at real!, updated_at real!"
 )

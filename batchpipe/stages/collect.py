@@ -289,7 +289,7 @@ def process_line(
         report = verifier.verify_bytes(raw, _MIME.get(fmt, f"image/{fmt}")) if verifier is not None else None
         images.append(
             {
-                "path": stored.location,
+                "uri": stored.location,
                 "sha256": stored.sha256,
                 "bytes": stored.size_bytes,
                 "format": fmt,
@@ -306,7 +306,7 @@ def process_line(
     order = ["unreadable", "invalid", "missing", "valid", "trusted"]
     worst = min(states, key=lambda s: order.index(s) if s in order else 0) if states else None
     fields: dict[str, object] = {
-        "output_path": first["path"],
+        "output_uri": first["uri"],
         "sha256": first["sha256"],
         "bytes": first["bytes"],
         "format": first["format"],

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from batchpipe.adapters.local_store import LocalImageStore, safe_relative_path
+from batchpipe.domain.locations import local_path
 from batchpipe.fakes import MemoryImageStore
 from batchpipe.ports import ImageStore, StoredImage
 
@@ -35,15 +36,21 @@ class Case:
     relative: Callable[[str], PurePosixPath]
 
 
+def _file(uri: str) -> Path:
+    path = local_path(uri)
+    assert path is not None, uri
+    return path
+
+
 @pytest.fixture(params=["local", "memory"])
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
     if request.param == "local":
         root = (tmp_path / "out").resolve()
-        return Case(
+        return Case(  # locations are file:// URIs of files under the root
             LocalImageStore(tmp_path / "out"),
-            read=lambda location: Path(location).read_bytes(),
-            inside=lambda location: Path(location).is_relative_to(root),
-            relative=lambda location: PurePosixPath(Path(location).relative_to(root).as_posix()),
+            read=lambda location: _file(location).read_bytes(),
+            inside=lambda location: location.startswith("file:///") and _file(location).is_relative_to(root),
+            relative=lambda location: PurePosixPath(_file(location).relative_to(root).as_posix()),
         )
     memory = MemoryImageStore("memory://bucket")
     prefix = "memory://bucket/"
@@ -160,3 +167,15 @@ def test_puts_from_many_threads(case: Case) -> None:
     for n in range(8):
         for i in range(25):
             assert case.read(store.location_for(f"t{n}/k{i}", 0, "png")) == f"{n}-{i}".encode()
+
+
+def test_what_is_put_is_read_back_by_its_location_and_a_foreign_location_is_refused(case: Case) -> None:
+    store = case.store
+    location = store.location_for("shoes/red sneaker é", 0, "png")
+    assert store.put(location, b"\x89PNG exact bytes").location == location
+    store.sync()
+    assert store.read(location) == b"\x89PNG exact bytes" == case.read(location)
+    with pytest.raises(FileNotFoundError):
+        store.read(store.location_for("never put", 0, "png"))
+    with pytest.raises((ValueError, FileNotFoundError)):
+        store.read("s3://some-other-bucket/shoes/red.png")

@@ -431,7 +431,7 @@ def test_rows_read_back_with_their_column_types(timed: Ledger, clock: Clock) -> 
     assert (row.created_at, row.updated_at, row.cost_usd) == (5.0, 6.0, 2.0)
     assert all(type(v) is float for v in (row.created_at, row.updated_at, row.cost_usd))
     assert row.retryable == 1 and type(row.retryable) is int
-    assert row.input_tokens_est == 0 and row.output_path is None and row.previous_custom_id is None
+    assert row.input_tokens_est == 0 and row.output_uri is None and row.previous_custom_id is None
     timed.record_batch(_batch("b1"), shard="s1", run_id="r1", model="m")
     timed.set_batch_progress("b1", output_done=True, output_offset=10)
     batch = timed.batch("b1")
