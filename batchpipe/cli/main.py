@@ -25,6 +25,7 @@ from batchpipe import __version__
 from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
 from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
 from batchpipe.cli.validate import validate_command
+from batchpipe.domain.items import Item
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
 from batchpipe.errors import InputError
@@ -345,6 +346,24 @@ def retry(
             models=policy.table,
             **api_timing(local=local, poll_interval_s=poll_interval),
         )
+        # every check before the run is opened: a refused retry leaves the ledger exactly as it was
+        checked = list(reprocess.retry_items(rows, changes, advice=policy))
+        if policy.refused:
+            model_problems = [str(p) for p in checked if getattr(p, "field", None) == "model"]
+            raise InputError(
+                f"refused model(s) {', '.join(sorted(policy.refused))}; nothing was submitted",
+                file="ledger",
+                field="model",
+                problems=model_problems,
+            )
+        problems = [entry for entry in checked if not isinstance(entry, Item)]
+        if problems:
+            raise InputError(
+                f"{len(problems)} problem(s) in the changed requests; nothing was submitted",
+                file="ledger",
+                field="--set" if changes else None,
+                problems=problems,
+            )
         digest = orjson.dumps(sorted(row.custom_id for row in rows))
         digest += orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
         request = RunRequest(
@@ -357,16 +376,9 @@ def retry(
             options=options,
             session=session,
             policy=policy,
+            # asked of the service before the run is opened (wiring.execute_async)
+            known_models=frozenset(str(entry.body.get("model")) for entry in checked if isinstance(entry, Item)),
         )
-        checked = list(reprocess.retry_items(rows, changes, advice=policy))  # lifecycle first: nothing is spent
-        if policy.refused:
-            model_problems = [str(p) for p in checked if getattr(p, "field", None) == "model"]
-            raise InputError(
-                f"refused model(s) {', '.join(sorted(policy.refused))}; nothing was submitted",
-                file="ledger",
-                field="model",
-                problems=model_problems,
-            )
         store.close()
         return execute(request, api_label=label, base_url=base_url, environ=os.environ, echo=_echo_err)
 
