@@ -376,9 +376,10 @@ def test_ctrl_c_exits_3_with_the_resume_command_and_the_same_command_resumes(tmp
         ledger = open_ledger(tmp_path / "w")
         assert len(ledger.batches()) == 1  # resumed, not submitted again
         assert {row.status for row in ledger.items(latest_only=True)} == {"succeeded"}
+        ledger.close()
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        server.communicate(timeout=30)
 
 
 def _served_url(server: subprocess.Popen[str]) -> str:
