@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 import structlog
 
+from batchpipe.domain.redact import redact_value
+
 __all__ = ["configure_logging", "show_emulator_requests"]
 
 
@@ -41,17 +43,27 @@ def _drop_emulator_requests(logger: Any, method: str, event_dict: dict[str, Any]
     return event_dict
 
 
+def _redact_secrets(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Every string in the event through :func:`batchpipe.domain.redact.redact_value` (text a server echoed may
+    carry a key)."""
+    return {
+        key: redact_value(value) if isinstance(value, str | dict | list) else value for key, value in event_dict.items()
+    }
+
+
 def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
     """Configure structlog for the CLI: ``json`` None chooses JSON when stderr is not a terminal.
 
     Logs go to stderr; ``level`` is a stdlib level name. Nothing here logs request headers, so API keys
-    never reach logs (the client never passes them to a logger).
+    never reach logs (the client never passes them to a logger), and every string of every event is redacted
+    (:mod:`batchpipe.domain.redact`) in case a server echoed one.
     """
     use_json = (not sys.stderr.isatty()) if json is None else json
     show_emulator_requests(level.lower() == "debug")
     processors: list[Any] = [
         _drop_emulator_requests,
         structlog.contextvars.merge_contextvars,
+        _redact_secrets,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

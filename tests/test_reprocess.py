@@ -103,3 +103,46 @@ def test_retry_workflows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # a bad --set is refused before anything is sent
     code, out = _invoke("retry", "--job", "tea", "--set", "colour=red")
     assert code == 2 and "--set" in out
+
+
+def _ledger_dump(workdir: Path) -> list[str]:
+    """Every row of every table of the ledger, as SQL (what a refused command must leave untouched)."""
+    import sqlite3
+
+    with sqlite3.connect(workdir / "ledger.sqlite") as db:
+        return list(db.iterdump())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "bad_set",
+    [
+        "quality=ultra",  # a value the model refuses
+        "size=12x12",
+        "model=dall-e-2",  # not a GPT Image model
+        "n=0",
+    ],
+)
+def test_a_refused_retry_leaves_the_ledger_as_it_was_and_never_strands_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_set: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    manifest = _manifest(tmp_path / "m.jsonl", 3, blocked=set())
+    code, out = _invoke("run", "--manifest", str(manifest), "--job-name", "tea", "--poll-interval", "0.05")
+    assert code == 0, out
+    before = _ledger_dump(tmp_path / ".batchpipe")
+
+    code, out = _invoke("retry", "--job", "tea", "--status", "succeeded", "--set", bad_set, "--poll-interval", "0.05")
+    assert code == 2, out
+    assert "nothing was submitted" in out and "Traceback" not in out
+    assert _ledger_dump(tmp_path / ".batchpipe") == before  # no run opened, no item touched
+
+    # the job is not stranded: a good retry of the same items runs at once
+    code, out = _invoke(
+        "retry", "--job", "tea", "--status", "succeeded", "--set", "quality=high", "--poll-interval", "0.05"
+    )
+    assert code == 0, out
+    ledger = open_ledger(tmp_path / ".batchpipe")
+    latest = ledger.latest_run("tea")
+    assert latest is not None and latest["status"] == "finished"

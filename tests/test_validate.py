@@ -63,7 +63,23 @@ def _where(problems: list[ItemProblem]) -> list[tuple[int | None, str | None]]:
     return [(p.line, p.field) for p in problems]
 
 
+def _png_data_url(mode: str = "RGBA", *, side: int = 4) -> tuple[str, str]:
+    """A real ``side`` x ``side`` PNG of noise as a data URL, and the sha256 of its bytes."""
+    import base64
+    import hashlib
+    import random
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    noise = random.Random(side).randbytes(side * side * len(mode))
+    Image.frombytes(mode, (side, side), noise).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return f"data:image/png;base64,{base64.b64encode(data).decode()}", hashlib.sha256(data).hexdigest()
+
+
 def test_plain_generation_and_edit_items(tmp_path: Path) -> None:
+    mask_url, mask_sha = _png_data_url()
     path = _jsonl(
         tmp_path,
         {"key": "shoes/red", "prompt": "a red shoe", "size": "1536x1024", "metadata": {"sku": 7}},
@@ -71,7 +87,7 @@ def test_plain_generation_and_edit_items(tmp_path: Path) -> None:
             "key": "e1",
             "prompt": "make it blue",
             "images": [{"image_url": "https://x.test/a.png"}, {"file_id": "file-1"}],
-            "mask": {"image_url": "data:image/png;base64,aGVsbG8="},
+            "mask": {"image_url": mask_url},
             "input_fidelity": "high",
         },
     )
@@ -89,11 +105,7 @@ def test_plain_generation_and_edit_items(tmp_path: Path) -> None:
     assert edit.inputs == (
         ImageRef("url", "https://x.test/a.png"),
         ImageRef("file", "file-1"),
-        ImageRef(
-            "data",
-            "data:image/png;sha256=2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
-        ),
+        ImageRef("data", f"data:image/png;sha256={mask_sha}", mask_sha),
     )
 
 
@@ -275,7 +287,7 @@ def test_validate_job_report_and_cli(tmp_path: Path) -> None:
     assert report.groups == {(GEN, "gpt-image-2"): 1}
     assert report.cost_usd > 0
     result = CliRunner().invoke(validate_command, [str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input, as `run` refuses it (issue 11, behaviour 7)
     assert "field 'prompt'" in result.output
     result = CliRunner().invoke(validate_command, [str(REPO / "jobs" / "catalog-nightly.toml"), "--limit", "50"])
     assert result.exit_code == 0, result.output
@@ -318,7 +330,7 @@ def test_a_plain_item_over_the_shard_byte_limit_is_refused_at_validation(tmp_pat
 
 
 def test_a_plain_edit_with_a_data_url_over_the_limit_names_images(tmp_path: Path) -> None:
-    image = {"image_url": "data:image/png;base64," + "A" * 2000}
+    image = {"image_url": _png_data_url("RGB", side=32)[0]}  # a real image (it is checked), ~3 KB
     path = _jsonl(tmp_path, {"key": "e", "prompt": "make it blue", "images": [image]})
     spec = JobSpec.for_manifest(
         path, "t", defaults={"model": "gpt-image-1.5"}, run=RunSection(max_shard_bytes=1024), workdir=tmp_path

@@ -47,6 +47,7 @@ from batchpipe.domain.records import (
     ShardRow,
     batch_may_move,
 )
+from batchpipe.domain.redact import redact_value
 from batchpipe.errors import LedgerError, TransitionError
 
 if TYPE_CHECKING:
@@ -731,7 +732,7 @@ class SqliteLedger:
                     batch.get("output_file_id"),
                     batch.get("error_file_id"),
                     orjson.dumps(batch.get("request_counts")).decode(),
-                    orjson.dumps(errors).decode() if errors else None,
+                    orjson.dumps(redact_value(errors)).decode() if errors else None,
                     ended,
                     self._clock(),
                     batch_id,

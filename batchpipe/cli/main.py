@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -22,9 +23,11 @@ from rich.console import Console
 from rich.table import Table
 
 from batchpipe import __version__
+from batchpipe.adapters.openai.settings import check_base_url
 from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
 from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
 from batchpipe.cli.validate import validate_command
+from batchpipe.domain.items import Item
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
 from batchpipe.errors import InputError
@@ -63,6 +66,28 @@ _workdir_option = click.option(
 def main(log_level: str, log_json: bool | None) -> None:
     """Turn product catalogs into OpenAI Batch API image jobs, and account for every image."""
     configure_logging(level=log_level, json=log_json)
+    previous = os.umask(file_mode_mask(os.environ))  # the ledger, images, shards, exports: owner-only
+    click.get_current_context().call_on_close(lambda: os.umask(previous))  # in-process callers get theirs back
+
+
+#: The umask of every command: new files 0600, new folders 0700 (``BATCHPIPE_UMASK`` changes it).
+DEFAULT_UMASK: Final = 0o077
+
+
+def file_mode_mask(environ: Mapping[str, str]) -> int:
+    """The umask batchpipe creates files under: ``BATCHPIPE_UMASK`` (octal, e.g. ``022`` for files others may
+    read) when set, else :data:`DEFAULT_UMASK` (owner-only: the ledger, images, shards, exports and reports
+    hold a catalog's data). Raises ``click.UsageError`` (exit 2) for a value that is not an octal umask."""
+    text = (environ.get("BATCHPIPE_UMASK") or "").strip()
+    if not text:
+        return DEFAULT_UMASK
+    try:
+        value = int(text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise click.UsageError(f"BATCHPIPE_UMASK must be an octal umask such as 077 or 022, not {text!r}")
+    return value
 
 
 def _echo_err(message: str) -> None:
@@ -71,18 +96,27 @@ def _echo_err(message: str) -> None:
 
 def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str | None]:
     """``(label, base_url)`` for ``--api``: ``emulator`` (base_url None: start the embedded one), ``openai``
-    (needs OPENAI_API_KEY), or a URL. Default: ``openai`` when OPENAI_API_KEY is set, else ``emulator``."""
+    (needs OPENAI_API_KEY), or a URL. Default: ``openai`` when OPENAI_API_KEY is set, else ``emulator``.
+
+    Raises ``click.UsageError`` (exit 2) for anything else, and for a URL (``--api`` or ``OPENAI_BASE_URL``) that
+    carries credentials (:func:`~batchpipe.adapters.openai.settings.check_base_url`); the message never
+    repeats the secret."""
     if api is None:
         api = "openai" if environ.get("OPENAI_API_KEY") else "emulator"
     if api == "emulator":
         return "emulator", None
-    if api == "openai":
-        if not environ.get("OPENAI_API_KEY"):
-            raise click.UsageError("--api openai needs OPENAI_API_KEY in the environment")
-        return "openai", environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-    if api.startswith(("http://", "https://")):
-        return api, api.rstrip("/")
-    raise click.UsageError(f"--api must be emulator, openai or a URL, not {api!r}")
+    try:
+        if api == "openai":
+            if not environ.get("OPENAI_API_KEY"):
+                raise click.UsageError("--api openai needs OPENAI_API_KEY in the environment")
+            base_url = (environ.get("OPENAI_BASE_URL") or "").strip() or "https://api.openai.com/v1"
+            return "openai", check_base_url(base_url, source="OPENAI_BASE_URL")
+        if api.startswith(("http://", "https://")):
+            check_base_url(api, source="--api")
+            return api, api.rstrip("/")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    raise click.UsageError("--api must be emulator, openai or an http(s) URL")
 
 
 @main.command()
@@ -346,6 +380,24 @@ def retry(
             models=policy.table,
             **api_timing(local=local, poll_interval_s=poll_interval),
         )
+        # every check before the run is opened: a refused retry leaves the ledger exactly as it was
+        checked = list(reprocess.retry_items(rows, changes, advice=policy))
+        if policy.refused:
+            model_problems = [str(p) for p in checked if getattr(p, "field", None) == "model"]
+            raise InputError(
+                f"refused model(s) {', '.join(sorted(policy.refused))}; nothing was submitted",
+                file="ledger",
+                field="model",
+                problems=model_problems,
+            )
+        problems = [entry for entry in checked if not isinstance(entry, Item)]
+        if problems:
+            raise InputError(
+                f"{len(problems)} problem(s) in the changed requests; nothing was submitted",
+                file="ledger",
+                field="--set" if changes else None,
+                problems=problems,
+            )
         digest = orjson.dumps(sorted(row.custom_id for row in rows))
         digest += orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
         request = RunRequest(
@@ -358,21 +410,18 @@ def retry(
             options=options,
             session=session,
             policy=policy,
+            # asked of the service before the run is opened (wiring.execute_async)
+            known_models=frozenset(str(entry.body.get("model")) for entry in checked if isinstance(entry, Item)),
         )
-        checked = list(reprocess.retry_items(rows, changes, advice=policy))  # lifecycle first: nothing is spent
-        if policy.refused:
-            model_problems = [str(p) for p in checked if getattr(p, "field", None) == "model"]
-            raise InputError(
-                f"refused model(s) {', '.join(sorted(policy.refused))}; nothing was submitted",
-                file="ledger",
-                field="model",
-                problems=model_problems,
-            )
         store.close()
         return execute(request, api_label=label, base_url=base_url, environ=os.environ, echo=_echo_err)
 
+    resume = (
+        f"batchpipe run <the job's spec or --manifest> --workdir {shlex.quote(str(workdir))} (it resumes the "
+        f"job's unfinished retry run)"
+    )
     try:
-        _run_guarded(action)
+        _run_guarded(action, resume=resume)
     finally:
         store.close()
 
@@ -389,9 +438,10 @@ def _retry_policy(models_file: Path | None) -> Any:
     )
 
 
-def _run_guarded(action: Callable[[], int]) -> None:
-    """Run ``action()`` and exit with its code, errors mapped by :func:`batchpipe.cli.exits.guarded`."""
-    guarded(action, echo=_echo_err)
+def _run_guarded(action: Callable[[], int], *, resume: str | None = None) -> None:
+    """Run ``action()`` and exit with its code, errors mapped by :func:`batchpipe.cli.exits.guarded` (Ctrl-C:
+    exit 3 and ``resume``, by default this command line again)."""
+    guarded(action, echo=_echo_err, resume=resume)
 
 
 def _attach_optional_commands() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from batchpipe.cli.exits import EXIT_INCOMPLETE, EXIT_OK, guarded
+from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
 from batchpipe.domain.lifecycle import clock_from_env
 from batchpipe.errors import InputError
 from batchpipe.input.jobspec import JobSpec
@@ -31,8 +31,9 @@ def validate_command(
 ) -> None:
     """Check a job (TOML spec, or plain JSONL manifest) before spending anything.
 
-    Exit 0: no problem; 1: some items have problems; 2: the spec is bad, or a model is shut down (or shuts down
-    before a batch could finish), with the date, the source and the replacement.
+    Exit 0: no problem; 2: bad input, as ``run`` would refuse it: some items have problems (each with file, line
+    and field), the spec or the manifest is bad, or a model is shut down (or shuts down before a batch could
+    finish), with the date, the source and the replacement.
     """
 
     def warn(message: str) -> None:
@@ -61,6 +62,6 @@ def validate_command(
             raise InputError(
                 f"refused model(s): {', '.join(sorted(spec.policy.refused))} (see above)", file=spec.source_name
             )
-        return EXIT_OK if report.ok else EXIT_INCOMPLETE
+        return EXIT_OK if report.ok else EXIT_INPUT
 
     guarded(action, echo=lambda line: click.echo(line, err=True))

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from batchpipe.domain.localfiles import read_capped
+
 __all__ = [
     "SHIPPED_TABLE_RESOURCE",
     "BatchSupport",
@@ -343,9 +345,11 @@ def load_overrides(path: Path) -> dict[str, Any]:
     """
     origin = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+        text = read_capped(path, what="model table").decode("utf-8")
+    except OSError as exc:  # also a FIFO, a device or a file over MAX_CONFIG_BYTES (domain.localfiles)
         raise ModelTableError(f"cannot read the model table: {exc.strerror or exc}", file=origin) from exc
+    except UnicodeDecodeError as exc:
+        raise ModelTableError(f"the model table is not UTF-8: {exc.reason}", file=origin) from exc
     data = _read_toml(text, origin)
     rows = data.get("models")
     extra = sorted(set(data) - {"models", "schema_version"})

@@ -34,6 +34,7 @@ from batchpipe.domain.records import (
     ShardRow,
     batch_may_move,
 )
+from batchpipe.domain.redact import redact_value
 from batchpipe.errors import LedgerError, TransitionError
 
 if TYPE_CHECKING:
@@ -730,7 +731,7 @@ class MemoryLedger:
                 "output_file_id": batch.get("output_file_id"),
                 "error_file_id": batch.get("error_file_id"),
                 "request_counts_json": orjson.dumps(batch.get("request_counts")).decode(),
-                "errors_json": orjson.dumps(errors).decode() if errors else None,
+                "errors_json": orjson.dumps(redact_value(errors)).decode() if errors else None,
                 "ended_at": current["ended_at"] if current["ended_at"] is not None else ended,
                 "updated_at": self._clock(),
             }

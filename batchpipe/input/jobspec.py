@@ -53,6 +53,8 @@ A *variant matrix* job (brand variants through ``/v1/images/edits``, see :mod:`b
     reuse_margin_s = 86400
     delete_unused = false
     mirror_port = 0
+    allow_dirs = ["../photos"]            # folders (relative to the spec) besides the manifest's that a
+                                          #   local path in a manifest row may resolve into (after symlinks)
     [references.mirror]
     "https://cdn.example.com/photos/" = "photos/"
 
@@ -71,7 +73,9 @@ access, conversions, format specs or expressions, and inserted values are never 
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +86,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchpipe.domain import spec
 from batchpipe.domain.lifecycle import DEFAULT_WARN_DAYS, Clock, ModelPolicy, clock_from_env
+from batchpipe.domain.localfiles import read_capped
 from batchpipe.domain.modeltable import ModelTable, ModelTableError, shipped_table
 from batchpipe.errors import InputError, JobSpecError, ManifestError
 from batchpipe.input.manifest import DEFAULT_MAX_LINE_BYTES, ManifestFormat, detect_format, read_columns
@@ -171,6 +176,7 @@ class _ReferencesSection(_Strict):
     delete_unused: bool = False
     mirror: dict[str, str] = Field(default_factory=dict)
     mirror_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    allow_dirs: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
 
 class _OutputSection(_Strict):
@@ -331,8 +337,8 @@ class JobSpec:
         file, the line when known, and the field (pydantic location joined with dots).
         """
         name = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
+        try:  # a FIFO, a device or an endless file is refused, never waited on (domain.localfiles)
+            text = read_capped(path, what="job spec").decode("utf-8")
         except OSError as exc:
             raise JobSpecError(f"cannot read job spec: {exc.strerror or exc}", file=name) from exc
         except UnicodeDecodeError as exc:
@@ -361,15 +367,16 @@ class JobSpec:
         def fail(message: str, loc: tuple[str, ...]) -> JobSpecError:
             return JobSpecError(message, file=name, line=_locate(text, loc), field=".".join(loc))
 
-        manifest_path = (path.parent / parsed.manifest.path).resolve()
+        manifest_path = as_named(path.parent / parsed.manifest.path)
         fmt = parsed.manifest.format or detect_format(manifest_path)
         if fmt is None:
             raise fail(
                 f"cannot tell the format of {parsed.manifest.path!r} from its extension: set format",
                 ("manifest", "format"),
             )
-        if not manifest_path.is_file():
-            raise fail(f"no such manifest file: {manifest_path}", ("manifest", "path"))
+        problem = _not_a_file(manifest_path)
+        if problem:
+            raise fail(problem, ("manifest", "path"))
 
         policy = _policy(
             parsed.models,
@@ -513,8 +520,9 @@ class JobSpec:
         fmt = detect_format(path)
         if fmt != "jsonl":
             raise fail("a manifest run without a job spec must be a .jsonl item file", ("manifest", "format"))
-        if not path.is_file():
-            raise fail(f"no such manifest file: {path}", ("manifest", "path"))
+        problem = _not_a_file(path)
+        if problem:
+            raise fail(problem, ("manifest", "path"))
         try:
             checked = _Defaults.model_validate(dict(defaults or {}))
         except ValidationError as exc:
@@ -530,7 +538,7 @@ class JobSpec:
         out = output_dir if output_dir is not None else Path("out") / job_name
         return cls(
             name=job_name,
-            manifest_path=path.resolve(),
+            manifest_path=as_named(path),
             manifest_format="jsonl",
             output_dir=(out if out.is_absolute() else base / out).resolve(),
             defaults=clean,
@@ -538,6 +546,28 @@ class JobSpec:
             on_duplicate_key=on_duplicate_key,
             policy=policy,
         )
+
+
+def as_named(path: Path) -> Path:
+    """``path`` made absolute with its folders' symlinks resolved but its own name kept: a symlinked manifest
+    is judged by the name it was given (its extension, hence its format; its folder, hence where relative
+    reference paths start), not by the name of the file it points to. Opening it still follows the link."""
+    if path.name in ("", ".", ".."):
+        return path.resolve()
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a manifest (missing, a folder, a FIFO, a device...), or None."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"no such manifest file: {path}"
+    except OSError as exc:
+        return f"cannot read the manifest {path}: {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        return f"the manifest {path} is not a regular file (a FIFO, a device or a folder cannot be read as one)"
+    return None
 
 
 #: A stand-in reference image for checking edit bodies without their real references.
@@ -755,7 +785,19 @@ def _load_matrix(
             found = checker.resolve(image, base=variant.base, role="image")
             if isinstance(found, str):
                 raise _variant_error(variant, text, f"image: {found}", f"images[{index}]")
+    row_dirs = [manifest_path.parent.resolve()]
+    for index, directory in enumerate(refs.allow_dirs):
+        allowed = (spec_dir / directory).resolve()
+        if not allowed.is_dir():
+            raise JobSpecError(
+                f"allowed folder does not exist: {allowed}",
+                file=name,
+                line=_locate(text, ("references", "allow_dirs")),
+                field=f"references.allow_dirs[{index}]",
+            )
+        row_dirs.append(allowed)
     return VariantMatrix(
+        row_dirs=tuple(row_dirs),
         vars=dict(section.vars),
         product=product,
         variants=variants,

@@ -6,9 +6,9 @@ are physical, 1-based lines of the file (a CSV row with a quoted multi-line fiel
 
 Errors come in two kinds (both :class:`batchpipe.errors.ManifestError`, with ``file``, ``line``, ``field``):
 
-- **row errors** are *yielded* in place of the row (a malformed JSONL line, a CSV row with the wrong number of
-  fields, bytes that are not UTF-8, a JSONL line over the cap): the caller decides to stop at the first one
-  or to record it and go on;
+- **row errors** are *yielded* in place of the row (a malformed JSONL line, a JSON object with a repeated key,
+  a CSV row with the wrong number of fields, bytes that are not UTF-8, a JSONL line over the cap): the caller
+  decides to stop at the first one or to record it and go on;
 - **file errors** are *raised* (no such file, empty file, a bad CSV header, a CSV quote left open to the end
   of the file, a CSV line or row over the cap): nothing after them can be trusted.
 """
@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import codecs
 import csv
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
 
 import orjson
 
+from batchpipe.domain.localfiles import open_regular
 from batchpipe.errors import ManifestError
 
 __all__ = [
@@ -76,7 +79,9 @@ def iter_lines(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> I
 
     A line longer than ``max_line_bytes`` (bytes, newline excluded) comes back with ``data=None`` and its
     true ``length``; its bytes are skipped as they are read, never accumulated. A UTF-8 byte order mark at
-    the start of the file is dropped. Raises ``ManifestError`` if the file cannot be opened.
+    the start of the file is dropped. Raises ``ManifestError`` if the file cannot be opened or is not a regular
+    file (a FIFO, a device: refused before any read), and, once the lines are read, if the file holds more than
+    its size when it was opened (something still writing it, or an endless file): at most that size is read.
     """
     for line in _raw_lines(path, max_line_bytes):
         yield _Line(*line)
@@ -87,20 +92,28 @@ def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | N
     if max_line_bytes < 1:
         raise ValueError("max_line_bytes must be >= 1")
     name = str(path)
-    try:
-        handle = path.open("rb")
+    try:  # regular files only: a FIFO or a device is refused, never waited on
+        handle, size = open_regular(path)
     except OSError as exc:
         raise ManifestError(f"cannot open manifest: {exc.strerror or exc}", file=name) from exc
     with handle:
+        left = size  # bytes still to read: the file's size when it was opened
         number = 0
         pending: list[bytes] = []  # pieces of the current line (only while it is under the cap)
         pending_len = 0
         skipping = False  # the current line went over the cap: count its bytes, keep none
         first = True
         while True:
-            chunk = handle.read(max(CHUNK_BYTES, len(_BOM)) if first else CHUNK_BYTES)  # a whole BOM, first
+            chunk = handle.read(min(left, max(CHUNK_BYTES, len(_BOM)) if first else CHUNK_BYTES))  # a whole BOM
             if not chunk:
+                if handle.read(1):  # more than its size at open: a file something keeps writing (or /proc)
+                    raise ManifestError(
+                        f"the manifest grew while it was read (it was {size:,} bytes when opened): is something "
+                        "still writing it? Give a finished file",
+                        file=name,
+                    )
                 break
+            left -= len(chunk)
             if first:
                 first = False
                 if chunk.startswith(_BOM):
@@ -194,9 +207,73 @@ def _iter_jsonl(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | Manif
         if not isinstance(value, dict):
             yield ManifestError(f"expected a JSON object, got {_json_type(value)}", file=name, line=number)
             continue
+        if _key_ends(data) != _count_keys(value):  # rare: a repeated key, or '":' inside a string
+            repeated = _repeated_key(data)
+            if repeated is not None:
+                yield ManifestError(
+                    f"the key {repeated!r} appears twice in one JSON object (a JSON reader would keep only the "
+                    "last value): remove one",
+                    file=name,
+                    line=number,
+                    field=repeated,
+                )
+                continue
         yield ManifestRow(number, value)
     if not seen_content:
         raise ManifestError("empty manifest: no rows", file=name)
+
+
+#: The end of a JSON object key: its closing quote, optional whitespace, the colon. Every key of a line makes
+#: exactly one match; a string *value* holding ``":`` makes more. So a line whose matches equal the keys orjson
+#: kept has no repeated key, and only the other lines (rare) are parsed again to find it.
+_KEY_END: Final = re.compile(rb'"[ \t\r\n]*:')
+
+
+def _key_ends(data: bytes) -> int:
+    """Matches of :data:`_KEY_END` in ``data``; ``bytes.count`` (C speed) when no quote is followed by
+    whitespace, which is how writers write JSON Lines (no space between a key and its colon)."""
+    if b'" ' in data or b'"\t' in data or b'"\r' in data:
+        return len(_KEY_END.findall(data))
+    return data.count(b'":')
+
+
+def _count_keys(value: object) -> int:
+    """The number of object keys in a parsed JSON value, nested objects included."""
+    count = 0
+    if isinstance(value, dict):
+        count = len(value)
+        value = value.values()
+    elif not isinstance(value, list):
+        return 0
+    for item in value:
+        if type(item) is dict or type(item) is list:  # exact JSON types: the hot path
+            count += _count_keys(item)
+    return count
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen[key] = value
+    return seen
+
+
+def _repeated_key(data: bytes) -> str | None:
+    """The first key that appears twice in one object of the JSON ``data`` (at any depth), or None."""
+    try:
+        json.loads(data, object_pairs_hook=_no_repeats)
+    except _RepeatedKey as exc:
+        return exc.key
+    except ValueError:  # orjson read it; the stdlib should too. If not, trust orjson's reading.
+        return None
+    return None
 
 
 def _json_type(value: object) -> str:

@@ -82,7 +82,9 @@ class VariantMatrix:
     dropped), relative to ``manifest_dir``. ``mask_template``: per-row mask (optional). ``brand_assets``:
     references added to every item, relative to ``spec_dir``. ``references``: how they are sent. ``vars``:
     ``[matrix.vars]`` constants (product-level templates see them too). ``variants_source``: the file the
-    variants came from.
+    variants came from. ``row_dirs``: the folders (absolute, symlinks resolved) a local path named by a manifest
+    row may resolve into: the manifest's folder, then ``[references] allow_dirs``; empty means the manifest's
+    folder alone.
     """
 
     product: Template
@@ -95,6 +97,12 @@ class VariantMatrix:
     references: ReferenceOptions
     vars: Mapping[str, str] = field(default_factory=dict)
     variants_source: str = ""
+    row_dirs: tuple[Path, ...] = ()
+
+    @property
+    def row_roots(self) -> tuple[Path, ...]:
+        """:attr:`row_dirs`, or the manifest's folder (symlinks resolved) when none are set."""
+        return self.row_dirs or (self.manifest_dir.resolve(),)
 
     @property
     def variant_fields(self) -> frozenset[str]:

@@ -43,7 +43,7 @@ import mimetypes
 import threading
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -65,6 +65,7 @@ __all__ = [
     "ReferenceOptions",
     "ReferenceResolver",
     "Resolved",
+    "check_data_url",
     "inspect_image_bytes",
     "inspect_image_file",
 ]
@@ -192,6 +193,17 @@ def _decode_data_url(url: str) -> bytes | str:
         return "the data URL's base64 payload does not decode"
 
 
+def check_data_url(url: str, *, role: Role) -> LocalImage | str:
+    """Check a ``data:image/...;base64,...`` URL as the service would check the image (decodes; png, jpeg or
+    webp; size limit; a mask PNG with alpha): the image's facts, or the problem as a sentence. The one check of
+    data URLs, for matrix references and plain JSONL ``images`` / ``mask`` alike."""
+    decoded = _decode_data_url(url.strip())
+    if isinstance(decoded, str):
+        return decoded
+    found = inspect_image_bytes(decoded, role=role)
+    return f"data URL: {found}" if isinstance(found, str) else found
+
+
 # --------------------------------------------------------------------------------------------- resolving
 
 
@@ -234,16 +246,18 @@ class ReferenceResolver:
         self._checked: dict[tuple[Path, Role], LocalImage | str] = {}
         self._data_urls: OrderedDict[Path, str] = OrderedDict()
 
-    def resolve(self, text: str, *, base: Path, role: Role) -> Resolved | str:
-        """The reference ``text`` (relative paths are relative to ``base``) as a :class:`Resolved`, or why not."""
+    def resolve(self, text: str, *, base: Path, role: Role, within: Sequence[Path] | None = None) -> Resolved | str:
+        """The reference ``text`` (relative paths are relative to ``base``) as a :class:`Resolved`, or why not.
+
+        ``within``: for a reference a manifest row names (not the trusted job spec), the folders (absolute,
+        symlinks resolved) a local path must resolve into, after following symlinks; a path outside them is
+        a problem naming the folders, and the file is not read.
+        """
         text = text.strip()
         if text.startswith("data:"):
-            decoded = _decode_data_url(text)
-            if isinstance(decoded, str):
-                return decoded
-            found = inspect_image_bytes(decoded, role=role)
+            found = check_data_url(text, role=role)
             if isinstance(found, str):
-                return f"data URL: {found}"
+                return found
             return Resolved(
                 {"image_url": text}, ImageRef("data", f"data:{found.mime};sha256={found.sha256}", found.sha256), found
             )
@@ -259,6 +273,11 @@ class ReferenceResolver:
             return f"unsupported reference {text!r}: use an http(s) URL, a data URL, file_id:<id> or a local path"
         path = Path(text)
         path = (path if path.is_absolute() else base / path).resolve()
+        if within is not None and not any(path.is_relative_to(root) for root in within):
+            return (
+                f"local path {text!r} resolves to {path}, outside the folders a manifest row may name "
+                f"({', '.join(map(str, within))}); add its folder to [references] allow_dirs in the job spec"
+            )
         found = self._check(path, role)
         if isinstance(found, str):
             return found

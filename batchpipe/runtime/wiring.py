@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from batchpipe.adapters.openai import ApiSettings, OpenAIClient
 from batchpipe.adapters.sqlite_ledger import open_ledger
 from batchpipe.domain.lifecycle import clock_from_env
+from batchpipe.domain.redact import remember_secret
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.validate import make_items
 from batchpipe.provenance.trust import TrustConfig
@@ -330,6 +331,8 @@ async def execute_async(
                 f"No API key: using the embedded emulator at {base_url} (nothing is sent to OpenAI, nothing is billed)."
             )
         settings = ApiSettings.from_env(environ)
+        if settings.api_key is not None:  # redacted wherever a server echoes it (ledger, exports, logs)
+            remember_secret(settings.api_key.get_secret_value())
         if base_url:
             settings = settings.model_copy(update={"base_url": base_url})
         if emulated or (settings.api_key is None and api_label != "openai"):

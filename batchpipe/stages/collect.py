@@ -39,6 +39,7 @@ from PIL import Image
 from batchpipe.domain.backoff import Backoff
 from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.modeltable import ModelTable
+from batchpipe.domain.redact import redact
 from batchpipe.domain.spec import request_cost_usd
 from batchpipe.errors import ApiConnectionError
 from batchpipe.ports import AsyncLedger, BatchApi, ImageStore, Ledger, Verifier
@@ -159,7 +160,7 @@ def _error_fields(code: str | None, message: str | None, *, status_code: int | N
     )
     return {
         "error_code": code or (f"http_{status_code}" if status_code else "unknown_error"),
-        "error_message": (message or "")[:2000],
+        "error_message": redact(str(message or ""))[:2000],
         "retryable": 1 if retryable else 0,
     }
 

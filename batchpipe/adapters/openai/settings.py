@@ -7,6 +7,7 @@ The API key is a :class:`pydantic.SecretStr`: ``repr``/``str``/``model_dump``/``
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 
 import httpx
@@ -14,10 +15,41 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from batchpipe import __version__
 
-__all__ = ["DEFAULT_BASE_URL", "ApiSettings", "ApiTimeouts", "user_agent"]
+__all__ = ["DEFAULT_BASE_URL", "ApiSettings", "ApiTimeouts", "check_base_url", "user_agent"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 """The public API root (fact sheet §1: base ``https://api.openai.com/v1``)."""
+
+
+def check_base_url(url: str, *, source: str) -> str:
+    """``url`` unchanged when it can be an API root; ``ValueError`` when it carries credentials.
+
+    Refused: user info (``https://user:key@host/v1``), a query string (``?api-key=...``) or a fragment, none of
+    which a base URL needs and all of which end up in logs, the ledger and error messages. The message names
+    ``source`` (``--api``, ``OPENAI_BASE_URL``) and shows only the scheme, host, port and path of the URL,
+    never the secret part.
+    """
+    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number: show nothing of the netloc
+        host, port = "?", ""
+    shown = f"{parts.scheme}://{host}{port}{parts.path}"
+    problems = []
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        problems.append("user info (user:password@)")
+    if parts.query:
+        problems.append("a query string")
+    if parts.fragment:
+        problems.append("a fragment")
+    if problems:
+        raise ValueError(
+            f"{source} must be a plain API root URL, without credentials: it has {' and '.join(problems)} "
+            f"(given: {shown} plus the part not shown). Put the key in OPENAI_API_KEY (sent only as the "
+            "Authorization header) and give the URL without it."
+        )
+    return url
 
 
 def user_agent() -> str:
