@@ -187,3 +187,8 @@ class IndeterminateSubmissionError(BatchpipeError):
 
 class ProvenanceError(BatchpipeError):
     """C2PA checking cannot run: unreadable trust list, unknown trust setting."""
+
+
+class ApiProtocolError(ApiError):
+    """The service answered, but not with what the API promises (no ``id`` on a Batch, a list page without
+    ``data``, a file that is not the JSONL it must be): the run stops (exit 3) and a later run resumes it."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from batchpipe.domain.api import Batch, FileObject, Page
 from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.records import BatchRow, ItemRow, ShardRow
 
@@ -560,18 +561,20 @@ class FileContent(Protocol):
 
 class BatchApi(Protocol):
     """The OpenAI Files and Batches API as the pipeline uses it (``adapters.openai.OpenAIClient``;
-    ``fakes.batch_api.MemoryBatchApi``). Objects are the SPEC's JSON shapes as dicts (``OpenAIFile``, ``Batch``,
-    list pages ``{data, has_more, first_id, last_id}``, ``Model``). Every method raises the
-    :class:`~batchpipe.errors.ApiError` family (``NotFoundError`` for an unknown id). The objects are untyped JSON
-    for now; parsing them into typed models at this boundary is the next step (the never-pay-twice issue)."""
+    ``fakes.batch_api.MemoryBatchApi``). Objects are parsed at this boundary into the typed, lenient models of
+    :mod:`batchpipe.domain.api` (``Batch``, ``FileObject``, ``Page``): a field of the wrong type never crashes a
+    run. Every method raises the :class:`~batchpipe.errors.ApiError` family (``NotFoundError`` for an unknown id,
+    ``ApiProtocolError`` for an answer that is not the object the API promises)."""
 
     async def upload_file(
         self, path: Path, *, purpose: str, filename: str | None = None, expires_after_s: int | None = None
-    ) -> dict[str, Any]: ...
+    ) -> FileObject: ...
+
+    async def retrieve_file(self, file_id: str) -> FileObject: ...
 
     async def list_files(
         self, *, purpose: str | None = None, after: str | None = None, limit: int | None = None, order: str = "desc"
-    ) -> dict[str, Any]: ...
+    ) -> Page[FileObject]: ...
 
     async def delete_file(self, file_id: str) -> dict[str, Any]: ...
 
@@ -584,14 +587,14 @@ class BatchApi(Protocol):
         endpoint: str,
         metadata: dict[str, str] | None = None,
         output_expires_after_s: int | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> Batch: ...
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]: ...
+    async def retrieve_batch(self, batch_id: str) -> Batch: ...
 
-    async def list_batches(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]: ...
+    async def list_batches(self, *, after: str | None = None, limit: int = 100) -> Page[Batch]: ...
 
     def iter_batches(
-        self, *, limit: int = 100, stop: Callable[[dict[str, Any]], bool] | None = None
-    ) -> AsyncIterator[dict[str, Any]]: ...
+        self, *, limit: int = 100, stop: Callable[[Batch], bool] | None = None
+    ) -> AsyncIterator[Batch]: ...
 
     async def retrieve_model(self, model: str) -> dict[str, Any]: ...

@@ -64,8 +64,8 @@ async def create_batches(base_url: str, n: int, folder: Path) -> dict[str, float
             path.write_text(json.dumps(line) + "\n")
             async with sem:
                 uploaded = await client.upload_file(path, purpose="batch")
-                batch = await client.create_batch(input_file_id=str(uploaded["id"]), endpoint=ENDPOINT)
-            tracked[str(batch["id"])] = float(str(batch["created_at"]))
+                batch = await client.create_batch(input_file_id=uploaded.id, endpoint=ENDPOINT)
+            tracked[batch.id] = float(batch.created_at or 0)
 
         await asyncio.gather(*(one(i) for i in range(n)))
     return tracked

@@ -10,6 +10,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +176,101 @@ async def test_a_build_that_fails_part_way_keeps_no_row_and_no_shard_file(tmp_pa
     assert list((tmp_path / "shards").iterdir()) == []
     summary = await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(5), source_name="t")
     assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 5}
+
+
+class _VirtualTime:
+    """A clock that only sleeps move (unix seconds), for runs that must wait a bounded time."""
+
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+        await asyncio.sleep(0)
+
+
+def _timed_runner(
+    tmp_path: Path, ledger: MemoryLedger, api: MemoryBatchApi, time_: _VirtualTime, **opts: object
+) -> Runner:
+    options = RunOptions(
+        workdir=tmp_path,
+        max_shard_requests=4,
+        poll_interval_s=0.01,
+        max_poll_interval_s=0.01,
+        output_grace_s=0.0,
+        max_attempts=1,
+        list_lag_s=20.0,
+        **opts,  # type: ignore[arg-type]
+    )
+    return Runner(
+        ledger,
+        api,
+        options=options,
+        output_dir=tmp_path / "out",
+        store=MemoryImageStore(),
+        sleep=time_.sleep,
+        clock=time_,
+    )
+
+
+async def test_a_lost_create_that_the_list_shows_late_is_adopted_not_repeated(tmp_path: Path) -> None:
+    """The create happened but its answer was lost, and GET /batches leaves the batch out for several reads
+    (an eventually consistent list): the runner reads again, adopts it, and never creates it twice."""
+    time_ = _VirtualTime()
+    ledger, api = MemoryLedger(), MemoryBatchApi(clock=time_)
+    api.lose_create, api.list_lag_calls = 1, 4
+    summary = await _timed_runner(tmp_path, ledger, api, time_).run("job", "h1", lambda: _items(8), source_name="t")
+    assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 8}
+    assert api.create_calls == api.creates == 2 == len(api.batches)  # one per shard, none twice
+    assert summary.unknown_batches == []
+
+
+async def test_a_create_the_list_never_shows_is_made_again_only_after_the_lag_bound(tmp_path: Path) -> None:
+    time_ = _VirtualTime()
+    ledger, api = MemoryLedger(), MemoryBatchApi(clock=time_)
+    api.refuse_create_unseen = 1
+    runner = _timed_runner(tmp_path, ledger, api, time_)
+    summary = await runner.run("job", "h1", lambda: _items(4), source_name="t")
+    assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 4}
+    assert api.create_calls == 2 and api.creates == 1  # the second create only after the list proved absence
+    assert time_.slept >= 20.0  # absence was decisive only once list_lag_s had passed
+    notes = [e["detail"] for e in ledger.events(entity="shard") if e["to_status"] == "uploaded"]
+    assert any(n and "never reached the service" in n for n in notes), notes
+
+
+async def test_repeated_ambiguous_creates_stop_the_run_resumably(tmp_path: Path) -> None:
+    from batchpipe.errors import IndeterminateSubmissionError
+
+    time_ = _VirtualTime()
+    ledger, api = MemoryLedger(), MemoryBatchApi(clock=time_)
+    api.refuse_create_unseen = 5
+    with pytest.raises(IndeterminateSubmissionError, match="2 times"):
+        await _timed_runner(tmp_path, ledger, api, time_).run("job", "h1", lambda: _items(4), source_name="t")
+    assert api.creates == 0 and api.create_calls == 2
+    assert [s.status for s in ledger.shards()] == ["indeterminate"]
+    api.refuse_create_unseen = 0
+    time_.now += 3600  # later: the list is long current; the next run settles the shard and finishes
+    summary = await _timed_runner(tmp_path, ledger, api, time_).run("job", "h1", lambda: _items(4), source_name="t")
+    assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 4} and api.creates == 1
+
+
+async def test_batches_of_this_run_unknown_to_the_ledger_are_reported(tmp_path: Path) -> None:
+    time_ = _VirtualTime()
+    ledger, api = MemoryLedger(), MemoryBatchApi(clock=time_)
+    runner = _timed_runner(tmp_path, ledger, api, time_)
+    original = api.create_batch
+
+    async def create_twice(**kwargs: Any) -> Any:  # a proxy that replays the create: the service has two
+        await original(**kwargs)
+        return await original(**kwargs)
+
+    api.create_batch = create_twice  # type: ignore[method-assign]
+    summary = await runner.run("job", "h1", lambda: _items(4), source_name="t")
+    assert summary.finished and len(api.batches) == 2
+    assert [u["batch_id"] for u in summary.unknown_batches] == [min(api.batches)]
+    assert summary.unknown_batches[0]["requests"] == 4 and summary.unknown_cost_usd >= 0

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from batchpipe.domain.api import lenient_count
 from batchpipe.domain.modeltable import Endpoint, ModelFacts, ModelTable, shipped_table
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "MAX_BATCH_FILE_BYTES",
     "MAX_EDIT_IMAGES",
     "MAX_IMAGE_URL_CHARS",
+    "MAX_PLAUSIBLE_TOKENS",
     "MAX_PROMPT_CHARS",
     "MAX_REQUESTS_PER_BATCH",
     "METADATA_MAX_KEY_CHARS",
@@ -743,6 +745,11 @@ def estimate_usage(body: Mapping[str, object], models: ModelTable | None = None)
     }
 
 
+#: More tokens than one image request can use (input with 16 reference images and the largest output stay far
+#: below); a usage beyond it is the server's error, and its cost is recorded as unknown.
+MAX_PLAUSIBLE_TOKENS: Final = 10_000_000
+
+
 def request_cost_usd(
     model: str, usage: Mapping[str, object], *, batch: bool = True, models: ModelTable | None = None
 ) -> float | None:
@@ -750,19 +757,23 @@ def request_cost_usd(
 
     Text input at the text price, image input at the image price, all output tokens at the image output
     price (FACTS §6); halved when ``batch`` (FACTS §6 "Batch = 50%"). ``None`` when the table has no prices
-    for the model.
+    for the model, or when the usage cannot be true: a token count that is not a non-negative integer, or more
+    than :data:`MAX_PLAUSIBLE_TOKENS` in one request (a server's absurd usage is recorded as an unknown cost,
+    never as 10^14 dollars).
     """
     rules = model_rules(model, models)
     if rules is None or rules.prices is None:
         return None
     prices = rules.prices
     details = usage.get("input_tokens_details")
-    text_in = image_in = 0
     if isinstance(details, dict):
-        text_in = int(details.get("text_tokens") or 0)
-        image_in = int(details.get("image_tokens") or 0)
+        counts = [details.get("text_tokens") or 0, details.get("image_tokens") or 0]
     else:
-        text_in = int(usage.get("input_tokens") or 0)  # type: ignore[call-overload]
-    out = int(usage.get("output_tokens") or 0)  # type: ignore[call-overload]
+        counts = [usage.get("input_tokens") or 0, 0]
+    counts.append(usage.get("output_tokens") or 0)
+    parsed = [lenient_count(value) for value in counts]
+    if any(n is None or n > MAX_PLAUSIBLE_TOKENS for n in parsed):
+        return None
+    text_in, image_in, out = (int(n or 0) for n in parsed)
     cost: float = (text_in * prices.text_in + image_in * prices.image_in + out * prices.image_out) / 1e6
     return cost * (BATCH_DISCOUNT if batch else 1.0)

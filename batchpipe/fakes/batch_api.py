@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
+from batchpipe.domain.api import Batch, FileObject, Page
 from batchpipe.errors import ApiConnectionError, NotFoundError
 from batchpipe.ports import BatchApi
 
@@ -88,7 +89,10 @@ class MemoryBatchApi:
 
     Counters for tests: :attr:`creates` (``POST /batches`` calls that made a batch), :attr:`uploads`.
     Hooks: ``lose_create`` (int): that many next creates make the batch and then raise ``ApiConnectionError``
-    (the response is lost); ``crash_after_create`` (int): likewise but raise :class:`Crash`.
+    (the response is lost); ``crash_after_create`` (int): likewise but raise :class:`Crash`; ``list_lag_calls``
+    (int): a new batch stays out of ``GET /batches`` pages for that many list calls (``retrieve_batch`` sees it);
+    ``refuse_create_unseen`` (int): that many next creates fail with ``ApiConnectionError`` *without* making the
+    batch (ambiguous to the caller). :attr:`list_calls` counts list calls, :attr:`create_calls` create calls.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
@@ -100,6 +104,11 @@ class MemoryBatchApi:
         self.uploads = 0
         self.lose_create = 0
         self.crash_after_create = 0
+        self.list_lag_calls = 0
+        self.refuse_create_unseen = 0
+        self.list_calls = 0
+        self.create_calls = 0
+        self._hidden: dict[str, int] = {}  # batch id → list calls it stays unlisted
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}-fake{next(self._ids):06d}"
@@ -135,30 +144,38 @@ class MemoryBatchApi:
     # -- Files -----------------------------------------------------------------------------------------
     async def upload_file(
         self, path: Path, *, purpose: str, filename: str | None = None, expires_after_s: int | None = None
-    ) -> dict[str, object]:
+    ) -> FileObject:
         """``POST /files``: stores the file's bytes; returns the ``OpenAIFile``."""
         data = path.read_bytes()  # noqa: ASYNC240 - a fake for tests: shard files are small and local
         f = _File(self._id("file"), purpose, filename or path.name, data, int(self._clock()))
         self.files[f.id] = f
         self.uploads += 1
-        return self._file_object(f)
+        return FileObject.parse(self._file_object(f))
+
+    async def retrieve_file(self, file_id: str) -> FileObject:
+        """``GET /files/{id}``; raises ``NotFoundError`` for an unknown id."""
+        f = self.files.get(file_id)
+        if f is None:
+            raise NotFoundError(f"no file {file_id}", status_code=404)
+        return FileObject.parse(self._file_object(f))
 
     async def list_files(
         self, *, purpose: str | None = None, after: str | None = None, limit: int | None = None, order: str = "desc"
-    ) -> dict[str, object]:
+    ) -> Page[FileObject]:
         """``GET /files``: one page of every file (``purpose`` filters), newest first."""
         files = [f for f in reversed(self.files.values()) if purpose is None or f.purpose == purpose]
         if after is not None:
             ids = [f.id for f in files]
             files = files[ids.index(after) + 1 :] if after in ids else []
         page = files[: limit or 10_000]
-        return {
+        raw = {
             "object": "list",
             "data": [self._file_object(f) for f in page],
             "has_more": len(files) > len(page),
             "first_id": page[0].id if page else None,
             "last_id": page[-1].id if page else None,
         }
+        return Page.parse(raw, FileObject)
 
     async def delete_file(self, file_id: str) -> dict[str, object]:
         """``DELETE /files/{id}``; raises ``NotFoundError`` for an unknown id."""
@@ -182,12 +199,17 @@ class MemoryBatchApi:
         endpoint: str,
         metadata: dict[str, str] | None = None,
         output_expires_after_s: int | None = None,
-    ) -> dict[str, object]:
+    ) -> Batch:
         """``POST /batches``: makes the batch (then loses the response or crashes when a hook says so)."""
         if input_file_id not in self.files:
             raise NotFoundError(f"no file {input_file_id}", status_code=404)
+        self.create_calls += 1
+        if self.refuse_create_unseen:
+            self.refuse_create_unseen -= 1
+            raise ApiConnectionError("connection reset before the request was read", method="POST", url="/batches")
         batch = _Batch(self._id("batch"), input_file_id, endpoint, dict(metadata or {}), int(self._clock()))
         self.batches[batch.id] = batch
+        self._hidden[batch.id] = self.list_lag_calls
         self.creates += 1
         if self.crash_after_create:
             self.crash_after_create -= 1
@@ -195,7 +217,7 @@ class MemoryBatchApi:
         if self.lose_create:
             self.lose_create -= 1
             raise ApiConnectionError("connection reset after the request was sent", method="POST", url="/batches")
-        return self._batch_object(batch)
+        return Batch.parse(self._batch_object(batch))
 
     def _advance(self, batch: _Batch) -> None:
         """One step of the batch's life: validating → in_progress → completed (output and error files)."""
@@ -233,46 +255,53 @@ class MemoryBatchApi:
             batch.counts.update(completed=len(out), failed=len(err))
             batch.status = "completed"
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, object]:
+    async def retrieve_batch(self, batch_id: str) -> Batch:
         """``GET /batches/{id}`` (advances the batch one step); raises ``NotFoundError`` for an unknown id."""
         batch = self.batches.get(batch_id)
         if batch is None:
             raise NotFoundError(f"no batch {batch_id}", status_code=404)
         self._advance(batch)
-        return self._batch_object(batch)
+        return Batch.parse(self._batch_object(batch))
 
-    async def list_batches(self, *, after: str | None = None, limit: int = 100) -> dict[str, object]:
-        """``GET /batches``: one page, newest first (each listed batch advances one step)."""
-        batches = list(reversed(self.batches.values()))
+    async def list_batches(self, *, after: str | None = None, limit: int = 100) -> Page[Batch]:
+        """``GET /batches``: one page, newest first (each listed batch advances one step). A batch created less
+        than ``list_lag_calls`` list calls ago is not listed yet (an eventually consistent list)."""
+        self.list_calls += 1
+        for batch_id, left in list(self._hidden.items()):
+            if left <= 0:
+                del self._hidden[batch_id]
+            else:
+                self._hidden[batch_id] = left - 1
+        batches = [b for b in reversed(self.batches.values()) if b.id not in self._hidden]
         if after is not None:
             ids = [b.id for b in batches]
             batches = batches[ids.index(after) + 1 :] if after in ids else []
         page = batches[:limit]
         for batch in page:
             self._advance(batch)
-        return {
+        raw = {
             "object": "list",
             "data": [self._batch_object(b) for b in page],
             "has_more": len(batches) > len(page),
             "first_id": page[0].id if page else None,
             "last_id": page[-1].id if page else None,
         }
+        return Page.parse(raw, Batch)
 
     async def iter_batches(
-        self, *, limit: int = 100, stop: Callable[[dict[str, object]], bool] | None = None
-    ) -> AsyncIterator[dict[str, object]]:
+        self, *, limit: int = 100, stop: Callable[[Batch], bool] | None = None
+    ) -> AsyncIterator[Batch]:
         """Every batch, newest first, ending before the first one ``stop`` accepts."""
         after: str | None = None
         while True:
             page = await self.list_batches(after=after, limit=limit)
-            data: list[dict[str, Any]] = page["data"]  # type: ignore[assignment]
-            for batch in data:
+            for batch in page.data:
                 if stop is not None and stop(batch):
                     return
                 yield batch
-            if not page["has_more"] or not data:
+            if not page.has_more or not page.data:
                 return
-            after = data[-1]["id"]
+            after = page.last_id
 
     async def retrieve_model(self, model: str) -> dict[str, object]:
         """``GET /models/{model}``: every model exists and none shuts down (lifecycle is the table's concern)."""

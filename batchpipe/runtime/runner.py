@@ -18,7 +18,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,8 +26,9 @@ import orjson
 import structlog
 
 from batchpipe.adapters.local_store import LocalImageStore
+from batchpipe.domain.api import Batch
 from batchpipe.domain.backoff import Backoff
-from batchpipe.domain.items import ImageRef, Item, ItemStatus, make_custom_id, request_hash
+from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.domain.lifecycle import ModelPolicy
 from batchpipe.domain.records import BatchRow, ShardRow, batch_status_is_terminal
 from batchpipe.domain.spec import estimate_input_tokens
@@ -35,10 +36,11 @@ from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionEr
 from batchpipe.ports import AsyncLedger, BatchApi, Clock, ImageStore, Ledger, Verifier
 from batchpipe.runtime.settings import RunOptions
 from batchpipe.stages.collect import RETRYABLE_ERROR_CODES, Collector
+from batchpipe.stages.listing import iter_files
 from batchpipe.stages.poll import Poller
 from batchpipe.stages.shard import ShardBuilder, ShardInfo
 
-__all__ = ["RunOptions", "RunSummary", "Runner", "ValidationFailed"]
+__all__ = ["RunOptions", "RunSummary", "Runner", "SubmissionStalled", "ValidationFailed"]
 
 log = structlog.get_logger("batchpipe.run")
 
@@ -49,6 +51,9 @@ META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_
 DEFAULT_LEASE_S: Final = 3600.0
 #: Item rows per ledger transaction while building: a build never holds a transaction across an ``await``.
 _ROWS_PER_COMMIT: Final = 500
+#: How far the service's clock may be ahead of ours (seconds): a listed batch proves the list current past an
+#: attempt only if the service says it was created at least this long after the attempt (by our clock).
+CLOCK_SKEW_S: Final = 30.0
 #: Environment variable naming this worker (default: the host name): two workers on one machine need two names.
 WORKER_ENV: Final = "BATCHPIPE_WORKER"
 
@@ -81,6 +86,15 @@ def _worth_waiting(exc: ApiError) -> bool:
     return exc.status_code == 404
 
 
+class SubmissionStalled(ApiError):
+    """The service kept refusing every submission (429, 404...) for longer than the run waits, or asked for a
+    longer wait: the run stops (exit 3); nothing was created twice and the same command resumes it later."""
+
+
+#: Batch statuses of SPEC ``Batch.status``; another one is logged once and treated as not terminal.
+_KNOWN_BATCH_STATUSES: Final = frozenset(str(s) for s in BatchStatus)
+
+
 class ValidationFailed(InputError):
     """Items failed validation and ``skip_invalid`` is off: nothing was recorded or submitted.
 
@@ -110,6 +124,10 @@ class RunSummary:
     invalid: int
     duplicates: int
     finished: bool
+    #: batches the service holds with this run's metadata that the ledger does not know (never collected):
+    #: ``{batch_id, shard, status, requests}`` each; ``unknown_cost_usd``: their estimated cost exposure (USD)
+    unknown_batches: list[dict[str, object]] = field(default_factory=list)
+    unknown_cost_usd: float = 0.0
 
     @property
     def all_succeeded(self) -> bool:
@@ -174,6 +192,10 @@ class Runner:
         self.lease_s = lease_s
         self._collector_factory = collector_factory
         self._round = 0
+        self._ambiguous: dict[str, int] = {}  # shard → ambiguous upload/create failures in this process
+        self._refused_since: float | None = None  # since when every submission was refused (None: not now)
+        self._last_refusal = ""
+        self._unknown_seen: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------------------------------------
     async def run(
@@ -257,7 +279,50 @@ class Runner:
         finished = not any(counts.get(s) for s in (ItemStatus.PENDING, ItemStatus.SUBMITTED))
         if finished:
             await self.db.finish_run(run_id, "finished")
-        return await self._summary(job, run_id, stats, finished=finished)
+        summary = await self._summary(job, run_id, stats, finished=finished)
+        await self._scan_unknown_batches(run_id, summary)
+        return summary
+
+    async def _scan_unknown_batches(self, run_id: str, summary: RunSummary) -> None:
+        """Find batches the service holds with this run's metadata that the ledger does not know (a create the
+        service performed after the run decided it had not), and report them in ``summary`` and the log with
+        their estimated cost exposure (their requests × this run's mean recorded cost per item). A list that
+        cannot be read is logged, never fatal: the run's own state is already settled."""
+        info = await self.db.run_info(run_id)
+        started = float(str(info.get("started_at"))) if info and info.get("started_at") is not None else 0.0
+        known = {b.batch_id for b in await self.db.batches()}
+        unknown: list[dict[str, object]] = []
+        try:
+            async for batch in self.client.iter_batches(
+                limit=100, stop=lambda b: b.created_at is not None and b.created_at < started - 120
+            ):
+                meta = batch.metadata or {}
+                if meta.get(META_RUN) == run_id and batch.id not in known:
+                    requests = batch.request_counts.total if batch.request_counts else 0
+                    unknown.append(
+                        {
+                            "batch_id": batch.id,
+                            "shard": meta.get(META_SHARD),
+                            "status": batch.status,
+                            "requests": requests,
+                        }
+                    )
+        except ApiError as exc:
+            log.warning("could not list batches to look for unknown ones", error=str(exc))
+            return
+        if not unknown:
+            return
+        done = sum(summary.items.get(s, 0) for s in (ItemStatus.SUCCEEDED,))
+        per_item = summary.cost_usd / done if done else 0.0
+        summary.unknown_batches = unknown
+        summary.unknown_cost_usd = round(per_item * sum(int(str(u["requests"])) for u in unknown), 6)
+        log.warning(
+            "batches with this run's metadata that the ledger does not know",
+            run_id=run_id,
+            count=len(unknown),
+            batch_ids=[u["batch_id"] for u in unknown],
+            cost_exposure_usd=summary.unknown_cost_usd,
+        )
 
     async def _built(self, run_id: str) -> bool:
         """True when the run's build is finished (:meth:`Ledger.finish_build` set ``built_at``)."""
@@ -499,55 +564,87 @@ class Runner:
                 await self.db.release("shard", listed.name, owner=self.owner)
 
     async def _reconcile_upload(self, shard: ShardRow) -> None:
+        """Settle an upload whose outcome is unknown: adopt the service's file of the same name and size, else
+        return the shard to ``built`` (a second upload costs nothing but storage, and is cleaned up)."""
         filename = Path(shard.path).name
-        since = (shard.intent_at or 0) - 120
-        try:
-            found = None
-            after = None
-            while found is None:
-                page = await self.client.list_files(purpose="batch", after=after, limit=10_000)
-                data = page.get("data") or []
-                found = next((f for f in data if f.get("filename") == filename and f.get("bytes") == shard.bytes), None)
-                if (
-                    found
-                    or not page.get("has_more")
-                    or not data
-                    or min(int(f.get("created_at") or 0) for f in data) < since
-                ):
-                    break
-                after = page.get("last_id") or data[-1]["id"]
-        except ApiError as exc:
-            await self._indeterminate(shard, f"cannot list files to reconcile the upload: {exc}")
-        if found is not None:
-            await self.db.record_file(found, role="input", sha256=shard.sha256)
-            await self.db.transition_shard(
-                shard.name, "uploaded", fields={"input_file_id": found["id"]}, note="adopted existing upload"
-            )
-            log.info("adopted upload", shard=shard.name, file_id=found["id"])
-        else:
-            await self.db.transition_shard(shard.name, "built", note="upload never reached the service")
-
-    async def _reconcile_create(self, shard: ShardRow) -> None:
         since = (shard.intent_at or 0) - 120
         found = None
         try:
-            async for batch in self.client.iter_batches(
-                limit=100, stop=lambda b: int(b.get("created_at") or 0) < since
-            ):
-                meta = batch.get("metadata") or {}
-                if meta.get(META_SHARD) == shard.name and meta.get(META_RUN) == shard.run_id:
-                    found = batch
+            async for listed in iter_files(self.client, purpose="batch", limit=10_000):
+                if listed.filename == filename and listed.bytes == shard.bytes:
+                    found = listed
+                    break
+                if listed.created_at is not None and listed.created_at < since:
                     break
         except ApiError as exc:
-            await self._indeterminate(shard, f"cannot list batches to reconcile the create: {exc}")
+            await self._indeterminate(shard, f"cannot list files to reconcile the upload: {exc}")
         if found is not None:
-            if shard.status == "indeterminate":
-                await self.db.transition_shard(shard.name, "uploaded", fields={"input_file_id": shard.input_file_id})
-                await self.db.transition_shard(shard.name, "creating")
-            await self._adopt_batch(shard, found, note="adopted existing batch")
-            log.info("adopted batch", shard=shard.name, batch_id=found["id"])
+            await self.db.record_file(found.as_record(), role="input", sha256=shard.sha256)
+            await self.db.transition_shard(
+                shard.name, "uploaded", fields={"input_file_id": found.id}, note="adopted existing upload"
+            )
+            log.info("adopted upload", shard=shard.name, file_id=found.id)
         else:
-            await self.db.transition_shard(shard.name, "uploaded", note="create never reached the service")
+            await self.db.transition_shard(shard.name, "built", note="upload never reached the service")
+
+    async def _find_batch(self, shard: ShardRow) -> tuple[Batch | None, int | None]:
+        """One walk of ``GET /batches`` (newest first, back to 120 s before the attempt) for the batch carrying
+        the shard's metadata: ``(batch or None, newest created_at seen or None)``."""
+        since = (shard.intent_at or 0) - 120
+        newest: int | None = None
+        async for batch in self.client.iter_batches(
+            limit=100, stop=lambda b: b.created_at is not None and b.created_at < since
+        ):
+            if batch.created_at is not None:
+                newest = batch.created_at if newest is None else max(newest, batch.created_at)
+            meta = batch.metadata or {}
+            if meta.get(META_SHARD) == shard.name and meta.get(META_RUN) == shard.run_id:
+                return batch, newest
+        return None, newest
+
+    async def _reconcile_create(self, shard: ShardRow) -> None:
+        """Settle a create whose outcome is unknown (gotchas #9): adopt the batch if the service lists it, and
+        decide it was never made only on proof, because ``GET /batches`` may lag behind a create.
+
+        Absence from one list read proves nothing. It becomes proof once the list has shown itself current past
+        the attempt (it lists a batch created :data:`CLOCK_SKEW_S` or more after ``intent_at``), or once
+        ``list_lag_s`` have passed since the attempt; until then the list is read again, backing off (each read
+        logged). Only then does the shard go back to ``uploaded`` to be created again. Raises
+        :class:`IndeterminateSubmissionError` (exit 3, resumable) when the list cannot be read.
+        """
+        attempt_at = shard.intent_at or self._clock()
+        backoff = Backoff(0.5, 8.0)
+        reads = 0
+        while True:
+            try:
+                found, newest = await self._find_batch(shard)
+            except ApiError as exc:
+                await self._indeterminate(shard, f"cannot list batches to reconcile the create: {exc}")
+                return
+            reads += 1
+            if found is not None:
+                if shard.status == "indeterminate":
+                    await self.db.transition_shard(
+                        shard.name, "uploaded", fields={"input_file_id": shard.input_file_id}
+                    )
+                    await self.db.transition_shard(shard.name, "creating")
+                await self._adopt_batch(shard, found, note="adopted existing batch")
+                log.info("adopted batch", shard=shard.name, batch_id=found.id, list_reads=reads)
+                return
+            waited = self._clock() - attempt_at
+            current = newest is not None and newest >= attempt_at + CLOCK_SKEW_S
+            if current or waited >= self.options.list_lag_s:
+                break
+            log.info(
+                "the batch list does not show this shard's batch yet; reading it again",
+                shard=shard.name,
+                waited_s=round(waited, 1),
+                decide_after_s=self.options.list_lag_s,
+            )
+            await self._sleep(min(backoff.delay_s(reads - 1), max(self.options.list_lag_s - waited, 0.05)))
+        await self.db.transition_shard(
+            shard.name, "uploaded", note=f"create never reached the service (not listed after {reads} reads)"
+        )
 
     async def _indeterminate(self, shard: ShardRow, why: str) -> None:
         if shard.status != "indeterminate":
@@ -607,8 +704,8 @@ class Runner:
             name, sha = shard.name, shard.sha256
 
             def record_upload(db: Ledger) -> ShardRow | None:
-                db.record_file(uploaded, role="input", sha256=sha)
-                db.transition_shard(name, "uploaded", fields={"input_file_id": uploaded["id"]})
+                db.record_file(uploaded.as_record(), role="input", sha256=sha)
+                db.transition_shard(name, "uploaded", fields={"input_file_id": uploaded.id})
                 return db.shard(name)
 
             stored = await self.db.atomic(record_upload)
@@ -623,32 +720,64 @@ class Runner:
             await self._after_failure(shard.name, exc, what="create", back_to="uploaded")
             return False
         await self._adopt_batch(await self.db.shard(shard.name) or shard, batch, note="created")
-        log.info("batch created", shard=shard.name, batch_id=batch["id"], requests=shard.requests)
+        log.info("batch created", shard=shard.name, batch_id=batch.id, requests=shard.requests)
+        self._refused_since = None
         return True
 
     async def _after_failure(self, name: str, exc: ApiError, *, what: str, back_to: str) -> None:
-        """Settle a failed upload or create: a definite refusal returns the shard to ``back_to`` (deferred if
-        it passes with time, else re-raised); an ambiguous one is reconciled against the service now."""
+        """Settle a failed upload or create.
+
+        A definite refusal returns the shard to ``back_to``: deferred when it passes with time (429, the
+        upload→create race's 404) unless the service asks for a wait beyond ``max_stall_s``, else raised (a 404
+        on upload says the base URL is wrong). An ambiguous failure is reconciled against the service now; the
+        ``max_ambiguous_submits``-th ambiguous failure of one shard in this process stops the run instead (exit 3)
+        with the intent left standing, for the next run to settle after the service has caught up.
+        """
         if _definitely_not_done(exc):
             await self.db.transition_shard(name, back_to, note=f"{what} refused: {exc}")
+            retry_after = exc.retry_after_s if isinstance(exc, ApiStatusError) else None
+            if what == "upload" and isinstance(exc, NotFoundError):
+                raise ApiError(
+                    f"{exc} -- the service has no Files API at this address: is the base URL right? The OpenAI "
+                    "API's base URL ends in /v1 (https://api.openai.com/v1); pass --api with the /v1 part",
+                    method=exc.method,
+                    url=exc.url,
+                ) from None
             if _worth_waiting(exc):
+                if retry_after is not None and retry_after > self.options.max_stall_s:
+                    raise SubmissionStalled(
+                        f"{what} of shard {name}: the service refused ({exc}) and asks to wait "
+                        f"{retry_after:g} s, longer than this run waits ({self.options.max_stall_s:g} s)"
+                    ) from None
+                self._last_refusal = f"{what} of shard {name}: {exc}"
                 return
             raise exc
-        log.warning(f"{what} outcome unknown, reconciling", shard=name, error=str(exc))
+        count = self._ambiguous[name] = self._ambiguous.get(name, 0) + 1
+        if count >= self.options.max_ambiguous_submits:
+            shard = await self.db.shard(name)
+            assert shard is not None
+            await self._indeterminate(
+                shard,
+                f"{what} of shard {name} failed {count} times without a clear answer (last: {exc}); the service "
+                "may or may not have acted on it. Nothing is created again until a later run has read the "
+                "service's lists",
+            )
+        log.warning(f"{what} outcome unknown, reconciling", shard=name, error=str(exc), attempt=count)
         await self._sleep(1.0)
         shard = await self.db.shard(name)
         assert shard is not None
         await (self._reconcile_upload(shard) if what == "upload" else self._reconcile_create(shard))
 
-    async def _adopt_batch(self, shard: ShardRow, batch: dict[str, Any], *, note: str) -> None:
+    async def _adopt_batch(self, shard: ShardRow, batch: Batch, *, note: str) -> None:
         """Record the batch and move the shard to ``created`` and its pending items to ``submitted``, at once."""
+        record = batch.as_record()
 
         def adopt(db: Ledger) -> None:
-            db.record_batch(batch, shard=shard.name, run_id=shard.run_id, model=shard.model)
-            db.update_batch(batch)
+            db.record_batch(record, shard=shard.name, run_id=shard.run_id, model=shard.model)
+            db.update_batch(record)
             ids = [row.custom_id for row in db.items(shard=shard.name, statuses=[ItemStatus.PENDING])]
-            db.transition_items(ids, ItemStatus.SUBMITTED, fields={"batch_id": batch["id"]})
-            db.transition_shard(shard.name, "created", fields={"batch_id": batch["id"]}, note=note)
+            db.transition_items(ids, ItemStatus.SUBMITTED, fields={"batch_id": batch.id})
+            db.transition_shard(shard.name, "created", fields={"batch_id": batch.id}, note=note)
 
         await self.db.atomic(adopt)
 
@@ -666,6 +795,8 @@ class Runner:
                     continue
                 if await self.db.shards(run_id=run_id, statuses=["built", "uploaded"]):
                     if not submitted:  # every shard was deferred (429, upload race): wait before trying again
+                        self._check_stall()
+                        log.info("every shard is deferred; trying again", refused=self._last_refusal)
                         await self._sleep(backoff.delay_s(idle))
                         idle += 1
                     continue
@@ -683,17 +814,14 @@ class Runner:
                 before = {b.batch_id: b.request_counts_json for b in open_batches}
                 result = await self.poller.poll(tracked)
                 for batch_id, batch in result.batches.items():
-                    counts = batch.get("request_counts")
+                    record = batch.as_record()
+                    counts = record["request_counts"]
                     if counts is not None and orjson.dumps(counts).decode() != before.get(batch_id):
                         moving = True
-                    if await self.db.update_batch(batch) is not None:
+                    self._note_unknown_status(batch)
+                    if await self.db.update_batch(record) is not None:
                         changed = True
-                        log.info(
-                            "batch status",
-                            batch_id=batch_id,
-                            status=batch["status"],
-                            counts=batch.get("request_counts"),
-                        )
+                        log.info("batch status", batch_id=batch_id, status=batch.status, counts=counts)
                 await self._report_progress(run_id)
             ready = [
                 b for b in await self.db.batches(run_id=run_id, unfinished=True) if batch_status_is_terminal(b.status)
@@ -715,6 +843,26 @@ class Runner:
             else:
                 await self._sleep(backoff.delay_s(idle))
                 idle += 1
+
+    def _note_unknown_status(self, batch: Batch) -> None:
+        """Log, once per batch and status, a status this code does not know (kept, and not terminal)."""
+        if batch.status not in _KNOWN_BATCH_STATUSES and (batch.id, batch.status) not in self._unknown_seen:
+            self._unknown_seen.add((batch.id, batch.status))
+            log.warning(
+                "unknown batch status; treated as not finished, polling on", batch_id=batch.id, status=batch.status
+            )
+
+    def _check_stall(self) -> None:
+        """Raise :class:`SubmissionStalled` when every shard has been refused for ``max_stall_s`` with nothing
+        in flight (the service keeps answering 429 or 404 to creates)."""
+        now = self._clock()
+        if self._refused_since is None:
+            self._refused_since = now
+        elif now - self._refused_since > self.options.max_stall_s:
+            raise SubmissionStalled(
+                f"no shard could be submitted for {now - self._refused_since:.0f} s; the service keeps refusing "
+                f"({self._last_refusal})"
+            )
 
     async def _report_progress(self, run_id: str) -> None:
         states: dict[str, int] = {}

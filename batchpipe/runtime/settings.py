@@ -23,6 +23,8 @@ class ApiTiming(TypedDict):
     poll_interval_s: float
     max_poll_interval_s: float
     output_grace_s: float
+    list_lag_s: float
+    max_stall_s: float
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class RunOptions:
     (gotchas #3). ``cleanup_inputs`` / ``cleanup_outputs``: delete input files after their batch ends and
     output/error files after collection (gotchas #6). ``retry_error_codes``: per-request error codes to
     resubmit automatically on top of the retryable ones (e.g. ``invalid_image_url`` while a photo host is down).
+    ``list_lag_s``: how long after a create whose answer was lost its batch may still be missing from
+    ``GET /batches`` (the list is eventually consistent): absence is decisive only after it.
+    ``max_ambiguous_submits``: ambiguous failures (5xx, timeout, cut connection) of one shard's upload or create
+    before the run stops (exit 3) and leaves the decision to a later run. ``max_stall_s``: how long every shard may
+    be refused (429, the upload race's 404) with nothing in flight before the run stops (exit 3).
 
     Frozen: built once at the edge (:func:`options_from_spec`, ``batchpipe retry``), then only read. The timing
     fields that depend on where the API is come from :func:`api_timing` at that moment.
@@ -56,20 +63,25 @@ class RunOptions:
     max_shard_bytes: int | None = None
     max_shard_input_tokens: int | None = None
     retry_error_codes: frozenset[str] = frozenset()
+    list_lag_s: float = 60.0
+    max_ambiguous_submits: int = 2
+    max_stall_s: float = 900.0
     models: ModelTable | None = None  #: the model table for costs (default: the shipped one)
     stop_after: str | None = None  # testing hook: "build" | "submit" stops the run early (resumable)
 
 
 def api_timing(*, local: bool, poll_interval_s: float | None = None) -> ApiTiming:
-    """``poll_interval_s``, ``max_poll_interval_s`` and ``output_grace_s`` (seconds) for an API on this machine
-    (``local``: the emulator or a loopback proxy, polled every 0.2 s, at most every 2 s, grace 30 s) or the real
-    service (every 30 s backing off to 300 s, grace 600 s; FACTS §2.2: batches take minutes to hours).
-    ``poll_interval_s`` (``--poll-interval``) overrides the base interval."""
+    """The :class:`RunOptions` timings (seconds) for an API on this machine (``local``: the emulator or a
+    loopback proxy: polled every 0.2 s, at most every 2 s, grace 30 s, list lag 10 s, stall 30 s) or the real
+    service (every 30 s backing off to 300 s, grace 600 s, list lag 60 s, stall 900 s; FACTS §2.2: batches take
+    minutes to hours). ``poll_interval_s`` (``--poll-interval``) overrides the base interval."""
     base = poll_interval_s or (0.2 if local else 30.0)
     return ApiTiming(
         poll_interval_s=base,
         max_poll_interval_s=max(base, 2.0 if local else 300.0),
         output_grace_s=30.0 if local else 600.0,
+        list_lag_s=10.0 if local else 60.0,
+        max_stall_s=30.0 if local else 900.0,
     )
 
 

@@ -107,6 +107,13 @@ def summary_lines(summary: RunSummary, *, output_dir: Path) -> list[str]:
         lines.append(f"skipped {summary.skipped_unchanged} item(s) already succeeded with the same request")
     if summary.duplicates:
         lines.append(f"{summary.duplicates} duplicate key(s) were renamed (see the warnings above)")
+    if summary.unknown_batches:
+        ids = ", ".join(str(u["batch_id"]) for u in summary.unknown_batches[:10])
+        lines.append(
+            f"WARNING: the service holds {len(summary.unknown_batches)} batch(es) with this run's metadata that the "
+            f"ledger does not know ({ids}); estimated cost exposure ${summary.unknown_cost_usd:.4f}. They are not "
+            "collected; cancel them with the service if they are still running"
+        )
     if not summary.finished:
         lines.append("the run is not finished: run the same command again to resume it")
     return lines

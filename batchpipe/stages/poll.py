@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
+from batchpipe.domain.api import Batch
+from batchpipe.errors import ApiProtocolError
 from batchpipe.ports import BatchApi
 
 __all__ = ["PollResult", "Poller"]
@@ -24,9 +25,10 @@ log = structlog.get_logger("batchpipe.stages.poll")
 
 @dataclass(frozen=True, slots=True)
 class PollResult:
-    """One cycle: ``batches`` (id → Batch object as the service returned it) and ``calls`` (API requests made)."""
+    """One cycle: ``batches`` (id → the service's :class:`~batchpipe.domain.api.Batch`) and ``calls`` (API
+    requests made)."""
 
-    batches: dict[str, dict[str, Any]]
+    batches: dict[str, Batch]
     calls: int
 
 
@@ -40,28 +42,39 @@ class Poller:
     async def poll(self, tracked: Mapping[str, float]) -> PollResult:
         """The current Batch object of every tracked batch.
 
-        ``tracked`` maps batch id → its ``created_at`` (unix seconds, from the create response). Raises the
-        client's :class:`~batchpipe.errors.ApiError` if a call fails after the client's own retries.
+        ``tracked`` maps batch id → its ``created_at`` (unix seconds, from the create response). The list walk
+        ends at the last page or at a page of batches older than the oldest tracked one. Raises
+        :class:`~batchpipe.errors.ApiProtocolError` when the list gives a cursor it gave before (a list that
+        repeats or cycles would never end), and the client's :class:`~batchpipe.errors.ApiError` if a call fails
+        after the client's own retries.
         """
         wanted = set(tracked)
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, Batch] = {}
         calls = 0
         if not wanted:
             return PollResult(found, 0)
         oldest = min(tracked.values())
         after: str | None = None
+        followed: set[str] = set()
         while wanted - found.keys():
             page = await self._client.list_batches(after=after, limit=self._page_limit)
             calls += 1
-            data = page.get("data") or []
-            for batch in data:
-                if batch.get("id") in wanted:
-                    found[batch["id"]] = batch
-            if not page.get("has_more") or not data:
+            for batch in page.data:
+                if batch.id in wanted:
+                    found[batch.id] = batch
+            if not page.has_more or not page.data or page.last_id is None:
                 break
-            if min(int(b.get("created_at") or 0) for b in data) < oldest:
+            if min(b.created_at if b.created_at is not None else 0 for b in page.data) < oldest:
                 break
-            after = page.get("last_id") or data[-1]["id"]
+            if page.last_id in followed:
+                raise ApiProtocolError(
+                    f"GET /batches: the list's cursor repeats (after={page.last_id} was answered before); the list "
+                    "cannot be trusted (a gateway or proxy may be caching its pages)",
+                    method="GET",
+                    url="/batches",
+                )
+            followed.add(page.last_id)
+            after = page.last_id
         for batch_id in sorted(wanted - found.keys()):
             found[batch_id] = await self._client.retrieve_batch(batch_id)
             calls += 1

@@ -20,6 +20,7 @@ from batchpipe.domain.spec import COMPLETION_WINDOW_S
 from batchpipe.errors import ApiError, NotFoundError
 from batchpipe.input.references import REFERENCE_ROLE, ReferenceOptions
 from batchpipe.ports import AsyncLedger, BatchApi
+from batchpipe.stages.listing import iter_files
 
 __all__ = ["ensure_uploaded", "release_unused"]
 
@@ -70,8 +71,8 @@ async def ensure_uploaded(
                 filename=path.name,
                 expires_after_s=options.upload_expires_after_s,
             )
-        await ledger.record_file(obj, role=REFERENCE_ROLE, sha256=sha)
-        cached[sha] = str(obj["id"])
+        await ledger.record_file(obj.as_record(), role=REFERENCE_ROLE, sha256=sha)
+        cached[sha] = obj.id
 
     await asyncio.gather(*(upload(sha, path) for sha, path in todo))
     return cached, len(todo)
@@ -79,15 +80,7 @@ async def ensure_uploaded(
 
 async def _listed_file_ids(client: BatchApi, purpose: str) -> set[str]:
     """Every file id the service lists for ``purpose`` (all pages)."""
-    ids: set[str] = set()
-    after: str | None = None
-    while True:
-        page = await client.list_files(purpose=purpose, after=after)
-        data = page.get("data") or []
-        ids.update(str(f["id"]) for f in data)
-        if not page.get("has_more") or not data:
-            return ids
-        after = str(data[-1]["id"])
+    return {listed.id async for listed in iter_files(client, purpose=purpose)}
 
 
 def _file_ids_in_body(body: Mapping[str, object]) -> Iterable[str]:

@@ -19,15 +19,18 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from batchpipe.adapters.openai import FileStream, OpenAIClient, RetryPolicy
+from batchpipe.domain.api import Batch
 from batchpipe.errors import (
     ApiConnectionError,
     ApiError,
+    ApiProtocolError,
     ApiTimeoutError,
     AuthenticationError,
     NotFoundError,
     RateLimitError,
     ServerError,
 )
+from batchpipe.stages.poll import Poller
 
 MakeClient = Callable[..., OpenAIClient]
 
@@ -54,7 +57,7 @@ async def test_get_retried_on_5xx_with_backoff(make_client: MakeClient, clock: F
 
     async with make_client(handler) as client:
         result = await client.retrieve_batch("batch_1")
-    assert result["id"] == "batch_1"
+    assert result.id == "batch_1"
     assert clock.sleeps == [0.5, 1.0]
     assert [str(r.url) for r in seen] == ["http://emulator.test/v1/batches/batch_1"] * 3
     assert seen[0].headers["authorization"] == f"Bearer {API_KEY}"
@@ -129,7 +132,7 @@ async def test_get_retried_on_read_timeout(make_client: MakeClient, clock: FakeC
 
     async with make_client(handler) as client:
         page = await client.list_files(purpose="batch", after="file-9", limit=5, order="asc")
-    assert page["data"] == []
+    assert page.data == []
     assert calls == 2
     assert client.stats.connection_errors == 1
 
@@ -182,7 +185,7 @@ async def test_create_batch_retried_on_429(make_client: MakeClient, clock: FakeC
             metadata={"idempotency_key": "k1"},
             output_expires_after_s=7200,
         )
-    assert created["id"] == "batch_new"
+    assert created.id == "batch_new"
     assert clock.sleeps == [2.0]
     assert len(bodies) == 2
     assert (
@@ -210,7 +213,7 @@ async def test_create_batch_retried_on_connect_error(make_client: MakeClient, cl
 
     async with make_client(handler) as client:
         created = await client.create_batch(input_file_id="file-1", endpoint="/v1/images/generations")
-    assert created["id"] == "batch_new"
+    assert created.id == "batch_new"
     assert calls == 2
     assert clock.sleeps == [0.5]
 
@@ -225,7 +228,7 @@ async def test_cancel_batch_is_retried(make_client: MakeClient, clock: FakeClock
 
     async with make_client(handler) as client:
         result = await client.cancel_batch("b1")
-    assert result["status"] == "cancelling"
+    assert result.status == "cancelling"
     assert paths == ["POST /v1/batches/b1/cancel"] * 2
 
 
@@ -270,7 +273,7 @@ def _batches_server(total: int, *, omit_last_id: bool = False) -> tuple[list[dic
 async def test_iter_batches_follows_pages(make_client: MakeClient, omit_last_id: bool) -> None:
     queries, handler = _batches_server(250, omit_last_id=omit_last_id)
     async with make_client(handler) as client:
-        got = [b["id"] async for b in client.iter_batches(limit=100)]
+        got = [b.id async for b in client.iter_batches(limit=100)]
     assert got == [f"batch_{i:04d}" for i in range(250)]
     assert queries == [
         {"limit": "100"},
@@ -282,13 +285,13 @@ async def test_iter_batches_follows_pages(make_client: MakeClient, omit_last_id:
 async def test_iter_batches_stop_ends_early(make_client: MakeClient) -> None:
     queries, handler = _batches_server(250)
 
-    def too_old(b: dict[str, object]) -> bool:
-        created_at = b["created_at"]
+    def too_old(b: Batch) -> bool:
+        created_at = b.created_at
         assert isinstance(created_at, int)
         return created_at < 10_000 - 120
 
     async with make_client(handler) as client:
-        got = [b["id"] async for b in client.iter_batches(limit=50, stop=too_old)]
+        got = [b.id async for b in client.iter_batches(limit=50, stop=too_old)]
     assert got == [f"batch_{i:04d}" for i in range(121)]
     assert len(queries) == 3  # pages 0-49, 50-99, 100-149; page four never requested
 
@@ -505,8 +508,8 @@ async def test_upload_streams_multipart(make_client: MakeClient, jsonl: Path) ->
     transport = httpx.ASGITransport(app=_upload_app(None, received))
     async with make_client(transport=transport) as client:
         result = await client.upload_file(jsonl, purpose="batch", expires_after_s=86_400)
-    assert result["id"] == "file-abc"
-    assert result["bytes"] == len(JSONL)
+    assert result.id == "file-abc"
+    assert result.bytes == len(JSONL)
     [got] = received
     assert got["purpose"] == "batch"
     assert (got["anchor"], got["seconds"]) == ("created_at", "86400")
@@ -637,3 +640,28 @@ async def test_api_key_absent_from_errors_and_logs(make_client: MakeClient) -> N
     assert all("delay_s" in entry for entry in retries)
     assert API_KEY not in repr(logs)
     assert "authorization" not in repr(logs).lower()
+
+
+@pytest.mark.parametrize("cycle", [["b1"], ["b1", "b2"]])
+async def test_a_list_cursor_that_repeats_or_cycles_is_a_protocol_error_not_a_loop(
+    make_client: MakeClient, cycle: list[str]
+) -> None:
+    """A gateway that answers every page with the same (or a cycling) cursor: the walk stops with an error after
+    the cursor comes round again, instead of listing forever."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        last = cycle[(calls - 1) % len(cycle)]
+        body = {"object": "list", "data": [batch(last, created_at=10_000)], "has_more": True, "last_id": last}
+        return httpx.Response(200, json=body)
+
+    async with make_client(handler) as client:
+        with pytest.raises(ApiProtocolError, match="cursor repeats"):
+            _ = [b.id async for b in client.iter_batches(limit=100)]
+        assert client.stats.cursor_cycles == 1
+        poller = Poller(client)
+        with pytest.raises(ApiProtocolError, match="cursor repeats"):
+            await poller.poll({"batch_elsewhere": 1.0})
+    assert calls <= 2 * (len(cycle) + 1)

@@ -32,9 +32,11 @@ import structlog
 
 from batchpipe.adapters.openai.retry import RetryPolicy, decide, parse_duration_s, parse_retry_after
 from batchpipe.adapters.openai.settings import ApiSettings
+from batchpipe.domain.api import Batch, FileObject, Page
 from batchpipe.errors import (
     ApiConnectionError,
     ApiError,
+    ApiProtocolError,
     ApiStatusError,
     ApiTimeoutError,
     AuthenticationError,
@@ -164,7 +166,8 @@ class ClientStats:
     ``("GET", "/batches/{batch_id}")``; ``responses``: responses per HTTP status; ``retries``: retries
     performed; ``rate_limited``: 429 responses; ``connection_errors``: transport failures (before a response
     or in a body); ``rate_limit_waits``: times a request waited for ``x-ratelimit-reset-requests``;
-    ``bytes_downloaded``: file-content bytes received (skipped bytes included).
+    ``bytes_downloaded``: file-content bytes received (skipped bytes included); ``cursor_cycles``: list
+    walks ended because the service gave a cursor already followed.
     """
 
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -174,6 +177,7 @@ class ClientStats:
     connection_errors: int = 0
     rate_limit_waits: int = 0
     bytes_downloaded: int = 0
+    cursor_cycles: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,7 +556,7 @@ class OpenAIClient:
 
     async def upload_file(
         self, path: Path, *, purpose: str, filename: str | None = None, expires_after_s: int | None = None
-    ) -> dict[str, object]:
+    ) -> FileObject:
         """``POST /files`` (SPEC ``CreateFileRequest``), streaming ``path`` from disk as multipart form data.
 
         ``purpose``: e.g. ``"batch"``; ``filename``: name sent (default ``path.name``); ``expires_after_s``:
@@ -596,11 +600,13 @@ class OpenAIClient:
             "Content-Type": f"multipart/form-data; boundary={boundary}",
             "Content-Length": str(len(head) + size_bytes + len(tail)),
         }
-        return await self._json("POST", "/files", "files", idempotent=False, content=body, headers=headers)
+        raw = await self._json("POST", "/files", "files", idempotent=False, content=body, headers=headers)
+        return FileObject.parse(raw, what="POST /files")
 
-    async def retrieve_file(self, file_id: str) -> dict[str, object]:
+    async def retrieve_file(self, file_id: str) -> FileObject:
         """``GET /files/{file_id}``: the ``OpenAIFile``. Raises NotFoundError and the ApiError family."""
-        return await self._json("GET", "/files/{file_id}", f"files/{_seg(file_id)}", idempotent=True)
+        raw = await self._json("GET", "/files/{file_id}", f"files/{_seg(file_id)}", idempotent=True)
+        return FileObject.parse(raw, what="GET /files/{file_id}")
 
     async def list_files(
         self,
@@ -609,9 +615,10 @@ class OpenAIClient:
         after: str | None = None,
         limit: int | None = None,
         order: str = "desc",
-    ) -> dict[str, object]:
+    ) -> Page[FileObject]:
         """``GET /files`` (SPEC ``listFiles``): one ``ListFilesResponse`` page ``{data, first_id, last_id,
-        has_more}``. ``limit`` 1..10,000 (server default 10,000); ``order`` ``asc``|``desc`` by created_at."""
+        has_more}``, parsed (:class:`~batchpipe.domain.api.Page`). ``limit`` 1..10,000 (server default 10,000);
+        ``order`` ``asc``|``desc`` by created_at."""
         params: dict[str, str | int] = {"order": order}
         if purpose is not None:
             params["purpose"] = purpose
@@ -619,7 +626,8 @@ class OpenAIClient:
             params["after"] = after
         if limit is not None:
             params["limit"] = limit
-        return await self._json("GET", "/files", "files", idempotent=True, params=params)
+        raw = await self._json("GET", "/files", "files", idempotent=True, params=params)
+        return Page.parse(raw, FileObject, what="GET /files")
 
     async def delete_file(self, file_id: str) -> dict[str, object]:
         """``DELETE /files/{file_id}``: ``DeleteFileResponse`` ``{id, object, deleted}``. Treated as
@@ -668,7 +676,7 @@ class OpenAIClient:
         endpoint: str,
         metadata: dict[str, str] | None = None,
         output_expires_after_s: int | None = None,
-    ) -> dict[str, object]:
+    ) -> Batch:
         """``POST /batches`` (SPEC ``CreateBatchRequest``) with ``completion_window="24h"``; returns the
         ``Batch``. ``metadata``: at most 16 pairs (SPEC ``Metadata``); ``output_expires_after_s``: sent as
         ``output_expires_after={anchor: created_at, seconds}`` (SPEC ``BatchFileExpirationAfter``).
@@ -686,11 +694,13 @@ class OpenAIClient:
             body["metadata"] = metadata
         if output_expires_after_s is not None:
             body["output_expires_after"] = {"anchor": "created_at", "seconds": output_expires_after_s}
-        return await self._json("POST", "/batches", "batches", idempotent=False, json=body)
+        raw = await self._json("POST", "/batches", "batches", idempotent=False, json=body)
+        return Batch.parse(raw, what="POST /batches")
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, object]:
+    async def retrieve_batch(self, batch_id: str) -> Batch:
         """``GET /batches/{batch_id}``: the ``Batch``. Raises NotFoundError and the ApiError family."""
-        return await self._json("GET", "/batches/{batch_id}", f"batches/{_seg(batch_id)}", idempotent=True)
+        raw = await self._json("GET", "/batches/{batch_id}", f"batches/{_seg(batch_id)}", idempotent=True)
+        return Batch.parse(raw, what="GET /batches/{batch_id}")
 
     async def retrieve_model(self, model: str) -> dict[str, object]:
         """``GET /models/{model}``: the ``Model`` (SPEC ``retrieveModel``; SDK ``types/model.py``: ``id``,
@@ -698,43 +708,52 @@ class OpenAIClient:
         service does not know, and the ApiError family."""
         return await self._json("GET", "/models/{model}", f"models/{_seg(model)}", idempotent=True)
 
-    async def list_batches(self, *, after: str | None = None, limit: int = 100) -> dict[str, object]:
-        """``GET /batches`` (SPEC ``listBatches``): one ``ListBatchesResponse`` page, newest first; ``limit``
-        1..100."""
+    async def list_batches(self, *, after: str | None = None, limit: int = 100) -> Page[Batch]:
+        """``GET /batches`` (SPEC ``listBatches``): one ``ListBatchesResponse`` page, newest first, parsed
+        (:class:`~batchpipe.domain.api.Page`); ``limit`` 1..100."""
         params: dict[str, str | int] = {"limit": limit}
         if after is not None:
             params["after"] = after
-        return await self._json("GET", "/batches", "batches", idempotent=True, params=params)
+        raw = await self._json("GET", "/batches", "batches", idempotent=True, params=params)
+        return Page.parse(raw, Batch, what="GET /batches")
 
     async def iter_batches(
-        self, *, limit: int = 100, stop: Callable[[dict[str, object]], bool] | None = None
-    ) -> AsyncIterator[dict[str, object]]:
+        self, *, limit: int = 100, stop: Callable[[Batch], bool] | None = None
+    ) -> AsyncIterator[Batch]:
         """Every batch, newest first, following ``has_more`` with ``after=last_id`` (the last item's ``id``
         when ``last_id`` is absent; SPEC ``ListBatchesResponse`` makes it optional). When ``stop(batch)`` is
         true, iteration ends *without* yielding that batch (e.g. ``created_at`` older than a horizon).
-        A page with no items ends iteration even if it claims ``has_more``."""
+        A page with no items ends iteration even if it claims ``has_more``. A cursor already followed (a list
+        that repeats or cycles) raises :class:`~batchpipe.errors.ApiProtocolError` (counted in ``cursor_cycles``):
+        such a list can never prove that a batch is absent."""
         after: str | None = None
+        followed: set[str] = set()
         while True:
             page = await self.list_batches(after=after, limit=limit)
-            data = page.get("data")
-            items = [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
-            for batch in items:
+            for batch in page.data:
                 if stop is not None and stop(batch):
                     return
                 yield batch
-            if not page.get("has_more") or not items:
+            if not page.has_more or not page.data or page.last_id is None:
                 return
-            cursor = page.get("last_id") or items[-1].get("id")
-            if not isinstance(cursor, str) or cursor == after:
-                return
-            after = cursor
+            if page.last_id in followed:
+                self.stats.cursor_cycles += 1
+                raise ApiProtocolError(
+                    f"GET /batches: the list's cursor repeats (after={page.last_id} was answered before), so the "
+                    "list cannot be walked to its end; a gateway or proxy in front of the API may be caching pages",
+                    method="GET",
+                    url="/batches",
+                )
+            followed.add(page.last_id)
+            after = page.last_id
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, object]:
+    async def cancel_batch(self, batch_id: str) -> Batch:
         """``POST /batches/{batch_id}/cancel``: the ``Batch``, usually ``cancelling``. Cancelling twice has
         the same effect as once, so it is retried as idempotent."""
-        return await self._json(
+        raw = await self._json(
             "POST", "/batches/{batch_id}/cancel", f"batches/{_seg(batch_id)}/cancel", idempotent=True
         )
+        return Batch.parse(raw, what="POST /batches/{batch_id}/cancel")
 
 
 if TYPE_CHECKING:  # mypy proves that OpenAIClient implements the BatchApi port; nothing runs
