@@ -24,9 +24,10 @@ from batchpipe.cli.main import main
 from batchpipe.domain import redact as redaction
 from batchpipe.domain.items import make_custom_id
 from batchpipe.domain.localfiles import FileTooLargeError, NotARegularFileError, read_capped
+from batchpipe.domain.problems import Problem
 from batchpipe.fakes import MemoryLedger
 from batchpipe.input.jobspec import JobSpec
-from batchpipe.input.validate import ItemProblem, make_items, validate_job
+from batchpipe.input.validate import make_items, validate_job
 from batchpipe.stages.collect import ItemTarget, process_line
 
 KEY = "sk-proj-" + "Q" * 40
@@ -165,8 +166,8 @@ def _matrix_job(tmp_path: Path, photo: str, *, allow: str = "") -> Path:
     return spec
 
 
-def _problems(spec_path: Path) -> list[ItemProblem]:
-    return [r for r in make_items(JobSpec.load(spec_path, workdir=spec_path.parent)) if isinstance(r, ItemProblem)]
+def _problems(spec_path: Path) -> list[Problem]:
+    return [r for r in make_items(JobSpec.load(spec_path, workdir=spec_path.parent)) if isinstance(r, Problem)]
 
 
 def test_a_manifest_row_may_name_only_files_inside_its_folder_or_the_allowed_ones(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def _body(facts: ModelFacts, endpoint: str, **fields: object) -> dict[str, objec
 
 
 def _params(facts: ModelFacts, endpoint: str, **fields: object) -> list[str]:
-    return [p.param for p in rules.check_image_request(endpoint, _body(facts, endpoint, **fields))]
+    return [p.field for p in rules.check_image_request(endpoint, _body(facts, endpoint, **fields))]
 
 
 # ------------------------------------------------------------------------------------------- the data file
@@ -306,7 +306,7 @@ def test_lifecycle_cases_with_a_pinned_clock(model: str, now: str, refused: str 
     if refused is None:
         assert problem is None
     else:
-        assert problem is not None and problem.param == "model" and problem.code == "model_shut_down"
+        assert problem is not None and problem.field == "model" and problem.code == "model_shut_down"
         facts = TABLE.get(model)
         assert facts is not None
         assert refused in problem.message

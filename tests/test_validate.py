@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from batchpipe.cli.validate import validate_command
 from batchpipe.domain import spec as rules
 from batchpipe.domain.items import ImageRef, Item, make_custom_id
+from batchpipe.domain.problems import Problem
 from batchpipe.errors import ManifestError
 from batchpipe.input.jobspec import JobSpec, RunSection
-from batchpipe.input.validate import ItemProblem, key_problem, make_items, validate_job
+from batchpipe.input.validate import key_problem, make_items, validate_job
 from batchpipe.stages.shard import ShardBuilder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def _jsonl(tmp_path: Path, *lines: object, name: str = "items.jsonl") -> Path:
 
 def _run(
     path: Path, *, defaults: dict[str, object] | None = None, on_duplicate_key: str = "suffix"
-) -> tuple[list[Item], list[ItemProblem], list[ItemProblem]]:
+) -> tuple[list[Item], list[Problem], list[Problem]]:
     spec = JobSpec.for_manifest(
         path,
         "t",
@@ -50,16 +51,16 @@ def _run(
         workdir=path.parent,
         on_duplicate_key=on_duplicate_key,  # type: ignore[arg-type]
     )
-    warnings: list[ItemProblem] = []
+    warnings: list[Problem] = []
     results = list(make_items(spec, on_warning=warnings.append))
     return (
         [r for r in results if isinstance(r, Item)],
-        [r for r in results if isinstance(r, ItemProblem)],
+        [r for r in results if isinstance(r, Problem)],
         warnings,
     )
 
 
-def _where(problems: list[ItemProblem]) -> list[tuple[int | None, str | None]]:
+def _where(problems: list[Problem]) -> list[tuple[int | None, str | None]]:
     return [(p.line, p.field) for p in problems]
 
 
@@ -210,7 +211,7 @@ def test_duplicate_keys_error_policy(tmp_path: Path) -> None:
     )
     results = list(make_items(JobSpec.load(tmp_path / "job.toml", workdir=tmp_path)))
     assert [r.key for r in results if isinstance(r, Item)] == ["A", "B"]
-    (problem,) = [r for r in results if isinstance(r, ItemProblem)]
+    (problem,) = [r for r in results if isinstance(r, Problem)]
     assert (problem.line, problem.field, problem.key) == (4, "key", "A")
     assert "first at line 2" in problem.message
 
@@ -234,7 +235,7 @@ def test_catalog_rows_render_prompts_and_report_empty_ones(tmp_path: Path) -> No
     assert isinstance(first, Item)
     assert first.body == {"model": "gpt-image-1.5", "prompt": "Red mug by Acme {brand} {0.__class__}", "quality": "low"}
     assert first.metadata == {"sku": "S1", "name": "  Red   mug\n", "brand": "Acme", "note": "{brand} {0.__class__}"}
-    assert isinstance(problem, ItemProblem)
+    assert isinstance(problem, Problem)
     assert (problem.line, problem.field, problem.key) == (4, "prompt", "S2")  # row 2 spans lines 2-3
     assert "renders empty" in problem.message
     assert isinstance(third, Item)
@@ -264,7 +265,7 @@ def test_the_flipkart_catalog_maps_to_20000_items_with_its_duplicates_reported()
         pids = collections.Counter(row["pid"] for row in csv.DictReader(handle))
     repeated = sum(count - 1 for count in pids.values() if count > 1)
     assert repeated == 2  # shared/data/README.md: 2 duplicated pids, 19,998 distinct
-    warnings: list[ItemProblem] = []
+    warnings: list[Problem] = []
     keys = set()
     count = 0
     for result in make_items(spec, on_warning=warnings.append):
@@ -321,7 +322,7 @@ def test_a_plain_item_over_the_shard_byte_limit_is_refused_at_validation(tmp_pat
     )
     results = list(make_items(spec))
     assert [r.key for r in results if isinstance(r, Item)] == ["fits", "ok"]
-    (problem,) = [r for r in results if isinstance(r, ItemProblem)]
+    (problem,) = [r for r in results if isinstance(r, Problem)]
     assert (problem.file, problem.line, problem.field, problem.key) == (str(path.resolve()), 2, "prompt", "big")
     assert problem.message == "the request line would be 1,025 bytes, over the 1,024-byte shard limit"
     assert str(problem).startswith(f"{path.resolve()}:2: field 'prompt': the request line would be 1,025 bytes")
@@ -336,7 +337,7 @@ def test_a_plain_edit_with_a_data_url_over_the_limit_names_images(tmp_path: Path
         path, "t", defaults={"model": "gpt-image-1.5"}, run=RunSection(max_shard_bytes=1024), workdir=tmp_path
     )
     (problem,) = list(make_items(spec))
-    assert isinstance(problem, ItemProblem)
+    assert isinstance(problem, Problem)
     assert (problem.line, problem.field, problem.key) == (1, "images", "e")
     assert "over the 1,024-byte shard limit (data URLs count in full" in problem.message
 
@@ -356,7 +357,7 @@ def test_a_catalog_item_over_the_shard_byte_limit_is_refused_at_validation(tmp_p
     spec = JobSpec.load(job, workdir=tmp_path)
     results = list(make_items(spec))
     assert [r.key for r in results if isinstance(r, Item)] == ["S1", "S3"]
-    (problem,) = [r for r in results if isinstance(r, ItemProblem)]
+    (problem,) = [r for r in results if isinstance(r, Problem)]
     assert (problem.file, problem.line, problem.field, problem.key) == (str(tmp_path / "c.csv"), 3, "prompt", "S2")
     assert "1,025 bytes, over the 1,024-byte shard limit" in problem.message
 
@@ -461,9 +462,9 @@ def test_random_manifests_only_yield_items_and_problems(
         assert not any(line.strip() for line in lines)  # only an empty manifest is a file-level error
         return
     items = [r for r in results if isinstance(r, Item)]
-    assert all(isinstance(r, Item | ItemProblem) for r in results)
+    assert all(isinstance(r, Item | Problem) for r in results)
     assert sorted(i.key for i in items) == sorted(valid_keys)
-    assert all(isinstance(p.line, int) and p.file == str(path.resolve()) for p in results if isinstance(p, ItemProblem))
+    assert all(isinstance(p.line, int) and p.file == str(path.resolve()) for p in results if isinstance(p, Problem))
 
 
 # ------------------------------------------------------------------ the split request check and the hot path
@@ -515,14 +516,14 @@ def test_the_split_check_checks_only_the_prompt_per_row(monkeypatch: pytest.Monk
     check = rules.ImageRequestCheck(GEN, {"model": "gpt-image-2", "size": "4096x1024", "n": 0})
     calls: list[object] = []
 
-    def counting(*args: object) -> list[rules.RequestProblem]:
+    def counting(*args: object) -> list[Problem]:
         calls.append(args)
         return []
 
     monkeypatch.setattr(rules, "_other_problems", counting)
     problems = check.check_prompt("   ")
-    assert [p.param for p in problems] == ["prompt", "n", "size"]  # same order as check_image_request
-    assert [p.param for p in check.check({"prompt": "ok"})] == ["n", "size"]
+    assert [p.field for p in problems] == ["prompt", "n", "size"]  # same order as check_image_request
+    assert [p.field for p in check.check({"prompt": "ok"})] == ["n", "size"]
     assert calls == []  # the shared fields were checked once, at construction
     check.check({"prompt": "ok", "n": 1})  # a row that sets another field: the whole body is checked
     assert len(calls) == 1
@@ -575,7 +576,7 @@ def test_catalog_items_equal_checking_every_full_body(
     )
     assert spec.prompt_template is not None
     results = list(make_items(spec, on_warning=lambda _: None))
-    by_line: dict[int | None, list[Item | ItemProblem]] = collections.defaultdict(list)
+    by_line: dict[int | None, list[Item | Problem]] = collections.defaultdict(list)
     for result in results:
         by_line[int(result.source.rsplit(":", 1)[1]) if isinstance(result, Item) else result.line].append(result)
     assert set(by_line) <= set(starts)
@@ -584,13 +585,13 @@ def test_catalog_items_equal_checking_every_full_body(
         prompt = " ".join(spec.prompt_template.render(values).split())
         body = {"model": defaults["model"], "prompt": prompt}
         body.update({k: defaults[k] for k in BODY_DEFAULT_FIELDS[1:] if k in defaults})
-        expected = [(p.param, p.message) for p in rules.check_image_request(GEN, body, advice=spec.policy)]
+        expected = [(p.field, p.message) for p in rules.check_image_request(GEN, body, advice=spec.policy)]
         if not prompt:  # reported once, by make_items' own message
             expected = [("prompt", "the prompt renders empty (columns used: name, brand)")] + [
                 e for e in expected if e[0] != "prompt"
             ]
         got = by_line[line]
-        found = [(p.field, p.message) for p in got if isinstance(p, ItemProblem) and p.field != "key"]
+        found = [(p.field, p.message) for p in got if isinstance(p, Problem) and p.field != "key"]
         assert found == expected
         items = [r for r in got if isinstance(r, Item)]
         if items:
@@ -598,7 +599,7 @@ def test_catalog_items_equal_checking_every_full_body(
             assert list(items[0].body.items()) == list(body.items())  # same fields, same order, same bytes
             assert items[0].metadata["pid"] == pid
         else:
-            assert expected or any(isinstance(p, ItemProblem) and p.field == "key" for p in got)
+            assert expected or any(isinstance(p, Problem) and p.field == "key" for p in got)
 
 
 def _reference_key_problem(key: str) -> str | None:

@@ -15,10 +15,11 @@ from PIL import Image
 from batchpipe.cli.main import main
 from batchpipe.domain import spec as rules
 from batchpipe.domain.items import Item
+from batchpipe.domain.problems import Problem
 from batchpipe.errors import JobSpecError, ManifestError
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import MatrixStats
-from batchpipe.input.validate import ItemProblem, make_items, validate_job
+from batchpipe.input.validate import make_items, validate_job
 from batchpipe.stages.shard import ShardBuilder
 
 
@@ -105,9 +106,9 @@ def _job(tmp_path: Path, spec: str = SPEC, csv: str = CSV) -> Path:
     return tmp_path / "job.toml"
 
 
-def _run(spec: JobSpec, **kwargs: object) -> tuple[list[Item], list[ItemProblem]]:
+def _run(spec: JobSpec, **kwargs: object) -> tuple[list[Item], list[Problem]]:
     items: list[Item] = []
-    problems: list[ItemProblem] = []
+    problems: list[Problem] = []
     for entry in make_items(spec, **kwargs):  # type: ignore[arg-type]
         (items if isinstance(entry, Item) else problems).append(entry)  # type: ignore[arg-type]
     return items, problems

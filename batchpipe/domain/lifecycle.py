@@ -18,7 +18,8 @@ from typing import Any, Final, Protocol
 import structlog
 
 from batchpipe.domain.modeltable import ModelFacts, ModelTable
-from batchpipe.domain.spec import COMPLETION_WINDOW_S, RequestProblem
+from batchpipe.domain.problems import Problem
+from batchpipe.domain.spec import COMPLETION_WINDOW_S, request_problem
 from batchpipe.errors import InputError, NotFoundError
 
 __all__ = [
@@ -63,14 +64,12 @@ def clock_from_env(environ: Mapping[str, str] | None = None) -> Clock:
 class LifecycleError(InputError):
     """Models that must not be submitted (shut down before the batch could finish, or unknown to the service).
 
-    Raised before any upload; ``problems`` holds one :class:`~batchpipe.domain.spec.RequestProblem` per model.
+    Raised before any upload; ``problems`` holds one :class:`~batchpipe.domain.problems.Problem` per model.
     """
 
-    def __init__(
-        self, problems: list[RequestProblem], *, file: str, line: int | None = None, field: str = "model"
-    ) -> None:
+    def __init__(self, problems: list[Problem], *, file: str, line: int | None = None, field: str = "model") -> None:
         super().__init__("; ".join(p.message for p in problems), file=file, line=line, field=field)
-        self.problems: list[RequestProblem] = problems  # the refusals only: their text is the message
+        self.problems: list[Problem] = problems  # the refusals only: their text is the message
 
 
 class _ModelsApi(Protocol):
@@ -106,7 +105,7 @@ class ModelPolicy:
         self.warn_days = warn_days
         self._on_warning = on_warning
         self.fix = fix
-        self._problems: dict[str, RequestProblem | None] = {}
+        self._problems: dict[str, Problem | None] = {}
         self._warned: set[str] = set()
         self.warnings: list[str] = []
         #: models refused so far (lifecycle), for the exit code of ``validate``
@@ -134,7 +133,7 @@ class ModelPolicy:
         else:
             log.warning("model", message=message)
 
-    def model_problem(self, model: str) -> RequestProblem | None:
+    def model_problem(self, model: str) -> Problem | None:
         """The refusal for ``model`` (computed once, warnings reported then), or ``None`` when it may be used.
 
         Refused (param ``model``): code ``model_shut_down`` when the shutdown moment (00:00 UTC on the shutdown
@@ -151,14 +150,14 @@ class ModelPolicy:
             self.refused.add(model)
         return problem
 
-    def _judge(self, model: str, facts: ModelFacts) -> RequestProblem | None:
+    def _judge(self, model: str, facts: ModelFacts) -> Problem | None:
         now = self.now()
         answer = self.service.get(model, None) if model in self.service else facts.shutdown
         source = facts.lifecycle_source or facts.source
         if model in self.service:
             source = f"GET /v1/models/{model} shutdown_date (the service's word, over the table's {facts.shutdown})"
         if answer == _UNKNOWN:
-            return RequestProblem(
+            return request_problem(
                 "model",
                 "model_not_found",
                 f"the service does not know model {model!r} (GET /v1/models/{model} answered 404): nothing was "
@@ -170,7 +169,7 @@ class ModelPolicy:
             finish = now + dt.timedelta(seconds=self.window_s)
             if end <= finish:
                 when = "was shut down on" if end <= now else "shuts down on"
-                return RequestProblem(
+                return request_problem(
                     "model",
                     "model_shut_down",
                     f"{model} {when} {answer.isoformat()} (source: {source}; checked {facts.checked.isoformat()})"

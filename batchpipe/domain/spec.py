@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 from batchpipe.domain.api import lenient_count
 from batchpipe.domain.modeltable import Endpoint, ModelFacts, ModelTable, shipped_table
+from batchpipe.domain.problems import Problem
 
 __all__ = [
     "BATCH_DISCOUNT",
@@ -46,13 +46,13 @@ __all__ = [
     "Endpoint",
     "ImageRequestCheck",
     "ModelAdvice",
-    "RequestProblem",
     "check_image_request",
     "estimate_input_tokens",
     "estimate_usage",
     "model_rules",
     "parse_size",
     "request_cost_usd",
+    "request_problem",
     "resolve_size",
 ]
 
@@ -150,7 +150,7 @@ class ModelAdvice(Protocol):
     @property
     def table(self) -> ModelTable: ...
 
-    def model_problem(self, model: str) -> RequestProblem | None: ...
+    def model_problem(self, model: str) -> Problem | None: ...
 
     def warn(self, key: str, message: str) -> None: ...
 
@@ -186,48 +186,44 @@ def resolve_size(size: str | None) -> tuple[int, int]:
     return parsed
 
 
-@dataclass(frozen=True, slots=True)
-class RequestProblem:
-    """One reason the service would refuse an image request body.
-
-    ``param`` is the body field (``"size"``, ``"images[2].image_url"``), ``code`` the API error code the
-    service answers with (FACTS §5: ``invalid_value``, ``unsupported_value``...), ``message`` a sentence.
-    """
-
-    param: str
-    code: str
-    message: str
+def request_problem(param: str, code: str, message: str) -> Problem:
+    """A :class:`~batchpipe.domain.problems.Problem` with a request body: ``param`` the body field (``"size"``,
+    ``"images[2].image_url"``), ``code`` the API error code the service answers with (FACTS §5:
+    ``invalid_value``, ``unsupported_value``...), ``message`` a sentence."""
+    return Problem(message, field=param, code=code)
 
 
-def _enum_problem(body: Mapping[str, object], field: str, allowed: frozenset[str]) -> RequestProblem | None:
+def _enum_problem(body: Mapping[str, object], field: str, allowed: frozenset[str]) -> Problem | None:
     value = body.get(field)
     if value is None or (isinstance(value, str) and value in allowed):
         return None
-    return RequestProblem(
+    return request_problem(
         field,
         "invalid_value",
         f"Invalid value: {value!r}. Supported values are: {', '.join(sorted(repr(a) for a in allowed))}.",
     )
 
 
-def _image_ref_problems(ref: object, param: str) -> list[RequestProblem]:
+def _image_ref_problems(ref: object, param: str) -> list[Problem]:
     """SPEC ``ImageRefParam``: an object with exactly one of ``image_url`` or ``file_id``, nothing else."""
     if not isinstance(ref, dict):
-        return [RequestProblem(param, "invalid_type", f"Invalid type for '{param}': expected an object.")]
+        return [request_problem(param, "invalid_type", f"Invalid type for '{param}': expected an object.")]
     keys = set(ref)
     if keys - {"image_url", "file_id"}:
         extra = sorted(keys - {"image_url", "file_id"})[0]
-        return [RequestProblem(f"{param}.{extra}", "unknown_parameter", f"Unknown parameter: '{param}.{extra}'.")]
+        return [request_problem(f"{param}.{extra}", "unknown_parameter", f"Unknown parameter: '{param}.{extra}'.")]
     if len(keys) != 1:
-        return [RequestProblem(param, "invalid_value", f"'{param}' must have exactly one of 'image_url' or 'file_id'.")]
+        return [
+            request_problem(param, "invalid_value", f"'{param}' must have exactly one of 'image_url' or 'file_id'.")
+        ]
     (key,) = keys
     value = ref[key]
     if not isinstance(value, str) or not value:
-        return [RequestProblem(f"{param}.{key}", "invalid_type", f"'{param}.{key}' must be a non-empty string.")]
+        return [request_problem(f"{param}.{key}", "invalid_type", f"'{param}.{key}' must be a non-empty string.")]
     if key == "image_url":
         if len(value) > MAX_IMAGE_URL_CHARS:
             return [
-                RequestProblem(
+                request_problem(
                     f"{param}.image_url",
                     "string_above_max_length",
                     f"'{param}.image_url' is longer than {MAX_IMAGE_URL_CHARS} characters.",
@@ -235,7 +231,7 @@ def _image_ref_problems(ref: object, param: str) -> list[RequestProblem]:
             ]
         if not value.startswith(("http://", "https://", "data:image/")):
             return [
-                RequestProblem(
+                request_problem(
                     f"{param}.image_url",
                     "invalid_value",
                     f"'{param}.image_url' must be an http(s) URL or a base64 data URL.",
@@ -250,7 +246,7 @@ def check_image_request(
     *,
     models: ModelTable | None = None,
     advice: ModelAdvice | None = None,
-) -> list[RequestProblem]:
+) -> list[Problem]:
     """Every reason the service would refuse ``body`` on ``endpoint``; ``[]`` if it would accept it.
 
     Rules (SPEC ``CreateImageRequest`` and ``EditImageBodyJsonParam``; SDK 3.57.0 ``image_generate_params.py``
@@ -302,16 +298,16 @@ class ImageRequestCheck:
         self._fixed: dict[str, object] = dict(fixed)
         self._fixed_prompt = self._fixed.get("prompt")
         before, model, rules = _model_problems(endpoint, self._fixed, self._models, advice)
-        self._before: tuple[RequestProblem, ...] = tuple(before)
-        self._after: tuple[RequestProblem, ...] = tuple(_other_problems(endpoint, self._fixed, model, rules, advice))
+        self._before: tuple[Problem, ...] = tuple(before)
+        self._after: tuple[Problem, ...] = tuple(_other_problems(endpoint, self._fixed, model, rules, advice))
         self._job = self._before + self._after
 
     @property
-    def job_problems(self) -> tuple[RequestProblem, ...]:
+    def job_problems(self) -> tuple[Problem, ...]:
         """The problems of the shared fields alone (every row has them), prompt aside."""
         return self._job
 
-    def check_prompt(self, prompt: object) -> list[RequestProblem]:
+    def check_prompt(self, prompt: object) -> list[Problem]:
         """``check_image_request(endpoint, {**fixed, "prompt": prompt})``, at the cost of a prompt check."""
         if prompt.__class__ is str and 0 < len(prompt) <= MAX_PROMPT_CHARS and not prompt.isspace():
             return [*self._job]  # a good prompt (see _prompt_problem), checked inline: once per row
@@ -320,7 +316,7 @@ class ImageRequestCheck:
             return [*self._before, *self._after]
         return [*self._before, problem, *self._after]
 
-    def check(self, row: Mapping[str, object]) -> list[RequestProblem]:
+    def check(self, row: Mapping[str, object]) -> list[Problem]:
         """``check_image_request(endpoint, {**fixed, **row})``: the row's own fields over the shared ones."""
         if not row:
             return self.check_prompt(self._fixed_prompt)
@@ -331,7 +327,7 @@ class ImageRequestCheck:
 
 def _model_problems(
     endpoint: str, body: Mapping[str, object], table: ModelTable, advice: ModelAdvice | None
-) -> tuple[list[RequestProblem], object, ModelFacts | None]:
+) -> tuple[list[Problem], object, ModelFacts | None]:
     """``([model problem] or [], the model value, its row or None)``: the first check of a request.
 
     A model the table does not know, or one that does not serve ``endpoint``, is refused here; so is, with
@@ -342,7 +338,7 @@ def _model_problems(
     if rules is None:
         return (
             [
-                RequestProblem(
+                request_problem(
                     "model",
                     "invalid_value",
                     f"Invalid value for 'model': {model!r}. Supported GPT image models: "
@@ -354,24 +350,24 @@ def _model_problems(
             None,
         )
     assert isinstance(model, str)
-    problems: list[RequestProblem] = []
+    problems: list[Problem] = []
     if advice is not None:
         lifecycle = advice.model_problem(model)
         if lifecycle is not None:
             problems.append(lifecycle)
     if endpoint in IMAGE_ENDPOINTS and endpoint not in rules.endpoints and not problems:
-        problems.append(RequestProblem("model", "invalid_value", f"The model '{model}' does not serve {endpoint}."))
+        problems.append(request_problem("model", "invalid_value", f"The model '{model}' does not serve {endpoint}."))
     return problems, model, rules
 
 
-def _prompt_problem(prompt: object) -> RequestProblem | None:
+def _prompt_problem(prompt: object) -> Problem | None:
     """SPEC ``CreateImageRequest.prompt``: a non-blank string of at most ``MAX_PROMPT_CHARS`` characters."""
     if not isinstance(prompt, str):
-        return RequestProblem("prompt", "invalid_value", "'prompt' must be a non-empty string.")
+        return request_problem("prompt", "invalid_value", "'prompt' must be a non-empty string.")
     if not prompt or prompt.isspace():  # the same as ``not prompt.strip()``, without the copy
-        return RequestProblem("prompt", "invalid_value", "'prompt' must be a non-empty string.")
+        return request_problem("prompt", "invalid_value", "'prompt' must be a non-empty string.")
     if len(prompt) > MAX_PROMPT_CHARS:
-        return RequestProblem(
+        return request_problem(
             "prompt",
             "string_above_max_length",
             f"Invalid 'prompt': string too long. Expected a string with maximum length {MAX_PROMPT_CHARS}, "
@@ -390,7 +386,7 @@ _TABLE_FIELD: Final = {"quality": "qualities", "background": "backgrounds", "out
 
 def _model_enum_problem(
     body: Mapping[str, object], field: str, every: frozenset[str], rules: ModelFacts | None, model: object
-) -> RequestProblem | None:
+) -> Problem | None:
     """``field`` must be one of ``every`` (any model) and, when the model is known, one of its own values."""
     problem = _enum_problem(body, field, every)
     if problem is not None or rules is None:
@@ -400,11 +396,11 @@ def _model_enum_problem(
         return None
     allowed: tuple[str, ...] = getattr(rules, _TABLE_FIELD[field])
     if not allowed:
-        return RequestProblem(
+        return request_problem(
             field, "unsupported_parameter", f"The model '{model}' does not support the '{field}' parameter."
         )
     if value not in allowed:
-        return RequestProblem(
+        return request_problem(
             field,
             "invalid_value",
             f"Invalid value: {value!r}. Supported values for {model} are: {', '.join(repr(a) for a in allowed)}.",
@@ -433,12 +429,12 @@ def _other_problems(
     model: object,
     rules: ModelFacts | None,
     advice: ModelAdvice | None = None,
-) -> list[RequestProblem]:
+) -> list[Problem]:
     """Every check of :func:`check_image_request` after ``model`` and ``prompt`` (none reads the prompt)."""
-    problems: list[RequestProblem] = []
+    problems: list[Problem] = []
     n = body.get("n")
     if n is not None and (not _is_int(n) or not 1 <= n <= 10):  # type: ignore[operator]
-        problems.append(RequestProblem("n", "integer_out_of_range", f"Invalid 'n': {n!r}. Expected 1..10."))
+        problems.append(request_problem("n", "integer_out_of_range", f"Invalid 'n': {n!r}. Expected 1..10."))
     for field, every in (
         ("quality", QUALITIES),
         ("background", BACKGROUNDS),
@@ -457,7 +453,7 @@ def _other_problems(
     if complexity is not None:
         problem = _enum_problem(body, "complexity", COMPLEXITIES)
         if problem is None and rules is not None and complexity not in rules.complexity:
-            problem = RequestProblem(
+            problem = request_problem(
                 "complexity",
                 "unsupported_parameter",
                 f"The model '{model}' does not support the 'complexity' parameter.",
@@ -469,13 +465,13 @@ def _other_problems(
     if compression is not None:
         if not _is_int(compression) or not 0 <= compression <= 100:  # type: ignore[operator]
             problems.append(
-                RequestProblem(
+                request_problem(
                     "output_compression", "integer_out_of_range", f"Invalid 'output_compression': {compression!r}."
                 )
             )
         elif fmt in UNCOMPRESSED_FORMATS:
             problems.append(
-                RequestProblem(
+                request_problem(
                     "output_compression",
                     "invalid_value",
                     f"'output_compression' is not supported with output_format {fmt!r}.",
@@ -483,7 +479,7 @@ def _other_problems(
             )
     if body.get("background") == "transparent" and fmt not in TRANSPARENT_FORMATS and fmt in OUTPUT_FORMATS:
         problems.append(
-            RequestProblem(
+            request_problem(
                 "background",
                 "invalid_value",
                 "Transparent background is only supported with output_format 'png' or 'webp'.",
@@ -494,7 +490,7 @@ def _other_problems(
         value = body.get(field)
         if value is not None and (not isinstance(value, str) or len(value) > MAX_SAFETY_IDENTIFIER_CHARS):
             problems.append(
-                RequestProblem(
+                request_problem(
                     field,
                     "invalid_value",
                     f"'{field}' must be a string of at most {MAX_SAFETY_IDENTIFIER_CHARS} characters.",
@@ -511,7 +507,7 @@ def _other_problems(
     if fidelity is not None and rules is not None and fidelity in INPUT_FIDELITIES:
         if not rules.input_fidelity:
             problems.append(
-                RequestProblem(
+                request_problem(
                     "input_fidelity",
                     "unsupported_parameter",
                     f"The model '{model}' does not support the 'input_fidelity' parameter.",
@@ -519,7 +515,7 @@ def _other_problems(
             )
         elif fidelity not in rules.input_fidelity:
             problems.append(
-                RequestProblem(
+                request_problem(
                     "input_fidelity",
                     "invalid_value",
                     f"Invalid value: {fidelity!r}. Supported values for {model} are: "
@@ -531,7 +527,7 @@ def _other_problems(
         images = body.get("images")
         if not isinstance(images, list) or not 1 <= len(images) <= MAX_EDIT_IMAGES:
             problems.append(
-                RequestProblem("images", "invalid_value", f"'images' must be a list of 1..{MAX_EDIT_IMAGES} images.")
+                request_problem("images", "invalid_value", f"'images' must be a list of 1..{MAX_EDIT_IMAGES} images.")
             )
         else:
             for index, ref in enumerate(images):
@@ -542,41 +538,41 @@ def _other_problems(
             problems.extend(_image_ref_problems(body[field], field))
             if rules is not None and not getattr(rules, field):
                 problems.append(
-                    RequestProblem(
+                    request_problem(
                         field, "unsupported_parameter", f"The model '{model}' does not support the '{field}' parameter."
                     )
                 )
         if body.get("mask") is not None and body.get("markup") is not None:
-            problems.append(RequestProblem("markup", "invalid_value", "'markup' cannot be combined with 'mask'."))
+            problems.append(request_problem("markup", "invalid_value", "'markup' cannot be combined with 'mask'."))
         if body.get("mask") is not None and fmt == "gif":
-            problems.append(RequestProblem("mask", "invalid_value", "GIF output does not support masks."))
+            problems.append(request_problem("mask", "invalid_value", "GIF output does not support masks."))
     elif endpoint == "/v1/images/generations":
         for field in ("images", "mask", "markup", "input_fidelity"):
             if field in body:
                 problems.append(
-                    RequestProblem(field, "unknown_parameter", f"Unknown parameter: '{field}' on {endpoint}.")
+                    request_problem(field, "unknown_parameter", f"Unknown parameter: '{field}' on {endpoint}.")
                 )
     else:
-        problems.append(RequestProblem("url", "invalid_value", f"Unsupported endpoint: {endpoint!r}."))
+        problems.append(request_problem("url", "invalid_value", f"Unsupported endpoint: {endpoint!r}."))
     _warn_preview(advice, rules, model, body)
     return problems
 
 
-def _format_option_problems(body: Mapping[str, object], fmt: object, n: object) -> list[RequestProblem]:
+def _format_option_problems(body: Mapping[str, object], fmt: object, n: object) -> list[Problem]:
     """GIF options (``frame_count``, ``frame_duration_ms``) and SVG options (``svg``, ``n = 1``), SDK 3.57.0."""
-    problems: list[RequestProblem] = []
+    problems: list[Problem] = []
     frames = body.get("frame_count")
     if frames is not None:
         low, high = GIF_FRAME_COUNT
         if not _is_int(frames) or not low <= frames <= high:  # type: ignore[operator]
             problems.append(
-                RequestProblem(
+                request_problem(
                     "frame_count", "integer_out_of_range", f"Invalid 'frame_count': {frames!r}. Expected {low}..{high}."
                 )
             )
         elif fmt != "gif":
             problems.append(
-                RequestProblem(
+                request_problem(
                     "frame_count", "invalid_value", "'frame_count' is only supported with output_format 'gif'."
                 )
             )
@@ -584,7 +580,7 @@ def _format_option_problems(body: Mapping[str, object], fmt: object, n: object) 
     if duration is not None:
         if not _is_int(duration) or not 1 <= duration <= GIF_MAX_FRAME_DURATION_MS:  # type: ignore[operator]
             problems.append(
-                RequestProblem(
+                request_problem(
                     "frame_duration_ms",
                     "integer_out_of_range",
                     f"Invalid 'frame_duration_ms': {duration!r}. Expected 1..{GIF_MAX_FRAME_DURATION_MS}.",
@@ -592,7 +588,7 @@ def _format_option_problems(body: Mapping[str, object], fmt: object, n: object) 
             )
         elif fmt != "gif":
             problems.append(
-                RequestProblem(
+                request_problem(
                     "frame_duration_ms",
                     "invalid_value",
                     "'frame_duration_ms' is only supported with output_format 'gif'.",
@@ -601,15 +597,21 @@ def _format_option_problems(body: Mapping[str, object], fmt: object, n: object) 
     svg = body.get("svg")
     if svg is not None:
         if fmt != "svg":
-            problems.append(RequestProblem("svg", "invalid_value", "'svg' is only supported with output_format 'svg'."))
+            problems.append(
+                request_problem("svg", "invalid_value", "'svg' is only supported with output_format 'svg'.")
+            )
         elif not isinstance(svg, dict) or set(svg) - {"model", "reasoning"}:
             problems.append(
-                RequestProblem("svg", "invalid_value", "'svg' must be an object with 'model' and optional 'reasoning'.")
+                request_problem(
+                    "svg", "invalid_value", "'svg' must be an object with 'model' and optional 'reasoning'."
+                )
             )
         else:
             author = svg.get("model")
             if not isinstance(author, str) or not author:
-                problems.append(RequestProblem("svg.model", "invalid_value", "'svg.model' must be a non-empty string."))
+                problems.append(
+                    request_problem("svg.model", "invalid_value", "'svg.model' must be a non-empty string.")
+                )
             reasoning = svg.get("reasoning")
             if reasoning is not None:
                 effort = reasoning.get("effort") if isinstance(reasoning, dict) else reasoning
@@ -619,7 +621,7 @@ def _format_option_problems(body: Mapping[str, object], fmt: object, n: object) 
                     or (effort is not None and effort not in SVG_EFFORTS)
                 ):
                     problems.append(
-                        RequestProblem(
+                        request_problem(
                             "svg.reasoning",
                             "invalid_value",
                             "'svg.reasoning' must be {effort: one of "
@@ -628,25 +630,25 @@ def _format_option_problems(body: Mapping[str, object], fmt: object, n: object) 
                         )
                     )
     if fmt == "svg" and n is not None and n != 1:
-        problems.append(RequestProblem("n", "invalid_value", "SVG output requires n = 1."))
+        problems.append(request_problem("n", "invalid_value", "SVG output requires n = 1."))
     return problems
 
 
 def _size_problems(
     endpoint: str, size: object, model: object, rules: ModelFacts | None, advice: ModelAdvice | None
-) -> list[RequestProblem]:
+) -> list[Problem]:
     """The model's fixed sizes, or its ``WxH`` rule where it has one for ``endpoint`` (SDK ``size``)."""
     if size is None:
         return []
     if not isinstance(size, str) or (size != "auto" and parse_size(size) is None):
-        return [RequestProblem("size", "invalid_value", f"Invalid value for 'size': {size!r}.")]
+        return [request_problem("size", "invalid_value", f"Invalid value for 'size': {size!r}.")]
     if rules is None or size in rules.sizes:
         return []
     rule = rules.custom_size
     parsed = parse_size(size)
     if rule is None or endpoint not in rule.endpoints or parsed is None:
         return [
-            RequestProblem(
+            request_problem(
                 "size",
                 "invalid_value",
                 f"Invalid value: '{size}'. Supported values are: "
@@ -656,7 +658,7 @@ def _size_problems(
         ]
     reason = rule.problem(*parsed)
     if reason:
-        return [RequestProblem("size", "invalid_value", f"Invalid size '{size}': {reason}.")]
+        return [request_problem("size", "invalid_value", f"Invalid size '{size}': {reason}.")]
     if advice is not None and rule.experimental(*parsed):
         advice.warn(
             f"size:{model}:{size}",

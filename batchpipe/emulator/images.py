@@ -262,7 +262,7 @@ class ImageExecutor:
         problems = spec.check_image_request(endpoint, body, models=self._models)
         if problems:
             first = problems[0]
-            raise _Refusal(first.message, type_="invalid_request_error", param=first.param, code=first.code)
+            raise _Refusal(first.message, type_="invalid_request_error", param=first.field, code=first.code)
         prompt = str(body["prompt"])
         if _BLOCK_WORD in prompt.lower():
             raise _Refusal(

@@ -613,9 +613,9 @@ def _check_defaults(
         endpoint = "/v1/images/edits"
     advice = policy if lifecycle else None
     for problem in spec.check_image_request(endpoint, probe, models=policy.table, advice=advice):
-        if problem.param == "model" and "model" not in defaults:
+        if problem.field == "model" and "model" not in defaults:
             continue  # plain JSONL lines may each name their model
-        raise fail(problem.message, ("defaults", problem.param.split("[")[0].split(".")[0]))
+        raise fail(problem.message, ("defaults", str(problem.field).split("[")[0].split(".")[0]))
 
 
 def _parse_template(text: str, loc: tuple[str, ...], fail: _Fail) -> Template:
@@ -725,7 +725,7 @@ def _load_matrix(
         probe = {**defaults, **variant.request, "prompt": "x", "images": _PROBE_IMAGES}
         advice = policy if lifecycle else None
         for problem in spec.check_image_request("/v1/images/edits", probe, models=policy.table, advice=advice):
-            field_name = problem.param.split("[")[0].split(".")[0]
+            field_name = str(problem.field).split("[")[0].split(".")[0]
             origin = "request" if field_name in variant.request else "defaults"
             raise _variant_error(
                 variant, text, f"{problem.message} (variant {variant.name!r}, from {origin})", f"request.{field_name}"

@@ -1,6 +1,6 @@
 """Validation before spending: manifest rows → checked :class:`batchpipe.domain.items.Item` objects, streamed.
 
-:func:`make_items` yields an ``Item`` for every row the service would accept and one :class:`ItemProblem`
+:func:`make_items` yields an ``Item`` for every row the service would accept and one :class:`Problem`
 per reason a row cannot become a request (a row with three problems yields three, and no item). It never
 stops on a row error; whether to refuse the whole job (the default) or to record invalid rows and go on
 (``[run] skip_invalid``) is the caller's decision. File-level manifest errors are raised as
@@ -35,7 +35,8 @@ import structlog
 
 from batchpipe.domain import spec as rules
 from batchpipe.domain.items import ImageRef, Item
-from batchpipe.errors import InputError, ManifestError
+from batchpipe.domain.problems import Problem
+from batchpipe.errors import ManifestError
 from batchpipe.input.jobspec import BODY_DEFAULT_FIELDS, JobSpec
 from batchpipe.input.manifest import ManifestRow, iter_manifest
 from batchpipe.input.matrix import MatrixStats, ProductRefs, Variant, VariantMatrix, build_request, resolve_all
@@ -44,7 +45,6 @@ from batchpipe.input.references import ReferenceResolver, Resolved, check_data_u
 __all__ = [
     "MAX_KEY_CHARS",
     "PLAIN_ITEM_FIELDS",
-    "ItemProblem",
     "ValidationReport",
     "count_summary",
     "key_problem",
@@ -71,35 +71,6 @@ _BODY_ORDER: Final[tuple[str, ...]] = (
 PLAIN_ITEM_FIELDS: Final[frozenset[str]] = frozenset({"key", "metadata", *_BODY_ORDER})
 _GENERATIONS: Final = "/v1/images/generations"
 _EDITS: Final = "/v1/images/edits"
-
-
-@dataclass(frozen=True, slots=True)
-class ItemProblem:
-    """Why one manifest row cannot become a request (``severity="error"``), or a warning about it.
-
-    ``key``: the item key when known; ``file``/``line``: where the row is (1-based physical line);
-    ``field``: the column, manifest field or request body param (``"size"``, ``"images[0].image_url"``).
-    ``str()`` reads ``file:line: field 'size': message``.
-    """
-
-    key: str | None
-    file: str
-    line: int | None
-    field: str | None
-    message: str
-    severity: Literal["error", "warning"] = "error"
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        if self.field:
-            where = f"{where}: field '{self.field}'"
-        prefix = "warning: " if self.severity == "warning" else ""
-        return f"{where}: {prefix}{self.message}"
-
-    @classmethod
-    def from_error(cls, error: InputError, *, key: str | None = None) -> ItemProblem:
-        """The problem an ``InputError`` (e.g. a yielded ``ManifestError``) describes."""
-        return cls(key, error.file, error.line, error.field, error.reason)
 
 
 def key_problem(key: str) -> str | None:
@@ -170,7 +141,7 @@ class _Draft:
     body: dict[str, object]
     metadata: dict[str, object]
     problems: list[tuple[str | None, str]]
-    checks: list[rules.RequestProblem]
+    checks: list[Problem]
     inputs: tuple[ImageRef, ...] = ()
     product_key: str | None = None
     variant: str | None = None
@@ -190,10 +161,10 @@ def make_items(
     spec: JobSpec,
     *,
     limit: int | None = None,
-    on_warning: Callable[[ItemProblem], None] | None = None,
+    on_warning: Callable[[Problem], None] | None = None,
     resolver: ReferenceResolver | None = None,
     stats: MatrixStats | None = None,
-) -> Iterator[Item | ItemProblem]:
+) -> Iterator[Item | Problem]:
     r"""Stream ``spec``'s manifest as checked items and problems, in manifest order.
 
     ``limit``: read at most this many data rows (each row counts, valid or not). ``on_warning`` receives
@@ -219,7 +190,7 @@ def make_items(
         opened = _MatrixMode.open(
             spec, spec.matrix, resolver or ReferenceResolver(spec.matrix.references), matrix_stats
         )
-        if isinstance(opened, ItemProblem):
+        if isinstance(opened, Problem):
             yield opened
             return
         mode = opened
@@ -241,9 +212,9 @@ def make_items(
 
 
 def _row_loop(
-    spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], mode: _Mode, warn: Callable[[ItemProblem], None]
-) -> Iterator[Item | ItemProblem]:
-    """The one loop of every mode: rows → the mode's drafts → checked :class:`Item` or :class:`ItemProblem`.
+    spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], mode: _Mode, warn: Callable[[Problem], None]
+) -> Iterator[Item | Problem]:
+    """The one loop of every mode: rows → the mode's drafts → checked :class:`Item` or :class:`Problem`.
 
     Per draft, in this order: the mode's own problems; the key (:func:`key_problem`, then de-duplicated per
     ``spec.on_duplicate_key``, registered even when the draft has other problems); the service's checks of the
@@ -257,7 +228,7 @@ def _row_loop(
     suffixes: dict[str, int] = {}  # repeated key → the last ~n suffix it was renamed with
     for row in rows:
         if isinstance(row, ManifestError):
-            yield ItemProblem.from_error(row)
+            yield Problem.from_error(row)
             continue
         for draft in mode.drafts(row):
             line = draft.line
@@ -278,9 +249,9 @@ def _row_loop(
             if draft.checks:
                 reported = {name for name, _ in problems}
                 problems += [
-                    (p.param, p.message)
+                    (p.field, p.message)
                     for p in draft.checks
-                    if p.param not in reported and _root(p.param) not in reported
+                    if p.field not in reported and _root(str(p.field)) not in reported
                 ]
             if not problems and key is not None:
                 size = _line_bytes(draft.endpoint, draft.body)
@@ -288,7 +259,7 @@ def _row_loop(
                     problems.append(_size_problem(draft.body, size, max_bytes))
             if problems or key is None:
                 for name, message in problems:
-                    yield ItemProblem(key, file, line, name, message + draft.note)
+                    yield Problem(message + draft.note, field=name, file=file, line=line, key=key)
                 continue
             yield Item(
                 key=key,
@@ -503,14 +474,14 @@ class _MatrixMode:
     @classmethod
     def open(
         cls, spec: JobSpec, matrix: VariantMatrix, resolver: ReferenceResolver, stats: MatrixStats
-    ) -> _MatrixMode | ItemProblem:
+    ) -> _MatrixMode | Problem:
         """The mode, or the problem with a brand asset (checked at load: only a file changed since gets here)."""
         stats.variants = len(matrix.variants)
         brand: list[Resolved] = []
         for index, asset in enumerate(matrix.brand_assets):
             found = resolver.resolve(asset, base=matrix.spec_dir, role="image")
             if isinstance(found, str):
-                return ItemProblem(None, spec.source_name, None, f"references.brand_assets[{index}]", found)
+                return Problem(found, field=f"references.brand_assets[{index}]", file=spec.source_name)
             brand.append(found)
         per_variant: list[tuple[list[Resolved], Resolved | None, list[tuple[str, str]]]] = []
         for variant in matrix.variants:
@@ -650,7 +621,7 @@ def _dedupe(
     key: str,
     line: int,
     file: str,
-    warn: Callable[[ItemProblem], None],
+    warn: Callable[[Problem], None],
     suffixes: dict[str, int],
 ) -> tuple[str, str | None, int | None]:
     """``(final key, problem or None, first line if a duplicate)`` for ``key`` seen on ``line``.
@@ -681,19 +652,19 @@ def _dedupe(
             first,
         )
     warn(
-        ItemProblem(
-            candidate,
-            file,
-            line,
-            "key",
+        Problem(
             f"duplicate key {key!r} (first at line {first}, again at line {line}): renamed to {candidate!r}",
-            "warning",
+            field="key",
+            file=file,
+            line=line,
+            key=candidate,
+            severity="warning",
         )
     )
     return candidate, None, first
 
 
-def _log_warning(problem: ItemProblem) -> None:
+def _log_warning(problem: Problem) -> None:
     _log.warning("duplicate_key", problem=str(problem), key=problem.key)
 
 
@@ -710,8 +681,8 @@ class ValidationReport:
     items: int = 0
     problem_count: int = 0
     warning_count: int = 0
-    problems: list[ItemProblem] = field(default_factory=list)
-    warnings: list[ItemProblem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
     groups: dict[tuple[str, str], int] = field(default_factory=dict)
     input_tokens: int = 0
     cost_usd: float = 0.0
@@ -727,7 +698,7 @@ def validate_job(spec: JobSpec, *, limit: int | None = None, max_listed: int = 5
     """Run :func:`make_items` over the whole manifest, keeping counts and the first problems (no items)."""
     report = ValidationReport()
 
-    def on_warning(problem: ItemProblem) -> None:
+    def on_warning(problem: Problem) -> None:
         report.warning_count += 1
         if len(report.warnings) < max_listed:
             report.warnings.append(problem)
@@ -735,7 +706,7 @@ def validate_job(spec: JobSpec, *, limit: int | None = None, max_listed: int = 5
     if spec.matrix is not None:
         report.matrix = MatrixStats()
     for result in make_items(spec, limit=limit, on_warning=on_warning, stats=report.matrix):
-        if isinstance(result, ItemProblem):
+        if isinstance(result, Problem):
             report.problem_count += 1
             if len(report.problems) < max_listed:
                 report.problems.append(result)

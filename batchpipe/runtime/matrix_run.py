@@ -13,10 +13,11 @@ from pathlib import Path
 import click
 
 from batchpipe.domain.items import Item
+from batchpipe.domain.problems import Problem
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import MatrixStats, VariantMatrix
 from batchpipe.input.references import ReferenceMirror, ReferenceResolver
-from batchpipe.input.validate import ItemProblem, make_items
+from batchpipe.input.validate import make_items
 from batchpipe.ports import AsyncLedger, BatchApi, Clock
 from batchpipe.runtime.runner import ValidationFailed
 from batchpipe.stages.references import ensure_uploaded, release_unused
@@ -99,7 +100,7 @@ class MatrixRun:
             mirror_base = self.mirror.base_url
         checker = ReferenceResolver(options, mirror_base=mirror_base)
         needed: dict[str, Path] = {}
-        problems: list[ItemProblem] = []
+        problems: list[Problem] = []
         items = 0
         for entry in make_items(self.spec, resolver=checker, stats=self.stats, on_warning=lambda problem: None):
             if self.limit is not None and items >= self.limit:
@@ -129,7 +130,7 @@ class MatrixRun:
             self.deleted = await release_unused(client, ledger, keep=uploaded.values())
         self._resolver = ReferenceResolver(options, uploaded=uploaded, mirror_base=mirror_base)
 
-    def items(self) -> Iterator[Item | ItemProblem]:
+    def items(self) -> Iterator[Item | Problem]:
         """The job's items (after :meth:`prepare`: real ``file_id`` values, mirrored URLs)."""
         return make_items(self.spec, resolver=self._resolver or ReferenceResolver(self.matrix.references))
 

@@ -25,11 +25,11 @@ import orjson
 from batchpipe.domain import spec as rules
 from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.domain.modeltable import ModelTable
+from batchpipe.domain.problems import Problem
 from batchpipe.domain.records import ItemRow
 from batchpipe.errors import InputError
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import REQUEST_FIELDS
-from batchpipe.input.validate import ItemProblem
 from batchpipe.ports import Ledger
 from batchpipe.runtime.matrix_run import MatrixRun
 
@@ -143,7 +143,7 @@ def _changed_body(row: ItemRow, changes: Mapping[str, object], models: ModelTabl
 
 def retry_items(
     rows: Iterable[ItemRow], changes: Mapping[str, object], *, advice: rules.ModelAdvice | None = None
-) -> Iterator[Item | ItemProblem]:
+) -> Iterator[Item | Problem]:
     """Items for new attempts of ``rows`` with ``changes`` applied, each checked against the model's rules.
 
     ``advice``: the lifecycle policy (:class:`batchpipe.domain.lifecycle.ModelPolicy`, its fix text
@@ -156,22 +156,22 @@ def retry_items(
         problems = rules.check_image_request(row.endpoint, body, models=models, advice=advice)
         if problems:
             for problem in problems:
-                yield ItemProblem(row.item_key, f"ledger:{row.custom_id}", None, problem.param, problem.message)
+                yield problem.at(file=f"ledger:{row.custom_id}", key=row.item_key)
             continue
         metadata: dict[str, object] = orjson.loads(row.metadata_json)
         metadata["retry_of"] = row.custom_id
         yield row.as_item(body=body, metadata=metadata, source=f"ledger:{row.custom_id}")
 
 
-def export_manifest(items: Iterable[Item | ItemProblem], out: IO[bytes]) -> tuple[int, list[ItemProblem]]:
+def export_manifest(items: Iterable[Item | Problem], out: IO[bytes]) -> tuple[int, list[Problem]]:
     """Write items as plain JSONL manifest lines (``key``, body fields, ``metadata``); returns (lines, problems).
 
     ``batchpipe run --manifest FILE --job-name NAME`` accepts the result.
     """
     count = 0
-    problems: list[ItemProblem] = []
+    problems: list[Problem] = []
     for entry in items:
-        if isinstance(entry, ItemProblem):
+        if isinstance(entry, Problem):
             problems.append(entry)
             continue
         line: dict[str, Any] = {"key": entry.key, **entry.body, "metadata": entry.metadata}
