@@ -19,6 +19,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pytest
 from PIL import Image
@@ -108,6 +110,14 @@ def current_rows(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _stored_path(row: dict[str, Any], root: Path) -> Path:
+    """The local file a ledger row names: ``output_uri`` (a ``file://`` URI) in current ledgers, ``output_path``
+    (a plain path) in older ones."""
+    uri = row.get("output_uri") or row.get("output_path") or ""
+    path = Path(url2pathname(urlsplit(uri).path)) if uri.startswith("file:") else Path(uri)
+    return path if path.is_absolute() else root / path
+
+
 def _image_problem(path: Path, fmt: str) -> str | None:
     try:
         with Image.open(io.BytesIO(path.read_bytes())) as image:
@@ -181,8 +191,7 @@ def problems(
         for row in rows:
             cid, status = row["custom_id"], row["status"]
             if status == "succeeded":
-                path = Path(row["output_path"] or "")
-                path = path if path.is_absolute() else root / path
+                path = _stored_path(row, root)
                 if not path.is_file():
                     found.append(f"UNTRUTHFUL: {cid} succeeded, no file at {path}")
                     continue
