@@ -49,7 +49,7 @@ def test_concurrent_puts_to_one_location_leave_one_whole_file(tmp_path: Path) ->
     store = LocalImageStore(tmp_path)
     location = store.location_for("sku/1", 0, "png")
     payloads = [bytes([i]) * 200_000 for i in range(2)]
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=10)
     errors: list[BaseException] = []
     results: list[str] = []
 
@@ -60,6 +60,7 @@ def test_concurrent_puts_to_one_location_leave_one_whole_file(tmp_path: Path) ->
                 results.append(store.put(location, data).sha256)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
+            barrier.abort()  # the other thread stops waiting too
 
     threads = [threading.Thread(target=put, args=(p,)) for p in payloads]
     for thread in threads:
