@@ -58,7 +58,7 @@ def test_concurrent_puts_to_one_location_leave_one_whole_file(tmp_path: Path) ->
             for _ in range(30):
                 barrier.wait()
                 results.append(store.put(location, data).sha256)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
             barrier.abort()  # the other thread stops waiting too
 
