@@ -160,6 +160,13 @@ class MemoryBatchApi:
             "last_id": page[-1].id if page else None,
         }
 
+    async def retrieve_file(self, file_id: str) -> dict[str, object]:
+        """``GET /files/{id}``: the ``OpenAIFile``; raises ``NotFoundError`` for an unknown id."""
+        f = self.files.get(file_id)
+        if f is None:
+            raise NotFoundError(f"no file {file_id}", status_code=404)
+        return self._file_object(f)
+
     async def delete_file(self, file_id: str) -> dict[str, object]:
         """``DELETE /files/{id}``; raises ``NotFoundError`` for an unknown id."""
         if self.files.pop(file_id, None) is None:
