@@ -125,6 +125,9 @@ class _OneFileClient:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
+    async def retrieve_file(self, file_id: str) -> dict[str, object]:
+        return {"id": file_id, "object": "file", "bytes": len(self.data)}
+
     @contextlib.asynccontextmanager
     async def stream_file_content(self, file_id: str, *, start_byte: int = 0) -> AsyncIterator[_OneFileClient]:
         yield self
