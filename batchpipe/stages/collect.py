@@ -555,15 +555,20 @@ class _LineFault:
 
 @dataclass(slots=True)
 class _Retries:
-    """Downloads of one file started again: ``total``, and ``stalled`` in a row that got no further."""
+    """Downloads of one file started again: ``total``, ``stalled`` in a row that got no further than any
+    before (``furthest``: the highest line boundary read, in bytes; lines read again after a re-download are
+    not progress), and ``line_fault``: the last unreadable line seen, the most telling reason to report."""
 
     total: int = 0
     stalled: int = 0
+    furthest: int = 0
+    line_fault: str | None = None
 
-    def failed(self, *, progressed: bool) -> None:
-        """Count one more failed download; one that got further resets ``stalled``."""
+    def failed(self, *, reached: int) -> None:
+        """Count one more failed download that read whole lines up to byte ``reached``."""
         self.total += 1
-        self.stalled = 0 if progressed else self.stalled + 1
+        self.stalled = 0 if reached > self.furthest else self.stalled + 1
+        self.furthest = max(self.furthest, reached)
 
 
 @dataclass(slots=True)
@@ -673,6 +678,7 @@ class Collector:
         stats = CollectStats()
         began = self._clock()
         retries = _Retries()
+        retries.furthest = await self._offset(batch_id, kind)
         while True:
             start = await self._offset(batch_id, kind)
             decided = await self._decided(batch_id)
@@ -684,7 +690,8 @@ class Collector:
             except _BadDownload as fault:
                 now = await self._offset(batch_id, kind)
                 if not fault.final:
-                    retries.failed(progressed=now > start)
+                    retries.failed(reached=now)
+                    retries.line_fault = fault.reason
                     stats.redownloads += 1
                 if fault.final or retries.stalled >= self._download_attempts or retries.total > self._max_reconnects:
                     log.error("download failed", batch_id=batch_id, file_id=file_id, kind=kind, reason=fault.reason)
@@ -693,7 +700,7 @@ class Collector:
                         file_id=file_id,
                         kind=kind,
                         offset=now,
-                        reason=fault.reason,
+                        reason=fault.reason if retries.line_fault is None else retries.line_fault,
                         attempts=retries.total,
                     ) from None
                 log.warning(
@@ -891,7 +898,6 @@ class Collector:
         seq = 0
         while True:
             buffer = bytearray()
-            began = position
             try:
                 async with self._client.stream_file_content(file_id, start_byte=position) as stream:
                     # FileStream yields bytes from start_byte on, whether or not the server honoured Range
@@ -925,7 +931,7 @@ class Collector:
                     stats.lines += 1
                 return
             except ApiConnectionError as exc:
-                retries.failed(progressed=position > began)
+                retries.failed(reached=position)
                 stats.reconnects += 1
                 if retries.stalled >= self._download_attempts or retries.total > self._max_reconnects:
                     raise _BadDownload(f"cut or short {retries.total} time(s), last: {exc}", final=True) from exc
