@@ -495,6 +495,7 @@ async def file_content(request: Request) -> Response | _RawBody:
             return _RawBody(pieces, drop=kind == "cut", headers=hdr)
         if kind == "bad_line":
             index = min(1, len(lines) - 1)
+            _served(state, file_id, 0, len(b"".join(lines[:index])))  # the lines before the garbled one are true
             garbage = re.sub(rb"[^\n]", b"#", lines[index])
             lines[index] = b"<" + garbage[1:]
             return Response(b"".join(lines), status_code=200, headers=hdr)

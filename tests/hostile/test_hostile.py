@@ -401,7 +401,8 @@ def test_two_different_200_lines_for_one_custom_id(hostile: Start, tmp_path: Pat
     keys = make_job(tmp_path)
     result = run_job(tmp_path, server.base_url)
     found = problems(server, tmp_path, result, keys=keys, codes=(0,), bound_s=FINISH_BOUND_S)
-    images = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    # [output] dir = "out" resolves under the workdir; also look beside the job in case that changes
+    images = [p for d in (tmp_path / "out", tmp_path / "work" / "out") for p in d.rglob("*") if p.is_file()]
     if len(images) != ITEMS:
         found.append(f"FILES ON DISK: {len(images)} image files for {ITEMS} items")
     assert found == [], report(found, server, result)
