@@ -9,6 +9,7 @@
     ├── ApiError                   talking to the OpenAI-compatible API
     │   ├── ApiConnectionError     no response (connect, read, protocol, cut stream)
     │   │   └── ApiTimeoutError
+    │   ├── DownloadError          an output/error file that could not be read as its JSONL after retries
     │   └── ApiStatusError         a response with status >= 400 (status_code, request_id, body)
     │       ├── BadRequestError        400
     │       ├── AuthenticationError    401
@@ -39,6 +40,7 @@ __all__ = [
     "BadRequestError",
     "BatchpipeError",
     "ConflictError",
+    "DownloadError",
     "IndeterminateSubmissionError",
     "InputError",
     "JobSpecError",
@@ -104,6 +106,32 @@ class ApiConnectionError(ApiError):
 
 class ApiTimeoutError(ApiConnectionError):
     """The request timed out."""
+
+
+class DownloadError(ApiError):
+    """An output or error file whose download could not be verified as the JSONL it must be, after bounded
+    retries: an error page served with 200, a body shorter than the file's ``bytes``, a line that is not JSON
+    or names no ``custom_id``, a connection cut again and again. Nothing past ``offset`` was committed, no row
+    was judged on it and the file is left on the service; running the same command again resumes there.
+
+    ``batch_id``, ``file_id``, ``kind`` (``"output"`` | ``"error"``), ``offset`` (bytes of the file committed),
+    ``reason`` (what was wrong, for people), ``attempts`` (downloads tried).
+    """
+
+    def __init__(self, *, batch_id: str, file_id: str, kind: str, offset: int, reason: str, attempts: int) -> None:
+        self.batch_id = batch_id
+        self.file_id = file_id
+        self.kind = kind
+        self.offset = offset
+        self.reason = reason
+        self.attempts = attempts
+        super().__init__(
+            f"batch {batch_id}: the {kind} file {file_id} could not be read as JSONL after {attempts} "
+            f"download attempt(s): {reason}. Nothing was marked missing, resubmitted or deleted; "
+            f"`batchpipe run` again resumes the download at byte {offset}",
+            method="GET",
+            url=f"/files/{file_id}/content",
+        )
 
 
 class ApiStatusError(ApiError):

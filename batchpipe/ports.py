@@ -570,11 +570,14 @@ class BatchApi(Protocol):
         self, path: Path, *, purpose: str, filename: str | None = None, expires_after_s: int | None = None
     ) -> FileObject: ...
 
-    async def retrieve_file(self, file_id: str) -> FileObject: ...
-
     async def list_files(
         self, *, purpose: str | None = None, after: str | None = None, limit: int | None = None, order: str = "desc"
     ) -> Page[FileObject]: ...
+
+    async def retrieve_file(self, file_id: str) -> FileObject:
+        """``GET /files/{file_id}``: the ``OpenAIFile`` (``bytes``: the file's size, which a download of its
+        content must reach)."""
+        ...
 
     async def delete_file(self, file_id: str) -> dict[str, Any]: ...
 

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from batchpipe.adapters.sqlite_ledger import SqliteLedger
+from batchpipe.domain.api import FileObject
 from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.records import ITEM_COLUMNS, ShardRow
 from batchpipe.errors import LedgerError
@@ -124,6 +125,9 @@ class _OneFileClient:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+
+    async def retrieve_file(self, file_id: str) -> FileObject:
+        return FileObject.parse({"id": file_id, "object": "file", "bytes": len(self.data)})
 
     @contextlib.asynccontextmanager
     async def stream_file_content(self, file_id: str, *, start_byte: int = 0) -> AsyncIterator[_OneFileClient]:

@@ -7,16 +7,19 @@ recording it: each ends with exactly one batch per shard at the service and ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from batchpipe.cli.exits import EXIT_STOPPED, exit_code
 from batchpipe.domain.items import Item, ItemStatus
+from batchpipe.errors import DownloadError
 from batchpipe.fakes import MemoryBatchApi, MemoryImageStore, MemoryLedger
-from batchpipe.fakes.batch_api import PNG_1X1, Crash
+from batchpipe.fakes.batch_api import PNG_1X1, Crash, MemoryFileStream
 from batchpipe.runtime.runner import Runner
 from batchpipe.runtime.settings import RunOptions
 
@@ -274,3 +277,35 @@ async def test_batches_of_this_run_unknown_to_the_ledger_are_reported(tmp_path: 
     assert summary.finished and len(api.batches) == 2
     assert [u["batch_id"] for u in summary.unknown_batches] == [min(api.batches)]
     assert summary.unknown_batches[0]["requests"] == 4 and summary.unknown_cost_usd >= 0
+
+
+class _BrokenProxyApi(MemoryBatchApi):
+    """Serves an HTML error page, with 200, for every output/error file while ``broken`` is set."""
+
+    broken = True
+
+    @contextlib.asynccontextmanager
+    async def stream_file_content(self, file_id: str, *, start_byte: int = 0) -> AsyncIterator[MemoryFileStream]:
+        f = self.files.get(file_id)
+        if self.broken and f is not None and f.purpose == "batch_output":
+            yield MemoryFileStream(b"<html><body>502 Bad Gateway</body></html>\n", 0)
+        else:
+            async with super().stream_file_content(file_id, start_byte=start_byte) as stream:
+                yield stream
+
+
+async def test_an_unreadable_output_file_stops_the_run_before_anything_is_judged_or_deleted(tmp_path: Path) -> None:
+    """Issue 11, behaviour 2 on the fakes: DownloadError (exit 3) with every row still submitted, no row missing,
+    no file deleted, nothing resubmitted; once the proxy heals, the same run resumes and finishes."""
+    ledger, api, store = MemoryLedger(), _BrokenProxyApi(), MemoryImageStore()
+    runner = _runner(tmp_path, ledger, api, store)
+    with pytest.raises(DownloadError) as caught:
+        await runner.run("job", "h1", lambda: _items(6), source_name="t")
+    assert exit_code(caught.value) == EXIT_STOPPED and "resumes" in str(caught.value)
+    assert {row.status for row in ledger.items()} == {ItemStatus.SUBMITTED}
+    outputs = [b.output_file_id for b in api.batches.values()]
+    assert all(file_id in api.files for file_id in outputs)  # never deleted on an unverified download
+    api.broken = False
+    summary = await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(6), source_name="t")
+    assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 6}
+    assert api.creates == 2 == len(api.batches)  # nothing resubmitted

@@ -38,3 +38,48 @@ def test_put_writes_a_file_and_leaves_no_temp(tmp_path: Path) -> None:
     store.put(stored.location, data)  # rewriting leaves no temp either
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     store.sync()
+
+
+def test_concurrent_puts_to_one_location_leave_one_whole_file(tmp_path: Path) -> None:
+    """Two threads writing different bytes to the same location at once: every put succeeds (each has its own
+    temporary name), the file holds exactly one of the two payloads, and no temporary file is left."""
+    import hashlib
+    import threading
+
+    store = LocalImageStore(tmp_path)
+    location = store.location_for("sku/1", 0, "png")
+    payloads = [bytes([i]) * 200_000 for i in range(2)]
+    barrier = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+    results: list[str] = []
+
+    def put(data: bytes) -> None:
+        try:
+            for _ in range(30):
+                barrier.wait()
+                results.append(store.put(location, data).sha256)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            barrier.abort()  # the other thread stops waiting too
+
+    threads = [threading.Thread(target=put, args=(p,)) for p in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(results) == 60
+    on_disk = store.read(location)
+    assert on_disk in payloads and hashlib.sha256(on_disk).hexdigest() in results
+    assert [p.name for p in tmp_path.rglob(".*tmp*")] == []
+
+
+def test_recover_reads_the_pid_of_old_and_new_temporary_names(tmp_path: Path) -> None:
+    import os
+
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    old, new = tmp_path / f".a.png.tmp-{dead}", tmp_path / f".b.png.tmp-{dead}-0a1b2c"
+    mine = tmp_path / f".c.png.tmp-{os.getpid()}-0a1b2c"
+    for path in (old, new, mine):
+        path.write_bytes(b"x")
+    assert sorted(LocalImageStore(tmp_path).recover()) == sorted([old, new])
+    assert mine.exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import threading
 from pathlib import Path
 from typing import Final
@@ -63,13 +64,14 @@ class LocalImageStore:
         self._lock = threading.Lock()
 
     def recover(self) -> list[Path]:
-        """Delete the ``.<name>.tmp-<pid>`` files (:meth:`put`) that a process killed mid-write left under
-        ``root``; files of a process that is still alive (this one included) are kept. Returns the deleted paths."""
+        """Delete the ``.<name>.tmp-<pid>-<random>`` files (:meth:`put`; older versions wrote
+        ``.<name>.tmp-<pid>``) that a process killed mid-write left under ``root``; files of a process that is
+        still alive (this one included) are kept. Returns the deleted paths."""
         removed: list[Path] = []
         if not self.root.is_dir():
             return removed
         for path in self.root.rglob(".*.tmp-*"):
-            pid = path.name.rpartition(".tmp-")[2]
+            pid = path.name.rpartition(".tmp-")[2].partition("-")[0]
             if not pid.isdigit() or int(pid) == os.getpid():
                 continue
             try:
@@ -99,11 +101,13 @@ class LocalImageStore:
         return path
 
     def put(self, location: str, data: bytes) -> StoredImage:
-        """Write ``data`` to ``location`` via ``.<name>.tmp-<pid>``, fsync, rename; the folder is synced later.
-        Raises ``ValueError`` for a location outside this store and ``OSError`` when the disk refuses."""
+        """Write ``data`` to ``location`` via ``.<name>.tmp-<pid>-<random>``, fsync, rename; the folder is synced
+        later. Concurrent puts to one location (threads of this process or other processes) each write their own
+        temporary file, so each rename succeeds and the file is whole: the last rename wins. Raises
+        ``ValueError`` for a location outside this store and ``OSError`` when the disk refuses."""
         path = self._path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)

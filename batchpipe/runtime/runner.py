@@ -265,6 +265,7 @@ class Runner:
                 self.verifier,
                 workers=self.options.collect_workers,
                 models=self.options.models,
+                sleep=self._sleep,
             )
         )
         try:
@@ -833,7 +834,14 @@ class Runner:
                     async with sem:
                         return await self._finish_batch(b, collector)
 
-                results = await asyncio.gather(*(one(b) for b in ready))
+                tasks = [asyncio.ensure_future(one(b)) for b in ready]
+                try:
+                    results = await asyncio.gather(*tasks)
+                except BaseException:  # one collection stopped the run: end the others while the ledger is open
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    raise
                 changed = changed or any(results)
             if changed:
                 idle = 0
