@@ -6,8 +6,12 @@ What it does:
 1. Starts the **standalone** emulator (``batchpipe emulator serve``) as its own process, with faults on: a
    share of 429s and 500/503s on every route, downloads cut mid-file, the first batch expiring with partial
    results, rows dropped from both result files, ``completed`` batches showing ``output_file_id: null`` for a
-   while (gotchas #3), shuffled output (gotchas #1). Killing batchpipe never kills the emulator, so batches
-   keep running server-side exactly as they would at OpenAI.
+   while (gotchas #3), shuffled output (gotchas #1); and (issue 11) batch creates that succeed but answer 500
+   (ambiguous creates) while ``GET /v1/batches`` lags a couple of seconds behind creates, and result-file
+   downloads that serve something that is not the file (an HTML or JSON error page with 200, a short body, a
+   garbled line). Killing batchpipe never kills the emulator, so batches keep running server-side exactly as
+   they would at OpenAI. batchpipe and the emulator run as ``python -m batchpipe`` with this checkout first on
+   ``PYTHONPATH``, so the drill always tries the code next to it.
 2. Writes a job spec copying ``jobs/catalog-nightly.toml`` (real Flipkart catalog, first N items) with small
    shards, then runs ``batchpipe run JOB --api URL --workdir W --poll-interval 0.1`` as a subprocess and
    SIGKILLs it after random (seeded) delays, many times, so kills land in build, upload, create, poll and
@@ -15,7 +19,8 @@ What it does:
 3. Checks, from the ledger, the output directory and the emulator's own ``GET /v1/batches`` pages:
    every manifest item has exactly one live attempt that is ``succeeded``, or failed for good (not retryable,
    with its reason, or after ``max_attempts``); no key was rendered successfully twice; every shard maps to
-   exactly one batch (metadata ``batchpipe_shard``) and the service holds no batch the ledger does not know;
+   exactly one batch (metadata ``batchpipe_shard``; the service's list is read once its lag has passed) and
+   the service holds no batch the ledger does not know;
    one file per succeeded item whose sha256 matches the ledger, no other files, no ``.tmp`` leftovers.
 
 Prints the kill log, problems found, and one summary line of ``name=value`` pairs. Exit status 0 when every
@@ -81,6 +86,11 @@ class DrillOptions:
     ``finish_attempts``: runs allowed to finish after the kills (each bounded by ``run_timeout_s``).
     ``workdir``: where everything goes (a fresh temporary directory when None; kept afterwards).
     ``share_429`` / ``share_5xx``: emulator fault shares on every route. ``catalog``: the CSV manifest.
+    ``ambiguous_creates`` (the first N) and ``ambiguous_create_share`` (a share of the rest): batch creates the
+    emulator performs but answers 500 (``ambiguous_create_mode``: ``500``, ``504`` or ``drop``);
+    ``list_lag_s``: seconds a new batch stays absent from ``GET /v1/batches``. ``bad_downloads``: the first N
+    downloads of result files serve something that is not the file (every kind in turn,
+    ``batchpipe/emulator/README.md``); 0 turns that off.
     """
 
     items: int = 600
@@ -96,6 +106,11 @@ class DrillOptions:
     workdir: Path | None = None
     share_429: float = 0.03
     share_5xx: float = 0.03
+    ambiguous_creates: int = 1
+    ambiguous_create_share: float = 0.15
+    ambiguous_create_mode: str = "500"
+    list_lag_s: float = 2.0
+    bad_downloads: int = 3
     catalog: Path = REPO / "jobs" / "data" / "flipkart-products-20k.csv"
     job_template: Path = REPO / "jobs" / "catalog-nightly.toml"
 
@@ -146,18 +161,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _batchpipe_exe() -> str:
-    """The ``batchpipe`` console script next to this interpreter (the project venv), else on PATH."""
-    here = Path(sys.executable).with_name("batchpipe")
-    if here.exists():
-        return str(here)
-    venv = REPO / ".venv" / "bin" / "batchpipe"
-    return str(venv) if venv.exists() else "batchpipe"
+def _batchpipe_cmd() -> list[str]:
+    """How children run batchpipe: ``python -m batchpipe`` with this interpreter (the project venv); with
+    :func:`_child_env`, the package imported is the one in this checkout, whichever checkout the venv was
+    installed from (a git worktree shares its main checkout's venv)."""
+    return [sys.executable, "-m", "batchpipe"]
 
 
 def _child_env() -> dict[str, str]:
-    """The environment for children: no OpenAI credentials or base URL (the drill never talks to OpenAI)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    """The environment for children: no OpenAI credentials or base URL (the drill never talks to OpenAI), and
+    this checkout first on ``PYTHONPATH``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def emulator_fault_args(options: DrillOptions) -> list[str]:
@@ -174,6 +190,11 @@ def emulator_fault_args(options: DrillOptions) -> list[str]:
         "--drop-rows-first-n", "3",
         "--null-output-s", "2",
         "--shuffle-output",
+        "--ambiguous-create-first-n", str(options.ambiguous_creates),
+        "--ambiguous-create-share", str(options.ambiguous_create_share),
+        "--ambiguous-create-mode", options.ambiguous_create_mode,
+        "--list-lag-s", str(options.list_lag_s),
+        "--bad-download-first-n", str(options.bad_downloads),
     ]  # fmt: skip
 
 
@@ -188,7 +209,7 @@ def standalone_emulator(
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [
-            _batchpipe_exe(), "--log-level", log_level, "emulator", "serve",
+            *_batchpipe_cmd(), "--log-level", log_level, "emulator", "serve",
             "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state_dir),
             *fault_args,
         ],
@@ -538,7 +559,7 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
     fault_args = emulator_fault_args(options)
     with standalone_emulator(root / "emulator-state", fault_args, root / "emulator.log") as base_url:
         cmd = [
-            _batchpipe_exe(), "--log-json", "--log-level", "info", "run", str(job_spec),
+            *_batchpipe_cmd(), "--log-json", "--log-level", "info", "run", str(job_spec),
             "--api", base_url, "--workdir", str(workdir), "--poll-interval", "0.1", "--limit", str(options.items),
         ]  # fmt: skip
         finished = False
@@ -575,6 +596,7 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
             finished = record.exit_code in (0, 1)
         if not finished:
             report.problems.append(f"the run did not finish in {options.finish_attempts} attempt(s) after the kills")
+        time.sleep(options.list_lag_s + 0.5)  # the list is eventually consistent: read it once the lag passed
         service_batches = list_service_batches(base_url)
         service_files = list_service_batches(base_url, route="/files")
     keys = expected_keys(job_spec, workdir, options.items)
@@ -601,12 +623,29 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
         report.problems.append(f"cannot read the ledger at {ledger_path}: {exc}")
     # not an invariant (files expire), but gotchas #6: inputs and results are deleted once collected
     report.figures["service_files_left"] = len(service_files)
+    # the faults of issue 11, as the emulator logged them (warning level) and as the ledger settled them
+    emulator_log = (root / "emulator.log").read_text(encoding="utf-8", errors="replace")
+    report.figures["ambiguous_creates"] = emulator_log.count("emulator.fault.ambiguous_create")
+    report.figures["bad_downloads"] = emulator_log.count("emulator.fault.bad_download")
+    report.figures["adopted_batches"] = _adopted_batches(ledger_path)
     report.figures["wall_s"] = round(time.monotonic() - began, 1)
     report.figures = {"drill_items": report.figures.pop("drill_items"), **report.figures}
     echo("kills by phase: " + ", ".join(f"{p} {n}" for p, n in sorted(phases.items())))
     echo("final states: " + ", ".join(f"{s} {n}" for s, n in report.final_status.items()))
     echo(f"work directory: {root}")
     return report
+
+
+def _adopted_batches(ledger_path: Path) -> int:
+    """How many times a run adopted a batch it had not seen created (ledger events of shards noted
+    ``adopted existing batch``: after an ambiguous create or a kill during one); 0 without a ledger."""
+    if not ledger_path.exists():
+        return 0
+    with contextlib.closing(_connect(ledger_path)) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM events WHERE entity = 'shard' AND detail LIKE '%adopted existing batch%'"
+        ).fetchone()
+    return int(row[0])
 
 
 def _max_attempts(job_spec: Path) -> int:
@@ -624,6 +663,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-delay", type=float, default=2.5, help="longest delay before a late kill (s)")
     parser.add_argument("--share-429", type=float, default=0.03)
     parser.add_argument("--share-5xx", type=float, default=0.03)
+    parser.add_argument(
+        "--ambiguous-creates", type=int, default=1, help="the first N batch creates succeed but answer 500"
+    )
+    parser.add_argument(
+        "--ambiguous-create-share", type=float, default=0.15, help="...and this share of the other creates"
+    )
+    parser.add_argument("--ambiguous-create-mode", choices=("500", "504", "drop"), default="500")
+    parser.add_argument("--list-lag-s", type=float, default=2.0, help="GET /v1/batches lags creates by this (s)")
+    parser.add_argument(
+        "--bad-downloads", type=int, default=3, help="the first N result downloads are unreadable (0: off)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary directory")
     args = parser.parse_args(argv)
     options = DrillOptions(
@@ -634,6 +684,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_delay_s=(min(0.3, args.max_delay), args.max_delay),
         share_429=args.share_429,
         share_5xx=args.share_5xx,
+        ambiguous_creates=args.ambiguous_creates,
+        ambiguous_create_share=args.ambiguous_create_share,
+        ambiguous_create_mode=args.ambiguous_create_mode,
+        list_lag_s=args.list_lag_s,
+        bad_downloads=args.bad_downloads,
         workdir=args.workdir,
     )
     report = run_drill(options)
