@@ -286,8 +286,16 @@ def _phase(ledger_path: Path, log_text: str) -> str:
     return "follow-up" if "follow-up attempts" in log_text else "done"
 
 
-#: Log lines a kill can be timed from (``batchpipe --log-json``): the run opened; a batch was created.
-ANCHORS: dict[str, bytes] = {"run": b'"event":"run"', "created": b'"event":"batch created"'}
+#: Log lines a kill can be timed from (``batchpipe --log-json``): the run opened; a batch was created; a batch's
+#: status was polled (the run got past submitting and reconciling, which a lagging list can make take seconds).
+ANCHORS: dict[str, bytes] = {
+    "run": b'"event":"run"',
+    "created": b'"event":"batch created"',
+    "polled": b'"event":"batch status"',
+}
+#: Seconds after the ``run`` line an anchor that has not appeared stops being waited for (the kill then counts
+#: from that moment): ``polled`` waits out a reconciliation (up to ``list_lag_s``, 10 s for a local API).
+ANCHOR_WAIT_S: dict[str, float] = {"polled": 15.0}
 
 
 def _creating(ledger_path: Path) -> bool:
@@ -310,7 +318,7 @@ def _run_once(
     """Start ``batchpipe run`` and SIGKILL it per ``kill`` = ``(anchor, delay_s)``: ``delay_s`` after the start
     (anchor ``"start"``), after the first log line of an :data:`ANCHORS` event (so import time does not
     matter), or after the ledger shows a batch create in flight (anchor ``"creating"``); an anchor that has
-    not appeared 2 s after the ``run`` line counts from then. ``kill`` None lets
+    not appeared 2 s (:data:`ANCHOR_WAIT_S` for some) after the ``run`` line counts from then. ``kill`` None lets
     the run end by itself (SIGKILL after ``timeout_s``: phase ``hung``)."""
     started = time.monotonic()
     deadline: float | None = started + kill[1] if kill and kill[0] == "start" else None
@@ -324,7 +332,7 @@ def _run_once(
                 if run_seen is None and ANCHORS["run"] in text:
                     run_seen = now
                 hit = _creating(ledger_path) if kill[0] == "creating" else ANCHORS[kill[0]] in text
-                if hit or (run_seen is not None and now - run_seen > 2.0):
+                if hit or (run_seen is not None and now - run_seen > ANCHOR_WAIT_S.get(kill[0], 2.0)):
                     deadline = now + kill[1]
             if (deadline is not None and now >= deadline) or now - started > timeout_s:
                 proc.send_signal(signal.SIGKILL)
@@ -340,7 +348,8 @@ def _kill_plan(index: int, rng: random.Random, options: DrillOptions) -> tuple[s
     """Kill number ``index``: the first lands in the build (just after ``run``), the second just after a
     batch create (the next shard's upload), the third while a create is in flight; then at random:
     start-up (``startup_kill_share``), early (``early_kill_share``: after ``run`` or a create within
-    ``early_kill_delay_s``, or in a create) or late (poll, collect: ``kill_delay_s`` after ``run``)."""
+    ``early_kill_delay_s``, or in a create) or late (poll, collect: ``kill_delay_s`` after ``run``, or after the
+    first poll, since after a kill a run may spend seconds reconciling creates against a lagging list)."""
     if index == 0:
         return "run", round(rng.uniform(0.0, 0.04), 3)
     if index == 1:
@@ -355,7 +364,7 @@ def _kill_plan(index: int, rng: random.Random, options: DrillOptions) -> tuple[s
         return anchor, round(
             rng.uniform(0.0, 0.004) if anchor == "creating" else rng.uniform(*options.early_kill_delay_s), 4
         )
-    return "run", round(rng.uniform(*options.kill_delay_s), 3)
+    return rng.choice(["run", "polled"]), round(rng.uniform(*options.kill_delay_s), 3)
 
 
 # -- the service's view ------------------------------------------------------------------------------------
