@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import random
 import re
@@ -637,6 +638,19 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
     report.figures["ambiguous_creates"] = emulator_log.count("emulator.fault.ambiguous_create")
     report.figures["bad_downloads"] = emulator_log.count("emulator.fault.bad_download")
     report.figures["adopted_batches"] = _adopted_batches(ledger_path)
+    # an unreadable download is not missing rows: the ledger may declare missing only rows the service dropped
+    dropped = sum(
+        int(json.loads(line).get("count", 0))
+        for line in emulator_log.splitlines()
+        if "emulator.fault.rows_dropped" in line and line.startswith("{")
+    )
+    declared = _declared_missing(ledger_path)
+    report.figures["rows_dropped"], report.figures["declared_missing"] = dropped, declared
+    if declared > dropped:
+        report.problems.append(
+            f"the ledger declared {declared} row(s) missing, the service dropped only {dropped}: an unreadable "
+            "download was taken for missing rows"
+        )
     report.figures["wall_s"] = round(time.monotonic() - began, 1)
     report.figures = {"drill_items": report.figures.pop("drill_items"), **report.figures}
     echo("kills by phase: " + ", ".join(f"{p} {n}" for p, n in sorted(phases.items())))
@@ -653,6 +667,17 @@ def _adopted_batches(ledger_path: Path) -> int:
     with contextlib.closing(_connect(ledger_path)) as conn:
         row = conn.execute(
             "SELECT COUNT(*) FROM events WHERE entity = 'shard' AND detail LIKE '%adopted existing batch%'"
+        ).fetchone()
+    return int(row[0])
+
+
+def _declared_missing(ledger_path: Path) -> int:
+    """How many item attempts the ledger ever moved to ``missing`` (in neither result file); 0 without a ledger."""
+    if not ledger_path.exists():
+        return 0
+    with contextlib.closing(_connect(ledger_path)) as conn:
+        row = conn.execute(
+            "SELECT COUNT(DISTINCT entity_id) FROM events WHERE entity = 'item' AND to_status = 'missing'"
         ).fetchone()
     return int(row[0])
 

@@ -713,6 +713,8 @@ class BatchProcessor:
         offsets = {kind: _line_offsets(path) for kind, path in parts.items()}
         total = sum(len(v) for v in offsets.values())
         dropped = set(rng.sample(range(total), min(plan.drop_rows, total))) if plan.drop_rows else set()
+        if dropped:
+            log.warning("emulator.fault.rows_dropped", batch_id=run.record.id, count=len(dropped))
         base = 0
         expiry = run.record.internal.get("output_expires_after_s")
         for kind in ("output", "error"):
