@@ -6,8 +6,12 @@ What it does:
 1. Starts the **standalone** emulator (``batchpipe emulator serve``) as its own process, with faults on: a
    share of 429s and 500/503s on every route, downloads cut mid-file, the first batch expiring with partial
    results, rows dropped from both result files, ``completed`` batches showing ``output_file_id: null`` for a
-   while (gotchas #3), shuffled output (gotchas #1). Killing batchpipe never kills the emulator, so batches
-   keep running server-side exactly as they would at OpenAI.
+   while (gotchas #3), shuffled output (gotchas #1); and (issue 11) batch creates that succeed but answer 500
+   (ambiguous creates) while ``GET /v1/batches`` lags a couple of seconds behind creates, and result-file
+   downloads that serve something that is not the file (an HTML or JSON error page with 200, a short body, a
+   garbled line). Killing batchpipe never kills the emulator, so batches keep running server-side exactly as
+   they would at OpenAI. batchpipe and the emulator run as ``python -m batchpipe`` with this checkout first on
+   ``PYTHONPATH``, so the drill always tries the code next to it.
 2. Writes a job spec copying ``jobs/catalog-nightly.toml`` (real Flipkart catalog, first N items) with small
    shards, then runs ``batchpipe run JOB --api URL --workdir W --poll-interval 0.1`` as a subprocess and
    SIGKILLs it after random (seeded) delays, many times, so kills land in build, upload, create, poll and
@@ -15,7 +19,8 @@ What it does:
 3. Checks, from the ledger, the output directory and the emulator's own ``GET /v1/batches`` pages:
    every manifest item has exactly one live attempt that is ``succeeded``, or failed for good (not retryable,
    with its reason, or after ``max_attempts``); no key was rendered successfully twice; every shard maps to
-   exactly one batch (metadata ``batchpipe_shard``) and the service holds no batch the ledger does not know;
+   exactly one batch (metadata ``batchpipe_shard``; the service's list is read once its lag has passed) and
+   the service holds no batch the ledger does not know;
    one file per succeeded item whose sha256 matches the ledger, no other files, no ``.tmp`` leftovers.
 
 Prints the kill log, problems found, and one summary line of ``name=value`` pairs. Exit status 0 when every
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import random
 import re
@@ -81,6 +87,11 @@ class DrillOptions:
     ``finish_attempts``: runs allowed to finish after the kills (each bounded by ``run_timeout_s``).
     ``workdir``: where everything goes (a fresh temporary directory when None; kept afterwards).
     ``share_429`` / ``share_5xx``: emulator fault shares on every route. ``catalog``: the CSV manifest.
+    ``ambiguous_creates`` (the first N) and ``ambiguous_create_share`` (a share of the rest): batch creates the
+    emulator performs but answers 500 (``ambiguous_create_mode``: ``500``, ``504`` or ``drop``);
+    ``list_lag_s``: seconds a new batch stays absent from ``GET /v1/batches``. ``bad_downloads``: the first N
+    downloads of result files serve something that is not the file (every kind in turn,
+    ``batchpipe/emulator/README.md``); 0 turns that off.
     """
 
     items: int = 600
@@ -96,6 +107,11 @@ class DrillOptions:
     workdir: Path | None = None
     share_429: float = 0.03
     share_5xx: float = 0.03
+    ambiguous_creates: int = 1
+    ambiguous_create_share: float = 0.15
+    ambiguous_create_mode: str = "500"
+    list_lag_s: float = 2.0
+    bad_downloads: int = 3
     catalog: Path = REPO / "jobs" / "data" / "flipkart-products-20k.csv"
     job_template: Path = REPO / "jobs" / "catalog-nightly.toml"
 
@@ -146,18 +162,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _batchpipe_exe() -> str:
-    """The ``batchpipe`` console script next to this interpreter (the project venv), else on PATH."""
-    here = Path(sys.executable).with_name("batchpipe")
-    if here.exists():
-        return str(here)
-    venv = REPO / ".venv" / "bin" / "batchpipe"
-    return str(venv) if venv.exists() else "batchpipe"
+def _batchpipe_cmd() -> list[str]:
+    """How children run batchpipe: ``python -m batchpipe`` with this interpreter (the project venv); with
+    :func:`_child_env`, the package imported is the one in this checkout, whichever checkout the venv was
+    installed from (a git worktree shares its main checkout's venv)."""
+    return [sys.executable, "-m", "batchpipe"]
 
 
 def _child_env() -> dict[str, str]:
-    """The environment for children: no OpenAI credentials or base URL (the drill never talks to OpenAI)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    """The environment for children: no OpenAI credentials or base URL (the drill never talks to OpenAI), and
+    this checkout first on ``PYTHONPATH``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def emulator_fault_args(options: DrillOptions) -> list[str]:
@@ -174,6 +191,11 @@ def emulator_fault_args(options: DrillOptions) -> list[str]:
         "--drop-rows-first-n", "3",
         "--null-output-s", "2",
         "--shuffle-output",
+        "--ambiguous-create-first-n", str(options.ambiguous_creates),
+        "--ambiguous-create-share", str(options.ambiguous_create_share),
+        "--ambiguous-create-mode", options.ambiguous_create_mode,
+        "--list-lag-s", str(options.list_lag_s),
+        "--bad-download-first-n", str(options.bad_downloads),
     ]  # fmt: skip
 
 
@@ -188,7 +210,7 @@ def standalone_emulator(
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [
-            _batchpipe_exe(), "--log-level", log_level, "emulator", "serve",
+            *_batchpipe_cmd(), "--log-level", log_level, "emulator", "serve",
             "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state_dir),
             *fault_args,
         ],
@@ -265,8 +287,16 @@ def _phase(ledger_path: Path, log_text: str) -> str:
     return "follow-up" if "follow-up attempts" in log_text else "done"
 
 
-#: Log lines a kill can be timed from (``batchpipe --log-json``): the run opened; a batch was created.
-ANCHORS: dict[str, bytes] = {"run": b'"event":"run"', "created": b'"event":"batch created"'}
+#: Log lines a kill can be timed from (``batchpipe --log-json``): the run opened; a batch was created; a batch's
+#: status was polled (the run got past submitting and reconciling, which a lagging list can make take seconds).
+ANCHORS: dict[str, bytes] = {
+    "run": b'"event":"run"',
+    "created": b'"event":"batch created"',
+    "polled": b'"event":"batch status"',
+}
+#: Seconds after the ``run`` line an anchor that has not appeared stops being waited for (the kill then counts
+#: from that moment): ``polled`` waits out a reconciliation (up to ``list_lag_s``, 10 s for a local API).
+ANCHOR_WAIT_S: dict[str, float] = {"polled": 15.0}
 
 
 def _creating(ledger_path: Path) -> bool:
@@ -289,7 +319,7 @@ def _run_once(
     """Start ``batchpipe run`` and SIGKILL it per ``kill`` = ``(anchor, delay_s)``: ``delay_s`` after the start
     (anchor ``"start"``), after the first log line of an :data:`ANCHORS` event (so import time does not
     matter), or after the ledger shows a batch create in flight (anchor ``"creating"``); an anchor that has
-    not appeared 2 s after the ``run`` line counts from then. ``kill`` None lets
+    not appeared 2 s (:data:`ANCHOR_WAIT_S` for some) after the ``run`` line counts from then. ``kill`` None lets
     the run end by itself (SIGKILL after ``timeout_s``: phase ``hung``)."""
     started = time.monotonic()
     deadline: float | None = started + kill[1] if kill and kill[0] == "start" else None
@@ -303,7 +333,7 @@ def _run_once(
                 if run_seen is None and ANCHORS["run"] in text:
                     run_seen = now
                 hit = _creating(ledger_path) if kill[0] == "creating" else ANCHORS[kill[0]] in text
-                if hit or (run_seen is not None and now - run_seen > 2.0):
+                if hit or (run_seen is not None and now - run_seen > ANCHOR_WAIT_S.get(kill[0], 2.0)):
                     deadline = now + kill[1]
             if (deadline is not None and now >= deadline) or now - started > timeout_s:
                 proc.send_signal(signal.SIGKILL)
@@ -319,7 +349,8 @@ def _kill_plan(index: int, rng: random.Random, options: DrillOptions) -> tuple[s
     """Kill number ``index``: the first lands in the build (just after ``run``), the second just after a
     batch create (the next shard's upload), the third while a create is in flight; then at random:
     start-up (``startup_kill_share``), early (``early_kill_share``: after ``run`` or a create within
-    ``early_kill_delay_s``, or in a create) or late (poll, collect: ``kill_delay_s`` after ``run``)."""
+    ``early_kill_delay_s``, or in a create) or late (poll, collect: ``kill_delay_s`` after ``run``, or after the
+    first poll, since after a kill a run may spend seconds reconciling creates against a lagging list)."""
     if index == 0:
         return "run", round(rng.uniform(0.0, 0.04), 3)
     if index == 1:
@@ -334,7 +365,7 @@ def _kill_plan(index: int, rng: random.Random, options: DrillOptions) -> tuple[s
         return anchor, round(
             rng.uniform(0.0, 0.004) if anchor == "creating" else rng.uniform(*options.early_kill_delay_s), 4
         )
-    return "run", round(rng.uniform(*options.kill_delay_s), 3)
+    return rng.choice(["run", "polled"]), round(rng.uniform(*options.kill_delay_s), 3)
 
 
 # -- the service's view ------------------------------------------------------------------------------------
@@ -538,7 +569,7 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
     fault_args = emulator_fault_args(options)
     with standalone_emulator(root / "emulator-state", fault_args, root / "emulator.log") as base_url:
         cmd = [
-            _batchpipe_exe(), "--log-json", "--log-level", "info", "run", str(job_spec),
+            *_batchpipe_cmd(), "--log-json", "--log-level", "info", "run", str(job_spec),
             "--api", base_url, "--workdir", str(workdir), "--poll-interval", "0.1", "--limit", str(options.items),
         ]  # fmt: skip
         finished = False
@@ -575,6 +606,7 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
             finished = record.exit_code in (0, 1)
         if not finished:
             report.problems.append(f"the run did not finish in {options.finish_attempts} attempt(s) after the kills")
+        time.sleep(options.list_lag_s + 0.5)  # the list is eventually consistent: read it once the lag passed
         service_batches = list_service_batches(base_url)
         service_files = list_service_batches(base_url, route="/files")
     keys = expected_keys(job_spec, workdir, options.items)
@@ -601,12 +633,53 @@ def run_drill(options: DrillOptions, *, echo: Any = print) -> DrillReport:
         report.problems.append(f"cannot read the ledger at {ledger_path}: {exc}")
     # not an invariant (files expire), but gotchas #6: inputs and results are deleted once collected
     report.figures["service_files_left"] = len(service_files)
+    # the faults of issue 11, as the emulator logged them (warning level) and as the ledger settled them
+    emulator_log = (root / "emulator.log").read_text(encoding="utf-8", errors="replace")
+    report.figures["ambiguous_creates"] = emulator_log.count("emulator.fault.ambiguous_create")
+    report.figures["bad_downloads"] = emulator_log.count("emulator.fault.bad_download")
+    report.figures["adopted_batches"] = _adopted_batches(ledger_path)
+    # an unreadable download is not missing rows: the ledger may declare missing only rows the service dropped
+    dropped = sum(
+        int(json.loads(line).get("count", 0))
+        for line in emulator_log.splitlines()
+        if "emulator.fault.rows_dropped" in line and line.startswith("{")
+    )
+    declared = _declared_missing(ledger_path)
+    report.figures["rows_dropped"], report.figures["declared_missing"] = dropped, declared
+    if declared > dropped:
+        report.problems.append(
+            f"the ledger declared {declared} row(s) missing, the service dropped only {dropped}: an unreadable "
+            "download was taken for missing rows"
+        )
     report.figures["wall_s"] = round(time.monotonic() - began, 1)
     report.figures = {"drill_items": report.figures.pop("drill_items"), **report.figures}
     echo("kills by phase: " + ", ".join(f"{p} {n}" for p, n in sorted(phases.items())))
     echo("final states: " + ", ".join(f"{s} {n}" for s, n in report.final_status.items()))
     echo(f"work directory: {root}")
     return report
+
+
+def _adopted_batches(ledger_path: Path) -> int:
+    """How many times a run adopted a batch it had not seen created (ledger events of shards noted
+    ``adopted existing batch``: after an ambiguous create or a kill during one); 0 without a ledger."""
+    if not ledger_path.exists():
+        return 0
+    with contextlib.closing(_connect(ledger_path)) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM events WHERE entity = 'shard' AND detail LIKE '%adopted existing batch%'"
+        ).fetchone()
+    return int(row[0])
+
+
+def _declared_missing(ledger_path: Path) -> int:
+    """How many item attempts the ledger ever moved to ``missing`` (in neither result file); 0 without a ledger."""
+    if not ledger_path.exists():
+        return 0
+    with contextlib.closing(_connect(ledger_path)) as conn:
+        row = conn.execute(
+            "SELECT COUNT(DISTINCT entity_id) FROM events WHERE entity = 'item' AND to_status = 'missing'"
+        ).fetchone()
+    return int(row[0])
 
 
 def _max_attempts(job_spec: Path) -> int:
@@ -624,6 +697,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-delay", type=float, default=2.5, help="longest delay before a late kill (s)")
     parser.add_argument("--share-429", type=float, default=0.03)
     parser.add_argument("--share-5xx", type=float, default=0.03)
+    parser.add_argument(
+        "--ambiguous-creates", type=int, default=1, help="the first N batch creates succeed but answer 500"
+    )
+    parser.add_argument(
+        "--ambiguous-create-share", type=float, default=0.15, help="...and this share of the other creates"
+    )
+    parser.add_argument("--ambiguous-create-mode", choices=("500", "504", "drop"), default="500")
+    parser.add_argument("--list-lag-s", type=float, default=2.0, help="GET /v1/batches lags creates by this (s)")
+    parser.add_argument(
+        "--bad-downloads", type=int, default=3, help="the first N result downloads are unreadable (0: off)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary directory")
     args = parser.parse_args(argv)
     options = DrillOptions(
@@ -634,6 +718,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_delay_s=(min(0.3, args.max_delay), args.max_delay),
         share_429=args.share_429,
         share_5xx=args.share_5xx,
+        ambiguous_creates=args.ambiguous_creates,
+        ambiguous_create_share=args.ambiguous_create_share,
+        ambiguous_create_mode=args.ambiguous_create_mode,
+        list_lag_s=args.list_lag_s,
+        bad_downloads=args.bad_downloads,
         workdir=args.workdir,
     )
     report = run_drill(options)

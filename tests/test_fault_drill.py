@@ -1,8 +1,8 @@
 """The fault drill, small: SIGKILLed runs against a faulty standalone emulator lose nothing and pay nothing twice.
 
-Runs ``scripts/fault_drill.py``'s :func:`run_drill` (about 100 items, 6 kills) and checks the same invariants
-as the script; plus the checker itself (it must catch a broken ledger) and the clean-up of temporaries a
-killed run leaves behind.
+Runs ``scripts/fault_drill.py``'s :func:`run_drill` (about 100 items, 6 kills; with ambiguous creates, a
+2 s lag of ``GET /v1/batches``) and checks the same invariants as the script; plus the checker itself (it must
+catch a broken ledger) and the clean-up of temporaries a killed run leaves behind.
 """
 
 from __future__ import annotations
@@ -39,9 +39,22 @@ drill = _load_drill()
 
 @pytest.fixture(scope="module")
 def small_drill(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One small drill for the module: 100 items in shards of 20, 6 kills, faults on."""
+    """One small drill for the module: 100 items in shards of 20, 6 kills, faults on: among them the first
+    batch create and a share of the others answered 500 although the batch was created, and a list that shows
+    a batch only 2 s after its create (issue 11, behaviour 1)."""
     root = tmp_path_factory.mktemp("drill")
-    options = drill.DrillOptions(items=100, kills=6, seed=3, shard_size=20, workdir=root, run_timeout_s=90)
+    options = drill.DrillOptions(
+        items=100,
+        kills=6,
+        seed=3,
+        shard_size=20,
+        workdir=root,
+        run_timeout_s=90,
+        ambiguous_creates=1,
+        ambiguous_create_share=0.2,
+        list_lag_s=2.0,
+        bad_downloads=0,
+    )
     lines: list[str] = []
     report = drill.run_drill(options, echo=lines.append)
     return report, root, lines
@@ -62,6 +75,10 @@ def test_killed_runs_lose_nothing_and_create_one_batch_per_shard(small_drill: An
     # the faults really happened: the first batch expired and rows were dropped, so some items were retried
     assert figures["retried"] > 0
     assert figures["requests_sent"] >= 100 + figures["retried"]
+    # creates answered 500 whose batch existed, hidden from the list for 2 s: adopted, never created again
+    assert figures["ambiguous_creates"] >= 1 and figures["adopted_batches"] >= 1
+    # rows are declared missing only when the service really dropped them
+    assert figures["rows_dropped"] > 0 and figures["declared_missing"] <= figures["rows_dropped"]
     assert report.summary_line().startswith("drill_items=100 kills=")
 
 

@@ -307,17 +307,42 @@ async def delete_file(request: Request) -> Response:
 
 
 class _FileStream(Response):
-    """Streams ``path[start:]`` from disk in chunks; with ``cut_after`` set, sends that many body bytes and
-    then drops the connection (the ASGI app returns without finishing the response)."""
+    """Streams ``path[start:end]`` (``end`` defaults to the file's ``size``) from disk in chunks; with
+    ``cut_after`` set, sends that many body bytes and then drops the connection (the ASGI app returns without
+    finishing the response), or, with ``drop`` False, ends the body there normally.
 
-    def __init__(self, path: Path, *, start: int, size: int, status: int, cut_after: int | None) -> None:
-        headers = {"content-length": str(size - start), "accept-ranges": "bytes"}
+    ``send_length`` False leaves out Content-Length (the server then frames the body as chunked).
+    ``garble_at``: the body byte at this offset is sent as ``~`` (an unreadable-download fault).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        start: int,
+        size: int,
+        status: int,
+        cut_after: int | None,
+        end: int | None = None,
+        send_length: bool = True,
+        drop: bool = True,
+        garble_at: int | None = None,
+    ) -> None:
+        end = size if end is None else end
+        headers = {"accept-ranges": "bytes"}
+        if send_length:
+            headers["content-length"] = str(end - start)
         if status == 206:
-            headers["content-range"] = f"bytes {start}-{size - 1}/{size}"
+            headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
         super().__init__(status_code=status, headers=headers, media_type="application/octet-stream")
+        if not send_length:  # Response adds "content-length: 0" for its own (empty) body
+            self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._path = path
         self._start = start
+        self._end = end
         self._cut_after = cut_after
+        self._drop = drop
+        self._garble_at = garble_at
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send headers, then chunks; finish normally unless cut."""
@@ -326,13 +351,18 @@ class _FileStream(Response):
         with self._path.open("rb") as fh:
             fh.seek(self._start)
             while True:
-                chunk = await run_in_threadpool(fh.read, _CHUNK_BYTES)
+                chunk = await run_in_threadpool(fh.read, min(_CHUNK_BYTES, self._end - self._start - sent))
                 if not chunk:
                     break
+                if self._garble_at is not None and sent <= self._garble_at < sent + len(chunk):
+                    at = self._garble_at - sent
+                    chunk = chunk[:at] + b"~" + chunk[at + 1 :]
                 if self._cut_after is not None and sent + len(chunk) >= self._cut_after:
                     head = chunk[: self._cut_after - sent]
                     if head:
                         await send({"type": "http.response.body", "body": head, "more_body": True})
+                    if not self._drop:
+                        break
                     log.info("emulator.fault.download_cut", after_bytes=self._cut_after)
                     return  # uvicorn closes the connection: the client sees a truncated body
                 sent += len(chunk)
@@ -363,7 +393,62 @@ async def file_content(request: Request) -> Response:
         if start >= size and size > 0:
             return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
         status = 206
+    if record.purpose == "batch_output":
+        kind = service.faults.bad_download()
+        if kind is not None:
+            log.warning("emulator.fault.bad_download", file_id=file_id, kind=kind)
+            return await _bad_download(path, start=start, size=size, status=status, kind=kind)
     return _FileStream(path, start=start, size=size, status=status, cut_after=service.faults.download_cut_after())
+
+
+#: The body of an unreadable download of kind ``html``: a CDN's error page, served with 200.
+BAD_DOWNLOAD_HTML = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>"
+    b"\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def _cut_point(path: Path, start: int, size: int) -> int:
+    """Where a ``short*`` download of ``path[start:size]`` stops: half the body, moved back one byte when that
+    lands just after a newline so the cut is always mid-line (0 for an empty body)."""
+    cut = (size - start) // 2
+    if cut > 0:
+        with path.open("rb") as fh:
+            fh.seek(start + cut - 1)
+            if fh.read(1) == b"\n":
+                cut -= 1
+    return cut
+
+
+def _garbled_offset(path: Path, start: int, size: int) -> int | None:
+    """The offset (from ``start``) of the line a ``garbled_line`` download breaks: the first line starting after
+    the body's middle byte, else the first line; None for an empty body."""
+    if size <= start:
+        return None
+    with path.open("rb") as fh:
+        fh.seek(start + (size - start) // 2)
+        fh.readline()
+        offset = fh.tell() - start
+    return offset if start + offset < size else 0
+
+
+async def _bad_download(path: Path, *, start: int, size: int, status: int, kind: str) -> Response:
+    """The response of an unreadable download of ``path[start:size]`` (``config.BAD_DOWNLOAD_KINDS``): ``html`` and
+    ``json_error`` answer 200 whatever was asked; the others keep ``status`` (206 with ``Content-Range`` for a
+    ``Range`` request, describing the bytes actually sent for ``short``)."""
+    if kind == "html":
+        return Response(BAD_DOWNLOAD_HTML, status_code=200, media_type="text/html")
+    if kind == "json_error":
+        return JSONBody(server_error_body(500), status_code=200)
+    if kind == "garbled_line":
+        offset = await run_in_threadpool(_garbled_offset, path, start, size)
+        return _FileStream(path, start=start, size=size, status=status, cut_after=None, garble_at=offset)
+    cut = await run_in_threadpool(_cut_point, path, start, size)
+    if kind == "short":
+        return _FileStream(path, start=start, size=size, end=start + cut, status=status, cut_after=None)
+    return _FileStream(
+        path, start=start, size=size, status=status, cut_after=cut, send_length=False, drop=kind == "cut_no_length"
+    )
 
 
 # ---------------------------------------------------------------------- batches
@@ -483,7 +568,43 @@ async def create_batch(request: Request) -> Response:
         metadata=body.get("metadata"),
         output_expires_after_s=expiry_s,
     )
+    mode = service.faults.ambiguous_create()
+    if mode is not None:
+        return await _ambiguous_create(service, record.id, mode)
     return JSONBody(service.require_processor().render(record))
+
+
+#: ``ErrorResponse`` of a gateway that gave up waiting (an ambiguous create in mode ``"504"``).
+GATEWAY_TIMEOUT_BODY: dict[str, object] = {
+    "error": {"message": "Gateway timeout.", "type": "server_error", "param": None, "code": None}
+}
+
+
+class _DroppedResponse(Response):
+    """A 200 whose status line and headers (``content-length: 1024``) are sent, then the connection closes before
+    any body byte: the client cannot tell whether the request took effect."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200, headers={"content-length": "1024"}, media_type="application/json")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the headers only (the ASGI app returns without finishing the response)."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+
+
+async def _ambiguous_create(service: EmulatorService, batch_id: str, mode: str) -> Response:
+    """The answer to a create that succeeded but must look failed (``FaultConfig.ambiguous_create_*``): after
+    ``ambiguous_create_delay_s``, a 500 ``server_error``, a 504 :data:`GATEWAY_TIMEOUT_BODY`, or a dropped
+    connection (``mode`` ``"500"``, ``"504"``, ``"drop"``)."""
+    delay = service.config.faults.ambiguous_create_delay_s
+    if delay:
+        await asyncio.sleep(delay)
+    log.warning("emulator.fault.ambiguous_create", batch_id=batch_id, mode=mode)
+    if mode == "504":
+        return JSONBody(GATEWAY_TIMEOUT_BODY, status_code=504)
+    if mode == "drop":
+        return _DroppedResponse()
+    return JSONBody(server_error_body(500), status_code=500)
 
 
 def _batch_not_found(batch_id: str) -> Response:

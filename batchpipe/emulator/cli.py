@@ -9,7 +9,14 @@ import click
 from pydantic import ValidationError
 
 from batchpipe.domain.modeltable import ModelTable, ModelTableError, shipped_table
-from batchpipe.emulator.config import ROUTES, EmulatorConfig, FaultConfig, RouteFaults, SpeedConfig
+from batchpipe.emulator.config import (
+    AMBIGUOUS_CREATE_MODES,
+    BAD_DOWNLOAD_KINDS,
+    ROUTES,
+    EmulatorConfig,
+    FaultConfig,
+    SpeedConfig,
+)
 from batchpipe.emulator.server import run_server
 
 __all__ = ["build_config", "emulator_group", "parse_now", "serve_models"]
@@ -83,8 +90,19 @@ def build_config(
     image_detail: str = "fast",
     models_file: Path | None = None,
     now: str | None = None,
+    ambiguous_create_first_n: int = 0,
+    ambiguous_create_share: float = 0.0,
+    ambiguous_create_mode: str = "500",
+    ambiguous_create_delay_s: float = 0.0,
+    list_lag_s: float = 0.0,
+    bad_download_first_n: int = 0,
+    bad_download_share: float = 0.0,
+    bad_download_kinds: tuple[str, ...] = (),
 ) -> EmulatorConfig:
     """The ``EmulatorConfig`` the ``serve`` flags describe. Raises ``click.UsageError`` on bad values.
+
+    ``bad_download_kinds``: names from ``config.BAD_DOWNLOAD_KINDS`` (empty: all of them); the other fault
+    arguments map one to one onto :class:`FaultConfig` fields.
 
     ``models_file``: a TOML file of ``[models."NAME"]`` rows merged over the shipped model table
     (:func:`serve_models`); ``now``: pins the emulator's lifecycle clock (:func:`parse_now`).
@@ -105,6 +123,31 @@ def build_config(
         speed_fields["per_request_s"] = per_request_s
     if completion_window_s is not None:
         speed_fields["completion_window_s"] = completion_window_s
+    fault_fields: dict[str, object] = {
+        "seed": seed,
+        "routes": routes,
+        "latency_ms": latency_ms,
+        "cut_download_after_bytes": cut_after_bytes,
+        "cut_download_first_n": cut_first_n,
+        "cut_download_share": cut_share,
+        "null_output_file_s": null_output_s,
+        "shuffle_output": shuffle,
+        "drop_rows": drop_rows,
+        "drop_rows_first_n_batches": drop_first_n,
+        "expire_after_lines": expire_after_lines,
+        "expire_first_n_batches": expire_first_n,
+        "expire_share": expire_share,
+        "stuck_finalizing_s": stuck_finalizing_s,
+        "ambiguous_create_first_n": ambiguous_create_first_n,
+        "ambiguous_create_share": ambiguous_create_share,
+        "ambiguous_create_mode": ambiguous_create_mode,
+        "ambiguous_create_delay_s": ambiguous_create_delay_s,
+        "list_lag_s": list_lag_s,
+        "bad_download_first_n": bad_download_first_n,
+        "bad_download_share": bad_download_share,
+    }
+    if bad_download_kinds:
+        fault_fields["bad_download_kinds"] = bad_download_kinds
     try:
         return EmulatorConfig(
             state_dir=state_dir,
@@ -115,22 +158,7 @@ def build_config(
             enqueued_token_limit=enqueued_token_limit,
             models=models,
             now=pinned,
-            faults=FaultConfig(
-                seed=seed,
-                routes={route: RouteFaults.model_validate(v) for route, v in routes.items()},
-                latency_ms=latency_ms,
-                cut_download_after_bytes=cut_after_bytes,
-                cut_download_first_n=cut_first_n,
-                cut_download_share=cut_share,
-                null_output_file_s=null_output_s,
-                shuffle_output=shuffle,
-                drop_rows=drop_rows,
-                drop_rows_first_n_batches=drop_first_n,
-                expire_after_lines=expire_after_lines,
-                expire_first_n_batches=expire_first_n,
-                expire_share=expire_share,
-                stuck_finalizing_s=stuck_finalizing_s,
-            ),
+            faults=FaultConfig.model_validate(fault_fields),
         )
     except ValidationError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -180,6 +208,52 @@ def emulator_group() -> None:
 @click.option("--expire-first-n", type=int, default=0, show_default=True, help="...for the first N batches.")
 @click.option("--expire-share", type=float, default=0.0, show_default=True, help="...for this share of batches.")
 @click.option("--stuck-finalizing-s", type=float, default=0.0, show_default=True)
+@click.option(
+    "--ambiguous-create-first-n",
+    type=int,
+    default=0,
+    show_default=True,
+    help="The first N batch creates that succeed are answered as failures (the batch exists).",
+)
+@click.option(
+    "--ambiguous-create-share",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="...and this share of the others (seeded).",
+)
+@click.option(
+    "--ambiguous-create-mode",
+    type=click.Choice(AMBIGUOUS_CREATE_MODES),
+    default="500",
+    show_default=True,
+    help="How: 500, 504, or drop (headers, then the connection closes).",
+)
+@click.option("--ambiguous-create-delay-s", type=float, default=0.0, show_default=True, help="Wait before that answer.")
+@click.option(
+    "--list-lag-s",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="A batch younger than this is absent from GET /v1/batches (GET /v1/batches/ID finds it).",
+)
+@click.option(
+    "--bad-download-first-n",
+    type=int,
+    default=0,
+    show_default=True,
+    help="The first N downloads of batch result files serve something that is not the file.",
+)
+@click.option(
+    "--bad-download-share", type=float, default=0.0, show_default=True, help="...and this share of the others."
+)
+@click.option(
+    "--bad-download-kind",
+    "bad_download_kinds",
+    multiple=True,
+    type=click.Choice(BAD_DOWNLOAD_KINDS),
+    help="What they serve (repeatable; default: every kind, in turn).",
+)
 @click.option(
     "--models",
     "models_file",

@@ -10,13 +10,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from batchpipe.domain.modeltable import ModelTable, shipped_table
 
 __all__ = [
+    "AMBIGUOUS_CREATE_MODES",
+    "BAD_DOWNLOAD_KINDS",
     "ROUTES",
     "EmulatorConfig",
     "FaultConfig",
@@ -40,6 +42,21 @@ ROUTES: tuple[str, ...] = (
     "models.list",
     "models.retrieve",
 )
+
+#: How an ambiguous create answers (``FaultConfig.ambiguous_create_mode``): ``"500"`` a ``server_error`` body;
+#: ``"504"`` a gateway-timeout body; ``"drop"`` the status line and headers of a 200 whose body never comes
+#: (the connection closes: the client sees a transport error).
+AmbiguousCreateMode = Literal["500", "504", "drop"]
+AMBIGUOUS_CREATE_MODES: tuple[AmbiguousCreateMode, ...] = get_args(AmbiguousCreateMode)
+
+#: What an unreadable download serves instead of a batch result file (``FaultConfig.bad_download_kinds``):
+#: ``html`` a CDN error page with 200; ``json_error`` an ``ErrorResponse`` body with 200; ``short`` the first half
+#: of the body, cut mid-line, as a complete 200 whose Content-Length is that shorter length; ``short_no_length``
+#: the same without Content-Length (chunked, properly ended); ``cut_no_length`` the same without Content-Length,
+#: then the connection closes without ending the body; ``garbled_line`` the whole file (same length) with the
+#: first byte of one line (the line after the middle byte, else the first) replaced by ``~``, so it is not JSON.
+BadDownloadKind = Literal["html", "json_error", "short", "short_no_length", "cut_no_length", "garbled_line"]
+BAD_DOWNLOAD_KINDS: tuple[BadDownloadKind, ...] = get_args(BadDownloadKind)
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -77,6 +94,20 @@ class FaultConfig(BaseModel):
     - ``expire_after_lines``: the batch expires mid-run after this many lines finished, for the first
       ``expire_first_n_batches`` batches and/or an ``expire_share`` of batches.
     - ``stuck_finalizing_s``: the batch stays in ``finalizing`` this long before completing.
+    - ``ambiguous_create_first_n`` / ``ambiguous_create_share``: a ``POST /v1/batches`` that succeeded (the batch
+      exists and runs) is answered as if it failed, for the first N successful creates and/or a share of them
+      (seeded), so the client cannot know it happened; ``ambiguous_create_mode`` says how (see
+      ``AMBIGUOUS_CREATE_MODES``: 500, 504, or a dropped connection) and ``ambiguous_create_delay_s`` waits this
+      long before answering (a gateway timing out).
+    - ``list_lag_s``: a batch created less than this many seconds ago is absent from ``GET /v1/batches`` pages
+      (the list is eventually consistent); ``GET /v1/batches/{id}`` finds it at once. The moment a batch becomes
+      listable is stored with it.
+    - ``bad_download_first_n`` / ``bad_download_share``: a ``GET /v1/files/{id}/content`` of a batch output or error
+      file (purpose ``batch_output``; ``Range`` requests included, on the requested part) serves something that
+      is not the file, for the first N such downloads and/or a share of them; the kind is taken in turn from
+      ``bad_download_kinds`` for the first N, at random (seeded) for the share (see ``BAD_DOWNLOAD_KINDS``).
+      Only downloads of result files are counted. A download chosen here is never also cut by
+      ``cut_download_*``.
     """
 
     model_config = _FROZEN
@@ -96,6 +127,14 @@ class FaultConfig(BaseModel):
     expire_first_n_batches: int = Field(default=0, ge=0)
     expire_share: float = Field(default=0.0, ge=0.0, le=1.0)
     stuck_finalizing_s: float = Field(default=0.0, ge=0.0)
+    ambiguous_create_first_n: int = Field(default=0, ge=0)
+    ambiguous_create_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    ambiguous_create_mode: AmbiguousCreateMode = "500"
+    ambiguous_create_delay_s: float = Field(default=0.0, ge=0.0)
+    list_lag_s: float = Field(default=0.0, ge=0.0)
+    bad_download_first_n: int = Field(default=0, ge=0)
+    bad_download_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    bad_download_kinds: tuple[BadDownloadKind, ...] = Field(default=BAD_DOWNLOAD_KINDS, min_length=1)
 
 
 class SpeedConfig(BaseModel):

@@ -70,6 +70,8 @@ class FaultInjector:
         self._route_counts: Counter[str] = Counter()
         self._downloads = 0
         self._batches = 0
+        self._creates = 0
+        self._result_downloads = 0
 
     @property
     def config(self) -> FaultConfig:
@@ -117,6 +119,36 @@ class FaultInjector:
                 return limit
             if self._config.cut_download_share and self._rng.random() < self._config.cut_download_share:
                 return limit
+        return None
+
+    def ambiguous_create(self) -> str | None:
+        """For one ``POST /v1/batches`` that created a batch: the mode (``"500"``, ``"504"`` or ``"drop"``) in
+        which to hide that it succeeded, or None to answer it normally. Counts successful creates."""
+        cfg = self._config
+        if not cfg.ambiguous_create_first_n and not cfg.ambiguous_create_share:
+            return None
+        with self._lock:
+            self._creates += 1
+            if self._creates <= cfg.ambiguous_create_first_n or (
+                cfg.ambiguous_create_share and self._rng.random() < cfg.ambiguous_create_share
+            ):
+                return cfg.ambiguous_create_mode
+        return None
+
+    def bad_download(self) -> str | None:
+        """For one download of a batch result file: the kind of unreadable body to serve instead
+        (``config.BAD_DOWNLOAD_KINDS``), or None to serve the file. The first N take the configured kinds in
+        turn; the share draws one at random. Counts result-file downloads only."""
+        cfg = self._config
+        if not cfg.bad_download_first_n and not cfg.bad_download_share:
+            return None
+        with self._lock:
+            self._result_downloads += 1
+            index = self._result_downloads
+            if index <= cfg.bad_download_first_n:
+                return cfg.bad_download_kinds[(index - 1) % len(cfg.bad_download_kinds)]
+            if cfg.bad_download_share and self._rng.random() < cfg.bad_download_share:
+                return self._rng.choice(cfg.bad_download_kinds)
         return None
 
     def batch_plan(self) -> BatchFaultPlan:

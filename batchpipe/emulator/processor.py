@@ -165,6 +165,8 @@ class BatchProcessor:
             "usage_in": 0,
             "usage_out": 0,
         }
+        if self._faults.config.list_lag_s:
+            internal["listed_at"] = self._clock() + self._faults.config.list_lag_s
         record = BatchRecord(str(doc["id"]), doc, internal)
         self._store.add_batch(record)
         self._start(record)
@@ -176,9 +178,25 @@ class BatchProcessor:
         return run.record if run is not None else self._store.get_batch(batch_id)
 
     def list_batches(self, *, after: str | None, limit: int) -> tuple[list[BatchRecord], bool]:
-        """Batches newest first (live records substituted), and whether more follow."""
-        records, has_more = self._store.list_batches(after=after, limit=limit)
-        return [self._runs[r.id].record if r.id in self._runs else r for r in records], has_more
+        """Batches newest first (live records substituted), ``limit`` of them after the cursor ``after``, and
+        whether more follow. Batches not yet listable (``FaultConfig.list_lag_s``: ``internal.listed_at``, unix
+        seconds, still in the future) are left out, and the page is filled from older ones."""
+        now = self._clock()
+
+        def listed(record: BatchRecord) -> bool:
+            listed_at = record.internal.get("listed_at")
+            return not isinstance(listed_at, int | float) or listed_at <= now
+
+        visible: list[BatchRecord] = []
+        cursor = after
+        while True:
+            records, more = self._store.list_batches(after=cursor, limit=limit + 1)
+            visible.extend(r for r in records if listed(r))
+            if len(visible) > limit or not more or not records:
+                break
+            cursor = records[-1].id
+        page = visible[:limit]
+        return [self._runs[r.id].record if r.id in self._runs else r for r in page], len(visible) > limit
 
     def render(self, record: BatchRecord) -> dict[str, object]:
         """The SPEC ``Batch`` object as the API returns it (file ids hidden during a null-output fault)."""
@@ -695,6 +713,8 @@ class BatchProcessor:
         offsets = {kind: _line_offsets(path) for kind, path in parts.items()}
         total = sum(len(v) for v in offsets.values())
         dropped = set(rng.sample(range(total), min(plan.drop_rows, total))) if plan.drop_rows else set()
+        if dropped:
+            log.warning("emulator.fault.rows_dropped", batch_id=run.record.id, count=len(dropped))
         base = 0
         expiry = run.record.internal.get("output_expires_after_s")
         for kind in ("output", "error"):
