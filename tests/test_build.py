@@ -8,12 +8,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchpipe.domain import spec
 from batchpipe.domain.items import Item, make_custom_id
 from batchpipe.errors import InputError
 from batchpipe.stages import shard as build
-from batchpipe.stages.shard import ShardBuilder, ShardInfo
+from batchpipe.stages.shard import ShardBuilder, ShardInfo, request_line
 
 GEN = "/v1/images/generations"
 EDIT = "/v1/images/edits"
@@ -177,3 +179,28 @@ def test_bad_arguments(tmp_path: Path) -> None:
         ShardBuilder(tmp_path, prefix="a/b")
     with pytest.raises(ValueError, match="limits"):
         ShardBuilder(tmp_path, prefix="a", max_bytes=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    custom_id=st.text(max_size=40),
+    endpoint=st.sampled_from(["/v1/images/generations", "/v1/images/edits"]),
+    body=st.dictionaries(
+        st.text(max_size=12),
+        st.one_of(
+            st.text(max_size=60),
+            st.integers(-(2**63), 2**63 - 1),
+            st.booleans(),
+            st.none(),
+            st.lists(st.text(max_size=8)),
+        ),
+        max_size=6,
+    ),
+)
+def test_a_request_line_is_the_json_of_the_line_object(custom_id: str, endpoint: str, body: dict[str, object]) -> None:
+    """The body is serialized once (validation) and the line is built around it: byte for byte what serializing
+    the whole line object gives, for any custom_id and body text (quotes, backslashes, control characters)."""
+    expected = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})
+    assert request_line(custom_id, endpoint, orjson.dumps(body)) == expected
+    item = Item(key="k", endpoint=endpoint, body=body)  # type: ignore[arg-type]
+    assert item.body_bytes() == orjson.dumps(body)

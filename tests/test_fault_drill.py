@@ -41,7 +41,8 @@ drill = _load_drill()
 def small_drill(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One small drill for the module: 100 items in shards of 20, 6 kills, faults on: among them the first
     batch create and a share of the others answered 500 although the batch was created, and a list that shows
-    a batch only 2 s after its create (issue 11, behaviour 1)."""
+    a batch only 2 s after its create (issue 11, behaviour 1), and 3 output/error downloads that are not the
+    file (an HTML page, a JSON error, a short body: behaviour 2)."""
     root = tmp_path_factory.mktemp("drill")
     options = drill.DrillOptions(
         items=100,
@@ -53,7 +54,7 @@ def small_drill(tmp_path_factory: pytest.TempPathFactory) -> Any:
         ambiguous_creates=1,
         ambiguous_create_share=0.2,
         list_lag_s=2.0,
-        bad_downloads=0,
+        bad_downloads=3,
     )
     lines: list[str] = []
     report = drill.run_drill(options, echo=lines.append)
@@ -68,6 +69,7 @@ def test_killed_runs_lose_nothing_and_create_one_batch_per_shard(small_drill: An
     assert figures["drill_items"] == 100
     assert figures["kills"] >= 3  # the run may finish before all 6, never before a few
     assert figures["lost"] == 0 and figures["duplicates"] == 0 and figures["paid_twice"] == 0
+    assert figures["ambiguous_creates"] >= 1 and figures["bad_downloads"] >= 1  # the faults really happened
     assert figures["shards"] >= 5 and figures["batches_created"] == figures["shards"]
     assert figures["orphan_batches"] == 0 and figures["shards_with_2_batches"] == 0
     assert figures["succeeded"] + figures["failed_final"] == 100

@@ -102,6 +102,9 @@ class Item:
     ``body``: the Images API request body, ``model`` included, exactly as it will be sent.
     ``metadata``: free-form, carried to the ledger. ``source``: ``"file:line"`` where the item came from.
     ``product_key`` / ``variant``: set for variant-matrix items. ``inputs``: input image references.
+    ``encoded``: ``orjson.dumps(body)`` when the maker already serialized it (validation does, to check the
+    line's size), so the shard line and the ledger row reuse those bytes; empty when not known
+    (:meth:`body_bytes` serializes then).
     """
 
     key: str
@@ -112,6 +115,11 @@ class Item:
     product_key: str | None = None
     variant: str | None = None
     inputs: tuple[ImageRef, ...] = ()
+    encoded: bytes = field(default=b"", compare=False, repr=False)
+
+    def body_bytes(self) -> bytes:
+        """The body as compact JSON (``orjson.dumps(body)``): :attr:`encoded` when set."""
+        return self.encoded or orjson.dumps(self.body)
 
     @property
     def model(self) -> str:

@@ -253,8 +253,10 @@ def _row_loop(
                     for p in draft.checks
                     if p.field not in reported and _root(str(p.field)) not in reported
                 ]
+            encoded = b""
             if not problems and key is not None:
-                size = _line_bytes(draft.endpoint, draft.body)
+                encoded = orjson.dumps(draft.body)
+                size = _line_bytes(draft.endpoint, encoded)
                 if size > max_bytes:
                     problems.append(_size_problem(draft.body, size, max_bytes))
             if problems or key is None:
@@ -270,6 +272,7 @@ def _row_loop(
                 product_key=draft.product_key,
                 variant=draft.variant,
                 inputs=draft.inputs,
+                encoded=encoded,
             )
 
 
@@ -282,10 +285,13 @@ def _root(param: str) -> str:
 _LONGEST_CUSTOM_ID: Final = "bp-" + "0" * 20 + "-a10"
 
 
-def _line_bytes(endpoint: str, body: dict[str, object]) -> int:
-    """Bytes of the batch input line ``body`` will take (the builder's serialization, newline included)."""
-    line = {"custom_id": _LONGEST_CUSTOM_ID, "method": "POST", "url": endpoint, "body": body}
-    return len(orjson.dumps(line)) + 1
+def _line_bytes(endpoint: str, encoded_body: bytes) -> int:
+    """Bytes of the batch input line a body serialized as ``encoded_body`` will take (the builder's
+    serialization, :func:`batchpipe.stages.shard.request_line`, with the longest custom_id; newline included)."""
+    return len(_LINE_HEAD) + len(orjson.dumps(endpoint)) + len(b',"body":') + len(encoded_body) + len(b"}\n")
+
+
+_LINE_HEAD: Final = b'{"custom_id":"' + _LONGEST_CUSTOM_ID.encode() + b'","method":"POST","url":'
 
 
 def _size_problem(body: dict[str, object], size: int, max_bytes: int) -> tuple[str, str]:

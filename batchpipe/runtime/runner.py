@@ -480,7 +480,7 @@ class Runner:
             "endpoint": item.endpoint,
             "model": item.model,
             "request_hash": rhash,
-            "body_json": orjson.dumps(item.body).decode(),
+            "body_json": item.body_bytes().decode(),
             "metadata_json": orjson.dumps(item.metadata).decode(),
             "source": item.source,
             "product_key": item.product_key,

@@ -32,7 +32,7 @@ from batchpipe.domain.items import Item
 from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import InputError
 
-__all__ = ["MAX_BUFFER_BYTES", "WRITE_CHUNK_BYTES", "ShardBuilder", "ShardInfo"]
+__all__ = ["MAX_BUFFER_BYTES", "WRITE_CHUNK_BYTES", "ShardBuilder", "ShardInfo", "request_line"]
 
 #: Bytes buffered per open shard before one write.
 WRITE_CHUNK_BYTES: Final = 1024 * 1024
@@ -40,6 +40,23 @@ WRITE_CHUNK_BYTES: Final = 1024 * 1024
 MAX_BUFFER_BYTES: Final = 16 * 1024 * 1024
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _SHORT: Final[dict[str, str]] = {"/v1/images/generations": "gen", "/v1/images/edits": "edit"}
+
+
+def request_line(custom_id: str, endpoint: str, encoded_body: bytes) -> bytes:
+    """One batch input line, without its newline: exactly ``orjson.dumps({"custom_id": custom_id, "method":
+    "POST", "url": endpoint, "body": body})`` (FACTS §2.1 line format), built around the body's bytes as they
+    were serialized once (``Item.body_bytes``)."""
+    return b"".join(
+        (
+            b'{"custom_id":',
+            orjson.dumps(custom_id),
+            b',"method":"POST","url":',
+            orjson.dumps(endpoint),
+            b',"body":',
+            encoded_body,
+            b"}",
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +162,7 @@ class ShardBuilder:
             raise RuntimeError("the shard builder is closed")
         endpoint = item.endpoint
         body = item.body
-        line = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})
+        line = request_line(custom_id, endpoint, item.body_bytes())
         size = len(line) + 1
         tokens = estimate_input_tokens(body)
         max_tokens = self.max_input_tokens
