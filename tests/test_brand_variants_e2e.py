@@ -95,7 +95,10 @@ def test_brand_variants_job_on_the_emulator(workspace: Path) -> None:
         centre = image.convert("RGB").getpixel((512, 512))
         assert isinstance(centre, tuple) and _near(centre, (235, 190, 40))  # each item shows its own product
     with Image.open(str(rows["ocean-blue-shirt/cutout"].output_path)) as image:
-        assert image.mode == "RGBA" and image.getpixel((2, 200))[3] == 0  # type: ignore[index]
+        # the background is fully transparent wherever no shape or reference lands; which pixels those are depends
+        # on the request (its reference URLs carry the mirror's port), so count instead of probing one pixel
+        alpha = image.getchannel("A").histogram()
+        assert image.mode == "RGBA" and alpha[0] >= 0.3 * image.width * image.height, alpha[0]
 
     assert len(_service_files(workspace, "vision")) == 3  # logo, palette, mask: once each (photos are mirrored)
 
