@@ -438,9 +438,12 @@ def nightly_prompt(row: dict[str, str]) -> str:
 
 
 def fmt(value: object) -> str:
-    """A summary value: floats with 3 significant decimals (2 for >= 100), others as ``str``."""
+    """A summary value: floats with 3 decimals below 10, 2 below 100, 1 below 1,000, none above; others as
+    ``str``."""
     if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) >= 100 else f"{value:.3f}"
+        size = abs(value)
+        digits = 3 if size < 10 else 2 if size < 100 else 1 if size < 1000 else 0
+        return f"{value:.{digits}f}"
     return str(value)
 
 

@@ -106,5 +106,5 @@ def test_final_line_quotes_every_figure(bench: ModuleType, capsys: pytest.Captur
     fields = dict(pair.split("=", 1) for pair in line.removeprefix("FINAL ").split())
     assert fields["x_vs_y"] == "0.300/0.400/0.500" and fields["x_vs_y_met"] == "met"
     assert fields["x_vs_y_target"] == ">=0.350"
-    assert fields["rss_mb"] == "100.00/120.00/400.00" and fields["rss_mb_met"] == "missed"
+    assert fields["rss_mb"] == "100.0/120.0/400.0" and fields["rss_mb_met"] == "missed"
     assert fields["load1"] == "1.000/2.000/3.000" and fields["items"] == "7"
