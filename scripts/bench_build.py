@@ -4,24 +4,32 @@ Input: the 20k Flipkart catalog repeated to N rows (default 1,000,000) with dist
 ``<pid>-<row number>``), written to a temporary CSV, and a job spec copied from ``jobs/catalog-nightly.toml``
 pointing at it (``--shard-requests`` lines per shard, default 50,000, the Batch API limit).
 
-Contenders, each in a fresh child process (its own peak RSS), on the same CSV:
+Contenders, each in a fresh child process (its own peak RSS), on the same CSV, in ``--rounds`` interleaved
+rounds (default 3; ``bench_common.run_interleaved``: orjson, run, build, then build, run, orjson, ...):
 
-- ``batchpipe``: the real path: ``JobSpec.load`` → ``validate.make_items`` (every row checked) →
-  ``build.ShardBuilder.add(make_custom_id(job, key, 1), item)`` → ``close()`` (fsync + rename per shard);
+- ``run``: the build phase of ``batchpipe run`` as users run it, **ledger writes included**:
+  ``wiring.run_job(..., api_label="emulator", stop_after="build")`` (the run's stop-after-build hook,
+  ``RunOptions.stop_after``): validation, shards, ledger rows in chunks, ``finish_build``; stops before any
+  upload. Its time includes the embedded emulator's start (under a second: it matters only at quick sizes);
+- ``build``: the shard path alone, no ledger: ``JobSpec.load`` → ``validate.make_items`` (every row checked)
+  → ``build.ShardBuilder.add(make_custom_id(job, key, 1), item)`` → ``close()`` (fsync + rename per shard);
+  kept because another issue cites its figure;
 - ``orjson``: a bare loop: ``csv.DictReader``, the same prompt and body, ``orjson.dumps`` of the same
   ``{custom_id, method, url, body}`` lines, written to files of the same size, no validation, no fsync.
 
-Both outputs are hashed; the script fails if they differ (same lines, same bytes). FINAL line::
+Every output is hashed; the script fails if any differs from the bare loop's (same lines, same bytes).
+Ratios are per round (items/s of the contender / items/s of the bare loop of that round), printed as
+min / median / max with the 1-minute load. Targets (medians; peak RSS on the max): ``run`` >= 0.35x the bare
+loop at 1,000,000 items and <= 300 MB; ``build`` >= 0.5x and <= 300 MB. FINAL line::
 
-    build_items_per_s=<n> build_vs_orjson=<ratio> build_peak_rss_mb=<n> ...
-
-Targets: >= 0.5x the bare loop, <= 300 MB peak RSS.
+    FINAL bench=build run_build_vs_orjson=<min/median/max> run_build_vs_orjson_met=met|missed ...
+    build_vs_orjson=<min/median/max> ... load1=<min/median/max> cores=<n>
 
 ``--stages`` also times the first two stages of the build alone, each in its own child on the same CSV:
 ``read`` is ``manifest.iter_manifest`` over every row; ``validate`` is ``validate.make_items`` over every row
 (reading included), no shards. Their wall and CPU seconds join the FINAL line (``read_s``, ``read_cpu_s``,
-``validate_s``, ``validate_cpu_s``; CPU seconds are steadier on a busy machine), with ``build_s`` (the
-``batchpipe`` contender's wall seconds). A speed trick in the reader or the validator is kept only if it saves
+``validate_s``, ``validate_cpu_s``; CPU seconds are steadier on a busy machine). A speed trick in the
+reader or the validator is kept only if it saves
 10% or more of its stage's seconds (compare runs as interleaved pairs A, B, B, A).
 """
 
@@ -43,10 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (
     CATALOG_CSV,
     NIGHTLY_SPEC,
+    Report,
+    Target,
     catalog_rows,
-    final_line,
     nightly_prompt,
     run_child,
+    run_interleaved,
 )
 
 ENDPOINT = "/v1/images/generations"
@@ -91,7 +101,8 @@ def _hash_dir(folder: Path) -> tuple[str, int, int]:
 
 
 def batchpipe_child(spec_path: str, out_dir: str) -> dict[str, Any]:
-    """The real path: JobSpec + make_items + ShardBuilder + make_custom_id; timed from spec load to close."""
+    """The shard path without the ledger: JobSpec + make_items + ShardBuilder + make_custom_id; timed from
+    spec load to close."""
     import asyncio
     import logging
 
@@ -169,7 +180,45 @@ def stage_child(spec_path: str, out_dir: str, stage: str) -> dict[str, Any]:
     return {"elapsed_s": elapsed, "cpu_s": cpu, "items": items, "problems": problems}
 
 
-def orjson_child(csv_path: str, out_dir: str, job: str, shard_requests: int) -> dict[str, Any]:
+def run_build_child(spec_path: str, out_dir: str) -> dict[str, Any]:
+    """The build phase of ``batchpipe run`` as users run it, ledger writes included: ``wiring.run_job`` on the
+    embedded emulator with the run's ``stop_after="build"`` hook (``RunOptions.stop_after``), so it validates,
+    writes the shards and the ledger rows, finishes the build and stops before any upload. Timed from the
+    call to its return (the embedded emulator's start, well under a second, is included)."""
+    import logging
+    import os
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    from batchpipe.runtime.wiring import run_job
+
+    work = Path(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    code = run_job(
+        job_spec=Path(spec_path),
+        manifest=None,
+        job_name=None,
+        api_label="emulator",
+        base_url=None,
+        environ=dict(os.environ),
+        workdir=work,
+        echo=lambda _line: None,
+        stop_after="build",
+    )
+    elapsed = time.perf_counter() - began
+    shards = work / "shards"
+    digest, total, files = _hash_dir(shards)
+    lines = 0
+    for path in sorted(shards.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            with open(path, "rb") as fh:
+                lines += sum(chunk.count(b"\n") for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""))
+    return {"elapsed_s": elapsed, "items": lines, "exit": code, "shards": files, "sha256": digest, "bytes": total}
+
+
+def orjson_child(csv_path: str, job: str, shard_requests: int, out_dir: str) -> dict[str, Any]:
     """The bare loop: csv + the same body + orjson.dumps + buffered writes; no validation, no fsync."""
     import orjson
 
@@ -211,6 +260,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=1_000_000, help="Catalog rows (default 1,000,000).")
     parser.add_argument("--shard-requests", type=int, default=50_000, help="Lines per shard (default 50,000).")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds, each contender once (3).")
     parser.add_argument("--quick", action="store_true", help="Small size (50,000 items).")
     parser.add_argument("--tmp", type=Path, default=None, help="Parent of the temporary work directory.")
     parser.add_argument("--stages", action="store_true", help="Also time the read and validate stages alone.")
@@ -218,6 +268,7 @@ def main() -> None:
     n = 50_000 if args.quick else args.items
 
     base = Path(tempfile.mkdtemp(prefix="bench-build-", dir=args.tmp))
+    report = Report("build")
     try:
         csv_path = base / "catalog.csv"
         spec_path = base / "job.toml"
@@ -227,26 +278,46 @@ def main() -> None:
         print(f"input: {n:,} rows, {csv_path.stat().st_size / 1e6:.0f} MB CSV ({time.perf_counter() - began:.1f} s)")
         job = re.search(r'(?m)^name = "([^"]+)"', spec_path.read_text()).group(1)  # type: ignore[union-attr]
 
-        results: dict[str, dict[str, Any]] = {}
-        for name, fn, fn_args in (
-            ("orjson", orjson_child, (str(csv_path), str(base / "orjson"), job, args.shard_requests)),
-            ("batchpipe", batchpipe_child, (str(spec_path), str(base / "batchpipe"))),
-        ):
-            result = run_child(fn, *fn_args)
-            result["items_per_s"] = result["items"] / result["elapsed_s"]
-            results[name] = result
-            shutil.rmtree(base / name, ignore_errors=True)
+        def contender(name: str, fn: Any, *fn_args: Any) -> Any:
+            def run(r: int) -> dict[str, Any]:
+                work = base / f"{name}-{r}"
+                result = run_child(fn, *fn_args, str(work))
+                result["items_per_s"] = result["items"] / result["elapsed_s"]
+                result["ledger_mb"] = sum(p.stat().st_size for p in work.glob("ledger.sqlite*")) / 1e6
+                shutil.rmtree(work, ignore_errors=True)
+                return result
+
+            return run
+
+        def show(r: int, name: str, result: dict[str, Any]) -> None:
+            ledger = f"  ledger {result['ledger_mb']:.0f} MB" if name == "run" else ""
             print(
-                f"  {name:10s} {result['items_per_s']:10,.0f} items/s  {result['elapsed_s']:7.2f} s  "
+                f"  round {r} {name:10s} {result['items_per_s']:10,.0f} items/s  {result['elapsed_s']:7.2f} s  "
                 f"peak RSS {result['peak_rss_mb']:7.1f} MB  shards={result['shards']}  "
-                f"{result['bytes'] / 1e6:.0f} MB  sha256={result['sha256'][:12]}",
+                f"{result['bytes'] / 1e6:.0f} MB  sha256={result['sha256'][:12]}{ledger}  load {result['load1']:.2f}",
                 flush=True,
             )
+
+        print(
+            f"{args.rounds} interleaved rounds of: orjson (bare loop), run (build phase of run, ledger on), "
+            "build (shards only, no ledger); each run in a fresh process"
+        )
+        paired = run_interleaved(
+            {
+                "orjson": contender("orjson", orjson_child, str(csv_path), job, args.shard_requests),
+                "run": contender("run", run_build_child, str(spec_path)),
+                "build": contender("build", batchpipe_child, str(spec_path)),
+            },
+            args.rounds,
+            show=show,
+        )
+        report.add_loads(paired.loads)
+        stage_results: dict[str, dict[str, Any]] = {}
         for stage in ("read", "validate") if args.stages else ():
             result = run_child(stage_child, str(spec_path), str(base / stage), stage)
             if result["items"] != n or result["problems"]:
                 raise SystemExit(f"{stage}: {result['items']} rows/items with {result['problems']} problems, not {n}")
-            results[stage] = result
+            stage_results[stage] = result
             print(
                 f"  {stage:10s} {result['elapsed_s']:7.2f} s  cpu {result['cpu_s']:7.2f} s  "
                 f"peak RSS {result['peak_rss_mb']:7.1f} MB",
@@ -255,34 +326,31 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    real, bare = results["batchpipe"], results["orjson"]
-    if real["items"] != n or real.get("problems"):
-        raise SystemExit(f"batchpipe built {real['items']} items with {real.get('problems')} problems, not {n}")
-    same = real["sha256"] == bare["sha256"]
-    if not same:
-        raise SystemExit("the two contenders wrote different bytes: the comparison would be unfair")
-    stages = {
-        f"{stage}_{kind}": results[stage][field]
-        for stage in ("read", "validate")
-        if stage in results
-        for kind, field in (("s", "elapsed_s"), ("cpu_s", "cpu_s"))
-    }
-    print(
-        final_line(
-            {
-                "build_items_per_s": round(real["items_per_s"]),
-                "build_vs_orjson": real["items_per_s"] / bare["items_per_s"],
-                "build_peak_rss_mb": real["peak_rss_mb"],
-                "orjson_items_per_s": round(bare["items_per_s"]),
-                "orjson_peak_rss_mb": bare["peak_rss_mb"],
-                "items": n,
-                "shards": real["shards"],
-                "same_bytes": str(same).lower(),
-                "build_s": real["elapsed_s"],
-                **stages,
-            }
-        )
-    )
+    bare_hashes = {run["sha256"] for run in paired.runs["orjson"]}
+    for name in ("run", "build"):
+        for run in paired.runs[name]:
+            if run["items"] != n or run.get("problems"):
+                raise SystemExit(f"{name} built {run['items']} items with {run.get('problems')} problems, not {n}")
+            if run["sha256"] not in bare_hashes or len(bare_hashes) != 1:
+                raise SystemExit(f"{name} and the bare loop wrote different bytes: the comparison would be unfair")
+
+    report.figure("run_build_vs_orjson", paired.ratio("run", "orjson", "items_per_s"), Target(">=", 0.35))
+    report.figure("run_build_peak_rss_mb", paired.spread("run", "peak_rss_mb"), Target("<=", 300, "max"), unit="MB")
+    report.figure("build_vs_orjson", paired.ratio("build", "orjson", "items_per_s"), Target(">=", 0.5))
+    report.figure("build_peak_rss_mb", paired.spread("build", "peak_rss_mb"), Target("<=", 300, "max"), unit="MB")
+    report.figure("run_build_items_per_s", paired.spread("run", "items_per_s"), unit="items/s")
+    report.figure("build_items_per_s", paired.spread("build", "items_per_s"), unit="items/s")
+    report.figure("orjson_items_per_s", paired.spread("orjson", "items_per_s"), unit="items/s")
+    report.figure("run_build_s", paired.spread("run", "elapsed_s"), unit="s")
+    report.value("ledger_mb", round(paired.spread("run", "ledger_mb").max))
+    report.value("items", n)
+    report.value("shards", paired.runs["run"][0]["shards"])
+    report.value("same_bytes", "true")
+    report.value("rounds", paired.rounds)
+    for stage, result in stage_results.items():
+        report.value(f"{stage}_s", result["elapsed_s"])
+        report.value(f"{stage}_cpu_s", result["cpu_s"])
+    report.final()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Benchmark: collecting one big batch output file (issue "Catalog-scale speed and flat memory").
 
-A batch of N catalog requests (default 2,000) runs on a standalone emulator with ``image_detail``
-``realistic`` (~1.5 MB 1024x1024 PNGs, ~2 MB of base64 per output line: ~4 GB output file). Generating it
-is timed separately (not part of the contest). Then five contenders read the same output file, each in a
-fresh child process (its own peak RSS):
+A batch of N catalog requests (default 500; the emulator renders about 6 realistic images a second on 2
+cores, so ``--images 2000``, a ~4 GB file, adds five minutes) runs on a standalone emulator with
+``image_detail`` ``realistic`` (~1.5 MB 1024x1024 PNGs, ~2 MB of base64 per output line). Generating it
+is timed separately (not part of the contest). Then six contenders read the same output file, each in a
+fresh child process (its own peak RSS), in ``--rounds`` interleaved rounds (default 3; ratios per round,
+printed as min / median / max with the 1-minute load):
 
 a. ``collector``: ``batchpipe.stages.collect.Collector`` (real ``OpenAIClient``, ``LocalImageStore``,
    ``C2paVerifier`` with TrustConfig ``emulator``) into a fresh ``SqliteLedger`` holding the batch's items
@@ -11,15 +13,18 @@ a. ``collector``: ``batchpipe.stages.collect.Collector`` (real ``OpenAIClient``,
 b. ``collector_nocheck``: the same with C2PA off (verifier None);
 c. ``sdk``: the plain approach with the official ``openai`` SDK: ``client.files.content(id).content``
    (buffered), split lines, ``json.loads``, base64 decode, write each image to a file;
+c2. ``sdk_stream``: the SDK's streaming path: ``files.with_streaming_response.content(id)``, ``iter_lines()``,
+   the same per-line work;
 d. ``httpx``: an httpx async stream of the file to /dev/null (ceiling of the declared stack);
 e. ``curl``: ``curl -s -o /dev/null`` with the Authorization header (the machine's limit).
 
-Prints MB/s of output file processed and peak RSS per contender, then the FINAL line::
+FINAL line::
 
-    collect_vs_sdk=<a/c> collect_nocheck_vs_httpx=<b/d> collect_nocheck_vs_curl=<b/e>
-    collect_peak_rss_mb=<a> sdk_peak_rss_mb=<c> ...
+    FINAL bench=collect collect_nocheck_vs_httpx=<min/median/max> collect_vs_sdk_stream=<...>
+    collect_vs_sdk=<...> collect_nocheck_vs_curl=<...> collect_peak_rss_mb=<...> ... load1=<...> cores=<n>
 
-Targets: b/d >= 0.8 with peak RSS <= 300 MB; a/c >= 1.5. ``--profile FILE`` runs contender (a) once more
+Targets (medians; RSS on the max): b/d >= 0.8; a/c2 >= 2 (and a/c >= 2); a, b peak RSS <= 300 MB.
+``--profile FILE`` runs contender (a) once more
 under pyinstrument (event-loop thread) plus an all-threads line sampler and per-stage timers, writes the
 text report to FILE and prints its top.
 """
@@ -46,11 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import (
     BENCH_API_KEY,
+    Report,
     StandaloneEmulator,
+    Target,
     catalog_rows,
-    final_line,
     nightly_prompt,
     run_child,
+    run_interleaved,
     run_subprocess,
 )
 
@@ -265,6 +272,33 @@ def sdk_child(base_url: str, batch: dict[str, Any], workdir: str) -> dict[str, A
     return {"elapsed_s": elapsed, "bytes": len(content), "images": images}
 
 
+def sdk_stream_child(base_url: str, batch: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """Contender (c2): the SDK script's streaming path: ``files.with_streaming_response.content(id)``,
+    ``iter_lines()``, ``json.loads``, base64 decode, write each image (the whole file is never held)."""
+    import openai
+
+    out = Path(workdir) / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    client = openai.OpenAI(api_key=BENCH_API_KEY, base_url=base_url)
+    began = time.perf_counter()
+    images = received = 0
+    with client.files.with_streaming_response.content(batch["output_file_id"]) as response:
+        for line in response.iter_lines():
+            received += len(line) + 1
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            body = record.get("response") or {}
+            if body.get("status_code") != 200:
+                continue
+            for index, entry in enumerate(body["body"]["data"]):
+                data = base64.b64decode(entry["b64_json"])
+                (out / f"{record['custom_id']}-{index}.png").write_bytes(data)
+                images += 1
+    elapsed = time.perf_counter() - began
+    return {"elapsed_s": elapsed, "bytes": received, "images": images}
+
+
 def httpx_child(base_url: str, batch: dict[str, Any], workdir: str) -> dict[str, Any]:
     """Contender (d): httpx async stream of the file to /dev/null (1 MiB reads, identity encoding);
     ``workdir`` is unused (same signature as the others)."""
@@ -456,16 +490,18 @@ def _profile_report(profiler: Any, sampler: _ThreadSampler, timers: _StageTimers
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=2000, help="Images in the batch (default 2,000: ~4 GB).")
-    parser.add_argument("--quick", action="store_true", help="Small size (100 images).")
+    parser.add_argument("--images", type=int, default=500, help="Images in the batch (default 500: ~1 GB).")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds, each contender once (3).")
+    parser.add_argument("--quick", action="store_true", help="Small size (40 images).")
     parser.add_argument("--profile", type=Path, default=None, help="Write a profile of contender (a) here.")
     parser.add_argument("--tmp", type=Path, default=None, help="Parent of the temporary work directory.")
     args = parser.parse_args()
-    n = 100 if args.quick else args.images
+    n = 40 if args.quick else args.images
     if shutil.which("curl") is None:
         raise SystemExit("curl is needed for contender (e)")
 
     base = Path(tempfile.mkdtemp(prefix="bench-collect-", dir=args.tmp))
+    report = Report("collect")
     try:
         items = build_input(n, base / "input.jsonl")
         items_path = base / "items.json"
@@ -479,39 +515,52 @@ def main() -> None:
                 f"generated: {batch['completed']} images, output file {size_mb:.0f} MB in {batch['generate_s']:.1f} s"
                 f" ({batch['completed'] / batch['generate_s']:.1f} images/s)"
             )
-            results: dict[str, dict[str, Any]] = {}
+            size_bytes = batch["bytes"]
 
-            def run(name: str, fn: Any, *fn_args: Any) -> None:
-                work = base / name
-                work.mkdir()
-                result: dict[str, Any] = fn(*fn_args, str(work))
-                shutil.rmtree(work, ignore_errors=True)  # frees the disk for the next contender
-                result["mb_s"] = result["bytes"] / 1e6 / result["elapsed_s"]
-                results[name] = result
-                extra = ""
-                if "images" in result:
-                    extra = f"  images={result['images']}"
-                if "c2pa" in result:
-                    extra += f"  c2pa={result['c2pa']}"
+            def contender(name: str, fn: Any, *fn_args: Any, child: bool = True) -> Any:
+                def run(r: int) -> dict[str, Any]:
+                    work = base / f"{name}-{r}"
+                    work.mkdir()
+                    result: dict[str, Any] = run_child(fn, *fn_args, str(work)) if child else fn(*fn_args, str(work))
+                    shutil.rmtree(work, ignore_errors=True)  # frees the disk for the next contender
+                    result["mb_s"] = size_bytes / 1e6 / result["elapsed_s"]
+                    return result
+
+                return run
+
+            def show(r: int, name: str, result: dict[str, Any]) -> None:
+                extra = f"  images={result['images']}" if "images" in result else ""
+                extra += f"  c2pa={result['c2pa']}" if "c2pa" in result else ""
                 print(
-                    f"  {name:18s} {result['mb_s']:8.1f} MB/s  {result['elapsed_s']:7.2f} s  "
-                    f"peak RSS {result['peak_rss_mb']:7.1f} MB{extra}",
+                    f"  round {r} {name:18s} {result['mb_s']:8.1f} MB/s  {result['elapsed_s']:7.2f} s  "
+                    f"peak RSS {result['peak_rss_mb']:7.1f} MB{extra}  load {result['load1']:.2f}",
                     flush=True,
                 )
 
-            def child(fn: Any) -> Any:
-                return lambda *a: run_child(fn, *a)
+            print(f"{args.rounds} interleaved rounds (each contender in a fresh process, same output file):")
+            paired = run_interleaved(
+                {
+                    "collector": contender("collector", collector_child, emu.base_url, batch, str(items_path), True),
+                    "sdk_stream": contender("sdk_stream", sdk_stream_child, emu.base_url, batch),
+                    "collector_nocheck": contender(
+                        "collector_nocheck", collector_child, emu.base_url, batch, str(items_path), False
+                    ),
+                    "httpx": contender("httpx", httpx_child, emu.base_url, batch),
+                    "sdk": contender("sdk", sdk_child, emu.base_url, batch),
+                    "curl": contender("curl", curl_contender, emu.base_url, batch, child=False),
+                },
+                args.rounds,
+                show=show,
+            )
+            report.add_loads(paired.loads)
 
-            print("contenders (each in a fresh process, same output file):")
-            run("curl", curl_contender, emu.base_url, batch)
-            run("httpx", child(httpx_child), emu.base_url, batch)
-            run("collector_nocheck", child(collector_child), emu.base_url, batch, str(items_path), False)
-            run("collector", child(collector_child), emu.base_url, batch, str(items_path), True)
-            run("sdk", child(sdk_child), emu.base_url, batch)
-
-            for name in ("collector", "collector_nocheck"):
-                if results[name]["images"] != batch["completed"]:
-                    raise SystemExit(f"{name} collected {results[name]['images']} of {batch['completed']} images")
+            for name in ("collector", "collector_nocheck", "sdk", "sdk_stream"):
+                if any(run["images"] != batch["completed"] for run in paired.runs[name]):
+                    got = [run["images"] for run in paired.runs[name]]
+                    raise SystemExit(f"{name} wrote {got} images, not {batch['completed']}")
+            for run in paired.runs["collector"]:
+                if run["c2pa"] != {"trusted": batch["completed"]}:
+                    raise SystemExit(f"collector: C2PA states {run['c2pa']}, expected every image trusted")
 
             if args.profile is not None:
                 work = base / "profile"
@@ -526,27 +575,22 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    a, b, c, d, e = (results[k] for k in ("collector", "collector_nocheck", "sdk", "httpx", "curl"))
-    print(
-        final_line(
-            {
-                "collect_vs_sdk": a["mb_s"] / c["mb_s"],
-                "collect_nocheck_vs_httpx": b["mb_s"] / d["mb_s"],
-                "collect_nocheck_vs_curl": b["mb_s"] / e["mb_s"],
-                "collect_peak_rss_mb": a["peak_rss_mb"],
-                "sdk_peak_rss_mb": c["peak_rss_mb"],
-                "collect_nocheck_peak_rss_mb": b["peak_rss_mb"],
-                "collect_mb_s": a["mb_s"],
-                "collect_nocheck_mb_s": b["mb_s"],
-                "sdk_mb_s": c["mb_s"],
-                "httpx_mb_s": d["mb_s"],
-                "curl_mb_s": e["mb_s"],
-                "images": n,
-                "file_mb": size_mb,
-                "generate_s": batch["generate_s"],
-            }
-        )
-    )
+    report.figure("collect_nocheck_vs_httpx", paired.ratio("collector_nocheck", "httpx", "mb_s"), Target(">=", 0.8))
+    report.figure("collect_vs_sdk_stream", paired.ratio("collector", "sdk_stream", "mb_s"), Target(">=", 2.0))
+    report.figure("collect_vs_sdk", paired.ratio("collector", "sdk", "mb_s"), Target(">=", 2.0))
+    report.figure("collect_nocheck_vs_curl", paired.ratio("collector_nocheck", "curl", "mb_s"))
+    rss = Target("<=", 300, "max")
+    report.figure("collect_peak_rss_mb", paired.spread("collector", "peak_rss_mb"), rss, unit="MB")
+    report.figure("collect_nocheck_peak_rss_mb", paired.spread("collector_nocheck", "peak_rss_mb"), rss, unit="MB")
+    report.figure("sdk_peak_rss_mb", paired.spread("sdk", "peak_rss_mb"), unit="MB")
+    report.figure("sdk_stream_peak_rss_mb", paired.spread("sdk_stream", "peak_rss_mb"), unit="MB")
+    for name in ("collector", "collector_nocheck", "sdk_stream", "sdk", "httpx", "curl"):
+        report.figure(f"{name}_mb_s", paired.spread(name, "mb_s"), unit="MB/s")
+    report.value("images", n)
+    report.value("file_mb", size_mb)
+    report.value("generate_s", batch["generate_s"])
+    report.value("rounds", paired.rounds)
+    report.final()
 
 
 if __name__ == "__main__":

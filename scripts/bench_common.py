@@ -1,5 +1,14 @@
-"""Shared helpers of the four benchmarks (``scripts/bench_*.py``): peak RSS per contender, a standalone
-emulator in a subprocess, the catalog and its prompts, and the FINAL summary line.
+"""Shared helpers of the four benchmarks (``scripts/bench_*.py``): interleaved paired runs and their
+statistics, peak RSS per contender, a standalone emulator in a subprocess, the catalog and its prompts, and
+the FINAL summary line.
+
+Paired runs (:func:`run_interleaved`): the contenders run in rounds, in order in even rounds and reversed in
+odd ones (two contenders: A, B, B, A, A, B, ...), so a load that rises or falls during the benchmark does
+not favour one side. A ratio is computed per round from that round's two runs, and reported as
+min / median / max over the rounds (:class:`Spread`) with the machine's 1-minute load average sampled
+before every run (``os.getloadavg``). A target (:class:`Target`) is judged on the median (``on="max"`` for
+ceilings such as peak RSS) and printed as ``met`` or ``missed``. :class:`Report` prints one line per figure
+and, last, the FINAL line ``FINAL bench=NAME figure=min/median/max figure_target=>=X figure_met=met ...``.
 
 Peak RSS: every contender runs in a fresh child process (``multiprocessing`` *spawn*, or a plain
 subprocess) and its own ``ru_maxrss`` is reported (Linux: KiB → MB of 10^6 bytes), so contenders never
@@ -23,14 +32,15 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 __all__ = [
     "BENCH_API_KEY",
@@ -38,14 +48,21 @@ __all__ = [
     "NIGHTLY_SPEC",
     "REPO",
     "ChildResult",
+    "Paired",
+    "Report",
+    "Spread",
     "StandaloneEmulator",
+    "Target",
     "catalog_rows",
     "final_line",
     "fmt",
     "free_port",
+    "interleaved_order",
+    "machine_load",
     "nightly_prompt",
     "peak_rss_mb",
     "run_child",
+    "run_interleaved",
     "run_subprocess",
 ]
 
@@ -54,6 +71,172 @@ CATALOG_CSV: Path = REPO / "jobs" / "data" / "flipkart-products-20k.csv"
 NIGHTLY_SPEC: Path = REPO / "jobs" / "catalog-nightly.toml"
 #: The emulator accepts any bearer token; this one is a placeholder, not a secret.
 BENCH_API_KEY = "bench-local-no-key"
+
+# Every child (spawned interpreter, ``batchpipe`` subprocess, emulator) imports this checkout's code, not
+# whatever ``batchpipe`` the interpreter has installed.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO))]
+)
+
+
+# ------------------------------------------------------------------------------------------ paired runs
+
+
+def machine_load() -> float:
+    """The machine's 1-minute load average (``os.getloadavg()[0]``; runnable processes, all users)."""
+    return os.getloadavg()[0]
+
+
+def interleaved_order(names: Sequence[str], rounds: int) -> list[tuple[int, str]]:
+    """``(round, name)`` in run order: ``names`` in order in even rounds, reversed in odd rounds.
+
+    ``interleaved_order(["A", "B"], 3)`` → A, B, B, A, A, B (rounds 0, 0, 1, 1, 2, 2)."""
+    if rounds < 1 or not names:
+        raise ValueError("need at least one round and one contender")
+    order: list[tuple[int, str]] = []
+    for r in range(rounds):
+        order.extend((r, name) for name in (names if r % 2 == 0 else list(reversed(names))))
+    return order
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """Values of one figure over the rounds: ``values`` (in round order), ``min``, ``median``, ``max``."""
+
+    values: tuple[float, ...]
+    min: float
+    median: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        """The spread of ``values`` (at least one); the median of an even count is the mean of the middle two."""
+        if not values:
+            raise ValueError("no values")
+        vals = tuple(float(v) for v in values)
+        return cls(vals, min(vals), statistics.median(vals), max(vals))
+
+    def text(self) -> str:
+        """``min/median/max`` with :func:`fmt` (no spaces: quotable in the FINAL line)."""
+        return "/".join(fmt(v) for v in (self.min, self.median, self.max))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A target: ``op`` (``>=`` or ``<=``) ``value``, judged on the spread's ``on`` (``median`` by default;
+    ``max`` for a ceiling that every run must keep, such as peak RSS)."""
+
+    op: Literal[">=", "<="]
+    value: float
+    on: Literal["median", "min", "max"] = "median"
+
+    def met(self, spread: Spread) -> bool:
+        """Whether ``spread`` meets the target."""
+        got = getattr(spread, self.on)
+        return bool(got >= self.value) if self.op == ">=" else bool(got <= self.value)
+
+    def text(self) -> str:
+        """``>=0.35`` (plus ``(max)`` when judged on another value than the median)."""
+        return f"{self.op}{fmt(self.value)}" + ("" if self.on == "median" else f"({self.on})")
+
+
+@dataclass
+class Paired:
+    """What :func:`run_interleaved` measured: ``runs[name][round]`` (each contender's result dict, with
+    ``load1`` (the 1-minute load before that run) and ``order`` (its position in the run order) added),
+    and ``loads`` (every run's ``load1``, in run order)."""
+
+    runs: dict[str, list[dict[str, Any]]]
+    loads: list[float]
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds ran (every contender once per round)."""
+        return min(len(v) for v in self.runs.values())
+
+    def spread(self, name: str, key: str) -> Spread:
+        """``runs[name][r][key]`` over the rounds."""
+        return Spread.of([float(run[key]) for run in self.runs[name]])
+
+    def ratio(self, num: str, den: str, key: str) -> Spread:
+        """Per round, ``runs[num][r][key] / runs[den][r][key]`` (the pair of that round), over the rounds."""
+        return Spread.of([float(a[key]) / float(b[key]) for a, b in zip(self.runs[num], self.runs[den], strict=True)])
+
+    def load(self) -> Spread:
+        """The 1-minute load average before each run."""
+        return Spread.of(self.loads)
+
+
+def run_interleaved(
+    contenders: Mapping[str, Callable[[int], dict[str, Any]]],
+    rounds: int,
+    *,
+    show: Callable[[int, str, dict[str, Any]], None] | None = None,
+) -> Paired:
+    """Run every contender once per round in :func:`interleaved_order` (contender ``fn(round)`` returns a
+    result dict; run it in a fresh child with :func:`run_child` / :func:`run_subprocess` inside ``fn``
+    where peak RSS matters). ``show(round, name, result)`` is called after each run (e.g. to print it)."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+    loads: list[float] = []
+    for position, (r, name) in enumerate(interleaved_order(list(contenders), rounds)):
+        load = machine_load()
+        result = dict(contenders[name](r))
+        result["load1"] = load
+        result["order"] = position
+        runs[name].append(result)
+        loads.append(load)
+        if show is not None:
+            show(r, name, result)
+    return Paired(runs, loads)
+
+
+@dataclass
+class Report:
+    """The figures of one benchmark: :meth:`figure` prints a line per figure (min / median / max, target,
+    met/missed, load) and :meth:`final` prints the FINAL line, last."""
+
+    bench: str
+    loads: list[float] = field(default_factory=list)
+    pairs: dict[str, object] = field(default_factory=dict)
+    verdicts: dict[str, bool] = field(default_factory=dict)
+
+    def add_loads(self, loads: Sequence[float]) -> None:
+        """Fold in the loads of another set of runs (the load shown is over every run of the benchmark)."""
+        self.loads.extend(loads)
+
+    def figure(self, name: str, spread: Spread, target: Target | None = None, *, unit: str = "") -> None:
+        """Print ``name  min / median / max unit  target X  met|missed  (load ...)`` and remember it."""
+        self.pairs[name] = spread.text()
+        line = f"{name:28s} min {fmt(spread.min)} / median {fmt(spread.median)} / max {fmt(spread.max)}"
+        line += f" {unit}" if unit else ""
+        line += f"  (n={len(spread.values)})"
+        if target is not None:
+            ok = target.met(spread)
+            self.verdicts[name] = ok
+            self.pairs[f"{name}_target"] = target.text()
+            self.pairs[f"{name}_met"] = "met" if ok else "missed"
+            line += f"  target {target.text()}  {'met' if ok else 'MISSED'}"
+        if self.loads:
+            line += f"  load {self.load_text()}"
+        print(line, flush=True)
+
+    def value(self, name: str, value: object) -> None:
+        """A plain ``name=value`` for the FINAL line (counts, sizes, settings)."""
+        self.pairs[name] = value
+
+    def load_text(self) -> str:
+        """The 1-minute load over the runs as ``min/median/max``."""
+        return Spread.of(self.loads).text() if self.loads else "n/a"
+
+    def final(self) -> str:
+        """Print and return ``FINAL bench=NAME <figures> load1=min/median/max cores=N``."""
+        head = {"bench": self.bench}
+        tail = {"load1": self.load_text(), "cores": os.cpu_count() or 0}
+        line = "FINAL " + final_line({**head, **self.pairs, **tail})
+        print(line, flush=True)
+        return line
 
 
 # ----------------------------------------------------------------------------------------------- peak RSS
@@ -255,9 +438,12 @@ def nightly_prompt(row: dict[str, str]) -> str:
 
 
 def fmt(value: object) -> str:
-    """A summary value: floats with 3 significant decimals (2 for >= 100), others as ``str``."""
+    """A summary value: floats with 3 decimals below 10, 2 below 100, 1 below 1,000, none above; others as
+    ``str``."""
     if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) >= 100 else f"{value:.3f}"
+        size = abs(value)
+        digits = 3 if size < 10 else 2 if size < 100 else 1 if size < 1000 else 0
+        return f"{value:.{digits}f}"
     return str(value)
 
 

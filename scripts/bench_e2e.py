@@ -1,9 +1,16 @@
-"""Benchmark: the 20k catalog end to end (issue "Catalog-scale speed and flat memory").
+"""Benchmark: the catalog end to end, batchpipe against the plain SDK script, with fast and realistic images.
 
-One standalone ``batchpipe emulator serve`` (instant processing, ``fast`` image detail) serves both
-contenders, one after the other, with the same items (the first ``--items`` rows of
-``jobs/data/flipkart-products-20k.csv``, default all 20,000) and the same shard size
+For each image size, one standalone ``batchpipe emulator serve`` (instant processing) serves both
+contenders in ``--rounds`` interleaved rounds (default 3: batchpipe, sdk, sdk, batchpipe, ...), each run
+with the same items (the first N rows of ``jobs/data/flipkart-products-20k.csv``) and the same shard size
 (``max_requests_per_shard`` of ``jobs/catalog-nightly.toml``, 1,000):
+
+- ``fast``: the emulator's flat images (~70 KB PNGs), ``--items`` (default 2,000);
+- ``realistic``: ``--image-detail realistic`` (noise, ~1.5 MB PNGs, the size the project exists for),
+  ``--realistic-items`` (default 150: the emulator renders only about 6 such images a second on 2 cores,
+  so 2,000 items six times would take over half an hour; ``--realistic-items 2000`` for the target's size).
+
+Contenders, each in a fresh process:
 
 - ``batchpipe``: ``batchpipe run <copy of jobs/catalog-nightly.toml> --api <emulator URL> --workdir <tmp>
   --limit N --poll-interval P --trust emulator`` in a subprocess (validation, ledger, C2PA check of every
@@ -12,10 +19,12 @@ contenders, one after the other, with the same items (the first ``--items`` rows
   JSONL shards, upload each, create the batches, poll each batch with ``retrieve`` every P seconds,
   download each output file (``files.content(...).content``), decode and write every image.
 
-FINAL line::
+``e2e_vs_sdk`` is the SDK script's wall time over batchpipe's, per round (above 1: batchpipe is faster).
+Targets (medians; RSS on the max): >= 1.05 with fast images, >= 1.2 with realistic ones, batchpipe's peak RSS
+<= 300 MB. FINAL line::
 
-    e2e_vs_sdk=<sdk wall / batchpipe wall> batchpipe_wall_s=<n> sdk_wall_s=<n> batchpipe_peak_rss_mb=<n>
-    sdk_peak_rss_mb=<n> ...
+    FINAL bench=e2e e2e_vs_sdk=<min/median/max> e2e_vs_sdk_met=met|missed ... e2e_vs_sdk_realistic=...
+    batchpipe_peak_rss_mb=... load1=<min/median/max> cores=<n>
 """
 
 from __future__ import annotations
@@ -35,10 +44,13 @@ from bench_common import (
     BENCH_API_KEY,
     CATALOG_CSV,
     NIGHTLY_SPEC,
+    Paired,
+    Report,
     StandaloneEmulator,
+    Target,
     catalog_rows,
-    final_line,
     run_child,
+    run_interleaved,
     run_subprocess,
 )
 
@@ -124,66 +136,115 @@ def _count_files(folder: Path, suffix: str) -> int:
     return sum(1 for p in folder.rglob(f"*{suffix}") if p.is_file()) if folder.exists() else 0
 
 
+def _batchpipe_contender(base: Path, spec: Path, emu: StandaloneEmulator, n: int, poll_s: float) -> Any:
+    def run(r: int) -> dict[str, Any]:
+        work = base / f"batchpipe-{r}"
+        exe = Path(sys.executable).with_name("batchpipe")
+        cmd = [str(exe if exe.exists() else "batchpipe"), "run", str(spec), "--api", emu.base_url]
+        cmd += ["--workdir", str(work), "--limit", str(n), "--poll-interval", str(poll_s), "--trust", "emulator"]
+        log = base / f"batchpipe-run-{r}.log"
+        bp = run_subprocess(cmd, cwd=base, log=log)
+        images = _count_files(work / "out", ".png")
+        image_mb = sum(p.stat().st_size for p in (work / "out").rglob("*.png")) / 1e6 if images else 0.0
+        if bp.returncode != 0:
+            print("\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+            raise SystemExit(f"batchpipe run exited {bp.returncode}")
+        shutil.rmtree(work, ignore_errors=True)
+        return {
+            "wall_s": bp.wall_s,
+            "peak_rss_mb": bp.peak_rss_mb,
+            "cpu_s": bp.cpu_s,
+            "images": images,
+            "mean_image_mb": image_mb / max(images, 1),
+        }
+
+    return run
+
+
+def _sdk_contender(base: Path, emu: StandaloneEmulator, n: int, shard_size: int, poll_s: float) -> Any:
+    def run(r: int) -> dict[str, Any]:
+        began = time.perf_counter()
+        sdk = run_child(sdk_child, emu.base_url, n, shard_size, str(base / f"sdk-{r}"), poll_s)
+        sdk["wall_s"] = time.perf_counter() - began
+        shutil.rmtree(base / f"sdk-{r}", ignore_errors=True)
+        return sdk
+
+    return run
+
+
+def _show(r: int, name: str, result: dict[str, Any]) -> None:
+    extra = f"  cpu {result['cpu_s']:6.1f} s  mean image {result['mean_image_mb']:.2f} MB" if "cpu_s" in result else ""
+    extra += f"  polls {result['polls']}" if "polls" in result else ""
+    print(
+        f"  round {r} {name:10s} {result['wall_s']:8.1f} s  peak RSS {result['peak_rss_mb']:7.1f} MB  "
+        f"images {result['images']}{extra}  load {result['load1']:.2f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--items", type=int, default=20_000, help="Catalog rows (default all 20,000).")
+    parser.add_argument("--items", type=int, default=2000, help="Items with fast images (default 2,000).")
+    parser.add_argument(
+        "--realistic-items", type=int, default=150, help="Items with realistic ~1.5 MB images (default 150)."
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds per image size (3).")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="Seconds between polls, both (1.0).")
-    parser.add_argument("--quick", action="store_true", help="Small size (2,000 items).")
+    parser.add_argument("--quick", action="store_true", help="Small sizes (300 fast items, 20 realistic).")
     parser.add_argument("--tmp", type=Path, default=None, help="Parent of the temporary work directory.")
     args = parser.parse_args()
-    n = 2000 if args.quick else args.items
+    sizes = {"fast": 300, "realistic": 20} if args.quick else {"fast": args.items, "realistic": args.realistic_items}
 
     base = Path(tempfile.mkdtemp(prefix="bench-e2e-", dir=args.tmp))
+    report = Report("e2e")
+    paired: dict[str, Paired] = {}
     try:
         spec = base / "catalog-nightly.toml"
         shard_size = write_spec(spec)
-        with StandaloneEmulator(base / "emulator", log=base / "emulator.log") as emu:
-            print(f"emulator: {emu.launcher} at {emu.base_url}; {n:,} items, {shard_size:,} per shard")
-            bp_work = base / "batchpipe"
-            exe = Path(sys.executable).with_name("batchpipe")
-            cmd = [str(exe if exe.exists() else "batchpipe"), "run", str(spec), "--api", emu.base_url]
-            cmd += ["--workdir", str(bp_work), "--limit", str(n), "--poll-interval", str(args.poll_interval)]
-            cmd += ["--trust", "emulator"]
-            bp = run_subprocess(cmd, cwd=base, log=base / "batchpipe-run.log")
-            bp_images = _count_files(bp_work / "out", ".png")
-            print(
-                f"  batchpipe run  {bp.wall_s:8.1f} s  peak RSS {bp.peak_rss_mb:7.1f} MB  cpu {bp.cpu_s:6.1f} s  "
-                f"exit {bp.returncode}  images {bp_images}",
-                flush=True,
-            )
-            if bp.returncode != 0:
-                tail = (base / "batchpipe-run.log").read_text(errors="replace").splitlines()[-15:]
-                print("\n".join(tail))
-                raise SystemExit(f"batchpipe run exited {bp.returncode}")
-            shutil.rmtree(bp_work, ignore_errors=True)
-
-            began = time.perf_counter()
-            sdk = run_child(sdk_child, emu.base_url, n, shard_size, str(base / "sdk"), args.poll_interval)
-            sdk_wall = time.perf_counter() - began
-            print(
-                f"  sdk script     {sdk_wall:8.1f} s  peak RSS {sdk['peak_rss_mb']:7.1f} MB  "
-                f"images {sdk['images']}  polls {sdk['polls']}",
-                flush=True,
-            )
+        for detail, n in sizes.items():
+            folder = base / detail
+            folder.mkdir()
+            with StandaloneEmulator(folder / "emulator", image_detail=detail, log=folder / "emulator.log") as emu:
+                print(
+                    f"{detail} images: emulator {emu.launcher} at {emu.base_url}; {n:,} items, {shard_size:,} per "
+                    f"shard; {args.rounds} interleaved rounds of batchpipe run and the SDK script",
+                    flush=True,
+                )
+                paired[detail] = run_interleaved(
+                    {
+                        "batchpipe": _batchpipe_contender(folder, spec, emu, n, args.poll_interval),
+                        "sdk": _sdk_contender(folder, emu, n, shard_size, args.poll_interval),
+                    },
+                    args.rounds,
+                    show=_show,
+                )
+            report.add_loads(paired[detail].loads)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    if bp_images != n or sdk["images"] != n:
-        raise SystemExit(f"images: batchpipe {bp_images}, sdk {sdk['images']}, expected {n}")
-    print(
-        final_line(
-            {
-                "e2e_vs_sdk": sdk_wall / bp.wall_s,
-                "batchpipe_wall_s": bp.wall_s,
-                "sdk_wall_s": sdk_wall,
-                "batchpipe_peak_rss_mb": bp.peak_rss_mb,
-                "sdk_peak_rss_mb": sdk["peak_rss_mb"],
-                "batchpipe_cpu_s": bp.cpu_s,
-                "items": n,
-                "shard_requests": shard_size,
-            }
+    for detail, n in sizes.items():
+        for name, runs in paired[detail].runs.items():
+            if any(run["images"] != n for run in runs):
+                raise SystemExit(f"{detail}: {name} wrote {[run['images'] for run in runs]} images, expected {n}")
+    targets = {"fast": 1.05, "realistic": 1.2}
+    for detail, suffix in (("fast", ""), ("realistic", "_realistic")):
+        runs = paired[detail]
+        # sdk wall / batchpipe wall per round: above 1 means batchpipe is faster
+        report.figure(f"e2e_vs_sdk{suffix}", runs.ratio("sdk", "batchpipe", "wall_s"), Target(">=", targets[detail]))
+        report.figure(
+            f"batchpipe_peak_rss_mb{suffix}",
+            runs.spread("batchpipe", "peak_rss_mb"),
+            Target("<=", 300, "max"),
+            unit="MB",
         )
-    )
+        report.figure(f"sdk_peak_rss_mb{suffix}", runs.spread("sdk", "peak_rss_mb"), unit="MB")
+        report.figure(f"batchpipe_wall_s{suffix}", runs.spread("batchpipe", "wall_s"), unit="s")
+        report.figure(f"sdk_wall_s{suffix}", runs.spread("sdk", "wall_s"), unit="s")
+        report.value(f"items{suffix}", sizes[detail])
+        report.value(f"mean_image_mb{suffix}", runs.spread("batchpipe", "mean_image_mb").median)
+    report.value("shard_requests", shard_size)
+    report.value("rounds", args.rounds)
+    report.final()
 
 
 if __name__ == "__main__":

@@ -6,15 +6,20 @@ for the whole benchmark. Tiny one-line input files, uploaded and created 8 at a 
 
 1. Calls per poll cycle (generous rate limit): ``batchpipe.stages.poll.Poller.poll`` (list pages of 100, counted
    by the ``OpenAIClient``'s ``stats.requests``) vs the naive loop, one ``GET /v1/batches/{id}`` per batch.
-2. 429s under 60 requests per minute: the emulator is restarted on the same state with ``--rpm-limit 60``
-   (a fresh 60 s window); ``--cycles`` Poller cycles run (client 429 count: ``stats.rate_limited``). Then
-   it is restarted again (fresh window) and the naive loop runs with the official ``openai`` SDK as users
-   write it (``client.batches.retrieve`` per batch, ``max_retries=0`` so each 429 is counted once and the
-   loop does not sleep through minutes of windows).
+2. Pacing (the client makes more calls than the limit allows): the emulator is restarted on the same state
+   with ``--rpm-limit L --rate-window-s W`` (a fresh window; full: 20 per the service's 60 s; ``--quick``: 10
+   per 5 s) and Poller cycles run until ``L x --windows + 1`` calls were made (default 2 windows' worth), so
+   the client must wait for the window to reset ``--windows`` times. Shown: calls, pacing waits
+   (``stats.rate_limit_waits``), 429s (``stats.rate_limited``: target 0) and the achieved rate against the
+   limit. Then it is restarted again (fresh window) and the naive loop runs with the official ``openai`` SDK
+   as users write it (``client.batches.retrieve`` per batch, ``max_retries=0`` so each 429 is counted once).
 
 FINAL line::
 
-    calls_per_cycle=<n> naive_calls_per_cycle=<n> http_429=<n> naive_http_429=<n> ...
+    FINAL bench=poll calls_per_cycle=<n> ... paced_calls=<n> pacing_waits=<n> http_429=<n>
+    achieved_vs_limit=<x> ... load1=<min/median/max> cores=<n>
+
+(single values are printed as value/value/value: one run, no pairs; these are counts, not timings.)
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import shutil
 import sys
 import tempfile
@@ -35,8 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import (
     BENCH_API_KEY,
+    Report,
+    Spread,
     StandaloneEmulator,
-    final_line,
+    Target,
+    machine_load,
 )
 
 ENDPOINT = "/v1/images/generations"
@@ -89,7 +98,7 @@ async def poller_cycles(base_url: str, tracked: dict[str, float], cycles: int) -
             per_cycle.append(_route_calls(client.stats) - before)
             if set(result.batches) != set(tracked):
                 raise SystemExit(f"the poller returned {len(result.batches)} of {len(tracked)} batches")
-            statuses = Counter(str(b.get("status")) for b in result.batches.values())
+            statuses = Counter(str(b.status) for b in result.batches.values())
         return {
             "calls": per_cycle,
             "poller_reported_calls": result.calls,
@@ -97,6 +106,31 @@ async def poller_cycles(base_url: str, tracked: dict[str, float], cycles: int) -
             "waits": client.stats.rate_limit_waits,
             "routes": {f"{m} {r}": c for (m, r), c in client.stats.requests.items()},
             "statuses": dict(statuses),
+        }
+
+
+async def paced_cycles(base_url: str, tracked: dict[str, float], min_calls: int) -> dict[str, Any]:
+    """Poller cycles until at least ``min_calls`` API calls were made (more than the window allows): the
+    client paces on ``x-ratelimit-*`` (waits counted in ``stats.rate_limit_waits``); returns calls, waits,
+    429s and the wall seconds from the first call to the last answer."""
+    from batchpipe.stages.poll import Poller
+
+    async with _client(base_url) as client:
+        poller = Poller(client)
+        cycles = 0
+        began = time.perf_counter()
+        while _route_calls(client.stats) < min_calls:
+            result = await poller.poll(tracked)
+            if set(result.batches) != set(tracked):
+                raise SystemExit(f"the poller returned {len(result.batches)} of {len(tracked)} batches")
+            cycles += 1
+        elapsed = time.perf_counter() - began
+        return {
+            "calls": _route_calls(client.stats),
+            "cycles": cycles,
+            "elapsed_s": elapsed,
+            "http_429": client.stats.rate_limited,
+            "waits": client.stats.rate_limit_waits,
         }
 
 
@@ -108,7 +142,7 @@ async def wait_in_progress(base_url: str, tracked: dict[str, float], timeout_s: 
     async with _client(base_url) as client:
         while time.monotonic() < deadline:
             result = await Poller(client).poll(tracked)
-            if all(b.get("status") != "validating" for b in result.batches.values()):
+            if all(b.status != "validating" for b in result.batches.values()):
                 return
             await asyncio.sleep(0.5)
 
@@ -142,12 +176,16 @@ def naive_sdk(base_url: str, tracked: dict[str, float]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=1000, help="In-flight batches (default 1,000).")
-    parser.add_argument("--rpm", type=int, default=60, help="Rate limit of phase 2, requests/minute (60).")
-    parser.add_argument("--cycles", type=int, default=3, help="Poller cycles under the rate limit (3).")
-    parser.add_argument("--quick", action="store_true", help="Small size (200 batches).")
+    parser.add_argument("--limit", type=int, default=20, help="Phase 2: requests per window (20).")
+    parser.add_argument("--window-s", type=float, default=60.0, help="Phase 2: window, seconds (60, the service's).")
+    parser.add_argument("--windows", type=int, default=2, help="Phase 2: make limit x this + 1 calls (2).")
+    parser.add_argument("--quick", action="store_true", help="200 batches; 10 requests per 5 s window.")
     parser.add_argument("--tmp", type=Path, default=None, help="Parent of the temporary work directory.")
     args = parser.parse_args()
     n = 200 if args.quick else args.batches
+    limit, window_s = (10, 5.0) if args.quick else (args.limit, args.window_s)
+    min_calls = limit * args.windows + 1  # more than the windows allow: the pacer must wait ``windows`` times
+    report = Report("poll")
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -167,35 +205,43 @@ def main() -> None:
             print(f"  batchpipe Poller: {free['calls'][0]} calls per cycle  {free['routes']}")
             print(f"  naive retrieve each: {naive['calls']} calls per cycle")
 
-            emu.restart([*SLOW_FLAGS, "--rpm-limit", str(args.rpm)])
-            limited = asyncio.run(poller_cycles(emu.base_url, tracked, args.cycles))
+            window = ["--rpm-limit", str(limit), "--rate-window-s", str(window_s)]
+            emu.restart([*SLOW_FLAGS, *window])
+            load = machine_load()
+            paced = asyncio.run(paced_cycles(emu.base_url, tracked, min_calls))
+            report.add_loads([load, machine_load()])
             print(
-                f"phase 2 (rpm {args.rpm}): batchpipe Poller, {args.cycles} cycles: calls {limited['calls']}, "
-                f"429s {limited['http_429']}, pacing waits {limited['waits']}, statuses {limited['statuses']}"
+                f"phase 2 ({limit} requests per {window_s:g} s window): batchpipe Poller, {paced['cycles']} cycles, "
+                f"{paced['calls']} calls in {paced['elapsed_s']:.1f} s, pacing waits {paced['waits']}, "
+                f"429s {paced['http_429']}",
+                flush=True,
             )
-            emu.restart()
+            emu.restart([*SLOW_FLAGS, *window])
             sdk = naive_sdk(emu.base_url, tracked)
             print(
-                f"  naive SDK loop (fresh window): {sdk['calls']} calls, {sdk['ok']} answered, "
+                f"  naive SDK loop (fresh window, max_retries=0): {sdk['calls']} calls, {sdk['ok']} answered, "
                 f"{sdk['http_429']} x 429 in {sdk['elapsed_s']:.1f} s"
             )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    print(
-        final_line(
-            {
-                "calls_per_cycle": free["calls"][0],
-                "naive_calls_per_cycle": naive["calls"],
-                "http_429": limited["http_429"],
-                "naive_http_429": sdk["http_429"],
-                "limited_calls_per_cycle": max(limited["calls"]),
-                "limited_cycles": args.cycles,
-                "rpm_limit": args.rpm,
-                "batches": n,
-            }
-        )
-    )
+    one = Spread.of
+    report.figure("calls_per_cycle", one([free["calls"][0]]), Target("<=", math.ceil(n / 100) + 1))
+    report.value("naive_calls_per_cycle", naive["calls"])
+    report.figure("paced_calls", one([paced["calls"]]), Target(">=", min_calls))
+    report.figure("pacing_waits", one([paced["waits"]]), Target(">=", args.windows))
+    report.figure("http_429", one([paced["http_429"]]), Target("<=", 0))
+    limit_per_s = limit / window_s
+    achieved_per_s = paced["calls"] / paced["elapsed_s"]
+    report.value("limit_per_min", limit_per_s * 60)
+    report.value("achieved_per_min", achieved_per_s * 60)
+    # fixed windows: the first window starts before the first call, so a tight pacer lands a little above 1
+    report.figure("achieved_vs_limit", one([achieved_per_s / limit_per_s]), Target(">=", 0.8))
+    report.value("naive_http_429", sdk["http_429"])
+    report.value("rate_limit", limit)
+    report.value("window_s", window_s)
+    report.value("batches", n)
+    report.final()
 
 
 if __name__ == "__main__":

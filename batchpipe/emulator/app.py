@@ -795,7 +795,7 @@ def create_app(
         config=config,
         store=store,
         faults=FaultInjector(config.faults),
-        limiter=RateLimiter(config.rpm_limit, config.tpm_limit, clock=time.monotonic),
+        limiter=RateLimiter(config.rpm_limit, config.tpm_limit, clock=time.monotonic, window_s=config.rate_window_s),
         executor_factory=executor_factory,
         clock=clock,
     )

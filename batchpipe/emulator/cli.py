@@ -88,6 +88,7 @@ def build_config(
     expire_share: float,
     stuck_finalizing_s: float,
     image_detail: str = "fast",
+    rate_window_s: float = 60.0,
     models_file: Path | None = None,
     now: str | None = None,
     ambiguous_create_first_n: int = 0,
@@ -155,6 +156,7 @@ def build_config(
             concurrency=concurrency,
             image_detail="realistic" if image_detail == "realistic" else "fast",
             rpm_limit=rpm_limit,
+            rate_window_s=rate_window_s,
             enqueued_token_limit=enqueued_token_limit,
             models=models,
             now=pinned,
@@ -190,6 +192,13 @@ def emulator_group() -> None:
     help="fast: flat images (small files); realistic: noise, ~1.5 MB per 1024x1024 PNG.",
 )
 @click.option("--rpm-limit", type=int, default=10_000, show_default=True, help="Requests per minute (429 over it).")
+@click.option(
+    "--rate-window-s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Length of the rate-limit window in seconds (the service's 60; shorter only for benchmarks).",
+)
 @click.option("--enqueued-token-limit", type=int, default=None, help="Per-model enqueued input-token cap.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault RNG.")
 @click.option("--fault-429", multiple=True, metavar="ROUTE=SHARE", help="Share of 429s on ROUTE ('*': all).")

@@ -168,7 +168,8 @@ class EmulatorConfig(BaseModel):
     ``state_dir``: files on disk and ``state.sqlite3`` metadata; ``None`` lets ``EmbeddedEmulator`` use a
     temporary directory. ``concurrency``: lines of one batch executed at once. ``image_detail``: passed to
     ``ImageExecutor`` (``"fast"`` keeps images small). ``rpm_limit``: requests per minute over all routes
-    (fixed 60 s window); ``tpm_limit``: only reported in the ``x-ratelimit-*-tokens`` headers (image routes
+    (fixed 60 s window; ``rate_window_s`` shortens it, off by default, only so a benchmark can show pacing in
+    seconds); ``tpm_limit``: only reported in the ``x-ratelimit-*-tokens`` headers (image routes
     count estimated input tokens; never answered 429). ``enqueued_token_limit``: per-model cap on estimated
     input tokens of non-terminal batches (FACTS §3.1); ``None`` means unlimited. ``org``: the organisation
     name used in error messages.
@@ -192,6 +193,7 @@ class EmulatorConfig(BaseModel):
     image_workers: int = Field(default=2, ge=1)
     fetch_timeout_s: float = Field(default=5.0, gt=0.0)
     rpm_limit: int = Field(default=10_000, ge=1)
+    rate_window_s: float = Field(default=60.0, gt=0.0)
     tpm_limit: int = Field(default=10_000_000, ge=1)
     enqueued_token_limit: dict[str, int] | int | None = None
     org: str = "org-emulator"

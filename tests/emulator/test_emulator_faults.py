@@ -42,6 +42,16 @@ def test_rate_limiter_fixed_window_with_fake_clock() -> None:
     assert limiter.hit().allowed
 
 
+def test_rate_limiter_shorter_window_for_benchmarks() -> None:
+    now = [0.0]
+    limiter = RateLimiter(1, 1000, clock=lambda: now[0], window_s=5.0)
+    assert limiter.hit().allowed
+    refused = limiter.hit()
+    assert not refused.allowed and refused.headers()["retry-after"] == "5"
+    now[0] += 5.0
+    assert limiter.hit().allowed
+
+
 def test_fault_injector_is_seeded_and_counts() -> None:
     config = FaultConfig(seed=7, routes={"batches.create": RouteFaults(first_n_429=1, first_n_5xx=1, share_5xx=0.5)})
     a, b = FaultInjector(config), FaultInjector(config)
