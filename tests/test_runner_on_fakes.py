@@ -309,3 +309,24 @@ async def test_an_unreadable_output_file_stops_the_run_before_anything_is_judged
     summary = await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(6), source_name="t")
     assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 6}
     assert api.creates == 2 == len(api.batches)  # nothing resubmitted
+
+
+async def test_a_ledger_error_in_a_queued_chunk_insert_stops_the_build_and_keeps_nothing(tmp_path: Path) -> None:
+    """Chunk inserts run on the ledger thread while validation goes on: an insert that fails still stops the build,
+    and what the build wrote is discarded."""
+    from batchpipe.errors import LedgerError
+
+    class FailingSecondInsert(MemoryLedger):
+        calls = 0
+
+        def insert_items(self, rows: Any) -> int:
+            FailingSecondInsert.calls += 1
+            if FailingSecondInsert.calls == 2:
+                raise LedgerError("disk full")
+            return super().insert_items(rows)
+
+    ledger, api, store = FailingSecondInsert(), MemoryBatchApi(), MemoryImageStore()
+    with pytest.raises(LedgerError, match="disk full"):
+        await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(1700), source_name="t")
+    assert ledger.count_items() == {} and ledger.shards() == [] and api.creates == 0
+    assert list((tmp_path / "shards").iterdir()) == []

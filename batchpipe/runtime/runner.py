@@ -17,7 +17,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -30,7 +30,7 @@ from batchpipe.domain.api import Batch
 from batchpipe.domain.backoff import Backoff
 from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus, make_custom_id, request_hash
 from batchpipe.domain.lifecycle import ModelPolicy
-from batchpipe.domain.records import BatchRow, ShardRow, batch_status_is_terminal
+from batchpipe.domain.records import BatchRow, ItemRow, ShardRow, batch_status_is_terminal
 from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
 from batchpipe.ports import AsyncLedger, BatchApi, Clock, ImageStore, Ledger, Verifier
@@ -51,6 +51,8 @@ META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_
 DEFAULT_LEASE_S: Final = 3600.0
 #: Item rows per ledger transaction while building: a build never holds a transaction across an ``await``.
 _ROWS_PER_COMMIT: Final = 500
+#: Chunk inserts a build keeps queued on the ledger thread while it validates on.
+_INSERTS_IN_FLIGHT: Final = 2
 #: How far the service's clock may be ahead of ours (seconds): a listed batch proves the list current past an
 #: attempt only if the service says it was created at least this long after the attempt (by our clock).
 CLOCK_SKEW_S: Final = 30.0
@@ -93,6 +95,58 @@ class SubmissionStalled(ApiError):
 
 #: Batch statuses of SPEC ``Batch.status``; another one is logged once and treated as not terminal.
 _KNOWN_BATCH_STATUSES: Final = frozenset(str(s) for s in BatchStatus)
+
+
+class _ChunkWriter:
+    """Writes a build's rows to shards and the ledger one chunk behind validation.
+
+    ``push(rows)`` starts the lookup of the chunk's history (``latest_attempts``) on the ledger thread and then
+    settles the chunk before it: numbers its attempts, adds its lines to the shards and queues its insert. So the
+    ledger thread inserts chunk N while the event loop validates chunk N+2; SQLite releases the GIL while it
+    writes. At most :data:`_INSERTS_IN_FLIGHT` inserts are queued (bounded memory); each is still one transaction.
+    The lookup of chunk N runs before chunk N-1's insert: a build's keys are distinct (validation renames repeats),
+    so it never needs to see them. ``finish()`` settles the last chunk and waits for every insert (raising the first
+    error); ``drain()`` waits for what is queued, ignoring errors (before a failed build is discarded).
+    """
+
+    def __init__(self, runner: Runner, job: str, builder: ShardBuilder) -> None:
+        self._runner = runner
+        self._job = job
+        self._builder = builder
+        self._waiting: tuple[list[dict[str, object]], asyncio.Future[dict[str, ItemRow]]] | None = None
+        self._inserts: list[asyncio.Future[int]] = []
+
+    async def push(self, rows: list[dict[str, object]]) -> None:
+        """Take one chunk of rows (not empty unless it is the last)."""
+        keys = [str(r["item_key"]) for r in rows]
+        lookup = asyncio.ensure_future(self._runner.db.latest_attempts(self._job, keys))
+        if self._waiting is not None:
+            await self._settle(*self._waiting)
+        self._waiting = (rows, lookup)
+
+    async def _settle(self, rows: list[dict[str, object]], lookup: asyncio.Future[dict[str, ItemRow]]) -> None:
+        previous = await lookup
+        await self._runner._number_after(self._job, rows, previous, self._builder)
+        while len(self._inserts) >= _INSERTS_IN_FLIGHT:
+            await self._inserts.pop(0)
+        if rows:
+            self._inserts.append(asyncio.ensure_future(self._runner.db.insert_items(rows)))
+
+    async def finish(self) -> None:
+        """Settle the last chunk and wait for every insert."""
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            await self._settle(*waiting)
+        while self._inserts:
+            await self._inserts.pop(0)
+
+    async def drain(self) -> None:
+        """Wait for every queued ledger call, ignoring their errors (the build is being abandoned)."""
+        pending: list[asyncio.Future[Any]] = [*self._inserts]
+        if self._waiting is not None:
+            pending.append(self._waiting[1])
+        self._inserts, self._waiting = [], None
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class ValidationFailed(InputError):
@@ -420,6 +474,7 @@ class Runner:
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0, "items": 0}
         invalid_rows: dict[str, dict[str, object]] = {}
         count = 0
+        writer = _ChunkWriter(self, job, builder)
         try:
             for entry in items():
                 if not isinstance(entry, Item):
@@ -444,15 +499,15 @@ class Runner:
                     continue
                 rows.append(self._pending_row(job, run_id, entry, rhash))
                 if len(rows) >= _ROWS_PER_COMMIT:
-                    await self._number_rows(job, rows, builder)
-                    await self.db.insert_items(rows)
+                    await writer.push(rows)
                     rows = []
-            await self._number_rows(job, rows, builder)
-            await self.db.insert_items(rows)
+            await writer.push(rows)
+            await writer.finish()
             if problems and not self.options.skip_invalid:
                 raise ValidationFailed(problems, file=source_name)
             shards = await builder.close()
         except BaseException:
+            await writer.drain()
             await builder.abort()
             await self._discard_unfinished_build(run_id)  # no shard file and no row of this build survives
             raise
@@ -516,6 +571,12 @@ class Runner:
         if not rows:
             return []
         previous = await self.db.latest_attempts(job, [str(r["item_key"]) for r in rows])
+        return await self._number_after(job, rows, previous, builder)
+
+    async def _number_after(
+        self, job: str, rows: list[dict[str, object]], previous: Mapping[str, ItemRow], builder: ShardBuilder
+    ) -> list[str]:
+        """:meth:`_number_rows` with the ledger's latest attempts of the rows' keys already looked up."""
         supersede: list[str] = []
         for row in rows:
             prior = previous.get(str(row["item_key"]))
