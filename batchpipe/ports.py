@@ -246,12 +246,22 @@ class Ledger(Protocol):
         ...
 
     def succeeded_hashes(self, job: str) -> Iterator[tuple[str, str]]:
-        """``(item_key, request_hash)`` of every ``succeeded`` row of ``job``, in no particular order."""
+        """``(item_key, request_hash)`` of every ``succeeded`` row of ``job``, in no particular order (every row of
+        the job: a re-run checks its items with :meth:`succeeded_with`, chunk by chunk, instead)."""
         ...
 
-    def count_items(self, *, run_id: str | None = None, job: str | None = None) -> dict[str, int]:
+    def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
+        """The keys of ``pairs`` (``(item_key, request_hash)``) whose latest ``succeeded`` row in ``job`` has that
+        request hash: what a re-run skips as unchanged. Called per chunk of a build (an indexed lookup of the
+        chunk's keys), so no caller holds every hash of a catalog."""
+        ...
+
+    def count_items(
+        self, *, run_id: str | None = None, job: str | None = None, latest_only: bool = False
+    ) -> dict[str, int]:
         """Item counts by status (only statuses that occur), for a run (``run_id`` wins over ``job``), a job, or
-        everything."""
+        everything, counted by the store (an aggregate query), never by reading the rows. ``latest_only`` counts
+        only each item's row of the highest attempt in the whole ledger, as :meth:`items` selects it."""
         ...
 
     def cost_usd(self, *, run_id: str | None = None) -> float:
@@ -477,9 +487,15 @@ class AsyncLedger:
         """:meth:`Ledger.latest_attempts`."""
         return await self.call(lambda db: db.latest_attempts(job, keys))
 
-    async def count_items(self, *, run_id: str | None = None, job: str | None = None) -> dict[str, int]:
+    async def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
+        """:meth:`Ledger.succeeded_with`."""
+        return await self.call(lambda db: db.succeeded_with(job, pairs))
+
+    async def count_items(
+        self, *, run_id: str | None = None, job: str | None = None, latest_only: bool = False
+    ) -> dict[str, int]:
         """:meth:`Ledger.count_items`."""
-        return await self.call(lambda db: db.count_items(run_id=run_id, job=job))
+        return await self.call(lambda db: db.count_items(run_id=run_id, job=job, latest_only=latest_only))
 
     async def cost_usd(self, *, run_id: str | None = None) -> float:
         """:meth:`Ledger.cost_usd`."""

@@ -147,3 +147,197 @@ def test_a_ledger_that_cannot_be_opened_raises_ledger_error(tmp_path: Path) -> N
     (tmp_path / "dir.sqlite").mkdir()
     with pytest.raises(LedgerError):
         SqliteLedger(tmp_path / "dir.sqlite")
+
+
+# -- a ledger that stays linear: every sorted query is served by an index -------------------------------------
+_ITEM_INDEXES = {
+    "sqlite_autoindex_items_1": ["custom_id"],
+    "sqlite_autoindex_items_2": ["job", "item_key", "attempt"],
+    "items_run_custom": ["run_id", "custom_id"],
+    "items_shard": ["shard"],
+    "items_batch_set": ["batch_id"],
+}
+
+
+def _indexes(db: sqlite3.Connection, table: str) -> dict[str, list[str]]:
+    names = [str(r[1]) for r in db.execute(f"PRAGMA index_list({table})")]
+    return {name: [str(c[2]) for c in db.execute(f"PRAGMA index_info({name})")] for name in names}
+
+
+def _populated(path: Path, *, analyze: bool) -> SqliteLedger:
+    """A ledger with two jobs, three runs, retries, shards, batches, files and events."""
+    ledger = SqliteLedger(path)
+    for run in range(3):
+        run_id, _ = ledger.open_run("job", "spec", "api")
+        job = "job" if run < 2 else "other"
+        rows = []
+        for i in range(600):
+            row = {**_row(f"r{run}-c{i:04d}", f"k{i}"), "run_id": run_id, "job": job, "shard": f"{run_id}-s{i // 200}"}
+            row["attempt"] = 2 if run == 1 else 1
+            rows.append(row)
+        ledger.insert_items(rows)
+        ledger.finish_build(run_id, [_shard_row(f"{run_id}-s{s}", run_id) for s in range(3)])
+        ids = [str(r["custom_id"]) for r in rows]
+        ledger.transition_items(ids, ItemStatus.SUBMITTED, fields={"batch_id": f"batch-{run}"})
+        ledger.transition_items(ids[:500], ItemStatus.SUCCEEDED, fields={"c2pa_state": "Trusted", "cost_usd": 0.04})
+        ledger.transition_items(ids[500:], ItemStatus.FAILED, fields={"error_code": "server_error", "retryable": 1})
+        batch = {"id": f"batch-{run}", "status": "completed", "input_file_id": f"file-{run}", "created_at": 100 + run}
+        ledger.record_batch(batch, shard=f"{run_id}-s0", run_id=run_id, model="gpt-image-2")
+        ledger.record_file({"id": f"file-{run}", "purpose": "batch", "created_at": 100 + run}, role="input")
+        ledger.finish_run(run_id, "finished")
+    ledger.open_run("job", "spec", "api")
+    if not analyze:
+        ledger._db.execute("DROP TABLE IF EXISTS sqlite_stat1")
+        ledger._db.execute("ANALYZE sqlite_schema")  # the planner forgets the statistics
+    return ledger
+
+
+def _shard_row(name: str, run_id: str) -> dict[str, object]:
+    return {
+        "name": name, "run_id": run_id, "job": "job", "endpoint": "/v1/images/generations", "model": "gpt-image-2",
+        "path": f"shards/{name}.jsonl", "requests": 200, "bytes": 1, "sha256": "0" * 64, "input_tokens": 1,
+    }  # fmt: skip
+
+
+def _every_read_the_code_makes(ledger: SqliteLedger) -> None:
+    """Each read of the ledger with the filter combinations the runner, the stages and the CLI use."""
+    built = [r["run_id"] for r in ledger._db.execute("SELECT run_id FROM runs ORDER BY started_at")]
+    some = str(built[0])
+    reads = [
+        lambda: ledger.items(),  # ledger export (all attempts)
+        lambda: ledger.items(latest_only=True),  # ledger export
+        lambda: ledger.items(run_id=some),  # ledger export --run --all-attempts
+        lambda: ledger.items(run_id=some, latest_only=True),  # ledger export --run
+        lambda: ledger.items(run_id=some, statuses=["failed", "expired", "cancelled", "missing"]),  # follow-up
+        lambda: ledger.items(shard=f"{some}-s0", statuses=["pending"]),  # submit
+        lambda: ledger.items(batch_id="batch-0"),  # collect: the batch's targets
+        lambda: ledger.items(batch_id="batch-0", statuses=["succeeded", "failed"]),  # collect: decided rows
+        lambda: ledger.items(statuses=["pending", "submitted"]),  # references still in use
+        lambda: ledger.items(job="job"),
+        lambda: ledger.items(  # retry: select_rows
+            job="job",
+            statuses=["failed"],
+            error_codes=["server_error"],
+            c2pa_states=None,
+            since=0.0,
+            until=2e9,
+            latest_only=True,
+        ),
+        lambda: [ledger.latest_attempts("job", [f"k{i}" for i in range(600)])],
+        lambda: [ledger.succeeded_with("job", [(f"k{i}", "h") for i in range(600)])],
+        lambda: [ledger.count_items(), ledger.count_items(run_id=some), ledger.count_items(latest_only=True)],
+        lambda: [ledger.cost_usd(), ledger.cost_usd(run_id=some)],
+        lambda: ledger.shards(run_id=some),
+        lambda: ledger.shards(run_id=some, statuses=["built", "uploaded"]),
+        lambda: ledger.batches(),
+        lambda: ledger.batches(run_id=some),
+        lambda: ledger.batches(run_id=some, unfinished=True),
+        lambda: ledger.events(entity="item", entity_id="r0-c0001"),
+        lambda: ledger.item_history("r0-c0001"),
+        lambda: [ledger.latest_run(), ledger.latest_run("job"), ledger.open_run("job", "spec", "api")],
+        lambda: [ledger.file_by_sha256("0" * 64, role="reference", not_expired_at=0.0)],
+        lambda: ledger.files(role="input", deleted=False),
+    ]
+    for read in reads:
+        list(read())
+
+
+@pytest.mark.parametrize("analyze", [True, False], ids=["analyzed", "no-statistics"])
+def test_no_read_of_the_ledger_sorts_a_temporary_b_tree(tmp_path: Path, analyze: bool) -> None:
+    """Every query the ledger runs with ORDER BY (each page of items(), batches, shards, events...) reads its
+    rows in index order: EXPLAIN QUERY PLAN has no ``USE TEMP B-TREE``, so no page sorts every matching row."""
+    ledger = _populated(tmp_path / "ledger.sqlite", analyze=analyze)
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    _every_read_the_code_makes(ledger)
+    ledger._db.set_trace_callback(None)
+    selects = list(dict.fromkeys(s for s in statements if s.lstrip().upper().startswith("SELECT")))
+    sorted_reads = [s for s in selects if "ORDER BY" in s.upper()]
+    assert len(sorted_reads) >= 12
+    for sql in selects:
+        plan = [str(r[-1]) for r in ledger._db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        if "ORDER BY" in sql.upper():
+            assert not [p for p in plan if "TEMP B-TREE" in p], (sql, plan)
+        if " items " in f" {sql} " and "GROUP BY" not in sql.upper() and "SUM(" not in sql.upper():
+            assert not [p for p in plan if p.startswith("SCAN items") and "INDEX" not in p], (sql, plan)
+    ledger.close()
+
+
+def test_the_bounded_and_the_incremental_reads_are_index_lookups(tmp_path: Path) -> None:
+    ledger = _populated(tmp_path / "ledger.sqlite", analyze=True)
+
+    def plan_of(read: object) -> str:
+        statements: list[str] = []
+        ledger._db.set_trace_callback(statements.append)
+        list(read())  # type: ignore[operator]
+        ledger._db.set_trace_callback(None)
+        return " | ".join(str(r[-1]) for s in statements for r in ledger._db.execute(f"EXPLAIN QUERY PLAN {s}"))
+
+    some = str(ledger._db.execute("SELECT run_id FROM runs ORDER BY started_at").fetchone()[0])
+    assert "items_batch_set (batch_id=?)" in plan_of(lambda: ledger.items(batch_id="batch-0"))
+    assert "items_shard (shard=?)" in plan_of(lambda: ledger.items(shard=f"{some}-s0", statuses=["pending"]))
+    assert "items_run_custom (run_id=? AND custom_id>?)" in plan_of(lambda: ledger.items(run_id=some, latest_only=True))
+    check = plan_of(lambda: [ledger.succeeded_with("job", [("k1", "h"), ("k2", "h")])])
+    assert "sqlite_autoindex_items_2 (job=? AND item_key=?)" in check and "SCAN" not in check
+    ledger.close()
+
+
+def test_items_has_no_redundant_index_and_an_older_file_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = SqliteLedger(path)
+    ledger.insert_items([_row("c1", "k1")])
+    ledger.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # the indexes as batchpipe made them before
+        for name in ("items_run_custom", "items_shard", "items_batch_set", "files_sha_created"):
+            db.execute(f"DROP INDEX {name}")
+        db.execute("CREATE INDEX items_job_key ON items (job, item_key)")
+        db.execute("CREATE INDEX items_run_status ON items (run_id, status)")
+        db.execute("CREATE INDEX items_shard ON items (shard)")
+        db.execute("CREATE INDEX items_batch ON items (batch_id)")
+        db.execute("CREATE INDEX files_sha ON files (sha256, role)")
+    for _ in range(2):  # idempotent
+        again = SqliteLedger(path)
+        indexes = _indexes(again._db, "items")
+        assert indexes == _ITEM_INDEXES
+        assert _indexes(again._db, "files") == {
+            "files_sha_created": ["sha256", "role", "created_at"],
+            "sqlite_autoindex_files_1": ["file_id"],
+        }
+        for name, columns in indexes.items():  # no index is a prefix of another (it would only slow writes)
+            assert not [o for o, other in indexes.items() if o != name and other[: len(columns)] == columns], name
+        assert [r.custom_id for r in again.items(run_id="r1")] == ["c1"]
+        again.close()
+
+
+def test_a_build_refreshes_the_planners_statistics(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    run_id, _ = ledger.open_run("job", "spec", "api")
+    ledger.insert_items([{**_row(f"c{i}", f"k{i}"), "run_id": run_id} for i in range(50)])
+    ledger.finish_build(run_id, [])
+    stats = {str(r[0]): str(r[2]) for r in ledger._db.execute("SELECT tbl, idx, stat FROM sqlite_stat1")}
+    assert stats["items"].startswith("50 ")
+    ledger.close()
+
+
+def test_status_counts_with_aggregates_and_never_reads_item_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from batchpipe.cli.main import main
+
+    _populated(tmp_path / "ledger.sqlite", analyze=True).close()
+    expected = SqliteLedger(tmp_path / "ledger.sqlite")
+    current = {}
+    for row in expected.items(latest_only=True):
+        current[row.status] = current.get(row.status, 0) + 1
+    expected.close()
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("status read every item row")
+
+    monkeypatch.setattr(SqliteLedger, "items", refuse)
+    result = CliRunner().invoke(main, ["status", "--json", "--workdir", str(tmp_path)], catch_exceptions=False)
+    report = json.loads(result.output)
+    assert report["current_items"] == current == {"succeeded": 1000, "failed": 200}
+    assert report["items"] == {"succeeded": 1500, "failed": 300}

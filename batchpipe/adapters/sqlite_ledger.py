@@ -21,6 +21,14 @@ Item statuses and their allowed transitions are :data:`ITEM_TRANSITIONS`; shard 
 :data:`SHARD_TRANSITIONS`; batch statuses only move forward (:data:`~batchpipe.domain.records.BATCH_TRANSITIONS`).
 Opening an older ledger file adds what it lacks (the ``claims`` table, the ``events`` index): the schema is all
 ``CREATE ... IF NOT EXISTS``.
+
+Indexes follow the reads, so no read grows faster than the rows it returns: every query with ``ORDER BY`` reads
+in index order (``tests/test_ledger.py`` checks each plan for ``USE TEMP B-TREE``): pages of :meth:`items` by the
+primary key or ``items_run_custom`` (run_id, custom_id); one shard's or batch's rows are one lookup of
+``items_shard`` / ``items_batch_set`` (partial: rows not yet submitted have no entry); the re-run check and
+attempt numbering use UNIQUE (job, item_key, attempt); counts are ``GROUP BY`` aggregates. Each build ends with a
+sampled ``ANALYZE`` and :meth:`SqliteLedger.close` runs ``PRAGMA optimize``. The same indexes (and ``ANALYZE``) serve
+a PostgreSQL ledger.
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ __all__ = [
 
 log = structlog.get_logger("batchpipe.ledger")
 _CHUNK: Final = 500  # ids per guarded statement (SQLite allows 999 parameters in old builds)
+#: SQLite page cache per connection, KiB (``PRAGMA cache_size`` takes a negative number for KiB).
+_CACHE_KIB: Final = 65_536
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -79,6 +89,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at   DOUBLE PRECISION,
     built_at      DOUBLE PRECISION
 );
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at);
+CREATE INDEX IF NOT EXISTS runs_job ON runs (job, started_at);
 CREATE TABLE IF NOT EXISTS items (
     custom_id     TEXT PRIMARY KEY,
     job           TEXT NOT NULL,
@@ -116,10 +128,9 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at    DOUBLE PRECISION NOT NULL,
     UNIQUE (job, item_key, attempt)
 );
-CREATE INDEX IF NOT EXISTS items_job_key ON items (job, item_key);
-CREATE INDEX IF NOT EXISTS items_run_status ON items (run_id, status);
+CREATE INDEX IF NOT EXISTS items_run_custom ON items (run_id, custom_id);
 CREATE INDEX IF NOT EXISTS items_shard ON items (shard);
-CREATE INDEX IF NOT EXISTS items_batch ON items (batch_id);
+CREATE INDEX IF NOT EXISTS items_batch_set ON items (batch_id) WHERE batch_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS shards (
     name          TEXT PRIMARY KEY,
     run_id        TEXT NOT NULL,
@@ -139,6 +150,7 @@ CREATE TABLE IF NOT EXISTS shards (
     created_at    DOUBLE PRECISION NOT NULL,
     updated_at    DOUBLE PRECISION NOT NULL
 );
+CREATE INDEX IF NOT EXISTS shards_run ON shards (run_id, created_at, name);
 CREATE TABLE IF NOT EXISTS batches (
     batch_id      TEXT PRIMARY KEY,
     shard         TEXT NOT NULL,
@@ -159,6 +171,8 @@ CREATE TABLE IF NOT EXISTS batches (
     reconciled    INTEGER NOT NULL DEFAULT 0,
     updated_at    DOUBLE PRECISION NOT NULL
 );
+CREATE INDEX IF NOT EXISTS batches_created ON batches (created_at);
+CREATE INDEX IF NOT EXISTS batches_run ON batches (run_id, created_at);
 CREATE TABLE IF NOT EXISTS files (
     file_id       TEXT PRIMARY KEY,
     role          TEXT NOT NULL,
@@ -170,7 +184,7 @@ CREATE TABLE IF NOT EXISTS files (
     expires_at    DOUBLE PRECISION,
     deleted_at    DOUBLE PRECISION
 );
-CREATE INDEX IF NOT EXISTS files_sha ON files (sha256, role);
+CREATE INDEX IF NOT EXISTS files_sha_created ON files (sha256, role, created_at);
 CREATE TABLE IF NOT EXISTS events (
     event_id      INTEGER PRIMARY KEY,
     at            DOUBLE PRECISION NOT NULL,
@@ -189,6 +203,22 @@ CREATE TABLE IF NOT EXISTS claims (
     PRIMARY KEY (kind, key)
 );
 """
+
+#: Indexes of older ledger files that :meth:`SqliteLedger._migrate` drops: ``items_job_key`` (job, item_key) was a
+#: prefix of the UNIQUE (job, item_key, attempt) index; ``items_run_status`` (run_id, status) could not give
+#: ``custom_id`` order, so each page of ``items(run_id=...)`` sorted a temporary B-tree of the whole run
+#: (``items_run_custom`` replaces it); ``items_batch`` held a NULL entry for every item not yet submitted
+#: (``items_batch_set`` is partial); ``files_sha`` could not give ``created_at`` order.
+_DROPPED_INDEXES: Final = ("items_job_key", "items_run_status", "items_batch", "files_sha")
+
+#: Rows ANALYZE samples per index (``PRAGMA analysis_limit``): statistics good enough for the planner in
+#: milliseconds, even at millions of items.
+_ANALYSIS_LIMIT: Final = 1000
+
+#: The row is its item's highest attempt: one seek in the UNIQUE (job, item_key, attempt) index per row.
+_LATEST_ATTEMPT: Final = (
+    "attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job AND i2.item_key = items.item_key)"
+)
 
 #: Take or renew a claim in one guarded statement (portable to PostgreSQL): a new row, or the existing one if its
 #: owner renews it or its lease ran out; otherwise nothing changes and the row count is 0.
@@ -225,6 +255,9 @@ class SqliteLedger:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # 64 MiB of page cache (the default is 2 MiB): the items' custom_id keys are hashes, so a build inserts
+            # into random pages of two indexes; with the cache they stay in memory between commits
+            self._db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._migrate()
@@ -233,7 +266,11 @@ class SqliteLedger:
         """Bring a ledger file written by an older batchpipe up to this schema (idempotent). ``items.output_uri``
         was ``output_path`` (a plain path, which :func:`~batchpipe.domain.locations.local_path` still reads).
         ``runs.built_at``:
-        older versions built a run in one transaction, so a run of theirs with any item or shard was built."""
+        older versions built a run in one transaction, so a run of theirs with any item or shard was built.
+        Indexes older versions made and this one does not use (:data:`_DROPPED_INDEXES`) are dropped; the schema
+        script has already made the ones that replace them."""
+        for old in _DROPPED_INDEXES:
+            self._db.execute(f"DROP INDEX IF EXISTS {old}")
         items = {r["name"] for r in self._db.execute("PRAGMA table_info(items)")}
         if "output_path" in items:  # images are addressed by URI; older rows keep plain absolute paths
             self._db.execute("ALTER TABLE items RENAME COLUMN output_path TO output_uri")
@@ -248,9 +285,27 @@ class SqliteLedger:
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        """Close the connection (idempotent), after ``PRAGMA optimize`` (statistics of the tables this connection
+        used that changed a lot since they were last analyzed)."""
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):  # closed already, or another writer holds the file
+                if self._depth == 0:
+                    self._db.execute(f"PRAGMA analysis_limit = {_ANALYSIS_LIMIT}")
+                    self._db.execute("PRAGMA optimize")
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+
+    def _analyze(self) -> None:
+        """Refresh the planner's statistics of every table (``ANALYZE``, sampled: :data:`_ANALYSIS_LIMIT` rows per
+        index, so milliseconds at any size). Skipped inside a transaction; a busy file only costs the refresh."""
+        with self._lock:
+            if self._depth:
+                return
+            try:
+                self._db.execute(f"PRAGMA analysis_limit = {_ANALYSIS_LIMIT}")
+                self._db.execute("ANALYZE")
+            except sqlite3.OperationalError as exc:
+                log.warning("ledger.analyze_skipped", error=str(exc))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -357,18 +412,19 @@ class SqliteLedger:
                 raise LedgerError(f"run {run_id!r} is {'already built' if rows else 'unknown'}")
             for shard in shards:
                 self.insert_shard(shard)
-            earlier = [
+            earlier = sorted(  # custom_id order (sorted here: the run's index gives the new attempts' order)
                 str(r[0])
                 for r in self._rows(
                     "SELECT p.custom_id FROM items i JOIN items p ON p.custom_id = i.previous_custom_id "
-                    "WHERE i.run_id = ? AND p.status NOT IN (?, ?) ORDER BY p.custom_id",
+                    "WHERE i.run_id = ? AND p.status NOT IN (?, ?)",
                     (run_id, ItemStatus.SUBMITTED, ItemStatus.SUPERSEDED),
                 )
-            ]
+            )
             superseded = self.transition_items(earlier, ItemStatus.SUPERSEDED, strict=False) if earlier else 0
             self._exec("UPDATE runs SET built_at = ? WHERE run_id = ?", (self._clock(), run_id))
             self._event("run", run_id, "running", "running", f"built: {len(shards)} shards")
-            return superseded
+        self._analyze()  # a build is the ledger's biggest change: the planner's statistics follow it
+        return superseded
 
     def discard_build(self, run_id: str) -> int:
         """Delete what an unfinished build of ``run_id`` left (its items and their events, its shards); returns
@@ -534,13 +590,18 @@ class SqliteLedger:
         until: float | None = None,
         latest_only: bool = False,
     ) -> Iterator[ItemRow]:
-        """Item rows matching every given filter, in ``custom_id`` order, streamed in pages of 1,000.
+        """Item rows matching every given filter, in ``custom_id`` order, streamed in pages of 1,000 (keyset pages
+        that an index serves in order: the primary key, or ``items_run_custom`` for a run). The rows of one
+        ``shard`` or ``batch_id`` (at most 50,000: the Batch API's limit) are one query of that column's index,
+        ordered here.
 
         ``latest_only`` keeps, per (job, key), only the highest attempt (the row that speaks for the item).
         """
         where: list[str] = ["1 = 1"]
         params: list[object] = []
-        for column, value in (("run_id", run_id), ("job", job), ("shard", shard), ("batch_id", batch_id)):
+        # ``job || ''``: no index gives a job's rows in custom_id order (the UNIQUE one is job, item_key, attempt),
+        # so its pages follow the primary key and test the job, instead of sorting the whole job on every page
+        for column, value in (("run_id", run_id), ("job || ''", job), ("shard", shard), ("batch_id", batch_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -560,10 +621,13 @@ class SqliteLedger:
             where.append("updated_at < ?")
             params.append(until)
         if latest_only:
-            where.append(
-                "attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job "
-                "AND i2.item_key = items.item_key)"
-            )
+            where.append(_LATEST_ATTEMPT)
+        if shard is not None or batch_id is not None:  # <= 50,000 rows: one query, one sort
+            rows = self._rows(f"SELECT * FROM items WHERE {' AND '.join(where)}", params)
+            rows.sort(key=lambda row: str(row["custom_id"]))
+            for row in rows:
+                yield ItemRow(**dict(row))
+            return
         last = ""
         while True:
             rows = self._rows(
@@ -578,16 +642,37 @@ class SqliteLedger:
 
     def latest_attempts(self, job: str, keys: Sequence[str]) -> dict[str, ItemRow]:
         """For each key of ``job`` that has rows, its highest attempt."""
-        result: dict[str, ItemRow] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
+        latest: dict[str, sqlite3.Row] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = list(keys[start : start + _CHUNK])
             rows = self._rows(
-                f"SELECT * FROM items WHERE job = ? AND item_key IN ({', '.join('?' for _ in chunk)}) ORDER BY attempt",
-                [job, *chunk],
+                f"SELECT * FROM items WHERE job = ? AND item_key IN ({', '.join('?' for _ in chunk)})", [job, *chunk]
             )
-            for row in rows:
-                result[str(row["item_key"])] = ItemRow(**dict(row))
-        return result
+            for row in rows:  # the highest attempt wins (picked here: no sort of the chunk's rows)
+                key = str(row["item_key"])
+                if key not in latest or row["attempt"] > latest[key]["attempt"]:
+                    latest[key] = row
+        return {key: ItemRow(**dict(row)) for key, row in latest.items()}
+
+    def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
+        """The keys of ``pairs`` (``(item_key, request_hash)``) whose latest succeeded attempt in ``job`` has that
+        request hash: the items a re-run skips as unchanged. One indexed lookup per 500 keys (the UNIQUE
+        (job, item_key, attempt) index), so a build checks its items chunk by chunk and never holds every hash."""
+        latest: dict[str, tuple[int, str]] = {}  # item_key -> (attempt, request_hash) of its latest success
+        for start in range(0, len(pairs), _CHUNK):
+            chunk = list(dict.fromkeys(key for key, _ in pairs[start : start + _CHUNK]))
+            with self._lock:
+                reader = self._db.cursor()
+                reader.row_factory = None
+                rows = reader.execute(
+                    "SELECT item_key, attempt, request_hash FROM items WHERE job = ? AND status = ? "
+                    f"AND item_key IN ({', '.join('?' for _ in chunk)})",
+                    [job, ItemStatus.SUCCEEDED, *chunk],
+                ).fetchall()
+            for key, attempt, request_hash in rows:
+                if key not in latest or attempt > latest[key][0]:
+                    latest[key] = (attempt, request_hash)
+        return {key for key, request_hash in pairs if key in latest and latest[key][1] == request_hash}
 
     def succeeded_hashes(self, job: str) -> Iterator[tuple[str, str]]:
         """``(item_key, request_hash)`` of every succeeded item of ``job`` (for skip-unchanged re-runs)."""
@@ -599,14 +684,21 @@ class SqliteLedger:
         for row in rows:
             yield str(row[0]), str(row[1])
 
-    def count_items(self, *, run_id: str | None = None, job: str | None = None) -> dict[str, int]:
-        """Item counts by status (only statuses that occur), for a run, a job, or everything."""
-        where, params = "1 = 1", []
+    def count_items(
+        self, *, run_id: str | None = None, job: str | None = None, latest_only: bool = False
+    ) -> dict[str, int]:
+        """Item counts by status (only statuses that occur), for a run, a job, or everything: one aggregate query.
+        ``latest_only`` counts, per (job, key), only the highest attempt (as :meth:`items` selects it)."""
+        where, params = ["1 = 1"], []
         if run_id is not None:
-            where, params = "run_id = ?", [run_id]
+            where, params = ["run_id = ?"], [run_id]
         elif job is not None:
-            where, params = "job = ?", [job]
-        rows = self._rows(f"SELECT status, COUNT(*) AS n FROM items WHERE {where} GROUP BY status", params)
+            where, params = ["job = ?"], [job]
+        if latest_only:
+            where.append(_LATEST_ATTEMPT)
+        rows = self._rows(
+            f"SELECT status, COUNT(*) AS n FROM items WHERE {' AND '.join(where)} GROUP BY status", params
+        )
         return {str(r["status"]): int(r["n"]) for r in rows}
 
     def cost_usd(self, *, run_id: str | None = None) -> float:

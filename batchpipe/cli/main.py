@@ -189,7 +189,7 @@ def status(workdir: Path, as_json: bool) -> None:
         "latest_run": latest,
         "latest_run_items": ledger.count_items(run_id=str(latest["run_id"])) if latest else {},
         "items": ledger.count_items(),
-        "current_items": _current_counts(ledger),
+        "current_items": ledger.count_items(latest_only=True),
         "batches": batches,
         "cost_usd": round(ledger.cost_usd(), 6),
         "latest_run_cost_usd": round(ledger.cost_usd(run_id=str(latest["run_id"])), 6) if latest else 0.0,
@@ -214,13 +214,6 @@ def status(workdir: Path, as_json: bool) -> None:
     console.print(
         f"cost: ${report['latest_run_cost_usd']:.4f} latest run, ${report['cost_usd']:.4f} in all (batch prices)"
     )
-
-
-def _current_counts(ledger: SqliteLedger) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in ledger.items(latest_only=True):
-        counts[row.status] = counts.get(row.status, 0) + 1
-    return counts
 
 
 @main.group()

@@ -608,12 +608,30 @@ class MemoryLedger:
             ]
         yield from pairs
 
-    def count_items(self, *, run_id: str | None = None, job: str | None = None) -> dict[str, int]:
-        """Item counts by status (only statuses that occur), for a run (wins over ``job``), a job, or everything."""
+    def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
+        """The keys of ``pairs`` (``(item_key, request_hash)``) whose latest succeeded attempt in ``job`` has that
+        request hash (looked up key by key, as SQLite's index does)."""
+        with self._lock:
+            latest: dict[str, object] = {}
+            for key, _ in pairs:
+                attempts = self._attempts.get((job, key), {})
+                succeeded = [a for a, c in attempts.items() if self._items[c]["status"] == ItemStatus.SUCCEEDED]
+                if succeeded:
+                    latest[key] = self._items[attempts[max(succeeded)]]["request_hash"]
+        return {key for key, request_hash in pairs if key in latest and latest[key] == request_hash}
+
+    def count_items(
+        self, *, run_id: str | None = None, job: str | None = None, latest_only: bool = False
+    ) -> dict[str, int]:
+        """Item counts by status (only statuses that occur), for a run (wins over ``job``), a job, or everything;
+        ``latest_only``: only each item's highest attempt."""
         column, value = ("run_id", run_id) if run_id is not None else ("job", job)
         with self._lock:
             counts = Counter(
-                str(row["status"]) for row in self._items.values() if value is None or row[column] == value
+                str(row["status"])
+                for row in self._items.values()
+                if (value is None or row[column] == value)
+                and (not latest_only or row["attempt"] == max(self._attempts[(row["job"], row["item_key"])]))
             )
         return {status: counts[status] for status in sorted(counts)}
 

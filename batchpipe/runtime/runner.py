@@ -97,11 +97,19 @@ class SubmissionStalled(ApiError):
 _KNOWN_BATCH_STATUSES: Final = frozenset(str(s) for s in BatchStatus)
 
 
+#: What a build chunk needs of the ledger: the latest attempt per key, and the keys that already succeeded with
+#: the same request.
+_History = tuple[dict[str, ItemRow], set[str]]
+
+
 class _ChunkWriter:
     """Writes a build's rows to shards and the ledger one chunk behind validation.
 
-    ``push(rows)`` starts the lookup of the chunk's history (``latest_attempts``) on the ledger thread and then
-    settles the chunk before it: numbers its attempts, adds its lines to the shards and queues its insert. So the
+    ``push(rows)`` starts the lookup of the chunk's history on the ledger thread (``latest_attempts``, and
+    ``succeeded_with``: which items already succeeded with the same request, so a nightly no-change re-run skips
+    them without holding every hash of the job in memory) and then settles the chunk before it: drops the
+    unchanged rows (counted in ``stats["skipped"]``), numbers the attempts, adds the lines to the shards and
+    queues the insert. So the
     ledger thread inserts chunk N while the event loop validates chunk N+2; SQLite releases the GIL while it
     writes. At most :data:`_INSERTS_IN_FLIGHT` inserts are queued (bounded memory); each is still one transaction.
     The lookup of chunk N runs before chunk N-1's insert: a build's keys are distinct (validation renames repeats),
@@ -109,23 +117,34 @@ class _ChunkWriter:
     error); ``drain()`` waits for what is queued, ignoring errors (before a failed build is discarded).
     """
 
-    def __init__(self, runner: Runner, job: str, builder: ShardBuilder) -> None:
+    def __init__(self, runner: Runner, job: str, builder: ShardBuilder, stats: dict[str, int]) -> None:
         self._runner = runner
         self._job = job
         self._builder = builder
-        self._waiting: tuple[list[dict[str, object]], asyncio.Future[dict[str, ItemRow]]] | None = None
+        self._stats = stats
+        self._waiting: tuple[list[dict[str, object]], asyncio.Future[_History]] | None = None
         self._inserts: list[asyncio.Future[int]] = []
 
     async def push(self, rows: list[dict[str, object]]) -> None:
         """Take one chunk of rows (not empty unless it is the last)."""
+        job = self._job
         keys = [str(r["item_key"]) for r in rows]
-        lookup = asyncio.ensure_future(self._runner.db.latest_attempts(self._job, keys))
+        pending = [(str(r["item_key"]), str(r["request_hash"])) for r in rows if r["status"] == ItemStatus.PENDING]
+
+        def history(db: Ledger) -> _History:
+            return db.latest_attempts(job, keys), (db.succeeded_with(job, pending) if pending else set())
+
+        lookup = asyncio.ensure_future(self._runner.db.call(history))
         if self._waiting is not None:
             await self._settle(*self._waiting)
         self._waiting = (rows, lookup)
 
-    async def _settle(self, rows: list[dict[str, object]], lookup: asyncio.Future[dict[str, ItemRow]]) -> None:
-        previous = await lookup
+    async def _settle(self, rows: list[dict[str, object]], lookup: asyncio.Future[_History]) -> None:
+        previous, unchanged = await lookup
+        if unchanged:
+            kept = [r for r in rows if r["status"] != ItemStatus.PENDING or str(r["item_key"]) not in unchanged]
+            self._stats["skipped"] += len(rows) - len(kept)
+            rows = kept
         await self._runner._number_after(self._job, rows, previous, self._builder)
         while len(self._inserts) >= _INSERTS_IN_FLIGHT:
             await self._inserts.pop(0)
@@ -467,14 +486,13 @@ class Runner:
         built, in one transaction. A build that stops part way (invalid items without ``skip_invalid``, an error, a
         kill) leaves no built run: what it wrote is discarded (now, or by the next run) and it starts over.
         Raises :class:`ValidationFailed` (nothing kept)."""
-        done = await self.db.call(lambda db: dict(db.succeeded_hashes(job)))
         builder = self._builder(run_id)
         problems: list[Any] = []
         rows: list[dict[str, object]] = []
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0, "items": 0}
         invalid_rows: dict[str, dict[str, object]] = {}
         count = 0
-        writer = _ChunkWriter(self, job, builder)
+        writer = _ChunkWriter(self, job, builder, stats)
         try:
             for entry in items():
                 if not isinstance(entry, Item):
@@ -494,9 +512,6 @@ class Runner:
                     break
                 count += 1
                 rhash = request_hash(entry.endpoint, entry.body)
-                if done.get(entry.key) == rhash:
-                    stats["skipped"] += 1
-                    continue
                 rows.append(self._pending_row(job, run_id, entry, rhash))
                 if len(rows) >= _ROWS_PER_COMMIT:
                     await writer.push(rows)

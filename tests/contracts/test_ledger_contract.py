@@ -158,7 +158,7 @@ def _public_methods(cls: type) -> dict[str, list[tuple[str, object, object]]]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
 def test_implements_exactly_the_protocol_methods_with_the_same_signatures(implementation: type) -> None:
     protocol = _public_methods(Ledger)
-    assert len(protocol) == 35
+    assert len(protocol) == 36
     assert _public_methods(implementation) == protocol
 
 
@@ -521,6 +521,56 @@ def test_item_counts_hashes_and_costs(ledger: Ledger) -> None:
     assert ledger.cost_usd() == pytest.approx(0.875)
     assert ledger.cost_usd(run_id="r1") == pytest.approx(0.375)
     assert ledger.cost_usd(run_id="none") == 0.0 and isinstance(ledger.cost_usd(run_id="none"), float)
+
+
+def test_succeeded_with_names_the_keys_whose_latest_success_has_the_same_request(ledger: Ledger) -> None:
+    ledger.insert_items([_row("a1", "k1"), _row("a2", "k2"), _row("a3", "k3"), _row("a4", "k4"), _row("a5", "k5")])
+    ledger.insert_items([{**_row("o1", "k1"), "job": "other"}])
+    ledger.transition_items(["a1", "a2", "a3", "a4", "o1"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["a1", "a2", "a3", "o1"], ItemStatus.SUCCEEDED)
+    ledger.transition_items(["a4"], ItemStatus.FAILED)
+    # k2 succeeded with h-k2, then a later attempt with another request succeeded: that one speaks now
+    ledger.insert_items([{**_row("b2", "k2", attempt=2, previous_custom_id="a2"), "request_hash": "h-new"}])
+    ledger.transition_items(["b2"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["b2"], ItemStatus.SUCCEEDED)
+    # k3's later attempt has not succeeded (yet): its latest success is still attempt 1
+    ledger.insert_items([{**_row("b3", "k3", attempt=2, previous_custom_id="a3"), "request_hash": "h-other"}])
+    pairs = [("k1", "h-k1"), ("k2", "h-k2"), ("k3", "h-k3"), ("k4", "h-k4"), ("k5", "h-k5"), ("k9", "h-k9")]
+    assert ledger.succeeded_with("job", pairs) == {"k1", "k3"}
+    assert ledger.succeeded_with("job", [("k2", "h-new"), ("k1", "changed")]) == {"k2"}
+    assert ledger.succeeded_with("other", [("k1", "h-k1"), ("k2", "h-k2")]) == {"k1"}
+    assert ledger.succeeded_with("job", []) == set()
+    assert ledger.succeeded_with("nope", pairs) == set()
+
+
+def test_succeeded_with_answers_for_more_keys_than_one_chunk(ledger: Ledger) -> None:
+    ledger.insert_items([_row(f"c{i:05d}", f"k{i}") for i in range(1200)])
+    ids = [f"c{i:05d}" for i in range(0, 1200, 2)]
+    ledger.transition_items(ids, ItemStatus.SUBMITTED)
+    ledger.transition_items(ids, ItemStatus.SUCCEEDED)
+    pairs = [(f"k{i}", f"h-k{i}") for i in range(1200)]
+    assert ledger.succeeded_with("job", pairs) == {f"k{i}" for i in range(0, 1200, 2)}
+    assert ledger.succeeded_with("job", pairs) == set().union(
+        *(ledger.succeeded_with("job", pairs[start : start + 500]) for start in range(0, 1200, 500))
+    )
+    assert set(dict(ledger.succeeded_hashes("job")).items()) >= {(k, h) for k, h in pairs[::2]}
+
+
+def test_count_items_latest_only_counts_each_items_highest_attempt(ledger: Ledger) -> None:
+    ledger.insert_items([_row("a1", "k1", run_id="r1"), _row("a2", "k2", run_id="r1"), _row("a3", "k3")])
+    ledger.transition_items(["a1", "a2"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["a1", "a2"], ItemStatus.FAILED)
+    ledger.insert_items([_row("b1", "k1", attempt=2, run_id="r2", previous_custom_id="a1")])
+    ledger.insert_items([{**_row("o1", "k1", run_id="r2"), "job": "other"}])
+    assert ledger.count_items() == {"failed": 2, "pending": 3}
+    assert ledger.count_items(latest_only=True) == {"failed": 1, "pending": 3}
+    assert ledger.count_items(run_id="r1", latest_only=True) == {"failed": 1, "pending": 1}  # a1 is not latest
+    assert ledger.count_items(job="job", latest_only=True) == {"failed": 1, "pending": 2}
+    assert ledger.count_items(run_id="r2", latest_only=True) == {"pending": 2}
+    latest = {}
+    for row in ledger.items(latest_only=True):
+        latest[row.status] = latest.get(row.status, 0) + 1
+    assert ledger.count_items(latest_only=True) == latest  # the same rows items(latest_only=True) gives
 
 
 def test_update_item_fields_never_changes_a_status(timed: Ledger, clock: Clock) -> None:
