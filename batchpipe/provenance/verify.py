@@ -16,7 +16,8 @@ shared by all threads and one ``Reader`` is made per call (c2pa-notes §1 "Setti
 native calls release the GIL, so threads scale up to the core count).
 
 **Chain-verdict cache** (issue 12; on by default, ``chain_cache=False`` turns it off). Verifying the signer's
-chain against the trust anchors is about half of c2pa's work per image, and a catalog has one signer. So each
+chain against the trust anchors is a good part of c2pa's work per image (measured with the emulator's ES256
+chain: 0.7 ms of 2.1 ms CPU for a 0.16 MB PNG, of 5.2 ms for a 2.4 MB one), and a catalog has one signer. So each
 file is first read with ``verify.verify_trust`` off (claim signature, certificate profile and every hash are
 still checked by c2pa); when that read is clean (``Valid``, no failure, one manifest, no stapled OCSP, no CAWG
 identity) and c2pa already gave its trust verdict for the same chain, time cell and trust list
@@ -24,7 +25,8 @@ identity) and c2pa already gave its trust verdict for the same chain, time cell 
 reports (``signingCredential.trusted`` and ``trustListUri``, or ``signingCredential.untrusted``; c2pa-rs
 ``validation_results.rs`` gives ``Trusted`` / ``Valid`` from those). Anything else (a first chain, a new time
 cell, a failure, ingredients, OCSP, a file the fast read cannot read) gets today's full check, whose verdict is
-then remembered. ``ManifestNotFound`` is final on the fast read: trust plays no part in finding no manifest.
+then remembered; a file whose bytes name stapled OCSP or CAWG anywhere skips the trust-off read altogether.
+``ManifestNotFound`` is final on the fast read: trust plays no part in finding no manifest.
 """
 
 from __future__ import annotations
@@ -252,6 +254,29 @@ def _report_from_reader(reader: Any, verdict: ChainVerdict | None = None) -> C2p
     )
 
 
+_SCAN_CHUNK: Final = 1 << 20
+
+
+def _has_trust_dependent_marker(stream: BinaryIO, data: bytes | None) -> bool:
+    """True when the file's bytes hold one of :data:`_TRUST_DEPENDENT_MARKERS` anywhere: such a file always gets
+    the full check, so it is not read twice (a real OpenAI image staples OCSP: the trust-off read alone costs as
+    much as the full check). A memchr-speed scan; the stream is left where it was."""
+    if data is not None:
+        return any(marker in data for marker in _TRUST_DEPENDENT_MARKERS)
+    start = stream.tell()
+    overlap = max(len(m) for m in _TRUST_DEPENDENT_MARKERS) - 1
+    tail = b""
+    try:
+        while chunk := stream.read(_SCAN_CHUNK):
+            window = tail + chunk
+            if any(marker in window for marker in _TRUST_DEPENDENT_MARKERS):
+                return True
+            tail = window[-overlap:]
+        return False
+    finally:
+        stream.seek(start)
+
+
 def _anchor_ders(trust: TrustConfig) -> list[bytes] | None:
     """The DER of every anchor certificate (trust and user anchors), or None when a bundle does not parse."""
     ders: list[bytes] = []
@@ -315,9 +340,9 @@ class C2paVerifier:
     def __repr__(self) -> str:
         return f"C2paVerifier(trust={self.trust.setting!r})"
 
-    def _read(self, stream: BinaryIO, mime: str | None) -> C2paReport:
+    def _read(self, stream: BinaryIO, mime: str | None, data: bytes | None = None) -> C2paReport:
         key: ChainKey | None = None
-        if self._fast_context is not None:
+        if self._fast_context is not None and not _has_trust_dependent_marker(stream, data):
             start = stream.tell()
             fast, key = self._read_fast(stream, mime)
             if fast is not None:
@@ -441,4 +466,4 @@ class C2paVerifier:
         """
         if not data:
             return C2paReport(state="unreadable", reason="the data is empty")
-        return self._read(io.BytesIO(data), mime or sniff_text_mime(data[:4096]))
+        return self._read(io.BytesIO(data), mime or sniff_text_mime(data[:4096]), data)
