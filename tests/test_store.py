@@ -6,8 +6,11 @@ tests/contracts/test_image_store_contract.py, which runs it on LocalImageStore a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -83,3 +86,26 @@ def test_recover_reads_the_pid_of_old_and_new_temporary_names(tmp_path: Path) ->
         path.write_bytes(b"x")
     assert sorted(LocalImageStore(tmp_path).recover()) == sorted([old, new])
     assert mine.exists()
+
+
+def test_put_makes_each_folder_once_and_again_if_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+    store = LocalImageStore(tmp_path / "out")
+    calls: list[Path] = []
+    real_mkdir = Path.mkdir
+
+    def counting_mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        calls.append(self)
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", counting_mkdir)
+    store.put(store.location_for("shoes/item0", 0, "png"), b"x")
+    first = len(calls)
+    assert first >= 1
+    for i in range(1, 5):
+        store.put(store.location_for(f"shoes/item{i}", 0, "png"), b"x")
+    assert len(calls) == first  # the folder is made by the first put only
+    shutil.rmtree(tmp_path / "out" / "shoes")
+    loc = store.location_for("shoes/again", 0, "png")
+    assert store.put(loc, b"yy").size_bytes == 2
+    assert store.read(loc) == b"yy"

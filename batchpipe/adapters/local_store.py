@@ -62,6 +62,7 @@ class LocalImageStore:
         self.root = root.resolve()
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
+        self._made: set[Path] = set()  # folders known to exist: put() skips their mkdir system calls
 
     def recover(self) -> list[Path]:
         """Delete the ``.<name>.tmp-<pid>-<random>`` files (:meth:`put`; older versions wrote
@@ -103,12 +104,22 @@ class LocalImageStore:
     def put(self, location: str, data: bytes) -> StoredImage:
         """Write ``data`` to ``location`` via ``.<name>.tmp-<pid>-<random>``, fsync, rename; the folder is synced
         later. Concurrent puts to one location (threads of this process or other processes) each write their own
-        temporary file, so each rename succeeds and the file is whole: the last rename wins. Raises
+        temporary file, so each rename succeeds and the file is whole: the last rename wins. A folder is made once
+        per store (remembered; made again if it has since been removed). Raises
         ``ValueError`` for a location outside this store and ``OSError`` when the disk refuses."""
         path = self._path(location)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = path.parent
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)  # a set add is atomic under the GIL; a lost race only repeats the mkdir
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:  # the folder was removed behind our back: make it again, once
+            self._made.discard(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)
             while view:

@@ -31,6 +31,7 @@ from batchpipe.domain.items import Item
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
 from batchpipe.errors import InputError
+from batchpipe.input.jobspec import MAX_COLLECT_WORKERS
 from batchpipe.logs import configure_logging
 from batchpipe.provenance.cli import verify_command
 from batchpipe.runtime import reprocess
@@ -129,6 +130,12 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 @click.option("--skip-invalid", is_flag=True, help="Record invalid items as 'invalid' and submit the rest.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, help="Seconds between polls.")
 @click.option("--trust", default=None, help="C2PA trust: default|emulator|none|FILE.pem (overrides the job spec).")
+@click.option(
+    "--collect-workers",
+    type=click.IntRange(min=1, max=MAX_COLLECT_WORKERS),
+    default=None,
+    help="Worker threads per output file for decode/write/C2PA (default: the job spec's [run] collect_workers, 4).",
+)
 @_models_option
 def run(
     job_spec: Path | None,
@@ -140,6 +147,7 @@ def run(
     skip_invalid: bool,
     poll_interval: float | None,
     trust: str | None,
+    collect_workers: int | None,
     models_file: Path | None,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
@@ -163,6 +171,7 @@ def run(
             echo=_echo_err,
             trust=trust,
             models_file=models_file,
+            collect_workers=collect_workers,
         )
     )
 
@@ -309,6 +318,12 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
     default=None,
     help="Attempts allowed per item, counting earlier ones (default: 2 more than the highest selected).",
 )
+@click.option(
+    "--collect-workers",
+    type=click.IntRange(min=1, max=MAX_COLLECT_WORKERS),
+    default=None,
+    help="Worker threads per output file for decode/write/C2PA (default 4).",
+)
 @_models_option
 def retry(
     workdir: Path,
@@ -324,6 +339,7 @@ def retry(
     api: str | None,
     poll_interval: float | None,
     max_attempts: int | None,
+    collect_workers: int | None,
     models_file: Path | None,
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
@@ -371,6 +387,7 @@ def retry(
             workdir=workdir.resolve(),
             max_attempts=max_attempts or highest + 2,
             models=policy.table,
+            collect_workers=collect_workers or RunOptions.collect_workers,
             **api_timing(local=local, poll_interval_s=poll_interval),
         )
         # every check before the run is opened: a refused retry leaves the ledger exactly as it was

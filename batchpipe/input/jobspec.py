@@ -96,6 +96,8 @@ from batchpipe.input.templates import SUSPICIOUS_FIELD_CHARS, Template, Template
 
 __all__ = [
     "BODY_DEFAULT_FIELDS",
+    "MAX_COLLECT_CONCURRENCY",
+    "MAX_COLLECT_WORKERS",
     "DuplicatePolicy",
     "JobSpec",
     "RunSection",
@@ -105,6 +107,9 @@ DuplicatePolicy = Literal["suffix", "error"]
 
 #: The request body fields a spec may default (SPEC ``CreateImageRequest``), in the order bodies are built.
 BODY_DEFAULT_FIELDS: Final[tuple[str, ...]] = spec.REQUEST_OPTION_FIELDS
+#: Upper bounds of ``[run] collect_workers`` (threads per output file) and ``collect_concurrency`` (files at once).
+MAX_COLLECT_WORKERS: Final = 64
+MAX_COLLECT_CONCURRENCY: Final = 16
 
 
 # --------------------------------------------------------------------------------------------- the file
@@ -199,7 +204,9 @@ class RunSection(_Strict):
     (gotchas #6; input files otherwise expire after 30 days, FACTS §1); ``retry_error_codes``: error codes
     resubmitted automatically besides the retryable ones (e.g. ``invalid_image_url``; moderation blocks and
     invalid requests are otherwise final); ``model_shutdown_warning_days``: warn when a model shuts down within
-    this many days (:mod:`batchpipe.domain.lifecycle`).
+    this many days (:mod:`batchpipe.domain.lifecycle`); ``collect_workers``: worker threads per output file that
+    decode, write and C2PA-check images (about twice the cores: fsync waits release them); ``collect_concurrency``:
+    output files collected at once. The command line's ``--collect-workers`` overrides ``collect_workers``.
     """
 
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -212,6 +219,8 @@ class RunSection(_Strict):
     delete_output_files: bool = True
     retry_error_codes: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     model_shutdown_warning_days: Annotated[int, Field(ge=0, le=3650)] = DEFAULT_WARN_DAYS
+    collect_workers: Annotated[int, Field(ge=1, le=MAX_COLLECT_WORKERS)] = 4
+    collect_concurrency: Annotated[int, Field(ge=1, le=MAX_COLLECT_CONCURRENCY)] = 2
 
 
 class _SpecFile(_Strict):

@@ -97,7 +97,8 @@ def options_from_spec(
     **overrides: Any,
 ) -> RunOptions:
     """The one :class:`RunOptions` of a run: the job spec's ``[run]`` section under the command line's values
-    (``skip_invalid`` is on when either says so), ``timing`` from :func:`api_timing`, ``overrides`` last."""
+    (``skip_invalid`` is on when either says so), ``timing`` from :func:`api_timing`, ``overrides`` last
+    (``collect_workers`` from ``--collect-workers`` comes in there)."""
     values: dict[str, Any] = {
         "workdir": workdir,
         "limit": limit,
@@ -110,6 +111,8 @@ def options_from_spec(
         "cleanup_inputs": run.delete_input_files,
         "cleanup_outputs": run.delete_output_files,
         "retry_error_codes": frozenset(run.retry_error_codes),
+        "collect_workers": run.collect_workers,
+        "collect_concurrency": run.collect_concurrency,
         "models": models,
         "stop_after": stop_after,
         **(timing or {}),

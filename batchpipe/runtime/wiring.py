@@ -164,13 +164,14 @@ def request_from_spec(
     timing: ApiTiming | None = None,
     stop_after: str | None = None,
     trust: str | None = None,
+    collect_workers: int | None = None,
 ) -> RunRequest:
     """A :class:`RunRequest` for a TOML job spec or a plain JSONL manifest (raises ``InputError`` subclasses).
 
     ``models_file`` (``--models FILE``), ``clock`` and ``on_warning`` configure the model lifecycle policy
     (:meth:`batchpipe.input.jobspec.JobSpec.load`). ``timing`` (:func:`~batchpipe.runtime.settings.api_timing`),
-    ``stop_after`` and ``trust`` (``--trust``, over the spec's ``[c2pa] trust``) go into the run's settings,
-    built here once.
+    ``stop_after``, ``trust`` (``--trust``, over the spec's ``[c2pa] trust``) and ``collect_workers``
+    (``--collect-workers``, over the spec's ``[run] collect_workers``) go into the run's settings, built here once.
     """
     model_args: dict[str, Any] = {
         "models_file": models_file,
@@ -191,6 +192,7 @@ def request_from_spec(
         models=spec.models,
         stop_after=stop_after,
         timing=timing,
+        **({"collect_workers": collect_workers} if collect_workers is not None else {}),
     )
     known = {str(spec.defaults["model"])} if isinstance(spec.defaults.get("model"), str) else set()
     if spec.matrix is not None:
@@ -236,6 +238,7 @@ def run_job(
     trust: str | None = None,
     models_file: Path | None = None,
     clock: Any = None,
+    collect_workers: int | None = None,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -244,7 +247,8 @@ def run_job(
     Raises :class:`~batchpipe.errors.InputError` for bad input (nothing submitted) and
     :class:`~batchpipe.errors.ApiError` / ``IndeterminateSubmissionError`` when the run must stop.
     ``models_file`` / ``clock``: the model table overrides and the lifecycle clock (default: ``BATCHPIPE_NOW``
-    or the system clock); lifecycle warnings go to ``echo``.
+    or the system clock); lifecycle warnings go to ``echo``. ``collect_workers`` (``--collect-workers``) overrides
+    the job spec's ``[run] collect_workers``.
     """
     workdir = workdir.resolve()
     local = api_label == "emulator" or is_loopback(base_url)
@@ -261,6 +265,7 @@ def run_job(
         timing=api_timing(local=local, poll_interval_s=poll_interval_s),
         stop_after=stop_after,
         trust=trust,
+        collect_workers=collect_workers,
     )
     return execute(
         request,
