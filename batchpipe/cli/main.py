@@ -292,6 +292,42 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
                 writer.writerow(flat)
 
 
+@main.command("report")
+@_workdir_option
+@click.option("--run", "run_id", help="The run to show (default: the latest run).")
+@click.option("--job", help="Show this job: the latest attempt of each of its items, across runs.")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write (default: WORKDIR/reports/<run or job>).",
+)
+def report_command(workdir: Path, run_id: str | None, job: str | None, output: Path | None) -> None:
+    """Write a static HTML contact sheet (thumbnails, C2PA badges, filters, errors by code, cost) and a CSV/JSONL."""
+    from batchpipe.runtime.report import write_report  # lazy: Pillow is only needed here
+
+    if run_id and job:
+        raise click.UsageError("give --run or --job, not both")
+    store = _open_existing_ledger(workdir)
+
+    def action() -> int:
+        name = run_id or job or str((store.latest_run() or {}).get("run_id", "latest"))
+        folder = output or workdir / "reports" / name
+        result = write_report(store, folder, run_id=run_id, job=job, models=shipped_table())
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no items"
+        _echo_err(f"report of {result.title}: {result.items} item(s): {counts}")
+        _echo_err(
+            f"thumbnails: {result.thumbs_made} made, {result.thumbs_reused} reused, {result.thumbs_failed} unreadable; "
+            f"{result.total_bytes / 1e6:.1f} MB in {result.seconds:.1f} s"
+        )
+        click.echo(str(result.index))
+        return EXIT_OK
+
+    try:
+        _run_guarded(action)
+    finally:
+        store.close()
+
+
 @main.command()
 @_workdir_option
 @click.option("--job", help="Only this job's items (required when the selection spans several jobs).")
