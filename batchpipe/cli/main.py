@@ -33,7 +33,7 @@ from batchpipe.domain.modeltable import shipped_table
 from batchpipe.errors import InputError
 from batchpipe.logs import configure_logging
 from batchpipe.provenance.cli import verify_command
-from batchpipe.runtime import reprocess
+from batchpipe.runtime import costguard, reprocess
 from batchpipe.runtime.settings import RunOptions, api_timing
 from batchpipe.runtime.wiring import RunRequest, execute, is_loopback, run_job
 
@@ -48,6 +48,14 @@ _models_option = click.option(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help='A TOML file of [models."NAME"] rows added to or overriding the shipped model table.',
+)
+
+_max_cost_option = click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="USD",
+    help="Submit nothing if the estimated cost (USD, batch prices) is above this (run: overrides [run] max_cost_usd).",
 )
 
 _workdir_option = click.option(
@@ -130,6 +138,7 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, help="Seconds between polls.")
 @click.option("--trust", default=None, help="C2PA trust: default|emulator|none|FILE.pem (overrides the job spec).")
 @_models_option
+@_max_cost_option
 def run(
     job_spec: Path | None,
     manifest: Path | None,
@@ -141,6 +150,7 @@ def run(
     poll_interval: float | None,
     trust: str | None,
     models_file: Path | None,
+    max_cost: float | None = None,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     if (job_spec is None) == (manifest is None):
@@ -163,6 +173,7 @@ def run(
             echo=_echo_err,
             trust=trust,
             models_file=models_file,
+            max_cost_usd=max_cost,
         )
     )
 
@@ -353,6 +364,7 @@ def report_command(workdir: Path, run_id: str | None, job: str | None, output: P
     help="Attempts allowed per item, counting earlier ones (default: 2 more than the highest selected).",
 )
 @_models_option
+@_max_cost_option
 def retry(
     workdir: Path,
     job: str | None,
@@ -368,6 +380,7 @@ def retry(
     poll_interval: float | None,
     max_attempts: int | None,
     models_file: Path | None,
+    max_cost: float | None = None,
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
     store = _open_existing_ledger(workdir)
@@ -434,6 +447,15 @@ def retry(
                 field="--set" if changes else None,
                 problems=problems,
             )
+        estimate = costguard.estimate_items(checked, models=policy.table)
+        _echo_err(estimate.line(max_cost))
+        costguard.check_cap(
+            estimate,
+            max_cost,
+            source="command line",
+            field="--max-cost",
+            raise_hint=f"pass --max-cost {estimate.cost_usd * 1.1 + 0.005:.2f}, or narrow the selection",
+        )
         digest = orjson.dumps(sorted(row.custom_id for row in rows))
         digest += orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
         request = RunRequest(

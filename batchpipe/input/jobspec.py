@@ -199,7 +199,8 @@ class RunSection(_Strict):
     (gotchas #6; input files otherwise expire after 30 days, FACTS §1); ``retry_error_codes``: error codes
     resubmitted automatically besides the retryable ones (e.g. ``invalid_image_url``; moderation blocks and
     invalid requests are otherwise final); ``model_shutdown_warning_days``: warn when a model shuts down within
-    this many days (:mod:`batchpipe.domain.lifecycle`).
+    this many days (:mod:`batchpipe.domain.lifecycle`); ``max_cost_usd``: a run whose estimated cost (USD, Batch
+    prices) is above it submits nothing (:mod:`batchpipe.runtime.costguard`; ``--max-cost`` overrides it).
     """
 
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -212,6 +213,7 @@ class RunSection(_Strict):
     delete_output_files: bool = True
     retry_error_codes: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     model_shutdown_warning_days: Annotated[int, Field(ge=0, le=3650)] = DEFAULT_WARN_DAYS
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
 
 
 class _SpecFile(_Strict):
