@@ -219,3 +219,35 @@ def test_report_in_headless_chromium(emulator_run: Path, tmp_path: Path) -> None
         capture_output=True, timeout=120, check=True,
     )  # fmt: skip
     assert shot.stat().st_size > 50_000  # thumbnails drawn, not an empty page
+
+
+@pytest.mark.slow
+def test_item_history(emulator_run: Path) -> None:
+    """`batchpipe item KEY`: every attempt with its events, error code and message, C2PA state, times in UTC."""
+    code, out, err = _invoke("item", "sku-7", "--workdir", str(emulator_run), "--json")
+    assert code == 0, err
+    history = orjson.loads(out)
+    assert history["job"] == "tea" and history["key"] == "sku-7"
+    last = history["attempts"][-1]
+    assert last["status"] == "failed" and last["error_code"] == "moderation_blocked" and last["retryable"] is False
+    assert last["error_message"] and "EMULATOR_BLOCK" in last["prompt"]
+    assert [e["to_status"] for e in last["events"]][-2:] == ["submitted", "failed"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["at"]) for e in last["events"])
+
+    # an item that expired with the first batch and succeeded as attempt 2: both attempts, linked
+    for key in (f"sku-{i}" for i in range(12)):
+        code, out, _ = _invoke("item", key, "--workdir", str(emulator_run), "--json")
+        attempts = orjson.loads(out)["attempts"]
+        if len(attempts) == 2:
+            break
+    first, second = attempts
+    assert first["status"] == "superseded" and first["error_code"] == "batch_expired"
+    assert second["previous_custom_id"] == first["custom_id"] and second["status"] == "succeeded"
+    assert second["c2pa_state"] == "trusted" and second["c2pa_issuer"] and Path(second["output_path"]).is_file()
+
+    code, out, err = _invoke("show", key, "--workdir", str(emulator_run))  # the text form, under its other name
+    assert code == 0, err
+    assert f"item {key} of job tea: 2 attempt(s)" in out
+    assert "batch_expired" in out and "c2pa_state:" in out and "-> succeeded" in out
+    code, _, err = _invoke("item", "nope", "--workdir", str(emulator_run))
+    assert code == 2 and "no item 'nope'" in err

@@ -14,6 +14,7 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -303,6 +304,93 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
                 writer.writerow(flat)
 
 
+def _iso_utc(ts: object) -> str:
+    """Unix seconds as ISO 8601 UTC (``2026-11-30T08:42:22.123Z``); ``-`` when absent."""
+    if not isinstance(ts, int | float):
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@main.command("item")
+@_workdir_option
+@click.argument("key")
+@click.option("--job", help="The item's job (needed when several jobs have an item with this key).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def item_command(workdir: Path, key: str, job: str | None, as_json: bool) -> None:
+    """Every attempt of item KEY with its status changes, errors, image, C2PA state and cost (times in UTC)."""
+    from batchpipe.runtime.report import c2pa_badge
+
+    store = _open_existing_ledger(workdir)
+    try:
+        rows = sorted((row for row in store.items(job=job) if row.item_key == key), key=lambda r: (r.job, r.attempt))
+        jobs = sorted({row.job for row in rows})
+        if not rows:
+            _echo_err(f"error: no item {key!r}" + (f" in job {job!r}" if job else "") + f" in {workdir}")
+            sys.exit(EXIT_INPUT)
+        if len(jobs) > 1:
+            _echo_err(f"error: item {key!r} is in several jobs ({', '.join(jobs)}); pick one with --job")
+            sys.exit(EXIT_INPUT)
+        attempts: list[dict[str, Any]] = []
+        for row in rows:
+            issuer, generator = c2pa_badge(row.c2pa_json)
+            path = row.output_path
+            attempts.append(
+                {
+                    "custom_id": row.custom_id,
+                    "attempt": row.attempt,
+                    "previous_custom_id": row.previous_custom_id,
+                    "run_id": row.run_id,
+                    "batch_id": row.batch_id,
+                    "shard": row.shard,
+                    "status": row.status,
+                    "error_code": row.error_code,
+                    "error_message": row.error_message,
+                    "retryable": None if row.retryable is None else bool(row.retryable),
+                    "c2pa_state": row.c2pa_state,
+                    "c2pa_issuer": issuer,
+                    "c2pa_claim_generator": generator,
+                    "output_uri": row.output_uri,
+                    "output_path": str(path) if path else None,
+                    "sha256": row.sha256,
+                    "cost_usd": row.cost_usd,
+                    "model": row.model,
+                    "prompt": row.body.get("prompt"),
+                    "source": row.source,
+                    "created_at": _iso_utc(row.created_at),
+                    "updated_at": _iso_utc(row.updated_at),
+                    "events": [
+                        {
+                            "at": _iso_utc(event.get("created_at")),
+                            "from_status": event.get("from_status"),
+                            "to_status": event.get("to_status"),
+                            "detail": event.get("detail"),
+                        }
+                        for event in store.item_history(row.custom_id)
+                    ],
+                }
+            )
+    finally:
+        store.close()
+    if as_json:
+        click.echo(orjson.dumps({"job": jobs[0], "key": key, "attempts": attempts}, option=orjson.OPT_INDENT_2))
+        return
+    click.echo(f"item {key} of job {jobs[0]}: {len(attempts)} attempt(s)")
+    for entry in attempts:
+        click.echo(f"\nattempt {entry['attempt']}  {entry['custom_id']}  {entry['status']}")
+        for name in (
+            "previous_custom_id", "run_id", "batch_id", "model", "prompt", "source", "error_code", "error_message",
+            "retryable", "c2pa_state", "c2pa_issuer", "c2pa_claim_generator", "output_path", "output_uri", "sha256",
+            "cost_usd", "created_at", "updated_at",
+        ):  # fmt: skip
+            value = entry[name]
+            if value is None or (name == "output_uri" and entry["output_path"]):
+                continue
+            click.echo(f"  {name + ':':<22}{value:.6f}" if name == "cost_usd" else f"  {name + ':':<22}{value}")
+        for event in entry["events"]:
+            detail = f"  ({event['detail']})" if event["detail"] else ""
+            click.echo(f"  {event['at']}  {event['from_status']} -> {event['to_status']}{detail}")
+
+
 @main.command("report")
 @_workdir_option
 @click.option("--run", "run_id", help="The run to show (default: the latest run).")
@@ -508,6 +596,7 @@ def _attach_optional_commands() -> None:
     main.add_command(verify_command, "verify")
     main.add_command(validate_command, "validate")
     main.add_command(emulator_group, "emulator")
+    main.add_command(item_command, "show")  # the name the issue uses; `item` is the documented one
 
 
 _attach_optional_commands()
