@@ -102,6 +102,10 @@ __all__ = [
 ]
 
 DuplicatePolicy = Literal["suffix", "error"]
+#: What a catalog row whose prompt uses an empty column (outside ``{? ...}``) becomes: a located problem (``error``,
+#: the default: exit 2, or ``invalid`` with ``--skip-invalid``), a warning and no item (``skip``), or an item with
+#: the prompt as rendered (``render``).
+EmptyFieldPolicy = Literal["error", "skip", "render"]
 
 #: The request body fields a spec may default (SPEC ``CreateImageRequest``), in the order bodies are built.
 BODY_DEFAULT_FIELDS: Final[tuple[str, ...]] = spec.REQUEST_OPTION_FIELDS
@@ -132,6 +136,7 @@ class _ItemSection(_Strict):
     key: str | None = None
     prompt: str | None = None
     on_duplicate_key: DuplicatePolicy = "suffix"
+    on_empty_field: EmptyFieldPolicy = "error"
     metadata: list[str] | None = None
 
 
@@ -295,6 +300,7 @@ class JobSpec:
     key_template: Template | None = None
     prompt_template: Template | None = None
     on_duplicate_key: DuplicatePolicy = "suffix"
+    on_empty_field: EmptyFieldPolicy = "error"
     metadata_columns: tuple[str, ...] = ()
     defaults: dict[str, object] = field(default_factory=dict)
     c2pa_trust: str = "default"
@@ -476,6 +482,7 @@ class JobSpec:
             key_template=key_template,
             prompt_template=prompt_template,
             on_duplicate_key=item.on_duplicate_key,
+            on_empty_field=item.on_empty_field,
             metadata_columns=metadata_columns,
             defaults=defaults,
             c2pa_trust=parsed.c2pa.trust,
