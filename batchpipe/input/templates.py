@@ -127,7 +127,6 @@ class Template:
                     out.extend(segment)
         return "".join(out)
 
-
     def empty_fields(self, values: Mapping[str, object]) -> tuple[str, ...]:
         """The columns of fields outside optional segments that render blank for ``values`` (each once, in
         order): a prompt such as "Studio photo of , a ()" in the making. Raises ``TypeError`` as :meth:`render`."""

@@ -310,7 +310,7 @@ def _size_problem(body: dict[str, object], size: int, max_bytes: int) -> tuple[s
 
 
 _EMPTY_FIELD_FIX: Final = (
-    " (put the text around it in {? ...}, skip such rows with [item] on_empty_field = \"skip\", or send them as "
+    ' (put the text around it in {? ...}, skip such rows with [item] on_empty_field = "skip", or send them as '
     'they are with on_empty_field = "render")'
 )
 
@@ -359,9 +359,7 @@ class _CatalogMode:
                 problems.append(("prompt", self._empty_prompt))
             elif self._on_empty != "render" and (empty := self._prompt.empty_fields(values)):
                 columns = ", ".join(repr(name) for name in empty)
-                message = (
-                    f"the prompt uses empty column(s) {columns} outside an optional {{? ...}} segment: {prompt!r}"
-                )
+                message = f"the prompt uses empty column(s) {columns} outside an optional {{? ...}} segment: {prompt!r}"
                 if self._on_empty == "error":
                     problems.append(("prompt", message + _EMPTY_FIELD_FIX))
                 else:
