@@ -77,3 +77,8 @@ def test_run_prints_the_estimate_and_the_cap_refuses(workspace: Path) -> None:
     assert _estimate(out) > estimate and "nothing was submitted" in out
     code, out = _invoke("status", "--json")
     assert orjson.loads(out)["current_items"] == {"succeeded": 30}
+
+
+def test_retry_refuses_an_unknown_status(tmp_path: Path) -> None:
+    code, out = _invoke("retry", "--workdir", str(tmp_path), "--status", "failed", "--status", "faild")
+    assert code == 2 and "unknown --status 'faild'" in out and "succeeded" in out

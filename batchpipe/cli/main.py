@@ -28,7 +28,7 @@ from batchpipe.adapters.openai.settings import check_base_url
 from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
 from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
 from batchpipe.cli.validate import validate_command
-from batchpipe.domain.items import Item
+from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
 from batchpipe.errors import InputError
@@ -471,6 +471,10 @@ def retry(
     max_cost: float | None = None,
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
+    known = sorted(status.value for status in ItemStatus)
+    unknown = [name for name in statuses if name not in known]
+    if unknown:
+        raise click.UsageError(f"unknown --status {', '.join(map(repr, unknown))}; one of: {', '.join(known)}")
     store = _open_existing_ledger(workdir)
 
     def action() -> int:
