@@ -553,6 +553,7 @@ def test_catalog_items_equal_checking_every_full_body(
 ) -> None:
     from batchpipe.input.jobspec import BODY_DEFAULT_FIELDS
     from batchpipe.input.templates import Template
+    from batchpipe.input.validate import _EMPTY_FIELD_FIX as EMPTY_FIELD_FIX
 
     path = tmp_path / "catalog.csv"
     text = io.StringIO()
@@ -590,6 +591,9 @@ def test_catalog_items_equal_checking_every_full_body(
             expected = [("prompt", "the prompt renders empty (columns used: name, brand)")] + [
                 e for e in expected if e[0] != "prompt"
             ]
+        elif not name.strip():  # a required column left empty: its own located problem (on_empty_field)
+            message = f"the prompt uses empty column(s) 'name' outside an optional {{? ...}} segment: {prompt!r}"
+            expected = [("prompt", message + EMPTY_FIELD_FIX)] + [e for e in expected if e[0] != "prompt"]
         got = by_line[line]
         found = [(p.field, p.message) for p in got if isinstance(p, Problem) and p.field != "key"]
         assert found == expected

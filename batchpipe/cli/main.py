@@ -14,6 +14,7 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -27,14 +28,14 @@ from batchpipe.adapters.openai.settings import check_base_url
 from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
 from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
 from batchpipe.cli.validate import validate_command
-from batchpipe.domain.items import Item
+from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
 from batchpipe.errors import InputError
 from batchpipe.input.jobspec import MAX_COLLECT_WORKERS
 from batchpipe.logs import configure_logging
 from batchpipe.provenance.cli import verify_command
-from batchpipe.runtime import reprocess
+from batchpipe.runtime import costguard, reprocess
 from batchpipe.runtime.settings import RunOptions, api_timing
 from batchpipe.runtime.wiring import RunRequest, execute, is_loopback, run_job
 
@@ -49,6 +50,14 @@ _models_option = click.option(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help='A TOML file of [models."NAME"] rows added to or overriding the shipped model table.',
+)
+
+_max_cost_option = click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="USD",
+    help="Submit nothing if the estimated cost (USD, batch prices) is above this (run: overrides [run] max_cost_usd).",
 )
 
 _workdir_option = click.option(
@@ -137,6 +146,7 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
     help="Worker threads per output file for decode/write/C2PA (default: the job spec's [run] collect_workers, 4).",
 )
 @_models_option
+@_max_cost_option
 def run(
     job_spec: Path | None,
     manifest: Path | None,
@@ -149,6 +159,7 @@ def run(
     trust: str | None,
     collect_workers: int | None,
     models_file: Path | None,
+    max_cost: float | None = None,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     if (job_spec is None) == (manifest is None):
@@ -172,6 +183,7 @@ def run(
             trust=trust,
             models_file=models_file,
             collect_workers=collect_workers,
+            max_cost_usd=max_cost,
         )
     )
 
@@ -294,6 +306,129 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
                 writer.writerow(flat)
 
 
+def _iso_utc(ts: object) -> str:
+    """Unix seconds as ISO 8601 UTC (``2026-11-30T08:42:22.123Z``); ``-`` when absent."""
+    if not isinstance(ts, int | float):
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@main.command("item")
+@_workdir_option
+@click.argument("key")
+@click.option("--job", help="The item's job (needed when several jobs have an item with this key).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def item_command(workdir: Path, key: str, job: str | None, as_json: bool) -> None:
+    """Every attempt of item KEY with its status changes, errors, image, C2PA state and cost (times in UTC)."""
+    from batchpipe.runtime.report import c2pa_badge
+
+    store = _open_existing_ledger(workdir)
+    try:
+        rows = sorted((row for row in store.items(job=job) if row.item_key == key), key=lambda r: (r.job, r.attempt))
+        jobs = sorted({row.job for row in rows})
+        if not rows:
+            _echo_err(f"error: no item {key!r}" + (f" in job {job!r}" if job else "") + f" in {workdir}")
+            sys.exit(EXIT_INPUT)
+        if len(jobs) > 1:
+            _echo_err(f"error: item {key!r} is in several jobs ({', '.join(jobs)}); pick one with --job")
+            sys.exit(EXIT_INPUT)
+        attempts: list[dict[str, Any]] = []
+        for row in rows:
+            issuer, generator = c2pa_badge(row.c2pa_json)
+            path = row.output_path
+            attempts.append(
+                {
+                    "custom_id": row.custom_id,
+                    "attempt": row.attempt,
+                    "previous_custom_id": row.previous_custom_id,
+                    "run_id": row.run_id,
+                    "batch_id": row.batch_id,
+                    "shard": row.shard,
+                    "status": row.status,
+                    "error_code": row.error_code,
+                    "error_message": row.error_message,
+                    "retryable": None if row.retryable is None else bool(row.retryable),
+                    "c2pa_state": row.c2pa_state,
+                    "c2pa_issuer": issuer,
+                    "c2pa_claim_generator": generator,
+                    "output_uri": row.output_uri,
+                    "output_path": str(path) if path else None,
+                    "sha256": row.sha256,
+                    "cost_usd": row.cost_usd,
+                    "model": row.model,
+                    "prompt": row.body.get("prompt"),
+                    "source": row.source,
+                    "created_at": _iso_utc(row.created_at),
+                    "updated_at": _iso_utc(row.updated_at),
+                    "events": [
+                        {
+                            "at": _iso_utc(event.get("created_at")),
+                            "from_status": event.get("from_status"),
+                            "to_status": event.get("to_status"),
+                            "detail": event.get("detail"),
+                        }
+                        for event in store.item_history(row.custom_id)
+                    ],
+                }
+            )
+    finally:
+        store.close()
+    if as_json:
+        click.echo(orjson.dumps({"job": jobs[0], "key": key, "attempts": attempts}, option=orjson.OPT_INDENT_2))
+        return
+    click.echo(f"item {key} of job {jobs[0]}: {len(attempts)} attempt(s)")
+    for entry in attempts:
+        click.echo(f"\nattempt {entry['attempt']}  {entry['custom_id']}  {entry['status']}")
+        for name in (
+            "previous_custom_id", "run_id", "batch_id", "model", "prompt", "source", "error_code", "error_message",
+            "retryable", "c2pa_state", "c2pa_issuer", "c2pa_claim_generator", "output_path", "output_uri", "sha256",
+            "cost_usd", "created_at", "updated_at",
+        ):  # fmt: skip
+            value = entry[name]
+            if value is None or (name == "output_uri" and entry["output_path"]):
+                continue
+            click.echo(f"  {name + ':':<22}{value:.6f}" if name == "cost_usd" else f"  {name + ':':<22}{value}")
+        for event in entry["events"]:
+            detail = f"  ({event['detail']})" if event["detail"] else ""
+            click.echo(f"  {event['at']}  {event['from_status']} -> {event['to_status']}{detail}")
+
+
+@main.command("report")
+@_workdir_option
+@click.option("--run", "run_id", help="The run to show (default: the latest run).")
+@click.option("--job", help="Show this job: the latest attempt of each of its items, across runs.")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write (default: WORKDIR/reports/<run or job>).",
+)
+def report_command(workdir: Path, run_id: str | None, job: str | None, output: Path | None) -> None:
+    """Write a static HTML contact sheet (thumbnails, C2PA badges, filters, errors by code, cost) and a CSV/JSONL."""
+    from batchpipe.runtime.report import write_report  # lazy: Pillow is only needed here
+
+    if run_id and job:
+        raise click.UsageError("give --run or --job, not both")
+    store = _open_existing_ledger(workdir)
+
+    def action() -> int:
+        name = run_id or job or str((store.latest_run() or {}).get("run_id", "latest"))
+        folder = output or workdir / "reports" / name
+        result = write_report(store, folder, run_id=run_id, job=job, models=shipped_table())
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no items"
+        _echo_err(f"report of {result.title}: {result.items} item(s): {counts}")
+        _echo_err(
+            f"thumbnails: {result.thumbs_made} made, {result.thumbs_reused} reused, {result.thumbs_failed} unreadable; "
+            f"{result.total_bytes / 1e6:.1f} MB in {result.seconds:.1f} s"
+        )
+        click.echo(str(result.index))
+        return EXIT_OK
+
+    try:
+        _run_guarded(action)
+    finally:
+        store.close()
+
+
 @main.command()
 @_workdir_option
 @click.option("--job", help="Only this job's items (required when the selection spans several jobs).")
@@ -325,6 +460,7 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
     help="Worker threads per output file for decode/write/C2PA (default 4).",
 )
 @_models_option
+@_max_cost_option
 def retry(
     workdir: Path,
     job: str | None,
@@ -341,8 +477,13 @@ def retry(
     max_attempts: int | None,
     collect_workers: int | None,
     models_file: Path | None,
+    max_cost: float | None = None,
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
+    known = sorted(status.value for status in ItemStatus)
+    unknown = [name for name in statuses if name not in known]
+    if unknown:
+        raise click.UsageError(f"unknown --status {', '.join(map(repr, unknown))}; one of: {', '.join(known)}")
     store = _open_existing_ledger(workdir)
 
     def action() -> int:
@@ -408,6 +549,15 @@ def retry(
                 field="--set" if changes else None,
                 problems=problems,
             )
+        estimate = costguard.estimate_items(checked, models=policy.table)
+        _echo_err(estimate.line(max_cost))
+        costguard.check_cap(
+            estimate,
+            max_cost,
+            source="command line",
+            field="--max-cost",
+            raise_hint=f"pass --max-cost {estimate.cost_usd * 1.1 + 0.005:.2f}, or narrow the selection",
+        )
         digest = orjson.dumps(sorted(row.custom_id for row in rows))
         digest += orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
         request = RunRequest(
@@ -460,6 +610,7 @@ def _attach_optional_commands() -> None:
     main.add_command(verify_command, "verify")
     main.add_command(validate_command, "validate")
     main.add_command(emulator_group, "emulator")
+    main.add_command(item_command, "show")  # the name the issue uses; `item` is the documented one
 
 
 _attach_optional_commands()

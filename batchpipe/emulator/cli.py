@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import tempfile
 from pathlib import Path
 
 import click
@@ -176,9 +178,10 @@ def emulator_group() -> None:
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
 @click.option(
     "--state-dir",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Files and database; a restart on the same directory keeps files and batches.",
+    help="Files and database; a restart on the same directory keeps files and batches (default: a temporary "
+    "directory, deleted at exit).",
 )
 @click.option("--speed", type=click.Choice(["instant", "realistic"]), default="instant", show_default=True)
 @click.option("--per-request-s", type=float, default=None, help="Realistic mode: seconds per request.")
@@ -278,8 +281,17 @@ def emulator_group() -> None:
 )
 def serve(host: str, port: int, **options: object) -> None:
     """Serve the emulator at http://HOST:PORT/v1 until Ctrl-C. Point an OpenAI client's base_url there."""
+    temporary = None
+    if options.get("state_dir") is None:
+        temporary = tempfile.TemporaryDirectory(prefix="batchpipe-emulator-")
+        options["state_dir"] = Path(temporary.name)
+    with temporary or contextlib.nullcontext():
+        _serve(host, port, note=" (temporary: --state-dir DIR keeps it)" if temporary else "", **options)
+
+
+def _serve(host: str, port: int, *, note: str, **options: object) -> None:
     config = build_config(**options)  # type: ignore[arg-type]
-    click.echo(f"batchpipe emulator on http://{host}:{port}/v1 (state in {config.state_dir})", err=True)
+    click.echo(f"batchpipe emulator on http://{host}:{port}/v1 (state in {config.state_dir}{note})", err=True)
     clock = "real UTC time" if config.now is None else f"pinned at {config.lifecycle_now().isoformat()}"
     click.echo(f"models: {config.models.origin} ({len(config.models)} rows); lifecycle clock: {clock}", err=True)
     from batchpipe.logs import show_emulator_requests

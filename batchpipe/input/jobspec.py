@@ -104,6 +104,10 @@ __all__ = [
 ]
 
 DuplicatePolicy = Literal["suffix", "error"]
+#: What a catalog row whose prompt uses an empty column (outside ``{? ...}``) becomes: a located problem (``error``,
+#: the default: exit 2, or ``invalid`` with ``--skip-invalid``), a warning and no item (``skip``), or an item with
+#: the prompt as rendered (``render``).
+EmptyFieldPolicy = Literal["error", "skip", "render"]
 
 #: The request body fields a spec may default (SPEC ``CreateImageRequest``), in the order bodies are built.
 BODY_DEFAULT_FIELDS: Final[tuple[str, ...]] = spec.REQUEST_OPTION_FIELDS
@@ -137,6 +141,7 @@ class _ItemSection(_Strict):
     key: str | None = None
     prompt: str | None = None
     on_duplicate_key: DuplicatePolicy = "suffix"
+    on_empty_field: EmptyFieldPolicy = "error"
     metadata: list[str] | None = None
 
 
@@ -207,6 +212,8 @@ class RunSection(_Strict):
     this many days (:mod:`batchpipe.domain.lifecycle`); ``collect_workers``: worker threads per output file that
     decode, write and C2PA-check images (about twice the cores: fsync waits release them); ``collect_concurrency``:
     output files collected at once. The command line's ``--collect-workers`` overrides ``collect_workers``.
+    ``max_cost_usd``: a run whose estimated cost (USD, Batch prices) is above it submits nothing
+    (:mod:`batchpipe.runtime.costguard`; ``--max-cost`` overrides it).
     """
 
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -221,6 +228,7 @@ class RunSection(_Strict):
     model_shutdown_warning_days: Annotated[int, Field(ge=0, le=3650)] = DEFAULT_WARN_DAYS
     collect_workers: Annotated[int, Field(ge=1, le=MAX_COLLECT_WORKERS)] = 4
     collect_concurrency: Annotated[int, Field(ge=1, le=MAX_COLLECT_CONCURRENCY)] = 2
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
 
 
 class _SpecFile(_Strict):
@@ -302,6 +310,7 @@ class JobSpec:
     key_template: Template | None = None
     prompt_template: Template | None = None
     on_duplicate_key: DuplicatePolicy = "suffix"
+    on_empty_field: EmptyFieldPolicy = "error"
     metadata_columns: tuple[str, ...] = ()
     defaults: dict[str, object] = field(default_factory=dict)
     c2pa_trust: str = "default"
@@ -483,6 +492,7 @@ class JobSpec:
             key_template=key_template,
             prompt_template=prompt_template,
             on_duplicate_key=item.on_duplicate_key,
+            on_empty_field=item.on_empty_field,
             metadata_columns=metadata_columns,
             defaults=defaults,
             c2pa_trust=parsed.c2pa.trust,

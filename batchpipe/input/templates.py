@@ -1,9 +1,11 @@
 """Templates of job specs: plain field substitution, never execution.
 
 ``{column}`` inserts a manifest column's value verbatim (column names may contain spaces), ``{{`` and ``}}`` are
-literal braces, and ``{? ...}`` is an optional segment, dropped when any field inside it renders empty. Nothing
-else: no attribute or index access, conversions, format specs or expressions, and inserted values are never
-expanded again.
+literal braces, and ``{? ...}`` is an optional segment, dropped when any field inside it renders empty. One
+filter takes one value of a multi-valued column: ``{column|first}`` is the first non-blank of its ``|``-separated
+values (or of a JSON list of strings, ``["a.jpg", "b.jpg"]``, as marketplace exports write them), trimmed, and
+``{column|first:","}`` splits on another separator. Nothing else: no attribute or index access, conversions,
+format specs or expressions, and inserted values are never expanded again.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["SUSPICIOUS_FIELD_CHARS", "Template", "TemplateSyntaxError"]
+import orjson
+
+__all__ = ["SUSPICIOUS_FIELD_CHARS", "Template", "TemplateSyntaxError", "first_value"]
 
 
 class TemplateSyntaxError(ValueError):
@@ -27,6 +31,30 @@ class TemplateSyntaxError(ValueError):
 @dataclass(frozen=True, slots=True)
 class _Field:
     name: str
+    #: ``{name|first}``: the separator of the values to take the first of (None: the value as it is).
+    first_of: str | None = None
+
+    def text(self, values: Mapping[str, object]) -> str:
+        value = _text(self.name, values.get(self.name))
+        return value if self.first_of is None else first_value(value, self.first_of)
+
+
+#: ``name|first`` or ``name|first:"SEP"`` (the column name may itself hold ``|``; the filter is the last part).
+_FILTER: Final = re.compile(r'^(?P<name>.+?)\|first(?::"(?P<sep>[^"]+)")?$')
+
+
+def first_value(text: str, separator: str = "|") -> str:
+    """The first non-blank of the ``separator``-separated values in ``text``, trimmed (``""`` if none); a value
+    that is a JSON list (``["a", "b"]``) gives its first non-blank string element instead."""
+    stripped = text.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        try:
+            parsed = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list):
+            return next((v.strip() for v in parsed if isinstance(v, str) and v.strip()), "")
+    return next((part.strip() for part in stripped.split(separator) if part.strip()), "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +112,29 @@ class Template:
             if isinstance(part, str):
                 out.append(part)
             elif isinstance(part, _Field):
-                out.append(_text(part.name, values.get(part.name)))
+                out.append(part.text(values))
             else:
                 segment: list[str] = []
                 for inner in part.parts:
                     if isinstance(inner, str):
                         segment.append(inner)
                         continue
-                    value = _text(inner.name, values.get(inner.name))
+                    value = inner.text(values)
                     if not value.strip():
                         break
                     segment.append(value)
                 else:
                     out.extend(segment)
         return "".join(out)
+
+    def empty_fields(self, values: Mapping[str, object]) -> tuple[str, ...]:
+        """The columns of fields outside optional segments that render blank for ``values`` (each once, in
+        order): a prompt such as "Studio photo of , a ()" in the making. Raises ``TypeError`` as :meth:`render`."""
+        empty: dict[str, None] = {}
+        for part in self.parts:
+            if isinstance(part, _Field) and not part.text(values).strip():
+                empty.setdefault(part.name)
+        return tuple(empty)
 
 
 def _text(name: str, value: object) -> str:
@@ -141,7 +178,8 @@ def _parse_parts(text: str, start: int, *, in_optional: bool) -> tuple[list[_Par
             name = text[i + 1 : close]
             if not name:
                 raise TemplateSyntaxError("empty field name '{}'", i)
-            parts.append(_Field(name))
+            matched = _FILTER.match(name)
+            parts.append(_Field(matched["name"], matched["sep"] or "|") if matched else _Field(name))
             i = close + 1
         elif ch == "}":
             if text.startswith("}}", i):

@@ -195,7 +195,7 @@ def make_items(
             return
         mode = opened
     elif spec.prompt_template is not None:
-        mode = _CatalogMode(spec)
+        mode = _CatalogMode(spec, warn)
     else:
         mode = _PlainMode(spec)
     rows = iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes)
@@ -309,6 +309,12 @@ def _size_problem(body: dict[str, object], size: int, max_bytes: int) -> tuple[s
 # ---------------------------------------------------------------------------------------------- the modes
 
 
+_EMPTY_FIELD_FIX: Final = (
+    ' (put the text around it in {? ...}, skip such rows with [item] on_empty_field = "skip", or send them as '
+    'they are with on_empty_field = "render")'
+)
+
+
 class _CatalogMode:
     """Catalog rows (CSV or JSONL) with ``[item]`` key and prompt templates: one generation request per row.
 
@@ -318,8 +324,11 @@ class _CatalogMode:
     each full body).
     """
 
-    def __init__(self, spec: JobSpec) -> None:
+    def __init__(self, spec: JobSpec, warn: Callable[[Problem], None] | None = None) -> None:
         assert spec.key_template is not None and spec.prompt_template is not None
+        self._on_empty = spec.on_empty_field
+        self._warn = warn
+        self._file = str(spec.manifest_path)
         self._key = spec.key_template
         self._prompt = spec.prompt_template
         self._empty_prompt = f"the prompt renders empty (columns used: {', '.join(spec.prompt_template.fields)})"
@@ -329,8 +338,9 @@ class _CatalogMode:
         self._check = rules.ImageRequestCheck(_GENERATIONS, {"model": self._model, **self._shared}, advice=spec.policy)
         self._metadata_columns = spec.metadata_columns
 
-    def drafts(self, row: ManifestRow) -> tuple[_Draft]:
-        """One draft: the row's key and prompt rendered (a value that is a list or object is a problem)."""
+    def drafts(self, row: ManifestRow) -> tuple[_Draft, ...]:
+        """One draft: the row's key and prompt rendered (a value that is a list or object is a problem); none
+        for a row skipped by ``[item] on_empty_field = "skip"``."""
         values = row.fields
         problems: list[tuple[str | None, str]] = []
         key: str | None
@@ -347,6 +357,18 @@ class _CatalogMode:
         else:
             if not prompt:
                 problems.append(("prompt", self._empty_prompt))
+            elif self._on_empty != "render" and (empty := self._prompt.empty_fields(values)):
+                columns = ", ".join(repr(name) for name in empty)
+                message = f"the prompt uses empty column(s) {columns} outside an optional {{? ...}} segment: {prompt!r}"
+                if self._on_empty == "error":
+                    problems.append(("prompt", message + _EMPTY_FIELD_FIX))
+                else:
+                    if self._warn is not None:
+                        self._warn(
+                            Problem(f"{message}; row skipped", field="prompt", file=self._file, line=row.line,
+                                    severity="warning")
+                        )  # fmt: skip
+                    return ()
         return (
             _Draft(
                 line=row.line,

@@ -26,6 +26,7 @@ from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.validate import make_items
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
+from batchpipe.runtime import costguard
 from batchpipe.runtime.matrix_run import MatrixRun
 from batchpipe.runtime.runner import Runner, RunSummary
 from batchpipe.runtime.settings import ApiTiming, RunOptions, api_timing, options_from_spec
@@ -36,6 +37,7 @@ __all__ = [
     "RunRequest",
     "execute",
     "execute_async",
+    "guard_cost",
     "is_loopback",
     "request_from_spec",
     "run_job",
@@ -148,6 +150,8 @@ class RunRequest:
     policy: Any = None
     known_models: frozenset[str] = frozenset()
     model_line: int | None = None
+    max_cost_usd: float | None = None
+    estimate_items: Callable[[], Iterator[Any]] | None = None
 
 
 def request_from_spec(
@@ -217,6 +221,8 @@ def request_from_spec(
         policy=spec.policy,
         known_models=frozenset(known),
         model_line=spec.model_line,
+        max_cost_usd=spec.run.max_cost_usd,
+        estimate_items=partial(make_items, spec, limit=limit),  # plain items: no reference uploads to estimate
     )
 
 
@@ -239,6 +245,7 @@ def run_job(
     models_file: Path | None = None,
     clock: Any = None,
     collect_workers: int | None = None,
+    max_cost_usd: float | None = None,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -248,7 +255,9 @@ def run_job(
     :class:`~batchpipe.errors.ApiError` / ``IndeterminateSubmissionError`` when the run must stop.
     ``models_file`` / ``clock``: the model table overrides and the lifecycle clock (default: ``BATCHPIPE_NOW``
     or the system clock); lifecycle warnings go to ``echo``. ``collect_workers`` (``--collect-workers``) overrides
-    the job spec's ``[run] collect_workers``.
+    the job spec's ``[run] collect_workers``. ``max_cost_usd`` (``--max-cost``) overrides the spec's
+    ``[run] max_cost_usd``: the estimate is printed first, and above the cap nothing is submitted
+    (:class:`~batchpipe.runtime.costguard.CostCapError`, exit 2).
     """
     workdir = workdir.resolve()
     local = api_label == "emulator" or is_loopback(base_url)
@@ -267,6 +276,7 @@ def run_job(
         trust=trust,
         collect_workers=collect_workers,
     )
+    guard_cost(request, cap_usd=max_cost_usd, echo=echo, spec_name=str(job_spec or manifest))
     return execute(
         request,
         api_label=api_label,
@@ -274,6 +284,30 @@ def run_job(
         environ=environ,
         echo=echo,
         emulator_config=emulator_config,
+    )
+
+
+def guard_cost(request: RunRequest, *, cap_usd: float | None, echo: Callable[[str], None], spec_name: str) -> None:
+    """Print what the run is estimated to spend, and raise :class:`~batchpipe.runtime.costguard.CostCapError` when
+    it is above ``cap_usd`` (``--max-cost``), else the spec's ``[run] max_cost_usd``."""
+    cap = cap_usd if cap_usd is not None else request.max_cost_usd
+    path = request.options.workdir / "ledger.sqlite"
+    ledger = open_ledger(request.options.workdir) if path.is_file() else None
+    try:
+        estimate = costguard.estimate_run(
+            ledger, request.job, request.estimate_items or request.items, models=request.options.models
+        )
+    finally:
+        if ledger is not None:
+            ledger.close()
+    echo(estimate.line(cap))
+    costguard.check_cap(
+        estimate,
+        cap,
+        source="command line" if cap_usd is not None else spec_name,
+        field="--max-cost" if cap_usd is not None else "run.max_cost_usd",
+        raise_hint=f"pass --max-cost {estimate.cost_usd * 1.1 + 0.005:.2f} (or raise [run] max_cost_usd in the job "
+        "spec), or narrow the run with --limit N",
     )
 
 
