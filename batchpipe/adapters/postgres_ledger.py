@@ -63,7 +63,7 @@ from batchpipe.errors import LedgerError, TransitionError
 if TYPE_CHECKING:
     from batchpipe.ports import Ledger
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresLedger", "is_postgres_url"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresLedger", "is_postgres_url", "redact_url"]
 
 log = structlog.get_logger("batchpipe.ledger")
 _CHUNK: Final = 1000  # ids per guarded statement (bound as one array parameter)
@@ -262,15 +262,19 @@ class PostgresLedger:
             name="batchpipe-ledger",
         )
         try:
+            self._migrate(connect_timeout_s)  # one direct connection first: an unreachable server fails fast
             self._pool.open(wait=True, timeout=connect_timeout_s)
-            self._migrate()
         except (PoolTimeout, psycopg.Error) as exc:
             self._pool.close()
-            raise LedgerError(f"cannot open ledger {_redact_url(url)}: {exc}") from exc
+            raise LedgerError(f"cannot open ledger {redact_url(url)}: {exc}") from exc
 
-    def _migrate(self) -> None:
+    def _migrate(self, connect_timeout_s: float) -> None:
         """Create the schema or bring it up to :data:`SCHEMA_VERSION` (idempotent; one migrator at a time)."""
-        with self._pool.connection() as conn, conn.transaction():
+        timeout = max(1, math.ceil(connect_timeout_s))
+        with (
+            psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=timeout) as conn,
+            conn.transaction(),
+        ):
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_SCHEMA_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
@@ -892,7 +896,7 @@ def _check_lease(lease_s: float) -> None:
         raise ValueError(f"a lease must be a positive number of seconds, not {lease_s!r}")
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
     """``url`` without its password (for messages and logs)."""
     return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 

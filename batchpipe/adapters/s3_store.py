@@ -52,8 +52,8 @@ def split_s3_url(url: str) -> tuple[str, str]:
         raise ValueError(f"not an s3:// URL: {url!r}")
     bucket, _, prefix = url[len(_SCHEME) :].partition("/")
     prefix = prefix.strip("/")
-    if not bucket or "@" in bucket or ":" in bucket:
-        raise ValueError(f"an s3:// URL names a bucket (credentials come from AWS_* variables): {url!r}")
+    if not bucket or "@" in bucket or ":" in bucket:  # not echoed: it may hold a secret
+        raise ValueError("an s3:// URL is s3://bucket/prefix; credentials come from the AWS_* variables, not the URL")
     if "?" in url or "#" in url or ".." in PurePosixPath(prefix).parts:
         raise ValueError(f"an s3:// URL is s3://bucket/prefix, nothing more: {url!r}")
     return bucket, prefix

@@ -24,16 +24,17 @@ from rich.table import Table
 
 from batchpipe import __version__
 from batchpipe.adapters.openai.settings import check_base_url
-from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
-from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
+from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, exit_code, guarded, messages
 from batchpipe.cli.validate import validate_command
 from batchpipe.domain.items import Item
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
-from batchpipe.errors import InputError
+from batchpipe.errors import BatchpipeError, InputError
 from batchpipe.logs import configure_logging
+from batchpipe.ports import Ledger
 from batchpipe.provenance.cli import verify_command
 from batchpipe.runtime import reprocess
+from batchpipe.runtime.locations import LEDGER_ENV, STORE_ENV, describe_ledger, ledger_exists, open_ledger_url
 from batchpipe.runtime.settings import RunOptions, api_timing
 from batchpipe.runtime.wiring import RunRequest, execute, is_loopback, run_job
 
@@ -56,6 +57,24 @@ _workdir_option = click.option(
     default=DEFAULT_WORKDIR,
     show_default=True,
     help="Ledger, shards, images and emulator state live here.",
+)
+
+_ledger_option = click.option(
+    "--ledger",
+    "ledger_url",
+    envvar=LEDGER_ENV,
+    show_envvar=True,
+    default=None,
+    help="The ledger: postgresql://... (shared by workers), sqlite:///FILE; default <workdir>/ledger.sqlite.",
+)
+
+_store_option = click.option(
+    "--store",
+    "store_url",
+    envvar=STORE_ENV,
+    show_envvar=True,
+    default=None,
+    help="Where images go: s3://bucket/prefix (endpoint, keys: AWS_* variables) or a folder; default the job's.",
 )
 
 
@@ -130,6 +149,8 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, help="Seconds between polls.")
 @click.option("--trust", default=None, help="C2PA trust: default|emulator|none|FILE.pem (overrides the job spec).")
 @_models_option
+@_ledger_option
+@_store_option
 def run(
     job_spec: Path | None,
     manifest: Path | None,
@@ -141,6 +162,8 @@ def run(
     poll_interval: float | None,
     trust: str | None,
     models_file: Path | None,
+    ledger_url: str | None,
+    store_url: str | None,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     if (job_spec is None) == (manifest is None):
@@ -163,23 +186,32 @@ def run(
             echo=_echo_err,
             trust=trust,
             models_file=models_file,
+            ledger_url=ledger_url,
+            store_url=store_url,
         )
     )
 
 
-def _open_existing_ledger(workdir: Path) -> SqliteLedger:
-    if not (workdir / "ledger.sqlite").is_file():
-        _echo_err(f"error: no ledger in {workdir} (run a job first, or pass --workdir)")
-        sys.exit(EXIT_INPUT)
-    return open_ledger(workdir)
+def _open_existing_ledger(workdir: Path, ledger_url: str | None = None) -> Ledger:
+    try:
+        if not ledger_exists(ledger_url, workdir):
+            where = describe_ledger(ledger_url, workdir)
+            _echo_err(f"error: no ledger at {where} (run a job first, or pass --workdir)")
+            sys.exit(EXIT_INPUT)
+        return open_ledger_url(ledger_url, workdir)
+    except BatchpipeError as exc:  # a bad --ledger URL (2), a server that cannot be reached (3)
+        for line in messages(exc):
+            _echo_err(line)
+        sys.exit(exit_code(exc))
 
 
 @main.command()
 @_workdir_option
+@_ledger_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def status(workdir: Path, as_json: bool) -> None:
+def status(workdir: Path, ledger_url: str | None, as_json: bool) -> None:
     """Items by status, batches by status and cost so far, for the latest run and the whole ledger."""
-    ledger = _open_existing_ledger(workdir)
+    ledger = _open_existing_ledger(workdir, ledger_url)
     latest = ledger.latest_run()
     batches: dict[str, int] = {}
     for batch in ledger.batches():
@@ -216,7 +248,7 @@ def status(workdir: Path, as_json: bool) -> None:
     )
 
 
-def _current_counts(ledger: SqliteLedger) -> dict[str, int]:
+def _current_counts(ledger: Ledger) -> dict[str, int]:
     counts: dict[str, int] = {}
     for row in ledger.items(latest_only=True):
         counts[row.status] = counts.get(row.status, 0) + 1
@@ -226,6 +258,21 @@ def _current_counts(ledger: SqliteLedger) -> dict[str, int]:
 @main.group()
 def ledger() -> None:
     """Read the results ledger."""
+
+
+@ledger.command("init")
+@_workdir_option
+@_ledger_option
+def init(workdir: Path, ledger_url: str | None) -> None:
+    """Create the ledger's schema, or bring it up to this version (idempotent; runs also do it on first use)."""
+
+    def action() -> int:
+        opened = open_ledger_url(ledger_url, workdir)
+        opened.close()
+        _echo_err(f"ledger ready at {describe_ledger(ledger_url, workdir)}")
+        return EXIT_OK
+
+    _run_guarded(action)
 
 
 _EXPORT_FIELDS: Final = [
@@ -267,9 +314,12 @@ _EXPORT_FIELDS: Final = [
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default stdout).")
 @click.option("--all-attempts", is_flag=True, help="Every attempt, not only each item's latest.")
 @click.option("--run", "run_id", help="Only this run's rows.")
-def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run_id: str | None) -> None:
+@_ledger_option
+def export(
+    workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run_id: str | None, ledger_url: str | None
+) -> None:
     """One record per item (its latest attempt): custom_id, key, status, output_path, sha256, c2pa_state..."""
-    store = _open_existing_ledger(workdir)
+    store = _open_existing_ledger(workdir, ledger_url)
     rows = store.items(run_id=run_id, latest_only=not all_attempts)
     with ExitStack() as stack:
         out: TextIO = stack.enter_context(output.open("w", encoding="utf-8", newline="")) if output else sys.stdout
@@ -317,6 +367,8 @@ def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run
     help="Attempts allowed per item, counting earlier ones (default: 2 more than the highest selected).",
 )
 @_models_option
+@_ledger_option
+@_store_option
 def retry(
     workdir: Path,
     job: str | None,
@@ -332,9 +384,11 @@ def retry(
     poll_interval: float | None,
     max_attempts: int | None,
     models_file: Path | None,
+    ledger_url: str | None,
+    store_url: str | None,
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
-    store = _open_existing_ledger(workdir)
+    store = _open_existing_ledger(workdir, ledger_url)
 
     def action() -> int:
         selection = reprocess.RetrySelection(
@@ -412,6 +466,8 @@ def retry(
             policy=policy,
             # asked of the service before the run is opened (wiring.execute_async)
             known_models=frozenset(str(entry.body.get("model")) for entry in checked if isinstance(entry, Item)),
+            ledger_url=ledger_url,
+            store_url=store_url,
         )
         store.close()
         return execute(request, api_label=label, base_url=base_url, environ=os.environ, echo=_echo_err)

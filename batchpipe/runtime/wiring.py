@@ -19,13 +19,13 @@ import httpx
 from pydantic import SecretStr
 
 from batchpipe.adapters.openai import ApiSettings, OpenAIClient
-from batchpipe.adapters.sqlite_ledger import open_ledger
 from batchpipe.domain.lifecycle import clock_from_env
 from batchpipe.domain.redact import remember_secret
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.validate import make_items
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
+from batchpipe.runtime.locations import describe_store, open_ledger_url, open_store_url
 from batchpipe.runtime.matrix_run import MatrixRun
 from batchpipe.runtime.runner import Runner, RunSummary
 from batchpipe.runtime.settings import ApiTiming, RunOptions, api_timing, options_from_spec
@@ -95,13 +95,14 @@ def is_loopback(base_url: str | None) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def summary_lines(summary: RunSummary, *, output_dir: Path) -> list[str]:
-    """Human-readable end-of-run lines: counts by status, batches, cost, where the images are."""
+def summary_lines(summary: RunSummary, *, output_dir: Path, images_at: str | None = None) -> list[str]:
+    """Human-readable end-of-run lines: counts by status, batches, cost, where the images are (``images_at``, a
+    store URL, else ``output_dir``)."""
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.items.items())) or "no items"
     lines = [
         f"run {summary.run_id}: {counts}",
         f"batches: {summary.batches}; cost ${summary.cost_usd:.4f} (batch prices)",
-        f"images in {output_dir}",
+        f"images in {images_at or output_dir}",
     ]
     if summary.skipped_unchanged:
         lines.append(f"skipped {summary.skipped_unchanged} item(s) already succeeded with the same request")
@@ -132,7 +133,8 @@ class RunRequest:
     ``policy``: the model lifecycle policy (:class:`~batchpipe.domain.lifecycle.ModelPolicy`) the items were checked
     with; the runner asks the service about each model with it before any upload. ``known_models``: the models
     the job names in its spec (``[defaults]``, variants), asked about before anything else; ``model_line``: the
-    spec line of ``[defaults] model``, for the refusal.
+    spec line of ``[defaults] model``, for the refusal. ``ledger_url`` / ``store_url``: where the ledger and the
+    images live (:mod:`batchpipe.runtime.locations`; None: the workdir's SQLite file and ``output_dir``).
     """
 
     job: str
@@ -148,6 +150,8 @@ class RunRequest:
     policy: Any = None
     known_models: frozenset[str] = frozenset()
     model_line: int | None = None
+    ledger_url: str | None = None
+    store_url: str | None = None
 
 
 def request_from_spec(
@@ -236,6 +240,8 @@ def run_job(
     trust: str | None = None,
     models_file: Path | None = None,
     clock: Any = None,
+    ledger_url: str | None = None,
+    store_url: str | None = None,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -244,7 +250,8 @@ def run_job(
     Raises :class:`~batchpipe.errors.InputError` for bad input (nothing submitted) and
     :class:`~batchpipe.errors.ApiError` / ``IndeterminateSubmissionError`` when the run must stop.
     ``models_file`` / ``clock``: the model table overrides and the lifecycle clock (default: ``BATCHPIPE_NOW``
-    or the system clock); lifecycle warnings go to ``echo``.
+    or the system clock); lifecycle warnings go to ``echo``. ``ledger_url`` / ``store_url``: see
+    :class:`RunRequest`.
     """
     workdir = workdir.resolve()
     local = api_label == "emulator" or is_loopback(base_url)
@@ -262,6 +269,7 @@ def run_job(
         stop_after=stop_after,
         trust=trust,
     )
+    request.ledger_url, request.store_url = ledger_url, store_url
     return execute(
         request,
         api_label=api_label,
@@ -292,7 +300,8 @@ def execute(
             emulator_config=emulator_config,
         )
     )
-    for line in summary_lines(summary, output_dir=request.output_dir):
+    images_at = describe_store(request.store_url, request.output_dir)
+    for line in summary_lines(summary, output_dir=request.output_dir, images_at=images_at):
         echo(line)
     return 0 if summary.all_succeeded else 1
 
@@ -317,7 +326,8 @@ async def execute_async(
     if emulated and trust == "default":
         trust = "emulator"  # the emulator's test root is added to the default lists
     verifier = C2paVerifier(TrustConfig.from_setting(trust))
-    ledger = open_ledger(options.workdir)
+    store = open_store_url(request.store_url, request.output_dir, environ)
+    ledger = open_ledger_url(request.ledger_url, options.workdir)
     async with AsyncExitStack() as stack:
         stack.callback(ledger.close)
         if emulated and base_url is None:
@@ -363,6 +373,7 @@ async def execute_async(
                 api_label=api_label,
                 progress=ProgressReporter(echo),
                 model_policy=request.policy,
+                store=store,
             )
             return await runner.run(
                 request.job,
