@@ -25,17 +25,18 @@ from rich.table import Table
 
 from batchpipe import __version__
 from batchpipe.adapters.openai.settings import check_base_url
-from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
-from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, guarded
+from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, exit_code, guarded, messages
 from batchpipe.cli.validate import validate_command
 from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
-from batchpipe.errors import InputError
+from batchpipe.errors import BatchpipeError, InputError
 from batchpipe.input.jobspec import MAX_COLLECT_WORKERS
 from batchpipe.logs import configure_logging
+from batchpipe.ports import Ledger
 from batchpipe.provenance.cli import verify_command
 from batchpipe.runtime import costguard, reprocess
+from batchpipe.runtime.locations import LEDGER_ENV, STORE_ENV, describe_ledger, ledger_exists, open_ledger_url
 from batchpipe.runtime.settings import RunOptions, api_timing
 from batchpipe.runtime.wiring import RunRequest, execute, is_loopback, run_job
 
@@ -66,6 +67,24 @@ _workdir_option = click.option(
     default=DEFAULT_WORKDIR,
     show_default=True,
     help="Ledger, shards, images and emulator state live here.",
+)
+
+_ledger_option = click.option(
+    "--ledger",
+    "ledger_url",
+    envvar=LEDGER_ENV,
+    show_envvar=True,
+    default=None,
+    help="The ledger: postgresql://... (shared by workers), sqlite:///FILE; default <workdir>/ledger.sqlite.",
+)
+
+_store_option = click.option(
+    "--store",
+    "store_url",
+    envvar=STORE_ENV,
+    show_envvar=True,
+    default=None,
+    help="Where images go: s3://bucket/prefix (endpoint, keys: AWS_* variables) or a folder; default the job's.",
 )
 
 
@@ -147,6 +166,8 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 )
 @_models_option
 @_max_cost_option
+@_ledger_option
+@_store_option
 def run(
     job_spec: Path | None,
     manifest: Path | None,
@@ -160,6 +181,8 @@ def run(
     collect_workers: int | None,
     models_file: Path | None,
     max_cost: float | None = None,
+    ledger_url: str | None = None,
+    store_url: str | None = None,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     if (job_spec is None) == (manifest is None):
@@ -184,23 +207,32 @@ def run(
             models_file=models_file,
             collect_workers=collect_workers,
             max_cost_usd=max_cost,
+            ledger_url=ledger_url,
+            store_url=store_url,
         )
     )
 
 
-def _open_existing_ledger(workdir: Path) -> SqliteLedger:
-    if not (workdir / "ledger.sqlite").is_file():
-        _echo_err(f"error: no ledger in {workdir} (run a job first, or pass --workdir)")
-        sys.exit(EXIT_INPUT)
-    return open_ledger(workdir)
+def _open_existing_ledger(workdir: Path, ledger_url: str | None = None) -> Ledger:
+    try:
+        if not ledger_exists(ledger_url, workdir):
+            where = describe_ledger(ledger_url, workdir)
+            _echo_err(f"error: no ledger at {where} (run a job first, or pass --workdir)")
+            sys.exit(EXIT_INPUT)
+        return open_ledger_url(ledger_url, workdir)
+    except BatchpipeError as exc:  # a bad --ledger URL (2), a server that cannot be reached (3)
+        for line in messages(exc):
+            _echo_err(line)
+        sys.exit(exit_code(exc))
 
 
 @main.command()
 @_workdir_option
+@_ledger_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def status(workdir: Path, as_json: bool) -> None:
+def status(workdir: Path, ledger_url: str | None, as_json: bool) -> None:
     """Items by status, batches by status and cost so far, for the latest run and the whole ledger."""
-    ledger = _open_existing_ledger(workdir)
+    ledger = _open_existing_ledger(workdir, ledger_url)
     latest = ledger.latest_run()
     batches: dict[str, int] = {}
     for batch in ledger.batches():
@@ -242,6 +274,21 @@ def ledger() -> None:
     """Read the results ledger."""
 
 
+@ledger.command("init")
+@_workdir_option
+@_ledger_option
+def init(workdir: Path, ledger_url: str | None) -> None:
+    """Create the ledger's schema, or bring it up to this version (idempotent; runs also do it on first use)."""
+
+    def action() -> int:
+        opened = open_ledger_url(ledger_url, workdir)
+        opened.close()
+        _echo_err(f"ledger ready at {describe_ledger(ledger_url, workdir)}")
+        return EXIT_OK
+
+    _run_guarded(action)
+
+
 _EXPORT_FIELDS: Final = [
     "custom_id",
     "key",
@@ -281,9 +328,12 @@ _EXPORT_FIELDS: Final = [
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default stdout).")
 @click.option("--all-attempts", is_flag=True, help="Every attempt, not only each item's latest.")
 @click.option("--run", "run_id", help="Only this run's rows.")
-def export(workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run_id: str | None) -> None:
+@_ledger_option
+def export(
+    workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run_id: str | None, ledger_url: str | None
+) -> None:
     """One record per item (its latest attempt): custom_id, key, status, output_path, sha256, c2pa_state..."""
-    store = _open_existing_ledger(workdir)
+    store = _open_existing_ledger(workdir, ledger_url)
     rows = store.items(run_id=run_id, latest_only=not all_attempts)
     with ExitStack() as stack:
         out: TextIO = stack.enter_context(output.open("w", encoding="utf-8", newline="")) if output else sys.stdout
@@ -315,14 +365,15 @@ def _iso_utc(ts: object) -> str:
 
 @main.command("item")
 @_workdir_option
+@_ledger_option
 @click.argument("key")
 @click.option("--job", help="The item's job (needed when several jobs have an item with this key).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def item_command(workdir: Path, key: str, job: str | None, as_json: bool) -> None:
+def item_command(workdir: Path, key: str, job: str | None, as_json: bool, ledger_url: str | None) -> None:
     """Every attempt of item KEY with its status changes, errors, image, C2PA state and cost (times in UTC)."""
     from batchpipe.runtime.report import c2pa_badge
 
-    store = _open_existing_ledger(workdir)
+    store = _open_existing_ledger(workdir, ledger_url)
     try:
         rows = sorted((row for row in store.items(job=job) if row.item_key == key), key=lambda r: (r.job, r.attempt))
         jobs = sorted({row.job for row in rows})
@@ -395,6 +446,7 @@ def item_command(workdir: Path, key: str, job: str | None, as_json: bool) -> Non
 
 @main.command("report")
 @_workdir_option
+@_ledger_option
 @click.option("--run", "run_id", help="The run to show (default: the latest run).")
 @click.option("--job", help="Show this job: the latest attempt of each of its items, across runs.")
 @click.option(
@@ -402,13 +454,15 @@ def item_command(workdir: Path, key: str, job: str | None, as_json: bool) -> Non
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder to write (default: WORKDIR/reports/<run or job>).",
 )
-def report_command(workdir: Path, run_id: str | None, job: str | None, output: Path | None) -> None:
+def report_command(
+    workdir: Path, run_id: str | None, job: str | None, output: Path | None, ledger_url: str | None
+) -> None:
     """Write a static HTML contact sheet (thumbnails, C2PA badges, filters, errors by code, cost) and a CSV/JSONL."""
     from batchpipe.runtime.report import write_report  # lazy: Pillow is only needed here
 
     if run_id and job:
         raise click.UsageError("give --run or --job, not both")
-    store = _open_existing_ledger(workdir)
+    store = _open_existing_ledger(workdir, ledger_url)
 
     def action() -> int:
         name = run_id or job or str((store.latest_run() or {}).get("run_id", "latest"))
@@ -461,6 +515,8 @@ def report_command(workdir: Path, run_id: str | None, job: str | None, output: P
 )
 @_models_option
 @_max_cost_option
+@_ledger_option
+@_store_option
 def retry(
     workdir: Path,
     job: str | None,
@@ -478,13 +534,15 @@ def retry(
     collect_workers: int | None,
     models_file: Path | None,
     max_cost: float | None = None,
+    ledger_url: str | None = None,
+    store_url: str | None = None,
 ) -> None:
     """Select items from the ledger and run them again as new attempts (or --export them as a manifest)."""
     known = sorted(status.value for status in ItemStatus)
     unknown = [name for name in statuses if name not in known]
     if unknown:
         raise click.UsageError(f"unknown --status {', '.join(map(repr, unknown))}; one of: {', '.join(known)}")
-    store = _open_existing_ledger(workdir)
+    store = _open_existing_ledger(workdir, ledger_url)
 
     def action() -> int:
         selection = reprocess.RetrySelection(
@@ -572,6 +630,8 @@ def retry(
             policy=policy,
             # asked of the service before the run is opened (wiring.execute_async)
             known_models=frozenset(str(entry.body.get("model")) for entry in checked if isinstance(entry, Item)),
+            ledger_url=ledger_url,
+            store_url=store_url,
         )
         store.close()
         return execute(request, api_label=label, base_url=base_url, environ=os.environ, echo=_echo_err)

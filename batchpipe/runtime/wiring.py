@@ -19,7 +19,6 @@ import httpx
 from pydantic import SecretStr
 
 from batchpipe.adapters.openai import ApiSettings, OpenAIClient
-from batchpipe.adapters.sqlite_ledger import open_ledger
 from batchpipe.domain.lifecycle import clock_from_env
 from batchpipe.domain.redact import remember_secret
 from batchpipe.input.jobspec import JobSpec
@@ -27,6 +26,7 @@ from batchpipe.input.validate import make_items
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
 from batchpipe.runtime import costguard
+from batchpipe.runtime.locations import describe_store, ledger_exists, open_ledger_url, open_store_url
 from batchpipe.runtime.matrix_run import MatrixRun
 from batchpipe.runtime.runner import Runner, RunSummary
 from batchpipe.runtime.settings import ApiTiming, RunOptions, api_timing, options_from_spec
@@ -97,13 +97,14 @@ def is_loopback(base_url: str | None) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def summary_lines(summary: RunSummary, *, output_dir: Path) -> list[str]:
-    """Human-readable end-of-run lines: counts by status, batches, cost, where the images are."""
+def summary_lines(summary: RunSummary, *, output_dir: Path, images_at: str | None = None) -> list[str]:
+    """Human-readable end-of-run lines: counts by status, batches, cost, where the images are (``images_at``, a
+    store URL, else ``output_dir``)."""
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.items.items())) or "no items"
     lines = [
         f"run {summary.run_id}: {counts}",
         f"batches: {summary.batches}; cost ${summary.cost_usd:.4f} (batch prices)",
-        f"images in {output_dir}",
+        f"images in {images_at or output_dir}",
     ]
     if summary.skipped_unchanged:
         lines.append(f"skipped {summary.skipped_unchanged} item(s) already succeeded with the same request")
@@ -134,7 +135,8 @@ class RunRequest:
     ``policy``: the model lifecycle policy (:class:`~batchpipe.domain.lifecycle.ModelPolicy`) the items were checked
     with; the runner asks the service about each model with it before any upload. ``known_models``: the models
     the job names in its spec (``[defaults]``, variants), asked about before anything else; ``model_line``: the
-    spec line of ``[defaults] model``, for the refusal.
+    spec line of ``[defaults] model``, for the refusal. ``ledger_url`` / ``store_url``: where the ledger and the
+    images live (:mod:`batchpipe.runtime.locations`; None: the workdir's SQLite file and ``output_dir``).
     """
 
     job: str
@@ -152,6 +154,8 @@ class RunRequest:
     model_line: int | None = None
     max_cost_usd: float | None = None
     estimate_items: Callable[[], Iterator[Any]] | None = None
+    ledger_url: str | None = None
+    store_url: str | None = None
 
 
 def request_from_spec(
@@ -246,6 +250,8 @@ def run_job(
     clock: Any = None,
     collect_workers: int | None = None,
     max_cost_usd: float | None = None,
+    ledger_url: str | None = None,
+    store_url: str | None = None,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -258,6 +264,7 @@ def run_job(
     the job spec's ``[run] collect_workers``. ``max_cost_usd`` (``--max-cost``) overrides the spec's
     ``[run] max_cost_usd``: the estimate is printed first, and above the cap nothing is submitted
     (:class:`~batchpipe.runtime.costguard.CostCapError`, exit 2).
+    ``ledger_url`` / ``store_url``: see :class:`RunRequest`.
     """
     workdir = workdir.resolve()
     local = api_label == "emulator" or is_loopback(base_url)
@@ -276,6 +283,7 @@ def run_job(
         trust=trust,
         collect_workers=collect_workers,
     )
+    request.ledger_url, request.store_url = ledger_url, store_url
     guard_cost(request, cap_usd=max_cost_usd, echo=echo, spec_name=str(job_spec or manifest))
     return execute(
         request,
@@ -291,8 +299,11 @@ def guard_cost(request: RunRequest, *, cap_usd: float | None, echo: Callable[[st
     """Print what the run is estimated to spend, and raise :class:`~batchpipe.runtime.costguard.CostCapError` when
     it is above ``cap_usd`` (``--max-cost``), else the spec's ``[run] max_cost_usd``."""
     cap = cap_usd if cap_usd is not None else request.max_cost_usd
-    path = request.options.workdir / "ledger.sqlite"
-    ledger = open_ledger(request.options.workdir) if path.is_file() else None
+    ledger = (
+        open_ledger_url(request.ledger_url, request.options.workdir)
+        if ledger_exists(request.ledger_url, request.options.workdir)
+        else None
+    )
     try:
         estimate = costguard.estimate_run(
             ledger, request.job, request.estimate_items or request.items, models=request.options.models
@@ -331,7 +342,8 @@ def execute(
             emulator_config=emulator_config,
         )
     )
-    for line in summary_lines(summary, output_dir=request.output_dir):
+    images_at = describe_store(request.store_url, request.output_dir)
+    for line in summary_lines(summary, output_dir=request.output_dir, images_at=images_at):
         echo(line)
     return 0 if summary.all_succeeded else 1
 
@@ -356,7 +368,8 @@ async def execute_async(
     if emulated and trust == "default":
         trust = "emulator"  # the emulator's test root is added to the default lists
     verifier = C2paVerifier(TrustConfig.from_setting(trust))
-    ledger = open_ledger(options.workdir)
+    store = open_store_url(request.store_url, request.output_dir, environ)
+    ledger = open_ledger_url(request.ledger_url, options.workdir)
     async with AsyncExitStack() as stack:
         stack.callback(ledger.close)
         if emulated and base_url is None:
@@ -402,6 +415,7 @@ async def execute_async(
                 api_label=api_label,
                 progress=ProgressReporter(echo),
                 model_policy=request.policy,
+                store=store,
             )
             return await runner.run(
                 request.job,

@@ -1,28 +1,37 @@
 """The ImageStore contract: every implementation of :class:`batchpipe.ports.ImageStore` behaves the same.
 
-Each test runs against ``LocalImageStore`` (a folder under tmp_path) and ``MemoryImageStore``. Tests of what only
-the local filesystem does (temporary files, folder fsyncs) stay in tests/test_store.py.
+Each test runs against ``LocalImageStore`` (a folder under tmp_path), ``S3ImageStore`` on the session's SeaweedFS
+server (``s3``, a fresh prefix per test, configured by the AWS variables) and on obstore's ``MemoryStore``
+(``s3-memory``, fast), and ``MemoryImageStore``. Tests of what only the local filesystem does (temporary files,
+folder fsyncs) stay in tests/test_store.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+import obstore
 import pytest
+from obstore.store import MemoryStore
 
 from batchpipe.adapters.local_store import LocalImageStore, safe_relative_path
+from batchpipe.adapters.s3_store import S3ImageStore, open_s3_store
 from batchpipe.domain.locations import local_path
 from batchpipe.fakes import MemoryImageStore
 from batchpipe.ports import ImageStore, StoredImage
 
-if TYPE_CHECKING:  # checked by mypy, never run: both implement the ImageStore port
+if TYPE_CHECKING:  # checked by mypy, never run: each implements the ImageStore port
+    from obstore.store import ObjectStore
+
     _local: ImageStore = LocalImageStore(Path("out"))
     _memory: ImageStore = MemoryImageStore()
+    _s3: ImageStore = S3ImageStore("s3://bucket/prefix", MemoryStore())
 
 
 @dataclass
@@ -42,8 +51,38 @@ def _file(uri: str) -> Path:
     return path
 
 
-@pytest.fixture(params=["local", "memory"])
-def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+def _s3_case(store: S3ImageStore, objects: ObjectStore, bucket_url: str) -> Case:
+    """A case for an S3 store rooted at ``bucket_url`` (``s3://bucket/prefix``), read back through ``objects``
+    (the bucket's obstore store, used directly: not through the store under test)."""
+    prefix = bucket_url + "/"
+    key_prefix = bucket_url.partition("//")[2].partition("/")[2]
+
+    def read(location: str) -> bytes:
+        assert location.startswith(prefix), location
+        return bytes(obstore.get(objects, f"{key_prefix}/{location[len(prefix) :]}".lstrip("/")).bytes())
+
+    return Case(
+        store,
+        read=read,
+        inside=lambda location: (
+            location.startswith(prefix) and ".." not in PurePosixPath(location[len(prefix) :]).parts
+        ),
+        relative=lambda location: PurePosixPath(location.removeprefix(prefix)),
+    )
+
+
+@pytest.fixture(params=["local", "s3", "s3-memory", "memory"])
+def case(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
+    if request.param == "s3":
+        server = request.getfixturevalue("s3_server")
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        url = server.new_prefix()
+        store = open_s3_store(url, os.environ)
+        return _s3_case(store, store.objects, url)
+    if request.param == "s3-memory":
+        objects = MemoryStore()
+        return _s3_case(S3ImageStore("s3://bucket/run-1", objects), objects, "s3://bucket/run-1")
     if request.param == "local":
         root = (tmp_path / "out").resolve()
         return Case(  # locations are file:// URIs of files under the root

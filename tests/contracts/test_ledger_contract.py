@@ -1,9 +1,10 @@
 """The Ledger contract: every implementation of :class:`batchpipe.ports.Ledger` behaves the same.
 
-Each test runs against ``SqliteLedger`` (a file under tmp_path) and ``MemoryLedger``. Tests of what only SQLite
+Each test runs against ``SqliteLedger`` (a file under tmp_path), ``PostgresLedger`` (a new schema on the session's
+embedded PostgreSQL server, tests/conftest.py) and ``MemoryLedger``. Tests of what only SQLite
 does (WAL, the file on disk, reopening it, other processes) stay in tests/test_ledger.py. The claims tests run on
-two handles of one ledger (``workers``): two ``SqliteLedger`` objects on one file (two connections, as two workers
-have), or the one ``MemoryLedger`` twice.
+two handles of one ledger (``workers``): two ``SqliteLedger`` objects on one file or two ``PostgresLedger`` objects on
+one schema (two connections, as two workers have), or the one ``MemoryLedger`` twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from structlog.testing import capture_logs
 
+from batchpipe.adapters.postgres_ledger import PostgresLedger
 from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.domain.items import BatchStatus, ItemStatus
 from batchpipe.domain.records import BatchRow
@@ -29,9 +31,10 @@ from batchpipe.ports import AsyncLedger, Ledger
 if TYPE_CHECKING:  # checked by mypy, never run: both implement the Ledger port
     _sqlite: Ledger = SqliteLedger(Path("ledger.sqlite"))
     _memory: Ledger = MemoryLedger()
+    _postgres: Ledger = PostgresLedger("postgresql://")
     _async: AsyncLedger = AsyncLedger(MemoryLedger())
 
-IMPLEMENTATIONS = [SqliteLedger, MemoryLedger]
+IMPLEMENTATIONS = [SqliteLedger, PostgresLedger, MemoryLedger]
 
 
 class Clock:
@@ -47,15 +50,18 @@ class Clock:
 MakeLedger = Callable[..., Ledger]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeLedger]:
     """A factory of empty ledgers of one implementation: ``make_ledger(clock=...)``."""
     opened: list[Ledger] = []
+    fresh_postgres_url = request.getfixturevalue("fresh_postgres_url") if request.param == "postgres" else None
 
     def make(*, clock: Callable[[], float] = time.time) -> Ledger:
         ledger: Ledger
         if request.param == "sqlite":
             ledger = SqliteLedger(tmp_path / f"ledger-{len(opened)}.sqlite", clock=clock)
+        elif fresh_postgres_url is not None:
+            ledger = PostgresLedger(fresh_postgres_url(), clock=clock)
         else:
             ledger = MemoryLedger(clock=clock)
         opened.append(ledger)
@@ -84,13 +90,18 @@ def timed(make_ledger: MakeLedger, clock: Clock) -> Ledger:
 
 @pytest.fixture
 def workers(request: pytest.FixtureRequest, make_ledger: MakeLedger, clock: Clock) -> Iterator[tuple[Ledger, Ledger]]:
-    """Two workers' handles on one ledger, on the test's clock: two ``SqliteLedger`` objects (two connections) on
-    one file, or one ``MemoryLedger`` twice (an in-memory ledger lives in one process)."""
+    """Two workers' handles on one ledger, on the test's clock: two ``SqliteLedger`` objects on one file or two
+    ``PostgresLedger`` objects on one schema (two connections), or one ``MemoryLedger`` twice (an in-memory ledger
+    lives in one process)."""
     first = make_ledger(clock=clock)
-    if not isinstance(first, SqliteLedger):
+    second: Ledger
+    if isinstance(first, SqliteLedger):
+        second = SqliteLedger(first.path, clock=clock)
+    elif isinstance(first, PostgresLedger):
+        second = PostgresLedger(first.url, clock=clock)
+    else:
         yield first, first
         return
-    second = SqliteLedger(first.path, clock=clock)
     yield first, second
     second.close()
 

@@ -1,0 +1,151 @@
+"""What only the PostgreSQL ledger does (the shared behaviour is in tests/contracts/test_ledger_contract.py): the
+versioned schema, and races between separate connections (two workers), which the contract's one-handle thread
+tests cannot show because one ledger object runs its calls one at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+
+import psycopg
+import pytest
+
+from batchpipe.adapters.postgres_ledger import SCHEMA_VERSION, PostgresLedger
+from batchpipe.domain.items import ItemStatus
+from batchpipe.errors import LedgerError
+
+
+@pytest.fixture
+def url(fresh_postgres_url: Callable[[], str]) -> str:
+    return fresh_postgres_url()
+
+
+@pytest.fixture
+def handles(url: str) -> Iterator[list[PostgresLedger]]:
+    """Four workers' ledgers on one schema: four pools, four connections."""
+    opened = [PostgresLedger(url) for _ in range(4)]
+    yield opened
+    for ledger in opened:
+        ledger.close()
+
+
+def _row(custom_id: str) -> dict[str, object]:
+    return {
+        "custom_id": custom_id,
+        "job": "job",
+        "item_key": custom_id,
+        "attempt": 1,
+        "run_id": "r1",
+        "endpoint": "/v1/images/generations",
+        "model": "gpt-image-2",
+        "request_hash": "h",
+        "body_json": "{}",
+        "metadata_json": "{}",
+        "source": "m.jsonl:1",
+        "status": "pending",
+    }
+
+
+def _race(workers: list[Callable[[], object]]) -> list[object]:
+    """Run each callable on its own thread, released together; their results in order."""
+    results: list[object] = [None] * len(workers)
+    start = threading.Barrier(len(workers))
+
+    def run(index: int) -> None:
+        start.wait()
+        results[index] = workers[index]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_the_schema_is_versioned_and_made_once(url: str) -> None:
+    first = PostgresLedger(url)
+    second = PostgresLedger(url)  # opening again applies nothing
+    first.close()
+    second.close()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT version FROM schema_version").fetchall()
+    assert rows == [(SCHEMA_VERSION,)]
+
+
+def test_workers_opening_a_new_database_together_make_the_schema_once(url: str) -> None:
+    opened = _race([lambda: PostgresLedger(url) for _ in range(4)])
+    for ledger in opened:
+        assert isinstance(ledger, PostgresLedger)
+        ledger.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+
+
+def test_a_schema_newer_than_the_code_is_refused(url: str) -> None:
+    PostgresLedger(url).close()
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (%s, 0)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(LedgerError, match="newer than this batchpipe"):
+        PostgresLedger(url)
+
+
+def test_an_unreachable_server_is_a_ledger_error_without_the_password() -> None:
+    started = time.monotonic()
+    with pytest.raises(LedgerError, match="cannot open ledger") as caught:
+        PostgresLedger("postgresql://me:hunter2@127.0.0.1:1/db", connect_timeout_s=2)
+    assert "hunter2" not in str(caught.value)
+    assert time.monotonic() - started < 10
+
+
+def test_workers_racing_to_move_the_same_items_move_each_once(handles: list[PostgresLedger]) -> None:
+    ids = [f"c{i:04d}" for i in range(1500)]  # two chunks of the guarded statement
+    handles[0].insert_items([_row(cid) for cid in ids])
+    move = partial(PostgresLedger.transition_items, custom_ids=ids, to_status=ItemStatus.SUBMITTED, strict=False)
+    moved = _race([partial(move, ledger, from_statuses=[ItemStatus.PENDING]) for ledger in handles])
+    assert sum(int(str(n)) for n in moved) == 1500
+    assert handles[1].count_items() == {"submitted": 1500}
+    events = handles[2].events(entity="item")
+    assert sorted(e["entity_id"] for e in events) == ids  # each item moved, and was logged, exactly once
+
+
+def test_workers_racing_for_claims_win_each_key_once(handles: list[PostgresLedger]) -> None:
+    keys = [f"batch_{i}:output" for i in range(60)]
+
+    def grab(ledger: PostgresLedger, owner: str) -> list[str]:
+        return [key for key in keys if ledger.claim("output", key, owner=owner, lease_s=60)]
+
+    won = _race([partial(grab, ledger, f"w{n}") for n, ledger in enumerate(handles)])
+    taken = [key for keys_won in won if isinstance(keys_won, list) for key in keys_won]
+    assert sorted(taken) == sorted(keys)
+
+
+def test_workers_opening_the_same_job_share_one_run(handles: list[PostgresLedger]) -> None:
+    opened = [r for r in _race([partial(ledger.open_run, "nightly", "h", "emulator") for ledger in handles])]
+    assert len({str(r[0]) for r in opened if isinstance(r, tuple)}) == 1
+    assert sorted(bool(r[1]) for r in opened if isinstance(r, tuple)) == [False, True, True, True]
+
+
+def test_a_transaction_holds_its_rows_until_it_commits(handles: list[PostgresLedger]) -> None:
+    a, b = handles[0], handles[1]
+    a.insert_items([_row("c1")])
+    entered = threading.Event()
+    result: list[int] = []
+
+    def other() -> None:
+        entered.wait()
+        result.append(b.transition_items(["c1"], ItemStatus.SUBMITTED, strict=False))  # waits on the row lock
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with a.transaction():
+        a.transition_items(["c1"], ItemStatus.SUBMITTED)
+        entered.set()
+        time.sleep(0.3)
+        a.transition_items(["c1"], ItemStatus.SUCCEEDED)
+    thread.join()
+    assert result == [0]  # the other worker saw the committed row (succeeded), not the one in between
+    row = b.item("c1")
+    assert row is not None and row.status == "succeeded"

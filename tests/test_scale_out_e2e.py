@@ -1,0 +1,96 @@
+"""End to end with state off this machine: ``batchpipe run`` on the embedded emulator with ``--ledger
+postgresql://...`` (the session's embedded PostgreSQL) and ``--store s3://...`` (the session's SeaweedFS), then
+``status`` and ``ledger export`` from the same URLs; every image is read back from S3 and matches its ledger row."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import obstore
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from batchpipe.adapters.postgres_ledger import PostgresLedger
+from batchpipe.adapters.s3_store import open_s3_store
+from batchpipe.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["--log-json", "--log-level", "warning", *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(REPO / "jobs", tmp_path / "jobs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("BATCHPIPE_LEDGER", raising=False)
+    monkeypatch.delenv("BATCHPIPE_STORE", raising=False)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_a_job_runs_on_a_postgres_ledger_and_an_s3_store(
+    workspace: Path,
+    fresh_postgres_url: Callable[[], str],
+    s3_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    ledger_url, store_url = fresh_postgres_url(), s3_server.new_prefix()
+
+    code, _, err = _invoke("ledger", "init", "--ledger", ledger_url)
+    assert code == 0, err
+    code, _, err = _invoke(
+        "run",
+        "jobs/catalog-nightly.toml",
+        "--limit",
+        "12",
+        "--poll-interval",
+        "0.1",
+        "--ledger",
+        ledger_url,
+        "--store",
+        store_url,
+    )
+    assert code == 0, err
+    assert f"images in {store_url}" in err
+    assert not (workspace / ".batchpipe" / "ledger.sqlite").exists()  # the ledger is the server's
+    assert not any((workspace / ".batchpipe" / "out").rglob("*.png"))  # the images are the bucket's
+
+    monkeypatch.setenv("BATCHPIPE_LEDGER", ledger_url)  # the variable serves as well as the option
+    code, out, _ = _invoke("status", "--json")
+    assert code == 0 and orjson.loads(out)["current_items"] == {"succeeded": 12}
+
+    code, out, _ = _invoke("ledger", "export", "--format", "jsonl")
+    records = [orjson.loads(line) for line in out.splitlines()]
+    assert len(records) == 12
+    store = open_s3_store(store_url, dict(s3_server.env()))
+    for record in records:
+        assert record["status"] == "succeeded" and record["c2pa_state"] == "trusted"
+        assert str(record["output_uri"]).startswith(store_url + "/")
+        data = store.read(record["output_uri"])
+        assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["bytes"]
+    listed = obstore.list(store.objects, prefix=store_url.partition("//")[2].partition("/")[2]).collect()
+    assert len(listed) == 12  # one object per image, nothing else
+
+    # the same command again: a new nightly run on the shared ledger, nothing changed, nothing sent
+    code, _, err = _invoke(
+        "run", "jobs/catalog-nightly.toml", "--limit", "12", "--poll-interval", "0.1", "--store", store_url
+    )
+    assert code == 0, err
+    assert "skipped 12 item(s)" in err
+    ledger = PostgresLedger(ledger_url)
+    try:
+        assert len(ledger.batches()) == 1
+    finally:
+        ledger.close()
