@@ -170,7 +170,7 @@ async def test_a_build_that_fails_part_way_keeps_no_row_and_no_shard_file(tmp_pa
     ledger, api, store = MemoryLedger(), MemoryBatchApi(), MemoryImageStore()
 
     def items() -> Iterator[Item]:
-        yield from _items(1200)  # more than two ledger commits and many shard files
+        yield from _items(4500)  # more than two ledger commits and many shard files
         raise RuntimeError("the catalog's disk went away")
 
     with pytest.raises(RuntimeError, match="went away"):
@@ -327,6 +327,6 @@ async def test_a_ledger_error_in_a_queued_chunk_insert_stops_the_build_and_keeps
 
     ledger, api, store = FailingSecondInsert(), MemoryBatchApi(), MemoryImageStore()
     with pytest.raises(LedgerError, match="disk full"):
-        await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(1700), source_name="t")
+        await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(4500), source_name="t")
     assert ledger.count_items() == {} and ledger.shards() == [] and api.creates == 0
     assert list((tmp_path / "shards").iterdir()) == []

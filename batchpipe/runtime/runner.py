@@ -50,7 +50,7 @@ META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_
 #: take it over, in seconds: longer than any single step (a 200 MB upload, a 3 GB output file).
 DEFAULT_LEASE_S: Final = 3600.0
 #: Item rows per ledger transaction while building: a build never holds a transaction across an ``await``.
-_ROWS_PER_COMMIT: Final = 500
+_ROWS_PER_COMMIT: Final = 2000
 #: Chunk inserts a build keeps queued on the ledger thread while it validates on.
 _INSERTS_IN_FLIGHT: Final = 2
 #: How far the service's clock may be ahead of ours (seconds): a listed batch proves the list current past an
@@ -481,7 +481,7 @@ class Runner:
     async def _build(
         self, job: str, run_id: str, items: Callable[[], Iterator[Any]], *, source_name: str
     ) -> dict[str, int]:
-        """Validate every item and write it to a shard and, in chunks of 500 rows (each its own transaction), to the
+        """Validate every item and write it to a shard and, in chunks of 2,000 rows (each its own transaction), to the
         ledger; then :meth:`Ledger.finish_build` records the shards, supersedes earlier attempts and marks the run
         built, in one transaction. A build that stops part way (invalid items without ``skip_invalid``, an error, a
         kill) leaves no built run: what it wrote is discarded (now, or by the next run) and it starts over.
