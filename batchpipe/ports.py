@@ -32,6 +32,7 @@ __all__ = [
     "Ledger",
     "StoredImage",
     "Verifier",
+    "VerifierReport",
 ]
 
 
@@ -78,11 +79,22 @@ class ImageStore(Protocol):
         ...
 
 
+class VerifierReport(Protocol):
+    """One file's C2PA result as the collector records it (``provenance.verify.C2paReport``): ``state``
+    (``trusted``, ``valid``, ``invalid``, ``missing``, ``unreadable``) and ``to_dict()``, the JSON the ledger keeps
+    in ``c2pa_json`` (issuer, claim generator, failure codes...)."""
+
+    @property
+    def state(self) -> str: ...
+
+    def to_dict(self) -> dict[str, object]: ...
+
+
 class Verifier(Protocol):
     """What the collector needs of a C2PA verifier (:class:`batchpipe.provenance.verify.C2paVerifier`)."""
 
-    def verify_bytes(self, data: bytes, mime: str | None = None) -> Any:
-        """A report with ``state``, ``failure_codes``... and ``to_dict()`` (``C2paReport``)."""
+    def verify_bytes(self, data: bytes, mime: str | None = None) -> VerifierReport:
+        """Check one in-memory file (``mime`` a hint, None: detect); never raises for bad data."""
         ...
 
 
