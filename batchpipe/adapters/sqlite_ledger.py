@@ -22,13 +22,14 @@ Item statuses and their allowed transitions are :data:`ITEM_TRANSITIONS`; shard 
 Opening an older ledger file adds what it lacks (the ``claims`` table, the ``events`` index): the schema is all
 ``CREATE ... IF NOT EXISTS``.
 
-Indexes follow the reads, so no read grows faster than the rows it returns: every query with ``ORDER BY`` reads
-in index order (``tests/test_ledger.py`` checks each plan for ``USE TEMP B-TREE``): pages of :meth:`items` by the
-primary key or ``items_run_custom`` (run_id, custom_id); one shard's or batch's rows are one lookup of
-``items_shard`` / ``items_batch_set`` (partial: rows not yet submitted have no entry); the re-run check and
-attempt numbering use UNIQUE (job, item_key, attempt); counts are ``GROUP BY`` aggregates. Each build ends with a
-sampled ``ANALYZE`` and :meth:`SqliteLedger.close` runs ``PRAGMA optimize``. The same indexes (and ``ANALYZE``) serve
-a PostgreSQL ledger.
+Indexes follow the reads, so no read grows faster than the rows it returns: every query with ``ORDER BY`` reads in
+index order (``tests/test_ledger.py`` checks each plan for ``USE TEMP B-TREE``): pages of :meth:`items` by the
+primary key (a run's or a job's pages follow it and test the run or job: an index keyed by run and ``custom_id``
+would make every insert of a build touch a random page, 4x slower at 1M items); one shard's or batch's rows are one
+lookup of ``items_shard`` / ``items_batch_set`` (partial: rows not yet submitted have no entry); the re-run check
+and attempt numbering use UNIQUE (job, item_key, attempt); counts are ``GROUP BY`` aggregates. Each build ends with
+a sampled ``ANALYZE`` and :meth:`SqliteLedger.close` runs ``PRAGMA optimize``. The same indexes (and ``ANALYZE``)
+serve a PostgreSQL ledger.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at    DOUBLE PRECISION NOT NULL,
     UNIQUE (job, item_key, attempt)
 );
-CREATE INDEX IF NOT EXISTS items_run_custom ON items (run_id, custom_id);
+CREATE INDEX IF NOT EXISTS items_run ON items (run_id);
 CREATE INDEX IF NOT EXISTS items_shard ON items (shard);
 CREATE INDEX IF NOT EXISTS items_batch_set ON items (batch_id) WHERE batch_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS shards (
@@ -206,10 +207,11 @@ CREATE TABLE IF NOT EXISTS claims (
 
 #: Indexes of older ledger files that :meth:`SqliteLedger._migrate` drops: ``items_job_key`` (job, item_key) was a
 #: prefix of the UNIQUE (job, item_key, attempt) index; ``items_run_status`` (run_id, status) could not give
-#: ``custom_id`` order, so each page of ``items(run_id=...)`` sorted a temporary B-tree of the whole run
-#: (``items_run_custom`` replaces it); ``items_batch`` held a NULL entry for every item not yet submitted
-#: (``items_batch_set`` is partial); ``files_sha`` could not give ``created_at`` order.
-_DROPPED_INDEXES: Final = ("items_job_key", "items_run_status", "items_batch", "files_sha")
+#: ``custom_id`` order, so each page of ``items(run_id=...)`` sorted a temporary B-tree of the whole run (its pages
+#: now follow the primary key); ``items_run_custom`` (run_id, custom_id) made every build insert touch a random page
+#: (``items_run`` (run_id) appends: its entries are in rowid order); ``items_batch`` held a NULL entry for every
+#: item not yet submitted (``items_batch_set`` is partial); ``files_sha`` could not give ``created_at`` order.
+_DROPPED_INDEXES: Final = ("items_job_key", "items_run_status", "items_run_custom", "items_batch", "files_sha")
 
 #: Rows ANALYZE samples per index (``PRAGMA analysis_limit``): statistics good enough for the planner in
 #: milliseconds, even at millions of items.
@@ -591,7 +593,7 @@ class SqliteLedger:
         latest_only: bool = False,
     ) -> Iterator[ItemRow]:
         """Item rows matching every given filter, in ``custom_id`` order, streamed in pages of 1,000 (keyset pages
-        that an index serves in order: the primary key, or ``items_run_custom`` for a run). The rows of one
+        that the primary key serves in order, testing the run or job on the way). The rows of one
         ``shard`` or ``batch_id`` (at most 50,000: the Batch API's limit) are one query of that column's index,
         ordered here.
 
@@ -599,9 +601,10 @@ class SqliteLedger:
         """
         where: list[str] = ["1 = 1"]
         params: list[object] = []
-        # ``job || ''``: no index gives a job's rows in custom_id order (the UNIQUE one is job, item_key, attempt),
-        # so its pages follow the primary key and test the job, instead of sorting the whole job on every page
-        for column, value in (("run_id", run_id), ("job || ''", job), ("shard", shard), ("batch_id", batch_id)):
+        # ``job || ''`` / ``run_id || ''``: no index gives a job's or a run's rows in custom_id order (the UNIQUE one
+        # is job, item_key, attempt; ``items_run`` is run_id in insertion order, cheap to build), so their pages
+        # follow the primary key and test the job or run, instead of sorting the whole run on every page
+        for column, value in (("run_id || ''", run_id), ("job || ''", job), ("shard", shard), ("batch_id", batch_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
