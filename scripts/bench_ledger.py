@@ -17,7 +17,7 @@ peak RSS):
 Run it against the code on ``PYTHONPATH`` (so "before" is another checkout on ``PYTHONPATH``)::
 
     PYTHONPATH=$PWD python scripts/bench_ledger.py --items 200000
-    PYTHONPATH=/tmp/before python scripts/bench_ledger.py --items 200000
+    PYTHONPATH=../before python scripts/bench_ledger.py --items 200000   # ../before: a checkout of the old commit
 
 Prints one line per measurement (seconds, peak RSS in MB) and a FINAL line.
 """
@@ -57,6 +57,7 @@ def build(workdir: Path, n: int) -> None:
     """A ledger of ``n`` items in ``workdir`` (see the module docstring)."""
     from batchpipe.adapters.sqlite_ledger import open_ledger
     from batchpipe.domain.items import make_custom_id
+    from batchpipe.domain.locations import file_uri
     from batchpipe.domain.records import ITEM_COLUMNS
 
     ledger = open_ledger(workdir)
@@ -66,6 +67,7 @@ def build(workdir: Path, n: int) -> None:
     c2pa = '{"state":"Trusted","issuer":"Example CA","failure_codes":[],"manifest":"' + "x" * 200 + '"}'
     usage = '{"input_tokens":60,"output_tokens":4160,"total_tokens":4220}'
     run1, _ = ledger.open_run(JOB, "spec", "bench")
+    out_dir = file_uri(workdir.resolve() / "out")  # where the (never written) images would be
     sql = f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' for _ in ITEM_COLUMNS)})"
     events = "INSERT INTO events (at, entity, entity_id, from_status, to_status, detail) VALUES (?, 'item', ?, ?, ?, ?)"
 
@@ -89,7 +91,7 @@ def build(workdir: Path, n: int) -> None:
             "shard": f"{run_id}-{batch:05d}",
             "batch_id": f"batch_{run_id}_{batch:05d}" if status != "pending" else None,
             "status": status,
-            "output_uri": f"file:///work/out/{_key(i)}/0.png" if status == "succeeded" else None,
+            "output_uri": f"{out_dir}/{_key(i)}/0.png" if status == "succeeded" else None,
             "sha256": _hash(i) if status == "succeeded" else None,
             "bytes": 1_500_000 if status == "succeeded" else None,
             "format": "png" if status == "succeeded" else None,
