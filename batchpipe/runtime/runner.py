@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -38,7 +37,7 @@ from batchpipe.runtime.settings import RunOptions
 from batchpipe.stages.collect import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.stages.listing import iter_files
 from batchpipe.stages.poll import Poller
-from batchpipe.stages.shard import ShardBuilder, ShardInfo
+from batchpipe.stages.shard import ShardBuilder, ShardInfo, shard_files_of
 
 __all__ = ["RunOptions", "RunSummary", "Runner", "SubmissionStalled", "ValidationFailed"]
 
@@ -406,7 +405,7 @@ class Runner:
     async def _discard_unfinished_build(self, run_id: str) -> None:
         """Undo what a build killed part way left: its item rows (the ledger) and its shard files (the disk)."""
         gone = await self.db.discard_build(run_id)
-        ours = re.compile(rf"\.?{re.escape(run_id)}-\d{{5}}-[a-z]+-.*\.jsonl(\.part)?")  # ShardBuilder's names
+        ours = shard_files_of(run_id)
         leftovers = (
             [p for p in sorted(self.shard_dir.iterdir()) if ours.fullmatch(p.name)] if self.shard_dir.is_dir() else []
         )

@@ -32,7 +32,7 @@ from batchpipe.domain.items import Item
 from batchpipe.domain.spec import estimate_input_tokens
 from batchpipe.errors import InputError
 
-__all__ = ["MAX_BUFFER_BYTES", "WRITE_CHUNK_BYTES", "ShardBuilder", "ShardInfo", "request_line"]
+__all__ = ["MAX_BUFFER_BYTES", "WRITE_CHUNK_BYTES", "ShardBuilder", "ShardInfo", "request_line", "shard_files_of"]
 
 #: Bytes buffered per open shard before one write.
 WRITE_CHUNK_BYTES: Final = 1024 * 1024
@@ -40,6 +40,12 @@ WRITE_CHUNK_BYTES: Final = 1024 * 1024
 MAX_BUFFER_BYTES: Final = 16 * 1024 * 1024
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _SHORT: Final[dict[str, str]] = {"/v1/images/generations": "gen", "/v1/images/edits": "edit"}
+
+
+def shard_files_of(prefix: str) -> re.Pattern[str]:
+    """The names :class:`ShardBuilder` gives the shards of ``prefix`` (``<prefix>-<index:05d>-<kind>-<model>.jsonl``)
+    and their ``.<name>.part`` temporaries; ``fullmatch`` a file name against it."""
+    return re.compile(rf"\.?{re.escape(prefix)}-\d{{5}}-[A-Za-z0-9._-]+\.jsonl(\.part)?")
 
 
 def request_line(custom_id: str, endpoint: str, encoded_body: bytes) -> bytes:

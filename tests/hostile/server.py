@@ -297,7 +297,8 @@ def _run_batch(state: HostileState, batch_id: str) -> None:
         batch["usage"] = _usage(sc.usage_kind)
 
 
-def _store_file(state: HostileState, content: bytes, filename: str, now: int) -> str:
+def _store_file(state: HostileState, content: bytes, filename: str, now: int, *, purpose: str = "batch_output") -> str:
+    """Keep ``content`` as a file object; an output or error file (``purpose`` batch_output) is counted."""
     file_id = state.next_id("file")
     state.files[file_id] = {
         "id": file_id,
@@ -306,12 +307,13 @@ def _store_file(state: HostileState, content: bytes, filename: str, now: int) ->
         "created_at": now,
         "expires_at": now + 30 * 86_400,
         "filename": filename,
-        "purpose": "batch_output",
+        "purpose": purpose,
         "status": "processed",
         "status_details": None,
     }
     state.contents[file_id] = content
-    state.outputs.add(file_id)
+    if purpose == "batch_output":
+        state.outputs.add(file_id)
     return file_id
 
 
@@ -374,20 +376,7 @@ async def create_file(request: Request) -> Response:
             return _error(400, "purpose must be 'batch' and file must be a file")
         content = await upload.read()
         filename = upload.filename
-    now = int(time.time())
-    file_id = state.next_id("file")
-    state.files[file_id] = {
-        "id": file_id,
-        "object": "file",
-        "bytes": len(content),
-        "created_at": now,
-        "expires_at": now + 30 * 86_400,
-        "filename": filename,
-        "purpose": "batch",
-        "status": "processed",
-        "status_details": None,
-    }
-    state.contents[file_id] = content
+    file_id = _store_file(state, content, filename, int(time.time()), purpose="batch")
     return _ok(state.files[file_id])
 
 
