@@ -186,7 +186,7 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium: `make browser` installs Debian's chromium (root + apt-get)")
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium (`make browser` installs it as root)")
 def test_report_in_headless_chromium(emulator_run: Path, tmp_path: Path) -> None:
     """The page loads in a real browser, its script renders the cards and thumbnails, and the filters work."""
     import subprocess

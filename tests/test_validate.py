@@ -642,3 +642,14 @@ def test_renamed_duplicate_keys_stay_unique_and_name_the_first_line(
             assert item.metadata["_batchpipe"] == {"duplicate_of": {"key": key, "line": taken[key]}}
         taken[item.key] = line
     assert len(warnings) == sum(1 for key, item in zip(keys, items, strict=True) if item.key != key)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", "b", " ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\x1c", "é"])))
+def test_prompts_are_single_spaced_whatever_the_whitespace(text: str) -> None:
+    """The prompt's whitespace rule (runs of any Unicode whitespace → one space, none at either end) holds for
+    text that already looks single-spaced and for text that is not."""
+    from batchpipe.input.validate import _single_spaced
+
+    assert _single_spaced(text) == " ".join(text.split())
+    assert _single_spaced("Studio photo of tea, plain background.") == "Studio photo of tea, plain background."

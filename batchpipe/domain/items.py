@@ -94,7 +94,7 @@ class ImageRef:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Item:
     """One request to render.
 
@@ -105,6 +105,10 @@ class Item:
     ``encoded``: ``orjson.dumps(body)`` when the maker already serialized it (validation does, to check the
     line's size), so the shard line and the ledger row reuse those bytes; empty when not known
     (:meth:`body_bytes` serializes then).
+
+    Treat it as a value: it is not a frozen dataclass only because a frozen one's ``__init__`` sets each field
+    with ``object.__setattr__``, 1.9 µs an item instead of 0.7 µs (measured with ``timeit``; the build makes
+    one per manifest row, about 18 µs a row in all).
     """
 
     key: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
@@ -35,8 +35,9 @@ class _Field:
     first_of: str | None = None
 
     def text(self, values: Mapping[str, object]) -> str:
-        value = _text(self.name, values.get(self.name))
-        return value if self.first_of is None else first_value(value, self.first_of)
+        value = values.get(self.name)
+        text = value if isinstance(value, str) else _text(self.name, value)
+        return text if self.first_of is None else first_value(text, self.first_of)
 
 
 #: ``name|first`` or ``name|first:"SEP"`` (the column name may itself hold ``|``; the filter is the last part).
@@ -77,6 +78,8 @@ class Template:
 
     source: str
     parts: tuple[_Part, ...]
+    #: The one field when the template is nothing else (``"{pid}"``, as item keys usually are).
+    lone: _Field | None = field(default=None, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> Template:
@@ -84,7 +87,8 @@ class Template:
         field name containing a brace, an unclosed ``{?`` segment, or an optional segment inside another."""
         parts, end = _parse_parts(text, 0, in_optional=False)
         assert end == len(text)
-        return cls(text, tuple(parts))
+        lone = parts[0] if len(parts) == 1 and isinstance(parts[0], _Field) else None
+        return cls(text, tuple(parts), lone)
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -107,12 +111,30 @@ class Template:
         its first field that renders blank (fields after it are not read). Raises ``TypeError`` (naming the
         first such field) for a list or object value.
         """
+        return self.render_checked(values, empty=None)
+
+    def render_checked(self, values: Mapping[str, object], *, empty: list[str] | None) -> str:
+        """:meth:`render`, and in the same pass the columns of fields outside optional segments that render
+        blank appended to ``empty`` (when given; each once, in order): a prompt such as "Studio photo of , a ()"
+        in the making. Raises ``TypeError`` as :meth:`render`."""
+        lone = self.lone
+        if lone is not None:
+            value = lone.text(values)
+            if empty is not None and not value.strip():
+                empty.append(lone.name)
+            return value
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
             elif isinstance(part, _Field):
-                out.append(part.text(values))
+                raw = values.get(part.name)  # part.text(values), inlined: once per field per row
+                value = raw if isinstance(raw, str) else _text(part.name, raw)
+                if part.first_of is not None:
+                    value = first_value(value, part.first_of)
+                if empty is not None and not value.strip() and part.name not in empty:
+                    empty.append(part.name)
+                out.append(value)
             else:
                 segment: list[str] = []
                 for inner in part.parts:
@@ -130,10 +152,8 @@ class Template:
     def empty_fields(self, values: Mapping[str, object]) -> tuple[str, ...]:
         """The columns of fields outside optional segments that render blank for ``values`` (each once, in
         order): a prompt such as "Studio photo of , a ()" in the making. Raises ``TypeError`` as :meth:`render`."""
-        empty: dict[str, None] = {}
-        for part in self.parts:
-            if isinstance(part, _Field) and not part.text(values).strip():
-                empty.setdefault(part.name)
+        empty: list[str] = []
+        self.render_checked(values, empty=empty)
         return tuple(empty)
 
 
