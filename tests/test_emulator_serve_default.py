@@ -1,4 +1,5 @@
-"""`batchpipe emulator serve` without --state-dir, as the README's examples run it: a temporary state folder."""
+"""`batchpipe emulator serve` without --state-dir, as the README's examples run it: a default state folder under the
+current directory (printed at start) that a restart keeps, like a real service keeps its files and batches."""
 
 from __future__ import annotations
 
@@ -23,29 +24,55 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
-def test_serve_without_state_dir_uses_a_temporary_folder(tmp_path: Path) -> None:
-    port = _free_port()
+def _serve(cwd: Path, port: int) -> tuple[subprocess.Popen[str], Path]:
+    """Start ``batchpipe emulator serve --port PORT`` in ``cwd``; returns it once it answers, and its state folder
+    as printed on its first line."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from batchpipe.cli.main import main; main()", "emulator", "serve", "--port", str(port)],
-        stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
     )  # fmt: skip
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    found = re.search(r"state in (\S+), the default", first)
+    assert found, first
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/v1/files", headers={"Authorization": "Bearer x"})
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return proc, Path(found.group(1))
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, as a person stops it
+    proc.communicate(timeout=30)
+
+
+@pytest.mark.slow
+def test_serve_without_state_dir_keeps_its_state_under_the_current_folder(tmp_path: Path) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    auth = {"Authorization": "Bearer x"}
+    proc, state = _serve(tmp_path, port)
     try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-        found = re.search(r"state in (\S+) \(temporary", first)
-        assert found, first
-        state = Path(found.group(1))
-        for _ in range(100):
-            try:
-                listed = httpx.get(f"http://127.0.0.1:{port}/v1/files", headers={"Authorization": "Bearer x"})
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert listed.status_code == 200 and state.is_dir()
+        assert (tmp_path / state).resolve() == (tmp_path / ".batchpipe" / "emulator").resolve()
+        assert (tmp_path / state).is_dir()
+        line = b'{"custom_id":"a","method":"POST","url":"/v1/images/generations","body":{}}\n'
+        form = {"purpose": "batch"}
+        uploaded = httpx.post(f"{base}/files", headers=auth, data=form, files={"file": ("in.jsonl", line)})
+        assert uploaded.status_code == 200, uploaded.text
+        file_id = uploaded.json()["id"]
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, as a person stops it
-        proc.communicate(timeout=30)
-    assert not state.exists()  # deleted at exit
-    assert list(tmp_path.iterdir()) == []  # nothing left in the current folder
+        _stop(proc)
+    assert (tmp_path / state).is_dir()  # kept at exit
+
+    proc, again = _serve(tmp_path, port)  # a restart in the same folder finds the same files
+    try:
+        assert again == state
+        listed = httpx.get(f"{base}/files", headers=auth)
+        assert listed.status_code == 200
+        assert file_id in [f["id"] for f in listed.json()["data"]]
+    finally:
+        _stop(proc)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import tempfile
 from pathlib import Path
 
 import click
@@ -20,6 +18,10 @@ from batchpipe.emulator.config import (
     SpeedConfig,
 )
 from batchpipe.emulator.server import run_server
+
+#: Where ``batchpipe emulator serve`` keeps files and batches without ``--state-dir`` (relative to the current
+#: directory, beside the pipeline's own ``.batchpipe`` work directory), so a restart keeps them.
+DEFAULT_STATE_DIR = ".batchpipe/emulator"
 
 __all__ = ["build_config", "emulator_group", "parse_now", "serve_models"]
 
@@ -180,8 +182,8 @@ def emulator_group() -> None:
     "--state-dir",
     default=None,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Files and database; a restart on the same directory keeps files and batches (default: a temporary "
-    "directory, deleted at exit).",
+    help="Files and database; a restart on the same directory keeps files and batches (default: "
+    f"./{DEFAULT_STATE_DIR}, created if missing and printed at start).",
 )
 @click.option("--speed", type=click.Choice(["instant", "realistic"]), default="instant", show_default=True)
 @click.option("--per-request-s", type=float, default=None, help="Realistic mode: seconds per request.")
@@ -281,12 +283,11 @@ def emulator_group() -> None:
 )
 def serve(host: str, port: int, **options: object) -> None:
     """Serve the emulator at http://HOST:PORT/v1 until Ctrl-C. Point an OpenAI client's base_url there."""
-    temporary = None
+    note = ""
     if options.get("state_dir") is None:
-        temporary = tempfile.TemporaryDirectory(prefix="batchpipe-emulator-")
-        options["state_dir"] = Path(temporary.name)
-    with temporary or contextlib.nullcontext():
-        _serve(host, port, note=" (temporary: --state-dir DIR keeps it)" if temporary else "", **options)
+        options["state_dir"] = Path(DEFAULT_STATE_DIR)
+        note = ", the default: --state-dir DIR to choose"
+    _serve(host, port, note=note, **options)
 
 
 def _serve(host: str, port: int, *, note: str, **options: object) -> None:
