@@ -113,3 +113,93 @@ def test_the_first_filter_in_templates() -> None:
     assert template.fields == ("Image Src", "urls", "a|b")  # a name without the filter is still a column name
     assert template.render({"Image Src": "p1.png|p2.png", "urls": "u1,u2", "a|b": "x"}) == "p1.png u1 x"
     assert template.empty_fields({"Image Src": " | ", "urls": "u", "a|b": ""}) == ("Image Src", "a|b")
+
+
+def _european_export(tmp_path: Path) -> Path:
+    """The real Shopify apparel export as a European spreadsheet saves it: ``;``-separated, Windows-1252 text
+    (the Vendor of the first product gets an accented letter so the encoding matters)."""
+    import csv
+    import io
+
+    with open(DATA / "shopify-apparel.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    vendor = rows[0].index("Vendor")
+    rows[1][vendor] = "Maison Élan"
+    out = io.StringIO()
+    csv.writer(out, delimiter=";", lineterminator="\r\n").writerows(rows)
+    path = tmp_path / "shopify-eu.csv"
+    path.write_bytes(out.getvalue().encode("cp1252", errors="replace"))
+    return path
+
+
+def _eu_spec(tmp_path: Path, manifest: Path, options: str) -> Path:
+    path = tmp_path / "eu.toml"
+    path.write_text(
+        f"""[job]
+name = "eu"
+[manifest]
+path = "{manifest}"
+{options}
+[item]
+key = "{{Handle}}"
+prompt = "Studio product photo of {{Title}}{{? by {{Vendor}}}}"
+on_empty_field = "skip"
+[defaults]
+model = "gpt-image-2"
+quality = "low"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_semicolon_separated_cp1252_export_reads_with_delimiter_and_encoding(tmp_path: Path) -> None:
+    manifest = _european_export(tmp_path)
+    spec = JobSpec.load(_eu_spec(tmp_path, manifest, 'delimiter = ";"\nencoding = "cp1252"'))
+    assert (spec.csv_options.delimiter, spec.csv_options.encoding) == (";", "cp1252")
+    assert "Vendor" in (spec.columns or ())
+    entries = list(make_items(spec, on_warning=lambda _p: None))
+    items = [e for e in entries if isinstance(e, Item)]
+    assert not [e for e in entries if isinstance(e, Problem)]
+    assert items[0].body["prompt"] == "Studio product photo of Ocean Blue Shirt by Maison Élan"
+    assert len(items) == len({i.key for i in items}) > 5
+
+    code, out = _invoke("validate", str(tmp_path / "eu.toml"))
+    assert code == 0, out
+
+
+def test_the_same_export_without_the_options_says_what_to_set(tmp_path: Path) -> None:
+    manifest = _european_export(tmp_path)
+    # the default (comma, UTF-8): the header is one column, the row's cp1252 byte is not UTF-8, and the
+    # problem says which option to set
+    code, out = _invoke("validate", str(_eu_spec(tmp_path, manifest, 'delimiter = ";"')))
+    assert code == 2, out
+    assert f"{manifest}:2:" in out and "not valid UTF-8: byte 0xc9" in out and "[manifest] encoding" in out
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "words"),
+    [
+        ('delimiter = ";;"', "manifest.delimiter", "not a single character"),
+        ("delimiter = '\"'", "manifest.delimiter", "not a single character"),
+        ('encoding = "klingon"', "manifest.encoding", "not an encoding Python knows"),
+        ('encoding = "utf-16"', "manifest.encoding", "not ASCII-compatible"),
+    ],
+)
+def test_bad_csv_options_are_located_spec_errors(tmp_path: Path, options: str, field: str, words: str) -> None:
+    spec = _eu_spec(tmp_path, _european_export(tmp_path), options)
+    code, out = _invoke("validate", str(spec))
+    assert code == 2, out
+    assert f"{spec}:5: field '{field}':" in out and words in out, out
+
+
+def test_csv_options_on_a_jsonl_manifest_are_refused(tmp_path: Path) -> None:
+    manifest = tmp_path / "items.jsonl"
+    manifest.write_text('{"key": "a", "prompt": "a red mug"}\n', encoding="utf-8")
+    spec = tmp_path / "j.toml"
+    spec.write_text(
+        f'[job]\nname = "j"\n[manifest]\npath = "{manifest}"\nencoding = "cp1252"\n[defaults]\nmodel = "gpt-image-2"\n',
+        encoding="utf-8",
+    )
+    code, out = _invoke("validate", str(spec))
+    assert code == 2 and "field 'manifest.encoding'" in out and "applies to CSV manifests" in out, out

@@ -89,7 +89,14 @@ from batchpipe.domain.lifecycle import DEFAULT_WARN_DAYS, Clock, ModelPolicy, cl
 from batchpipe.domain.localfiles import read_capped
 from batchpipe.domain.modeltable import ModelTable, ModelTableError, shipped_table
 from batchpipe.errors import InputError, JobSpecError, ManifestError
-from batchpipe.input.manifest import DEFAULT_MAX_LINE_BYTES, ManifestFormat, detect_format, read_columns
+from batchpipe.input.manifest import (
+    DEFAULT_CSV,
+    DEFAULT_MAX_LINE_BYTES,
+    CsvOptions,
+    ManifestFormat,
+    detect_format,
+    read_columns,
+)
 from batchpipe.input.matrix import Variant, VariantMatrix, variants_from_csv, variants_from_tables
 from batchpipe.input.references import DEFAULT_UPLOAD_PURPOSE, ReferenceOptions, ReferenceResolver
 from batchpipe.input.templates import SUSPICIOUS_FIELD_CHARS, Template, TemplateSyntaxError
@@ -135,6 +142,8 @@ class _ManifestSection(_Strict):
     path: Annotated[str, Field(min_length=1)]
     format: ManifestFormat | None = None
     max_line_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_LINE_BYTES
+    delimiter: str | None = None  # CSV only: one character (default ",")
+    encoding: str | None = None  # CSV only: a Python codec name (default "utf-8")
 
 
 class _ItemSection(_Strict):
@@ -316,6 +325,7 @@ class JobSpec:
     c2pa_trust: str = "default"
     run: RunSection = field(default_factory=RunSection)
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    csv_options: CsvOptions = DEFAULT_CSV
     columns: tuple[str, ...] | None = None
     matrix: VariantMatrix | None = None
     policy: ModelPolicy = field(default_factory=lambda: ModelPolicy(shipped_table(), clock=clock_from_env()))
@@ -395,6 +405,7 @@ class JobSpec:
         problem = _not_a_file(manifest_path)
         if problem:
             raise fail(problem, ("manifest", "path"))
+        csv_options = _csv_options(parsed.manifest, fmt, fail)
 
         policy = _policy(
             parsed.models,
@@ -438,7 +449,11 @@ class JobSpec:
             key_template = _parse_template(item.key, ("item", "key"), fail)
             prompt_template = _parse_template(item.prompt, ("item", "prompt"), fail)
             try:
-                columns = tuple(read_columns(manifest_path, fmt=fmt, max_line_bytes=parsed.manifest.max_line_bytes))
+                columns = tuple(
+                    read_columns(
+                        manifest_path, fmt=fmt, max_line_bytes=parsed.manifest.max_line_bytes, csv_options=csv_options
+                    )
+                )
             except ManifestError as exc:
                 raise JobSpecError(
                     f"cannot read the manifest's columns: {exc}",
@@ -498,6 +513,7 @@ class JobSpec:
             c2pa_trust=parsed.c2pa.trust,
             run=parsed.run,
             max_line_bytes=parsed.manifest.max_line_bytes,
+            csv_options=csv_options,
             columns=columns,
             matrix=matrix,
             policy=policy,
@@ -842,3 +858,16 @@ def _variant_error(variant: Variant, text: str, message: str, key: str) -> Input
             field=f"{variant.field}.{key}",
         )
     return ManifestError(message, file=file, line=int(line) if line.isdigit() else None, field=key)
+
+
+def _csv_options(section: _ManifestSection, fmt: ManifestFormat, fail: _Fail) -> CsvOptions:
+    """``[manifest] delimiter`` / ``encoding`` as checked :class:`CsvOptions`; raises the spec's located
+    ``JobSpecError`` for a bad value, or for either one on a JSONL manifest (JSON text is UTF-8, RFC 8259 §8.1)."""
+    for name in ("delimiter", "encoding"):
+        if getattr(section, name) is not None and fmt != "csv":
+            raise fail(f"{name} applies to CSV manifests; this one is {fmt}", ("manifest", name))
+    try:
+        return CsvOptions.checked(section.delimiter or ",", section.encoding or "utf-8")
+    except ValueError as exc:
+        name, _, message = str(exc).partition(": ")
+        raise fail(message, ("manifest", name)) from None

@@ -20,6 +20,7 @@ import csv
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
 
@@ -30,7 +31,9 @@ from batchpipe.errors import ManifestError
 
 __all__ = [
     "CHUNK_BYTES",
+    "DEFAULT_CSV",
     "DEFAULT_MAX_LINE_BYTES",
+    "CsvOptions",
     "ManifestFormat",
     "ManifestRow",
     "detect_format",
@@ -69,6 +72,45 @@ class _Line(NamedTuple):
     length: int  # bytes, without the newline
 
 
+@dataclass(frozen=True, slots=True)
+class CsvOptions:
+    """How a CSV manifest is written: ``delimiter`` (one character, default ``,``; ``;`` and tab are common in
+    European spreadsheet exports) and ``encoding`` (a Python codec name, default ``utf-8``; e.g. ``cp1252`` or
+    ``latin-1`` for older exports). Build with :meth:`checked`, which refuses what the reader cannot take."""
+
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+    @classmethod
+    def checked(cls, delimiter: str = ",", encoding: str = "utf-8") -> CsvOptions:
+        """Options with ``encoding`` normalized to its codec's name (``"UTF8"`` → ``"utf-8"``).
+
+        Raises ``ValueError`` naming the option: a delimiter that is not one character, or is a quote, a line
+        break or a space; an encoding Python does not know, or one where a line break or an ASCII letter is not
+        the single byte it is in ASCII (UTF-16 and UTF-32: convert such a file to UTF-8 first), since the reader
+        splits lines on bytes.
+        """
+        if len(delimiter) != 1 or delimiter in '"\r\n ':
+            raise ValueError(
+                f"delimiter: {delimiter!r} is not a single character other than a quote, a line break or a space"
+            )
+        try:
+            name = codecs.lookup(encoding).name
+        except LookupError:
+            raise ValueError(f"encoding: {encoding!r} is not an encoding Python knows (e.g. utf-8, cp1252)") from None
+        probe = '\n,;"\tAZaz09'
+        try:
+            ascii_compatible = probe.encode(name) == probe.encode("ascii")
+        except UnicodeError:
+            ascii_compatible = False
+        if not ascii_compatible:
+            raise ValueError(f"encoding: {encoding!r} is not ASCII-compatible (convert the file to UTF-8 first)")
+        return cls(delimiter, "utf-8" if name == "utf-8-sig" else name)
+
+
+DEFAULT_CSV: Final = CsvOptions()
+
+
 def detect_format(path: Path) -> ManifestFormat | None:
     """``"csv"`` for ``.csv``, ``"jsonl"`` for ``.jsonl`` / ``.ndjson`` (case-insensitive), else ``None``."""
     return _EXTENSIONS.get(path.suffix.lower())
@@ -87,8 +129,9 @@ def iter_lines(path: Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> I
         yield _Line(*line)
 
 
-def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """:func:`iter_lines` as plain ``(number, data, length)`` tuples (the readers' hot path)."""
+def _raw_lines(path: Path, max_line_bytes: int, *, drop_bom: bool = True) -> Iterator[tuple[int, bytes | None, int]]:
+    """:func:`iter_lines` as plain ``(number, data, length)`` tuples (the readers' hot path); ``drop_bom``:
+    drop a UTF-8 byte order mark at the start (only UTF-8 files have one)."""
     if max_line_bytes < 1:
         raise ValueError("max_line_bytes must be >= 1")
     name = str(path)
@@ -116,7 +159,7 @@ def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | N
             left -= len(chunk)
             if first:
                 first = False
-                if chunk.startswith(_BOM):
+                if drop_bom and chunk.startswith(_BOM):
                     chunk = chunk[len(_BOM) :]
             pieces = chunk.split(b"\n")
             for piece in pieces[:-1]:  # each of these ends a line
@@ -147,12 +190,15 @@ def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | N
                 yield (number, b"".join(pending), pending_len)
 
 
-def _utf8_problem(data: bytes) -> str | None:
-    """A sentence naming the first byte that is not UTF-8, or ``None`` if ``data`` decodes."""
+def _utf8_problem(data: bytes, encoding: str = "utf-8") -> str | None:
+    """A sentence naming the first byte that is not ``encoding`` (default UTF-8), or ``None`` if ``data``
+    decodes."""
     try:
-        data.decode("utf-8")
+        data.decode(encoding)
     except UnicodeDecodeError as exc:
-        return f"not valid UTF-8: byte 0x{data[exc.start]:02x} at column {exc.start + 1} ({exc.reason})"
+        label = "UTF-8" if encoding == "utf-8" else encoding
+        hint = "" if encoding != "utf-8" else ' (another encoding? set [manifest] encoding, e.g. "cp1252")'
+        return f"not valid {label}: byte 0x{data[exc.start]:02x} at column {exc.start + 1} ({exc.reason}){hint}"
     return None
 
 
@@ -165,12 +211,14 @@ def iter_manifest(
     *,
     fmt: ManifestFormat | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    csv_options: CsvOptions = DEFAULT_CSV,
 ) -> Iterator[ManifestRow | ManifestError]:
     """Stream the data rows of a manifest; row errors are yielded, file errors raised (see module docstring).
 
     ``fmt`` defaults from the extension (:func:`detect_format`). CSV: the first row is the header; every row
-    must have as many fields as the header; blank lines are skipped. JSONL: one JSON object per line; blank
-    lines are skipped. ``max_line_bytes`` caps one physical line (and one CSV row), in bytes.
+    must have as many fields as the header; blank lines are skipped; ``csv_options`` gives the delimiter and
+    the encoding (:class:`CsvOptions`). JSONL: one JSON object per line (UTF-8, as JSON is); blank lines are
+    skipped. ``max_line_bytes`` caps one physical line (and one CSV row), in bytes.
 
     Raises ``ManifestError`` (file-level) for: unknown format, unreadable or empty file, a bad CSV header
     (empty, not UTF-8, duplicate column names), a CSV line or row over the cap, a quote left open at the end.
@@ -183,7 +231,7 @@ def iter_manifest(
             file=str(path),
         )
     if fmt == "csv":
-        return _iter_csv(path, max_line_bytes)
+        return _iter_csv(path, max_line_bytes, csv_options)
     return _iter_jsonl(path, max_line_bytes)
 
 
@@ -291,8 +339,9 @@ def _json_type(value: object) -> str:
 class _CsvFeed:
     """Feeds decoded physical lines to ``csv.reader`` and remembers what it saw for the current row."""
 
-    def __init__(self, path: Path, max_line_bytes: int) -> None:
-        self._lines = _raw_lines(path, max_line_bytes)
+    def __init__(self, path: Path, max_line_bytes: int, encoding: str = "utf-8") -> None:
+        self._lines = _raw_lines(path, max_line_bytes, drop_bom=encoding == "utf-8")
+        self._encoding = encoding
         self._max = max_line_bytes
         self._name = str(path)
         self.number = 0  # last physical line handed to the reader
@@ -307,6 +356,7 @@ class _CsvFeed:
 
     def __iter__(self) -> Iterator[str]:
         limit = self._max
+        encoding = self._encoding
         for number, data, length in self._lines:
             self.number = number
             if data is None:
@@ -320,11 +370,11 @@ class _CsvFeed:
                     line=self.row_start,
                 )
             try:
-                text = data.decode("utf-8")
+                text = data.decode(encoding)
             except UnicodeDecodeError:
-                problem = _utf8_problem(data) or "not valid UTF-8"
+                problem = _utf8_problem(data, encoding) or f"not valid {encoding}"
                 self.bad_utf8.append((number, problem))
-                text = data.decode("utf-8", "replace")  # keep the quoting structure intact
+                text = data.decode(encoding, "replace")  # keep the quoting structure intact
             yield text + "\n"
 
 
@@ -335,14 +385,18 @@ def _raise_field_limit(limit: int) -> None:
 
 
 def read_columns(
-    path: Path, *, fmt: ManifestFormat | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    path: Path,
+    *,
+    fmt: ManifestFormat | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    csv_options: CsvOptions = DEFAULT_CSV,
 ) -> list[str]:
     """The column names of a manifest: the CSV header, or the keys of the first JSONL object.
 
     Raises ``ManifestError`` like :func:`iter_manifest` does, and also when the first JSONL row is bad.
     """
     if (fmt or detect_format(path)) == "csv":
-        return list(_CsvRows(path, max_line_bytes).header)
+        return list(_CsvRows(path, max_line_bytes, csv_options).header)
     for row in iter_manifest(path, fmt=fmt, max_line_bytes=max_line_bytes):
         if isinstance(row, ManifestError):
             raise row
@@ -353,11 +407,11 @@ def read_columns(
 class _CsvRows:
     """The CSV reader; reads the header eagerly so that errors in it raise at once, then :meth:`rows`."""
 
-    def __init__(self, path: Path, max_line_bytes: int) -> None:
+    def __init__(self, path: Path, max_line_bytes: int, options: CsvOptions = DEFAULT_CSV) -> None:
         _raise_field_limit(max_line_bytes)
         self._name = str(path)
-        self._feed = _CsvFeed(path, max_line_bytes)
-        self._reader = csv.reader(self._feed, strict=True)
+        self._feed = _CsvFeed(path, max_line_bytes, options.encoding)
+        self._reader = csv.reader(self._feed, strict=True, delimiter=options.delimiter)
         self.header = self._read_header()
         self._width = len(self.header)
 
@@ -425,5 +479,5 @@ class _CsvRows:
             yield ManifestRow(feed.row_start, dict(zip(header, row, strict=False)))  # width checked
 
 
-def _iter_csv(path: Path, max_line_bytes: int) -> Iterator[ManifestRow | ManifestError]:
-    return _CsvRows(path, max_line_bytes).rows()  # the header is read (and checked) now
+def _iter_csv(path: Path, max_line_bytes: int, options: CsvOptions) -> Iterator[ManifestRow | ManifestError]:
+    return _CsvRows(path, max_line_bytes, options).rows()  # the header is read (and checked) now

@@ -198,7 +198,9 @@ def make_items(
         mode = _CatalogMode(spec, warn)
     else:
         mode = _PlainMode(spec)
-    rows = iter_manifest(spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes)
+    rows = iter_manifest(
+        spec.manifest_path, fmt=spec.manifest_format, max_line_bytes=spec.max_line_bytes, csv_options=spec.csv_options
+    )
     if limit is not None:
         rows = itertools.islice(rows, limit)
     results = _row_loop(spec, rows, mode, warn)
