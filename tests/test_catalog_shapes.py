@@ -203,3 +203,28 @@ def test_csv_options_on_a_jsonl_manifest_are_refused(tmp_path: Path) -> None:
     )
     code, out = _invoke("validate", str(spec))
     assert code == 2 and "field 'manifest.encoding'" in out and "applies to CSV manifests" in out, out
+
+
+def test_skip_if_empty_filters_the_variant_rows_of_a_shopify_export(tmp_path: Path) -> None:
+    """Rows whose named column is blank (Shopify's variant rows leave Title and Image Src empty) are skipped with
+    a located warning, whatever the template uses; the product rows become items."""
+    only_with_photo = 'skip_if_empty = ["Image Src"]'
+    spec = _spec(tmp_path, "shopify-apparel.csv", "Studio product photo of {Title}", extra=only_with_photo)
+    warnings: list[Problem] = []
+    entries = list(make_items(JobSpec.load(spec), on_warning=warnings.append))
+    items = [e for e in entries if isinstance(e, Item)]
+    assert not [e for e in entries if isinstance(e, Problem)]
+    skipped = [w for w in warnings if "skip_if_empty" in w.message]
+    assert skipped and all(w.field == "Image Src" and w.line for w in skipped)
+    assert len(items) + len(skipped) == 22  # every data row of the file is an item or a skipped row
+    assert all(item.body["prompt"] != "Studio product photo of" for item in items)
+
+    code, out = _invoke("validate", str(spec))
+    assert code == 0, out
+    assert f"{DATA / 'shopify-apparel.csv'}:4: field 'Image Src': warning: column 'Image Src' is empty" in out
+
+
+def test_skip_if_empty_names_a_real_column(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "shopify-apparel.csv", "Photo of {Title}", extra='skip_if_empty = ["Image"]')
+    code, out = _invoke("validate", str(spec))
+    assert code == 2 and "field 'item.skip_if_empty'" in out and "names no manifest column 'Image'" in out, out

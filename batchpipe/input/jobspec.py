@@ -13,6 +13,7 @@ Format (every section optional except ``[job]`` and ``[manifest]``; unknown keys
     prompt = "Studio product photo of {product_name}{? by {brand}}."
     on_duplicate_key = "suffix"           # "suffix" (K, K~2, K~3...) | "error"
     metadata = ["uniq_id", "pid"]         # columns copied to item metadata; default: the template columns
+    skip_if_empty = ["Image Src"]         # rows where any of these columns is blank are skipped (warned)
     [defaults]                            # Images API body fields applied to every request
     model = "gpt-image-2"                 # also: size, quality, background, output_format,
     size = "1024x1024"                    #   output_compression, n, moderation
@@ -152,6 +153,7 @@ class _ItemSection(_Strict):
     on_duplicate_key: DuplicatePolicy = "suffix"
     on_empty_field: EmptyFieldPolicy = "error"
     metadata: list[str] | None = None
+    skip_if_empty: list[str] = []
 
 
 class _Defaults(_Strict):
@@ -302,8 +304,9 @@ class JobSpec:
     ``name``: job name. ``spec_path``: the TOML file (``None`` for :meth:`for_manifest`). ``manifest_path``,
     ``manifest_format``, ``max_line_bytes`` (bytes): the manifest. ``key_template``/``prompt_template``: set
     together in catalog mode, both ``None`` for a plain JSONL item manifest. ``metadata_columns``: columns
-    copied to each item's metadata (catalog mode). ``defaults``: body fields applied under each row's own
-    (only those set). ``output_dir``: absolute. ``c2pa_trust``: trust setting name. ``run``: run options.
+    copied to each item's metadata (catalog mode). ``skip_if_empty``: columns whose blank value skips a row
+    (catalog mode). ``csv_options``: delimiter and encoding of a CSV manifest. ``defaults``: body fields
+    applied under each row's own (only those set). ``output_dir``: absolute. ``c2pa_trust``: trust setting name. ``run``: run options.
     ``columns``: the manifest's columns as read at load time (catalog mode), else ``None``. ``matrix``: the
     variant matrix and reference settings of a ``[matrix]`` job (:mod:`batchpipe.input.matrix`), else ``None``.
     ``policy``: the model lifecycle policy (:class:`~batchpipe.domain.lifecycle.ModelPolicy`) over the job's model table
@@ -321,6 +324,7 @@ class JobSpec:
     on_duplicate_key: DuplicatePolicy = "suffix"
     on_empty_field: EmptyFieldPolicy = "error"
     metadata_columns: tuple[str, ...] = ()
+    skip_if_empty: tuple[str, ...] = ()
     defaults: dict[str, object] = field(default_factory=dict)
     c2pa_trust: str = "default"
     run: RunSection = field(default_factory=RunSection)
@@ -493,8 +497,16 @@ class JobSpec:
             for column in metadata_columns:
                 if column not in known:
                     raise fail(f"[item] metadata names no manifest column {column!r}", ("item", "metadata"))
+            for column in item.skip_if_empty:
+                if column not in columns:
+                    shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
+                    raise fail(f"names no manifest column {column!r}; columns: {shown}", ("item", "skip_if_empty"))
+            if item.skip_if_empty and matrix is not None:
+                raise fail("[item] skip_if_empty applies to catalog jobs, not [matrix] jobs", ("item", "skip_if_empty"))
         elif item.metadata is not None:
             raise fail("[item] metadata columns need catalog mode (key and prompt templates)", ("item", "metadata"))
+        elif item.skip_if_empty:
+            raise fail("[item] skip_if_empty needs catalog mode (key and prompt templates)", ("item", "skip_if_empty"))
 
         out = Path(parsed.output.dir) if parsed.output.dir else Path("out") / parsed.job.name
         base = workdir if workdir is not None else Path.cwd()
@@ -509,6 +521,7 @@ class JobSpec:
             on_duplicate_key=item.on_duplicate_key,
             on_empty_field=item.on_empty_field,
             metadata_columns=metadata_columns,
+            skip_if_empty=tuple(item.skip_if_empty),
             defaults=defaults,
             c2pa_trust=parsed.c2pa.trust,
             run=parsed.run,

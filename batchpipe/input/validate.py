@@ -363,11 +363,21 @@ class _CatalogMode:
         self._shared = {name: defaults[name] for name in BODY_DEFAULT_FIELDS[1:] if name in defaults}
         self._check = rules.ImageRequestCheck(_GENERATIONS, {"model": self._model, **self._shared}, advice=spec.policy)
         self._metadata_columns = spec.metadata_columns
+        self._skip_if_empty = spec.skip_if_empty
 
     def drafts(self, row: ManifestRow) -> tuple[_Draft, ...]:
         """One draft: the row's key and prompt rendered (a value that is a list or object is a problem); none
-        for a row skipped by ``[item] on_empty_field = "skip"``."""
+        for a row skipped by ``[item] skip_if_empty`` or ``on_empty_field = "skip"`` (a warning says so)."""
         values = row.fields
+        for column in self._skip_if_empty:
+            value = values.get(column)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                if self._warn is not None:
+                    self._warn(
+                        Problem(f"column {column!r} is empty; row skipped ([item] skip_if_empty)", field=column,
+                                file=self._file, line=row.line, severity="warning")
+                    )  # fmt: skip
+                return ()
         problems: list[tuple[str | None, str]] = []
         key: str | None
         try:
