@@ -306,7 +306,8 @@ class JobSpec:
     together in catalog mode, both ``None`` for a plain JSONL item manifest. ``metadata_columns``: columns
     copied to each item's metadata (catalog mode). ``skip_if_empty``: columns whose blank value skips a row
     (catalog mode). ``csv_options``: delimiter and encoding of a CSV manifest. ``defaults``: body fields
-    applied under each row's own (only those set). ``output_dir``: absolute. ``c2pa_trust``: trust setting name. ``run``: run options.
+    applied under each row's own (only those set). ``output_dir``: absolute. ``c2pa_trust``: trust setting
+    name. ``run``: run options.
     ``columns``: the manifest's columns as read at load time (catalog mode), else ``None``. ``matrix``: the
     variant matrix and reference settings of a ``[matrix]`` job (:mod:`batchpipe.input.matrix`), else ``None``.
     ``policy``: the model lifecycle policy (:class:`~batchpipe.domain.lifecycle.ModelPolicy`) over the job's model table
