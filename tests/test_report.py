@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -176,7 +177,6 @@ def test_report_at_20000_items_stays_small(tmp_path: Path, capsys: pytest.Captur
 
 
 def _chromium() -> str | None:
-    import shutil
 
     for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
         found = shutil.which(name)
@@ -251,3 +251,31 @@ def test_item_history(emulator_run: Path) -> None:
     assert "batch_expired" in out and "c2pa_state:" in out and "-> succeeded" in out
     code, _, err = _invoke("item", "nope", "--workdir", str(emulator_run))
     assert code == 2 and "no item 'nope'" in err
+
+
+@pytest.mark.slow
+def test_ledger_verify_reads_back_every_local_image(emulator_run: Path) -> None:
+    """`ledger verify` on a local run: every succeeded item's file matches its sha256 and size and is trusted
+    again; with one file changed and one removed it names both and exits 1."""
+    code, out, err = _invoke("ledger", "verify", "--workdir", str(emulator_run), "--json")
+    assert code == 0, err
+    summary = orjson.loads(out)
+    assert summary["checked"] == summary["matched"] == 10 and summary["c2pa"] == {"trusted": 10} and summary["ok"]
+
+    code, out, _ = _invoke("ledger", "export", "--workdir", str(emulator_run), "--format", "jsonl")
+    done = [r for r in map(orjson.loads, out.splitlines()) if r["status"] == "succeeded"]
+    # one file changed in place and one moved away (both put back after: the fixture is shared)
+    changed, removed = Path(done[0]["output_path"]), Path(done[1]["output_path"])
+    original = changed.read_bytes()
+    try:
+        changed.write_bytes(original[:-10] + b"0123456789")  # same size, other bytes
+        removed.rename(removed.with_suffix(".moved"))
+        code, out, _ = _invoke("ledger", "verify", "--workdir", str(emulator_run), "--json")
+    finally:
+        changed.write_bytes(original)
+        removed.with_suffix(".moved").rename(removed)
+    assert code == 1
+    summary = orjson.loads(out)
+    problems = {p["key"]: p["problem"] for p in summary["problems"]}
+    assert problems.keys() == {done[0]["key"], done[1]["key"]} and summary["matched"] == 8
+    assert problems[done[0]["key"]].startswith("other bytes") and problems[done[1]["key"]].startswith("missing")

@@ -5,6 +5,7 @@ postgresql://...`` (the session's embedded PostgreSQL) and ``--store s3://...`` 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -94,3 +95,56 @@ def test_a_job_runs_on_a_postgres_ledger_and_an_s3_store(
         assert len(ledger.batches()) == 1
     finally:
         ledger.close()
+
+
+@pytest.mark.slow
+def test_verify_and_report_read_the_images_back_from_s3(
+    workspace: Path,
+    fresh_postgres_url: Callable[[], str],
+    s3_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ledger verify` reads every recorded s3:// object back (sha256, size, C2PA again) and names one that was
+    replaced; `report` makes its thumbnails from the bucket's bytes and links each to a presigned URL that
+    serves the image."""
+    import httpx
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    ledger_url, store_url = fresh_postgres_url(), s3_server.new_prefix()
+    monkeypatch.setenv("BATCHPIPE_LEDGER", ledger_url)
+    code, _, err = _invoke(
+        "run", "jobs/catalog-nightly.toml", "--limit", "6", "--poll-interval", "0.1", "--store", store_url
+    )
+    assert code == 0, err
+
+    code, out, err = _invoke("ledger", "verify", "--json")
+    assert code == 0, err
+    summary = orjson.loads(out)
+    assert summary["checked"] == summary["matched"] == 6 and summary["c2pa"] == {"trusted": 6} and summary["ok"]
+    assert summary["trust"] == "emulator"  # the setting the run verified with
+
+    # someone replaces one object in the bucket: verify names it and exits 1
+    code, out, _ = _invoke("ledger", "export", "--format", "jsonl")
+    victim = orjson.loads(out.splitlines()[0])
+    store = open_s3_store(store_url, dict(s3_server.env()))
+    obstore.put(store.objects, store._key(victim["output_uri"]), b"not the image")
+    code, out, _ = _invoke("ledger", "verify", "--json")
+    assert code == 1
+    summary = orjson.loads(out)
+    assert summary["matched"] == 5 and [p["key"] for p in summary["problems"]] == [victim["key"]]
+    assert "other bytes" in summary["problems"][0]["problem"]
+    code, out, _ = _invoke("ledger", "verify")
+    assert code == 1 and f"{victim['key']} ({victim['custom_id']}) {victim['output_uri']}: other bytes" in out
+
+    code, out, err = _invoke("report", "--output", str(workspace / "r"))
+    assert code == 0, err
+    assert "thumbnails: 5 made, 0 reused, 1 unreadable" in err  # the replaced object is not an image
+    thumbs = list((workspace / "r" / "thumbs").rglob("*.webp"))
+    assert len(thumbs) == 5
+    items_js = (workspace / "r" / "items.js").read_text(encoding="utf-8")
+    links = sorted(set(re.findall(r"https?://127\.0\.0\.1:\d+/[^\"\\]+", items_js)))
+    assert len(links) == 6 and all("X-Amz-Signature" in link for link in links)
+    bodies = [httpx.get(link.replace("\\u0026", "&")) for link in links]
+    assert all(b.status_code == 200 for b in bodies)
+    assert sorted(b.content[:4] for b in bodies) == sorted([b"\x89PNG"] * 5 + [b"not "])  # the bucket's bytes

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from batchpipe import __version__
 from batchpipe.adapters.openai.settings import check_base_url
-from batchpipe.cli.exits import EXIT_INPUT, EXIT_OK, exit_code, guarded, messages
+from batchpipe.cli.exits import EXIT_INCOMPLETE, EXIT_INPUT, EXIT_OK, exit_code, guarded, messages
 from batchpipe.cli.validate import validate_command
 from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
@@ -289,6 +289,73 @@ def init(workdir: Path, ledger_url: str | None) -> None:
     _run_guarded(action)
 
 
+@ledger.command("verify")
+@_workdir_option
+@_ledger_option
+@click.option("--run", "run_id", help="Only this run's images (default: the latest attempt of every item).")
+@click.option("--job", help="Only this job's images.")
+@click.option(
+    "--trust", default=None, help="C2PA trust setting: default, emulator, none or a PEM (default: the run's)."
+)
+@click.option("--no-c2pa", is_flag=True, help="Check sha256 and size only.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
+def verify_ledger(
+    workdir: Path,
+    ledger_url: str | None,
+    run_id: str | None,
+    job: str | None,
+    trust: str | None,
+    no_c2pa: bool,
+    as_json: bool,
+) -> None:
+    """Read back every image the ledger records (local files or s3:// objects, AWS_* variables) and check it:
+    the sha256 and size recorded, and its C2PA manifest again. Exit 1 if any is missing, other or changed."""
+    from batchpipe.provenance.trust import TrustConfig
+    from batchpipe.provenance.verify import C2paVerifier
+    from batchpipe.runtime.images import ImageReader, check_rows
+
+    store = _open_existing_ledger(workdir, ledger_url)
+
+    def action() -> int:
+        run = store.run_info(run_id) if run_id else store.latest_run(job)
+        if run_id and run is None:
+            raise InputError(f"no run {run_id!r} in the ledger", file="ledger", field="--run")
+        setting = trust or str((run or {}).get("trust") or "default")
+        verifier = None if no_c2pa else C2paVerifier(TrustConfig.from_setting(setting))
+        rows = store.items(run_id=run_id, job=job, latest_only=run_id is None, statuses=["succeeded"])
+        summary = check_rows(rows, ImageReader(os.environ).read, verifier)
+        if as_json:
+            report = {
+                "checked": summary.checked,
+                "matched": summary.matched,
+                "problems": [{"custom_id": c.custom_id, "key": c.key, "uri": c.uri, "problem": c.problem}
+                             for c in summary.problems],
+                "c2pa": dict(summary.c2pa),
+                "c2pa_changed": [{"custom_id": c.custom_id, "key": c.key, "now": c.c2pa_state,
+                                  "recorded": c.recorded_state} for c in summary.changed_state],
+                "trust": setting,
+                "ok": summary.ok,
+            }  # fmt: skip
+            click.echo(orjson.dumps(report).decode())
+        else:
+            states = ", ".join(f"{k} {v}" for k, v in summary.c2pa.most_common()) or "not checked"
+            click.echo(f"checked {summary.checked} image(s): {summary.matched} match the ledger's sha256 and size")
+            click.echo(f"C2PA ({setting}): {states}")
+            for check in summary.problems[:20]:
+                click.echo(f"  {check.key} ({check.custom_id}) {check.uri}: {check.problem}")
+            for check in summary.changed_state[:20]:
+                click.echo(f"  {check.key}: C2PA {check.c2pa_state} now, {check.recorded_state} in the ledger")
+            hidden = len(summary.problems) - 20 + max(0, len(summary.changed_state) - 20)
+            if hidden > 0:
+                click.echo(f"  ... and {hidden} more (--json lists them all)")
+        return EXIT_OK if summary.ok else EXIT_INCOMPLETE
+
+    try:
+        _run_guarded(action)
+    finally:
+        store.close()
+
+
 _EXPORT_FIELDS: Final = [
     "custom_id",
     "key",
@@ -458,6 +525,7 @@ def report_command(
     workdir: Path, run_id: str | None, job: str | None, output: Path | None, ledger_url: str | None
 ) -> None:
     """Write a static HTML contact sheet (thumbnails, C2PA badges, filters, errors by code, cost) and a CSV/JSONL."""
+    from batchpipe.runtime.images import ImageReader
     from batchpipe.runtime.report import write_report  # lazy: Pillow is only needed here
 
     if run_id and job:
@@ -467,7 +535,9 @@ def report_command(
     def action() -> int:
         name = run_id or job or str((store.latest_run() or {}).get("run_id", "latest"))
         folder = output or workdir / "reports" / name
-        result = write_report(store, folder, run_id=run_id, job=job, models=shipped_table())
+        result = write_report(
+            store, folder, run_id=run_id, job=job, models=shipped_table(), reader=ImageReader(os.environ)
+        )
         counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no items"
         _echo_err(f"report of {result.title}: {result.items} item(s): {counts}")
         _echo_err(

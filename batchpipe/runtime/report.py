@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from batchpipe.domain.records import ItemRow
 from batchpipe.domain.spec import estimate_usage, request_cost_usd
 from batchpipe.errors import InputError
 from batchpipe.ports import Ledger
+from batchpipe.runtime.images import ImageReader
 
 __all__ = ["PAGE_SIZE", "THUMB_PX", "ReportResult", "c2pa_badge", "write_report"]
 
@@ -107,11 +109,19 @@ class _Table:
         return found
 
 
-def _make_thumb(source: Path, target: Path) -> bool:
+def _make_thumb(source: Path | str, target: Path, read: Callable[[str], bytes] | None) -> bool:
+    """Write the WebP thumbnail of the image at ``source`` (a local path, or a URI that ``read`` fetches) to
+    ``target``; False when it cannot be read or decoded."""
     from PIL import Image  # lazy: Pillow costs ~0.1 s to import, and only the report needs it here
 
     try:
-        with Image.open(source) as opened:
+        if isinstance(source, str):
+            if read is None:
+                return False
+            handle: Path | io.BytesIO = io.BytesIO(read(source))
+        else:
+            handle = source
+        with Image.open(handle) as opened:
             opened.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at a reduced scale
             opened.thumbnail((THUMB_PX, THUMB_PX))
             image = opened if opened.mode in ("RGB", "RGBA") else opened.convert("RGBA")
@@ -120,7 +130,7 @@ def _make_thumb(source: Path, target: Path) -> bool:
             image.save(tmp, "WEBP", quality=75, method=4)
             tmp.replace(target)
         return True
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, InputError, Image.DecompressionBombError):
         return False
 
 
@@ -173,10 +183,13 @@ def write_report(
     models: ModelTable | None = None,
     page_size: int = PAGE_SIZE,
     workers: int | None = None,
+    reader: ImageReader | None = None,
 ) -> ReportResult:
     """Write the contact sheet of ``run_id`` (every attempt the run made), or of ``job`` (each item's latest
-    attempt across runs), or else of the latest run, into ``out_dir``. Raises
-    :class:`~batchpipe.errors.InputError` when there is nothing to report (no such run, no runs)."""
+    attempt across runs), or else of the latest run, into ``out_dir``. ``reader`` reads images that are not
+    local files (``s3://``: thumbnails from their bytes, each linked to a presigned URL); without it they get no
+    thumbnail. Raises :class:`~batchpipe.errors.InputError` when there is nothing to report (no such run, no
+    runs)."""
     started = time.monotonic()
     if run_id is None and job is None:
         latest = ledger.latest_run()
@@ -206,7 +219,7 @@ def write_report(
     error_examples: dict[str, list[tuple[str, str, str]]] = {}
     per_batch: dict[str, Counter[str]] = {}
     runs: set[str] = set()
-    thumbs_todo: dict[Path, Path] = {}
+    thumbs_todo: dict[Path, Path | str] = {}
     thumbs_reused = 0
     estimated = actual = 0.0
     unknown_cost = 0
@@ -259,6 +272,14 @@ def write_report(
                     thumbs_reused += 1
                 else:
                     thumbs_todo.setdefault(thumb, path)
+            elif row.output_uri and row.sha256 and reader is not None:  # an image in object storage
+                full_rel = reader.link(row.output_uri) or row.output_uri
+                thumb = out_dir / "thumbs" / row.sha256[:2] / f"{row.sha256}.webp"
+                thumb_rel = thumb.relative_to(out_dir).as_posix()
+                if thumb.exists():
+                    thumbs_reused += 1
+                else:
+                    thumbs_todo.setdefault(thumb, row.output_uri)
             elif row.output_uri:
                 full_rel = row.output_uri
             record = row.to_record()
@@ -322,7 +343,7 @@ def write_report(
             page_no += 1
             _write_records(out_dir, page_no, record_page, title)
 
-    made, failed = _make_thumbs(thumbs_todo, workers)
+    made, failed = _make_thumbs(thumbs_todo, workers, reader.read if reader is not None else None)
     failed_names = {t.name.removesuffix(".webp") for t in failed}
     if failed_names:
         for entry in data:
@@ -373,12 +394,14 @@ def write_report(
     return result
 
 
-def _make_thumbs(todo: Mapping[Path, Path], workers: int | None) -> tuple[int, list[Path]]:
+def _make_thumbs(
+    todo: Mapping[Path, Path | str], workers: int | None, read: Callable[[str], bytes] | None
+) -> tuple[int, list[Path]]:
     if not todo:
         return 0, []
     jobs = list(todo.items())
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        done = list(pool.map(lambda pair: _make_thumb(pair[1], pair[0]), jobs))
+        done = list(pool.map(lambda pair: _make_thumb(pair[1], pair[0], read), jobs))
     failed = [thumb for (thumb, _), ok in zip(jobs, done, strict=True) if not ok]
     return len(jobs) - len(failed), failed
 

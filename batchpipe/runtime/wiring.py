@@ -422,7 +422,7 @@ async def execute_async(
                 request.spec_hash,
                 request.items,
                 source_name=request.source_name,
-                trust=request.trust,
+                trust=trust,  # the setting the images were verified with (emulator runs: "emulator")
                 prepare=request.prepare,
                 spec_path=str(request.spec_path) if request.spec_path else None,
             )
