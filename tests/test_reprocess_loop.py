@@ -84,6 +84,8 @@ def test_final_failures_are_left_out_unless_the_request_changes_or_force(workspa
     assert code == 2 and "'nope'" in out and "error codes of job 'tea': moderation_blocked" in out, out
     code, out = _invoke("retry", "--job", "tea", "--status", "faild")
     assert code == 2 and "unknown --status 'faild'" in out and "failed" in out, out
+    code, out = _invoke("retry", "--c2pa-state", "trustd")
+    assert code == 2 and "unknown --c2pa-state 'trustd'" in out and "trusted" in out, out
 
     # a plain retry: the moderation block is final, so it is left out, said so, with the flags that include it
     code, out = _invoke("retry", *POLL)

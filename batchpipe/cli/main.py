@@ -35,6 +35,7 @@ from batchpipe.input.jobspec import MAX_COLLECT_WORKERS
 from batchpipe.logs import configure_logging
 from batchpipe.ports import Ledger
 from batchpipe.provenance.cli import verify_command
+from batchpipe.provenance.verify import C2PA_STATES
 from batchpipe.runtime import costguard, reprocess
 from batchpipe.runtime.locations import LEDGER_ENV, STORE_ENV, describe_ledger, ledger_exists, open_ledger_url
 from batchpipe.runtime.settings import RunOptions, api_timing
@@ -597,6 +598,11 @@ def retry(
     unknown = [name for name in statuses if name not in known]
     if unknown:
         raise click.UsageError(f"unknown --status {', '.join(map(repr, unknown))}; one of: {', '.join(known)}")
+    unknown = [name for name in c2pa_states if name not in C2PA_STATES]
+    if unknown:
+        raise click.UsageError(
+            f"unknown --c2pa-state {', '.join(map(repr, unknown))}; one of: {', '.join(sorted(C2PA_STATES))}"
+        )
     store = _open_existing_ledger(workdir, ledger_url)
 
     def action() -> int:
