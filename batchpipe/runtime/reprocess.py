@@ -38,9 +38,11 @@ from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import REQUEST_FIELDS
 from batchpipe.ports import Ledger
 from batchpipe.runtime.matrix_run import MatrixRun
+from batchpipe.stages.collect import IMAGE_FAULT_CODES
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
+    "OUTSIDE_CAUSE_CODES",
     "RetrySelection",
     "check_error_codes",
     "export_manifest",
@@ -219,11 +221,19 @@ def job_session(ledger: Ledger, job: str, workdir: Path) -> Callable[[], Abstrac
     return MatrixRun(spec, workdir=workdir).session
 
 
+#: Error codes recorded as not retryable whose cause lies outside the request itself, so the same request sent
+#: again may succeed: a reference photo's host that was down (``invalid_image_url``, what ``[run]
+#: retry_error_codes`` is for), an uploaded reference that expired (``invalid_file_id``: ``retry`` uploads
+#: references again), a service fault in the returned image bytes after its one automatic retry
+#: (:data:`~batchpipe.stages.collect.IMAGE_FAULT_CODES`). ``retry`` does not leave these out.
+OUTSIDE_CAUSE_CODES: Final[frozenset[str]] = frozenset({"invalid_image_url", "invalid_file_id", *IMAGE_FAULT_CODES})
+
+
 def is_final_failure(row: ItemRow) -> bool:
-    """True for a failure the service (or the collector) called final: status ``failed`` with ``retryable`` 0
-    (``moderation_blocked``, invalid requests, an image fault after its one retry; see
-    :data:`batchpipe.stages.collect.RETRYABLE_ERROR_CODES`). Sent again unchanged it would fail again."""
-    return row.status == ItemStatus.FAILED and row.retryable == 0
+    """True for a failure that the same request would meet again: status ``failed``, ``retryable`` 0 (what the
+    collector records for ``moderation_blocked`` and invalid requests; see
+    :data:`batchpipe.stages.collect.RETRYABLE_ERROR_CODES`) and a code not in :data:`OUTSIDE_CAUSE_CODES`."""
+    return row.status == ItemStatus.FAILED and row.retryable == 0 and row.error_code not in OUTSIDE_CAUSE_CODES
 
 
 def split_final_failures(
