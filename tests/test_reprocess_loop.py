@@ -27,6 +27,8 @@ from click.testing import CliRunner
 from batchpipe.adapters.s3_store import open_s3_store
 from batchpipe.adapters.sqlite_ledger import open_ledger
 from batchpipe.cli.main import main
+from batchpipe.domain.records import ITEM_COLUMNS, ItemRow
+from batchpipe.runtime.reprocess import is_final_failure, manifest_retry_jobs, split_final_failures
 
 REPO = Path(__file__).resolve().parents[1]
 POLL = ("--poll-interval", "0.05")
@@ -59,6 +61,40 @@ def _records(*extra: str) -> list[dict[str, Any]]:
     code, out = _invoke("ledger", "export", "--format", "jsonl", *extra)
     assert code == 0, out
     return [orjson.loads(line) for line in out.splitlines()]
+
+
+def _row(key: str, status: str, code: str | None, retryable: int | None) -> ItemRow:
+    fields: dict[str, Any] = dict.fromkeys(ITEM_COLUMNS)
+    fields.update(
+        custom_id=f"bp-{key}-a1", job="tea", item_key=key, attempt=1, run_id="r", endpoint="/v1/images/generations",
+        model="gpt-image-2", request_hash="", body_json='{"model":"gpt-image-2","prompt":"a pot","quality":"low"}',
+        metadata_json="{}", source="m.jsonl:1", input_tokens_est=1, status=status, retryable=retryable,
+        error_code=code, created_at=0.0, updated_at=0.0,
+    )  # fmt: skip
+    return ItemRow(**fields)
+
+
+def test_which_failures_are_final_for_retry(tmp_path: Path) -> None:
+    blocked, bad = _row("a", "failed", "moderation_blocked", 0), _row("b", "failed", "invalid_value", 0)
+    photo, fault = _row("c", "failed", "invalid_image_url", 0), _row("d", "failed", "invalid_image", 0)
+    server, expired = _row("e", "failed", "server_error", 1), _row("f", "expired", "batch_expired", 1)
+    assert [is_final_failure(r) for r in (blocked, bad, photo, fault, server, expired)] == [
+        True, True, False, False, False, False,
+    ]  # fmt: skip
+    rows = [blocked, bad, photo, server]
+    assert split_final_failures(rows, {}) == ([photo, server], [blocked, bad])
+    assert split_final_failures(rows, {"quality": "low"}) == ([photo, server], [blocked, bad])  # no change
+    assert split_final_failures(rows, {"quality": "high"}) == (rows, [])
+    assert split_final_failures(rows, {}, force=True) == (rows, [])
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(
+        b'{"key":"a","prompt":"x","metadata":{"retry_job":"tea","retry_of":"bp-a-a1"}}\n'
+        b"not json\n"
+        b'{"key":"b","prompt":"x","metadata":{"retry_job":"tea"}}\n{"key":"c","prompt":"x"}\n'
+    )
+    assert manifest_retry_jobs(manifest) == {"tea": 2}
+    assert manifest_retry_jobs(tmp_path / "missing.jsonl") == {} and manifest_retry_jobs(tmp_path) == {}
 
 
 @pytest.fixture
