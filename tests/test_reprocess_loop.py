@@ -232,9 +232,17 @@ def test_retry_goes_back_to_the_api_of_the_run_it_retries(
     assert code == 0, out
     assert f"api: {base_url}, as run pot-" in out and _batches_on(base_url) == 4
 
-    # the key is never echoed nor recorded: only labels and base URLs
+    # a URL with credentials (refused when given, so only a hand-edited ledger holds one) is never repeated
     import sqlite3
 
+    with sqlite3.connect(workspace / ".batchpipe" / "ledger.sqlite") as db:
+        db.execute("UPDATE runs SET api = 'http://me:hunter2@127.0.0.1:9/v1' WHERE job = 'pot'")
+    code, out = _invoke("retry", "--job", "pot", "--status", "succeeded", "--set", "quality=high", *POLL)
+    assert code == 2 and "hunter2" not in out and "pass --api" in out, out
+    with sqlite3.connect(workspace / ".batchpipe" / "ledger.sqlite") as db:
+        db.execute("UPDATE runs SET api = 'openai' WHERE job = 'pot'")
+
+    # the key is never echoed nor recorded: only labels and base URLs
     with sqlite3.connect(workspace / ".batchpipe" / "ledger.sqlite") as db:
         dump = "\n".join(db.iterdump())
     assert secret not in dump and not any(secret in out for out in outputs)

@@ -758,10 +758,10 @@ def _retry_api(api: str | None, store: Ledger, rows: list[Any]) -> tuple[str, st
     run_id, recorded_label = recorded
     try:
         label, base_url = resolve_api(recorded_label, os.environ)
-    except click.UsageError as exc:
+    except click.UsageError as exc:  # a URL is not repeated: the message of a refused one says what is wrong
+        shown = repr(recorded_label) if recorded_label in ("openai", "emulator") else "recorded for it"
         raise InputError(
-            f"run {run_id} used the API {recorded_label!r} ({exc.message}); pass --api emulator|openai|URL to "
-            "retry elsewhere",
+            f"run {run_id} used the API {shown} ({exc.message}); pass --api emulator|openai|URL to retry elsewhere",
             file="ledger",
             field="api",
         ) from None
