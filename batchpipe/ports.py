@@ -57,9 +57,11 @@ class ImageStore(Protocol):
     by URI (:mod:`batchpipe.domain.locations`), which is what the ledger records (``items.output_uri``), so any
     store can answer for the images it holds."""
 
-    def location_for(self, key: str, index: int, ext: str) -> str:
-        """The deterministic location (a URI inside this store) of image ``index`` (0-based, of ``n``) of item
-        ``key`` with extension ``ext``."""
+    def location_for(self, key: str, index: int, ext: str, attempt: int = 1) -> str:
+        """The deterministic location (a URI inside this store) of image ``index`` (0-based, of ``n``) of attempt
+        ``attempt`` (1-based) of item ``key`` with extension ``ext``. Different attempts get different locations,
+        so a new attempt never replaces the file an earlier attempt's ledger row describes (its sha256 keeps
+        matching); attempt 1 keeps the name it always had. Raises ``ValueError`` for an attempt below 1."""
         ...
 
     def read(self, location: str) -> bytes:

@@ -377,8 +377,8 @@ class _StageTimers:
         collector_module.process_line = process_line
 
         class TimedStore:
-            def location_for(self, key: str, index: int, ext: str) -> str:
-                return str(store.location_for(key, index, ext))
+            def location_for(self, key: str, index: int, ext: str, attempt: int = 1) -> str:
+                return str(store.location_for(key, index, ext, attempt))
 
             def put(self, location: str, data: bytes) -> Any:
                 began = time.perf_counter()

@@ -3,9 +3,10 @@
 The collector hands the store the exact decoded bytes of each image (never re-encoded: re-encoding strips
 the C2PA manifest, gotchas #12). A later object-storage implementation keeps the same three methods.
 
-Locations are deterministic functions of the item key, so a collector that is killed and restarted writes
-the same file again instead of a second one, and no key can escape the root (``..``, absolute paths,
-backslashes and control characters are neutralised segment by segment).
+Locations are deterministic functions of the item key and attempt, so a collector that is killed and restarted
+writes the same file again instead of a second one, a later attempt of an item (a retry at another quality, a
+changed prompt) never overwrites the file an earlier attempt's ledger row describes, and no key can escape the
+root (``..``, absolute paths, backslashes and control characters are neutralised segment by segment).
 """
 
 from __future__ import annotations
@@ -30,14 +31,19 @@ _MAX_SEGMENT: Final = 120
 log = structlog.get_logger("batchpipe.adapters.local_store")
 
 
-def safe_relative_path(key: str, index: int, ext: str) -> Path:
-    """A relative path for an item key that cannot escape its root.
+def safe_relative_path(key: str, index: int, ext: str, attempt: int = 1) -> Path:
+    """A relative path for image ``index`` (0-based) of attempt ``attempt`` (1-based) of an item key, that cannot
+    escape its root.
 
     ``/`` in the key groups into sub-folders; each segment keeps ``[A-Za-z0-9._@+=,-]``, other runs become
     ``_``, leading dots are dropped, and long segments are cut. Because sanitising can map two keys to one
     name, a short hash of the exact key is appended to the file name: ``"shoes/red sneaker"`` →
-    ``shoes/red_sneaker-<8 hex>.png`` (``-<index>`` is added before the extension when ``index > 0``).
+    ``shoes/red_sneaker-<8 hex>.png``. ``-a<attempt>`` is added when ``attempt > 1`` (so a new attempt never
+    replaces an earlier attempt's file), then ``-<index>`` when ``index > 0``: attempt 2, image 1 →
+    ``shoes/red_sneaker-<8 hex>-a2-1.png``. Raises ``ValueError`` for an attempt below 1.
     """
+    if attempt < 1:
+        raise ValueError(f"attempt numbers start at 1, not {attempt}")
     segments = []
     for raw in key.replace("\\", "/").split("/"):
         clean = _UNSAFE.sub("_", raw).lstrip(".")[:_MAX_SEGMENT]
@@ -46,7 +52,7 @@ def safe_relative_path(key: str, index: int, ext: str) -> Path:
     if not segments:
         segments = ["item"]
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    suffix = f"-{index}" if index else ""
+    suffix = (f"-a{attempt}" if attempt > 1 else "") + (f"-{index}" if index else "")
     segments[-1] = f"{segments[-1]}-{digest}{suffix}.{ext.lstrip('.')}"
     return Path(*segments)
 
@@ -85,10 +91,10 @@ class LocalImageStore:
                 pass  # alive, owned by someone else
         return removed
 
-    def location_for(self, key: str, index: int, ext: str) -> str:
+    def location_for(self, key: str, index: int, ext: str, attempt: int = 1) -> str:
         """See :meth:`ImageStore.location_for`. ``safe_relative_path`` keeps the result inside ``root``
         (no ``..``, no absolute part), so no ``resolve()`` system calls are needed on this hot path."""
-        relative = safe_relative_path(key, index, ext)
+        relative = safe_relative_path(key, index, ext, attempt)
         if relative.is_absolute() or ".." in relative.parts:  # defence in depth; cannot happen
             raise ValueError(f"item key {key!r} maps outside the output directory")
         return file_uri(self.root / relative)

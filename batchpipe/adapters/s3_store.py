@@ -73,9 +73,10 @@ class S3ImageStore:
         self._prefix = prefix
         self.objects = store
 
-    def location_for(self, key: str, index: int, ext: str) -> str:
-        """See :meth:`batchpipe.ports.ImageStore.location_for`: ``<root>/<safe relative path>`` (deterministic)."""
-        relative = safe_relative_path(key, index, ext)
+    def location_for(self, key: str, index: int, ext: str, attempt: int = 1) -> str:
+        """See :meth:`batchpipe.ports.ImageStore.location_for`: ``<root>/<safe relative path>`` (deterministic; the
+        attempt is in the name from attempt 2 on)."""
+        relative = safe_relative_path(key, index, ext, attempt)
         if relative.is_absolute() or ".." in relative.parts:  # defence in depth, as in LocalImageStore
             raise ValueError(f"item key {key!r} maps outside the store")
         return f"{self.root}/{relative.as_posix()}"

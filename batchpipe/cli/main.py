@@ -35,6 +35,7 @@ from batchpipe.input.jobspec import MAX_COLLECT_WORKERS
 from batchpipe.logs import configure_logging
 from batchpipe.ports import Ledger
 from batchpipe.provenance.cli import verify_command
+from batchpipe.provenance.verify import C2PA_STATES
 from batchpipe.runtime import costguard, reprocess
 from batchpipe.runtime.locations import LEDGER_ENV, STORE_ENV, describe_ledger, ledger_exists, open_ledger_url
 from batchpipe.runtime.settings import RunOptions, api_timing
@@ -151,7 +152,10 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 @main.command()
 @click.argument("job_spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="A plain JSONL item manifest.")
-@click.option("--job-name", help="Job name for --manifest runs.")
+@click.option(
+    "--job-name",
+    help="Job name for --manifest runs (default for a `retry --export` manifest: the job its lines name).",
+)
 @click.option("--api", default=None, help="emulator | openai | URL (default: openai if OPENAI_API_KEY is set).")
 @_workdir_option
 @click.option("--limit", type=click.IntRange(min=1), help="Take only the first N items of the manifest.")
@@ -187,8 +191,8 @@ def run(
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     if (job_spec is None) == (manifest is None):
         raise click.UsageError("give a JOB_SPEC or --manifest FILE.jsonl --job-name NAME")
-    if manifest is not None and not job_name:
-        raise click.UsageError("--manifest needs --job-name")
+    if manifest is not None:
+        job_name = _manifest_job(manifest, job_name)
     label, base_url = resolve_api(api, os.environ)
     _run_guarded(
         lambda: run_job(
@@ -211,6 +215,36 @@ def run(
             store_url=store_url,
         )
     )
+
+
+def _manifest_job(manifest: Path, job_name: str | None) -> str:
+    """The job a ``--manifest`` run belongs to: ``--job-name``, else the one job the lines of a ``batchpipe retry
+    --export`` manifest name (``metadata.retry_job``), so its items become new attempts that supersede the
+    originals. Warns when ``--job-name`` differs from the job the lines were exported from (they become new items
+    of another job; the originals keep their status). Raises ``click.UsageError`` (exit 2) when no job can be
+    told: no ``--job-name`` and the lines name none, or several."""
+    exported = reprocess.manifest_retry_jobs(manifest)
+    if job_name:
+        others = {job: n for job, n in exported.items() if job != job_name}
+        for job, n in sorted(others.items()):
+            _echo_err(
+                f"warning: {n} line(s) of {manifest} were exported from job {job!r} (metadata.retry_job); as job "
+                f"{job_name!r} they are new items and the originals keep their status. Run the manifest with "
+                f"--job-name {shlex.quote(job)} (or without --job-name) to make them new attempts that supersede "
+                "the originals"
+            )
+        return job_name
+    if len(exported) == 1:
+        (job,) = exported
+        _echo_err(f"job {job}: named by the manifest's lines (metadata.retry_job, written by batchpipe retry --export)")
+        return job
+    if exported:
+        listed = ", ".join(f"{job} ({n} line(s))" for job, n in sorted(exported.items()))
+        raise click.UsageError(
+            f"{manifest} holds retries of several jobs: {listed}; pass --job-name, or export one job at a time "
+            "(batchpipe retry --job JOB --export FILE)"
+        )
+    raise click.UsageError("--manifest needs --job-name")
 
 
 def _open_existing_ledger(workdir: Path, ledger_url: str | None = None) -> Ledger:
@@ -569,7 +603,26 @@ def report_command(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the selection as a JSONL manifest instead of running it.",
 )
-@click.option("--api", default=None, help="emulator | openai | URL (as for run).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also send again, unchanged, items whose failure is final (moderation_blocked, invalid requests).",
+)
+@click.option(
+    "--api",
+    default=None,
+    help="emulator | openai | URL (default: the API of the run that recorded the selected items).",
+)
+@click.option("--yes", "-y", "assume_yes", is_flag=True, help="Do not ask before spending (in a terminal).")
+@click.option(
+    "--confirm-above",
+    type=click.FloatRange(min=0),
+    default=costguard.CONFIRM_ABOVE_USD,
+    show_default=True,
+    envvar="BATCHPIPE_CONFIRM_ABOVE_USD",
+    metavar="USD",
+    help="In a terminal, ask before spending more than this (USD, estimated at batch prices) unless --yes.",
+)
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None)
 @click.option(
     "--max-attempts",
@@ -598,7 +651,10 @@ def retry(
     retryable_only: bool,
     sets: tuple[str, ...],
     export_path: Path | None,
+    force: bool,
     api: str | None,
+    assume_yes: bool,
+    confirm_above: float,
     poll_interval: float | None,
     max_attempts: int | None,
     collect_workers: int | None,
@@ -612,6 +668,11 @@ def retry(
     unknown = [name for name in statuses if name not in known]
     if unknown:
         raise click.UsageError(f"unknown --status {', '.join(map(repr, unknown))}; one of: {', '.join(known)}")
+    unknown = [name for name in c2pa_states if name not in C2PA_STATES]
+    if unknown:
+        raise click.UsageError(
+            f"unknown --c2pa-state {', '.join(map(repr, unknown))}; one of: {', '.join(sorted(C2PA_STATES))}"
+        )
     store = _open_existing_ledger(workdir, ledger_url)
 
     def action() -> int:
@@ -627,6 +688,8 @@ def retry(
         changes = reprocess.parse_set_options(sets)
         policy = _retry_policy(models_file)
         rows = list(reprocess.select_rows(store, selection))
+        if error_codes:
+            reprocess.check_error_codes(store, job, error_codes, rows)
         jobs = sorted({row.job for row in rows})
         _echo_err(f"selected {len(rows)} item(s) from {len(jobs)} job(s): {', '.join(jobs) or '-'}")
         if export_path is not None:
@@ -635,7 +698,23 @@ def retry(
             for problem in problems:
                 _echo_err(f"  {problem}")
             _echo_err(f"wrote {count} manifest line(s) to {export_path}")
+            final = [row for row in rows if reprocess.is_final_failure(row)]
+            if final and not changes:
+                codes = ", ".join(sorted({str(row.error_code) for row in final}))
+                _echo_err(
+                    f"note: {len(final)} of them failed for good ({codes}): edit their requests before running the "
+                    "manifest, or they will fail again"
+                )
+            if count and len(jobs) == 1:
+                _echo_err(
+                    f"run it with: batchpipe run --manifest {shlex.quote(str(export_path))} (job {jobs[0]}, taken "
+                    "from the file; its items become new attempts and supersede the originals)"
+                )
             return EXIT_INPUT if problems else EXIT_OK
+        rows, left_out = reprocess.split_final_failures(rows, changes, models=policy.table, force=force)
+        if left_out:
+            _echo_err(reprocess.left_out_line(left_out))
+            jobs = sorted({row.job for row in rows})
         if not rows:
             return EXIT_OK
         if len(jobs) > 1:
@@ -649,7 +728,7 @@ def retry(
             )
         output_dir, trust = reprocess.default_output_dir(store, jobs[0], workdir.resolve())
         session = reprocess.job_session(store, jobs[0], workdir.resolve())
-        label, base_url = resolve_api(api, os.environ)
+        label, base_url = _retry_api(api, store, rows)
         highest = max(row.attempt for row in rows)
         local = label == "emulator" or is_loopback(base_url)
         options = RunOptions(
@@ -686,6 +765,17 @@ def retry(
             field="--max-cost",
             raise_hint=f"pass --max-cost {estimate.cost_usd * 1.1 + 0.005:.2f}, or narrow the selection",
         )
+        ask = not assume_yes and costguard.needs_confirmation(estimate, confirm_above, interactive=_interactive())
+        if ask and not click.confirm(
+            f"spend about ${estimate.cost_usd:.4f} on {estimate.requests} request(s) ({label})?",
+            default=False,
+            err=True,
+        ):
+            raise InputError(
+                "not confirmed; nothing was submitted (pass --yes to skip the question)",
+                file="command line",
+                field="--yes",
+            )
         digest = orjson.dumps(sorted(row.custom_id for row in rows))
         digest += orjson.dumps(changes, option=orjson.OPT_SORT_KEYS)
         request = RunRequest(
@@ -714,6 +804,39 @@ def retry(
         _run_guarded(action, resume=resume)
     finally:
         store.close()
+
+
+def _interactive() -> bool:
+    """True when a person can answer a question: stdin is a terminal."""
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stdin
+        return False
+
+
+def _retry_api(api: str | None, store: Ledger, rows: list[Any]) -> tuple[str, str | None]:
+    """``(label, base_url)`` for ``retry``: ``--api`` when given, else the API the retried items' latest run
+    recorded (``emulator``, ``openai``, or the base URL it was given), so a retry of a run against a standalone
+    emulator or the real API goes there again, not to a new embedded emulator. Only labels and base URLs are
+    recorded and echoed, never a key. Raises ``InputError`` (exit 2) when the recorded API cannot be used as it
+    is (``openai`` without OPENAI_API_KEY), and ``click.UsageError`` for a bad ``--api``."""
+    if api is not None:
+        return resolve_api(api, os.environ)
+    recorded = reprocess.recorded_api(store, rows)
+    if recorded is None:
+        return resolve_api(None, os.environ)
+    run_id, recorded_label = recorded
+    try:
+        label, base_url = resolve_api(recorded_label, os.environ)
+    except click.UsageError as exc:  # a URL is not repeated: the message of a refused one says what is wrong
+        shown = repr(recorded_label) if recorded_label in ("openai", "emulator") else "recorded for it"
+        raise InputError(
+            f"run {run_id} used the API {shown} ({exc.message}); pass --api emulator|openai|URL to retry elsewhere",
+            file="ledger",
+            field="api",
+        ) from None
+    _echo_err(f"api: {base_url or label}, as run {run_id} used (pass --api to choose another)")
+    return label, base_url
 
 
 def _retry_policy(models_file: Path | None) -> Any:

@@ -33,10 +33,10 @@ class MemoryImageStore:
         self._since_sync: dict[str, bytes | None] = {}
         self._lock = threading.Lock()
 
-    def location_for(self, key: str, index: int, ext: str) -> str:
+    def location_for(self, key: str, index: int, ext: str, attempt: int = 1) -> str:
         """See :meth:`batchpipe.ports.ImageStore.location_for`: ``<root>/<safe relative path>`` (deterministic).
         Raises ValueError if the key would map outside ``root`` (it cannot)."""
-        relative = safe_relative_path(key, index, ext)
+        relative = safe_relative_path(key, index, ext, attempt)
         if relative.is_absolute() or ".." in relative.parts:  # defence in depth, as in LocalImageStore
             raise ValueError(f"item key {key!r} maps outside the store")
         return f"{self.root}/{relative.as_posix()}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from batchpipe.domain.items import Item, request_hash
 from batchpipe.domain.modeltable import ModelTable
@@ -25,7 +26,20 @@ from batchpipe.domain.spec import estimate_usage, request_cost_usd
 from batchpipe.errors import InputError
 from batchpipe.ports import Ledger
 
-__all__ = ["CostCapError", "SpendEstimate", "check_cap", "estimate_items", "estimate_pending", "estimate_run"]
+__all__ = [
+    "CONFIRM_ABOVE_USD",
+    "CostCapError",
+    "SpendEstimate",
+    "check_cap",
+    "estimate_items",
+    "estimate_pending",
+    "estimate_run",
+    "needs_confirmation",
+]
+
+#: ``batchpipe retry`` asks in a terminal before spending more than this many USD (estimated, batch prices),
+#: unless ``--yes``; ``--confirm-above`` / ``BATCHPIPE_CONFIRM_ABOVE_USD`` change it.
+CONFIRM_ABOVE_USD: Final = 1.0
 
 
 class CostCapError(InputError):
@@ -122,3 +136,9 @@ def check_cap(estimate: SpendEstimate, cap_usd: float | None, *, source: str, fi
         file=source,
         field=field,
     )
+
+
+def needs_confirmation(estimate: SpendEstimate, threshold_usd: float, *, interactive: bool) -> bool:
+    """True when a command should ask before spending: someone can answer (``interactive``: stdin is a terminal)
+    and the estimate is above ``threshold_usd`` (USD). Not in a terminal (cron, CI) the cap is the guard."""
+    return interactive and estimate.requests > 0 and estimate.cost_usd > threshold_usd

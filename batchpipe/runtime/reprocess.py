@@ -7,8 +7,14 @@ Workflows (README "Reprocessing"):
   succeeded with the same request hash are skipped;
 - brand variants again at another quality: ``batchpipe retry --job brand-variants --status succeeded
   --set quality=high``;
-- everything that failed last week: ``batchpipe retry --since 2026-11-14 --export week.jsonl`` then
-  ``batchpipe run --manifest week.jsonl --job-name week-retry``, or ``batchpipe retry --since 2026-11-14``.
+- everything that failed last week: ``batchpipe retry --since 2026-11-14``, or ``batchpipe retry --job tea
+  --since 2026-11-14 --export week.jsonl``, edit it, then ``batchpipe run --manifest week.jsonl``: each line names
+  its job and the attempt it retries (``metadata.retry_job``, ``metadata.retry_of``), so the run takes the job's
+  name from the file and its items become new attempts that supersede the originals.
+
+A failure the service called final (``retryable`` 0: ``moderation_blocked``, invalid requests) would fail again if
+sent unchanged, so ``retry`` leaves such items out (:func:`split_final_failures`) unless ``--set`` changes their
+request or ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import IO, Any, Final
 import orjson
 
 from batchpipe.domain import spec as rules
-from batchpipe.domain.items import Item, ItemStatus
+from batchpipe.domain.items import Item, ItemStatus, request_hash
 from batchpipe.domain.modeltable import ModelTable
 from batchpipe.domain.problems import Problem
 from batchpipe.domain.records import ItemRow
@@ -32,14 +38,22 @@ from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.matrix import REQUEST_FIELDS
 from batchpipe.ports import Ledger
 from batchpipe.runtime.matrix_run import MatrixRun
+from batchpipe.stages.collect import IMAGE_FAULT_CODES
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
+    "OUTSIDE_CAUSE_CODES",
     "RetrySelection",
+    "check_error_codes",
     "export_manifest",
+    "is_final_failure",
+    "left_out_line",
+    "manifest_retry_jobs",
     "parse_set_options",
+    "recorded_api",
     "retry_items",
     "select_rows",
+    "split_final_failures",
 ]
 
 #: What ``batchpipe retry`` selects when no ``--status`` is given: every final state but success.
@@ -144,7 +158,8 @@ def _changed_body(row: ItemRow, changes: Mapping[str, object], models: ModelTabl
 def retry_items(
     rows: Iterable[ItemRow], changes: Mapping[str, object], *, advice: rules.ModelAdvice | None = None
 ) -> Iterator[Item | Problem]:
-    """Items for new attempts of ``rows`` with ``changes`` applied, each checked against the model's rules.
+    """Items for new attempts of ``rows`` with ``changes`` applied, each checked against the model's rules; each
+    item's metadata names the attempt it retries (``retry_of``: its custom_id) and its job (``retry_job``).
 
     ``advice``: the lifecycle policy (:class:`batchpipe.domain.lifecycle.ModelPolicy`, its fix text
     ``--set model={model}``): an item whose model is shut down, or shuts down before its batch could finish,
@@ -160,13 +175,15 @@ def retry_items(
             continue
         metadata: dict[str, object] = orjson.loads(row.metadata_json)
         metadata["retry_of"] = row.custom_id
+        metadata["retry_job"] = row.job
         yield row.as_item(body=body, metadata=metadata, source=f"ledger:{row.custom_id}")
 
 
 def export_manifest(items: Iterable[Item | Problem], out: IO[bytes]) -> tuple[int, list[Problem]]:
     """Write items as plain JSONL manifest lines (``key``, body fields, ``metadata``); returns (lines, problems).
 
-    ``batchpipe run --manifest FILE --job-name NAME`` accepts the result.
+    ``batchpipe run --manifest FILE`` accepts the result: the job comes from the lines' ``metadata.retry_job``
+    (:func:`manifest_retry_jobs`), so the items become new attempts of the originals, which are superseded.
     """
     count = 0
     problems: list[Problem] = []
@@ -202,3 +219,113 @@ def job_session(ledger: Ledger, job: str, workdir: Path) -> Callable[[], Abstrac
     if spec.matrix is None:
         return None
     return MatrixRun(spec, workdir=workdir).session
+
+
+#: Error codes recorded as not retryable whose cause lies outside the request itself, so the same request sent
+#: again may succeed: a reference photo's host that was down (``invalid_image_url``, what ``[run]
+#: retry_error_codes`` is for), an uploaded reference that expired (``invalid_file_id``: ``retry`` uploads
+#: references again), a service fault in the returned image bytes after its one automatic retry
+#: (:data:`~batchpipe.stages.collect.IMAGE_FAULT_CODES`). ``retry`` does not leave these out.
+OUTSIDE_CAUSE_CODES: Final[frozenset[str]] = frozenset({"invalid_image_url", "invalid_file_id", *IMAGE_FAULT_CODES})
+
+
+def is_final_failure(row: ItemRow) -> bool:
+    """True for a failure that the same request would meet again: status ``failed``, ``retryable`` 0 (what the
+    collector records for ``moderation_blocked`` and invalid requests; see
+    :data:`batchpipe.stages.collect.RETRYABLE_ERROR_CODES`) and a code not in :data:`OUTSIDE_CAUSE_CODES`."""
+    return row.status == ItemStatus.FAILED and row.retryable == 0 and row.error_code not in OUTSIDE_CAUSE_CODES
+
+
+def split_final_failures(
+    rows: Iterable[ItemRow], changes: Mapping[str, object], *, models: ModelTable | None = None, force: bool = False
+) -> tuple[list[ItemRow], list[ItemRow]]:
+    """``(kept, left_out)``: the final failures (:func:`is_final_failure`) whose request ``changes`` (``--set``)
+    would leave exactly as it was are left out, unless ``force``; every other row is kept, in order."""
+    kept: list[ItemRow] = []
+    left_out: list[ItemRow] = []
+    for row in rows:
+        if (
+            not force
+            and is_final_failure(row)
+            and request_hash(row.endpoint, _changed_body(row, changes, models)) == request_hash(row.endpoint, row.body)
+        ):
+            left_out.append(row)
+        else:
+            kept.append(row)
+    return kept, left_out
+
+
+def left_out_line(left_out: Sequence[ItemRow]) -> str:
+    """What ``retry`` prints about the final failures it leaves out: how many, their error codes (most common
+    first) and the two ways to include them."""
+    counts: dict[str, int] = {}
+    for row in left_out:
+        code = row.error_code or "unknown_error"
+        counts[code] = counts.get(code, 0) + 1
+    codes = ", ".join(f"{code} {n}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (
+        f"left out {len(left_out)} item(s) whose failure is final ({codes}): sent again unchanged they would fail "
+        "again. Change their request with --set FIELD=VALUE (or --export, edit, run), or include them with --force"
+    )
+
+
+def check_error_codes(ledger: Ledger, job: str | None, error_codes: Sequence[str], selected: Iterable[ItemRow]) -> None:
+    """Refuse ``--error-code`` values that no item of ``job`` (of any job when None) has ever had: raises
+    ``InputError`` (exit 2) naming them and listing the error codes the ledger does hold for it. A code that
+    ``selected`` rows carry is known without reading the ledger again."""
+    seen = {row.error_code for row in selected}
+    missing = [code for code in error_codes if code not in seen]
+    if not missing:
+        return
+    present = {row.error_code for row in ledger.items(job=job) if row.error_code}
+    unknown = [code for code in missing if code not in present]
+    if unknown:
+        where = f"of job {job!r}" if job else "in the ledger"
+        listed = ", ".join(sorted(present)) or "none (no item has an error code)"
+        raise InputError(
+            f"unknown --error-code {', '.join(map(repr, unknown))}: no item {where} has it; "
+            f"error codes {where}: {listed}",
+            file="<command line>",
+            field="--error-code",
+        )
+
+
+def recorded_api(ledger: Ledger, rows: Iterable[ItemRow]) -> tuple[str, str] | None:
+    """``(run_id, api)`` of the most recently started run among the runs ``rows`` were recorded by: ``api`` as
+    that run recorded it (``emulator``, ``openai`` or the base URL given with ``--api``; never a key). None when
+    no run is known."""
+    best: dict[str, object] | None = None
+    for run_id in {row.run_id for row in rows if row.run_id}:
+        info = ledger.run_info(run_id)
+        if info is None or not info.get("api"):
+            continue
+        if best is None or float(str(info.get("started_at") or 0)) > float(str(best.get("started_at") or 0)):
+            best = info
+    if best is None:
+        return None
+    return str(best["run_id"]), str(best["api"])
+
+
+_RETRY_JOB: Final = b'"retry_job"'
+
+
+def manifest_retry_jobs(path: Path) -> dict[str, int]:
+    """``{job: lines}``: how many lines of a plain JSONL manifest name each job in ``metadata.retry_job`` (the
+    lines ``batchpipe retry --export`` wrote). Streamed; lines that do not parse are skipped (the run's
+    validation reports them). Empty for a path that is not a regular file (the run refuses it)."""
+    jobs: dict[str, int] = {}
+    if not path.is_file():
+        return jobs
+    with path.open("rb") as lines:
+        for line in lines:
+            if _RETRY_JOB not in line:
+                continue
+            try:
+                fields = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            metadata = fields.get("metadata") if isinstance(fields, dict) else None
+            job = metadata.get("retry_job") if isinstance(metadata, dict) else None
+            if isinstance(job, str) and job:
+                jobs[job] = jobs.get(job, 0) + 1
+    return jobs

@@ -490,8 +490,8 @@ def process_line(
     with winners.writing(custom_id, seq) if winners is not None else _always_first() as first:
         if not first:
             return LineResult(custom_id, ItemStatus.SUBMITTED, {}, duplicate=True)
-        stored = [store.put(store.location_for(target.key, i, _EXT.get(fmt, fmt)), raw) for i, (raw, _, _) in
-                  enumerate(checked)]  # fmt: skip
+        stored = [store.put(store.location_for(target.key, i, _EXT.get(fmt, fmt), target.attempt), raw)
+                  for i, (raw, _, _) in enumerate(checked)]  # fmt: skip
     for put, (raw, width, height) in zip(stored, checked, strict=True):
         report = verifier.verify_bytes(raw, _MIME.get(fmt, f"image/{fmt}")) if verifier is not None else None
         images.append(

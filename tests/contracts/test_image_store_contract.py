@@ -137,6 +137,24 @@ def test_locations_follow_the_shared_safe_path_rule(case: Case) -> None:
         assert relative == PurePosixPath(safe_relative_path(key, index, ext).as_posix())  # the same names everywhere
 
 
+def test_a_later_attempt_never_takes_an_earlier_attempts_location(case: Case) -> None:
+    """Issue 14: a retry at another quality stores its image beside the first attempt's, never over it."""
+    store = case.store
+    first = store.location_for("shoes/red", 0, "png")
+    assert store.location_for("shoes/red", 0, "png", 1) == first  # attempt 1 keeps the name it always had
+    second, third = store.location_for("shoes/red", 0, "png", 2), store.location_for("shoes/red", 0, "png", 3)
+    assert len({first, second, third}) == 3 and second.endswith("-a2.png")
+    assert store.location_for("shoes/red", 1, "png", 2).endswith("-a2-1.png")
+    assert case.relative(second) == PurePosixPath(safe_relative_path("shoes/red", 0, "png", 2).as_posix())
+    old = store.put(first, b"attempt 1")
+    store.put(second, b"attempt 2")
+    store.sync()
+    assert case.read(first) == b"attempt 1" and hashlib.sha256(case.read(first)).hexdigest() == old.sha256
+    assert case.read(second) == b"attempt 2"
+    with pytest.raises(ValueError, match="attempt"):
+        store.location_for("shoes/red", 0, "png", 0)
+
+
 def test_put_writes_exact_bytes(case: Case) -> None:
     store = case.store
     data = b"\x89PNG" + bytes(range(256)) * 10
