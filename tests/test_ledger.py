@@ -79,6 +79,29 @@ def test_the_ledger_is_a_wal_file_that_survives_reopening(tmp_path: Path) -> Non
     again.close()
 
 
+def test_only_a_chunk_insert_of_its_own_skips_the_disk_sync(tmp_path: Path) -> None:
+    """A build's chunk insert commits with synchronous=NORMAL and puts FULL back, even when it fails; inside a
+    caller's transaction (a follow-up attempt with its shards) the caller's FULL commit stands."""
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    seen: list[int] = []
+    ledger._db.set_trace_callback(lambda sql: seen.append(0) if "synchronous=NORMAL" in sql else None)
+
+    def synchronous() -> int:
+        return int(ledger._db.execute("PRAGMA synchronous").fetchone()[0])
+
+    assert synchronous() == 2  # FULL
+    ledger.insert_items([_row("c1", "k1")])
+    assert synchronous() == 2 and len(seen) == 1
+    with pytest.raises(LedgerError):
+        ledger.insert_items([_row("c1", "k1")])  # a duplicate: nothing inserted, FULL again
+    assert synchronous() == 2 and len(seen) == 2
+    with ledger.transaction():
+        ledger.insert_items([_row("c2", "k2")])
+    assert len(seen) == 2 and synchronous() == 2
+    assert ledger.count_items() == {"pending": 2}
+    ledger.close()
+
+
 def test_an_older_ledger_file_gains_claims_and_the_events_index(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     ledger = SqliteLedger(path)

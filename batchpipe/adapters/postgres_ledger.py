@@ -454,7 +454,9 @@ class PostgresLedger:
     def insert_items(self, rows: Iterable[Mapping[str, object]]) -> int:
         """Insert new item rows (``status`` must be ``pending`` or ``invalid``); returns how many. Raises
         :class:`LedgerError` on a duplicate ``custom_id`` or (job, key, attempt) or a missing required column, and
-        then inserts none of ``rows``."""
+        then inserts none of ``rows``. On its own (a build's chunk) it commits with ``synchronous_commit`` off
+        (atomic, not yet flushed: the run's ``finish_build`` and every intent before spending are synchronous
+        commits, and flush the WAL up to them, this one included)."""
         now = self._clock()
         columns = ITEM_COLUMNS
         sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('%s' for _ in columns)})"
@@ -470,8 +472,12 @@ class PostgresLedger:
         if not params:
             return 0
         try:
-            with self._all_or_nothing(), self._connection() as conn, conn.cursor() as cur:
-                cur.executemany(sql.encode(), params)
+            with self._lock:
+                relaxed = self._conn is None  # a transaction of its own (a build's chunk), not part of a caller's
+                with self._all_or_nothing(), self._connection() as conn, conn.cursor() as cur:
+                    if relaxed:  # see SqliteLedger.insert_items: later synchronous commits make it durable
+                        cur.execute(b"SET LOCAL synchronous_commit TO off")
+                    cur.executemany(sql.encode(), params)
         except psycopg.IntegrityError as exc:
             raise LedgerError(f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}") from exc
         return len(params)

@@ -468,6 +468,12 @@ class SqliteLedger:
         Each mapping gives the ``items`` columns (see ``ITEM_COLUMNS``); missing optional ones are NULL.
         Raises :class:`LedgerError` on a duplicate ``custom_id`` or (job, key, attempt) or a missing required
         column, and then inserts none of ``rows``.
+
+        Called on its own (a build's 2,000-row chunks), it commits without waiting for the disk
+        (``synchronous=NORMAL`` in WAL mode: still atomic and safe from a crash of the process, not yet from a
+        power cut). Nothing is spent on new rows alone: a build is done only at :meth:`finish_build`, and a
+        shard's upload only after its intent, both committed with ``synchronous=FULL``, whose WAL sync makes
+        every earlier commit durable too. Measured: 100,000 rows in 50 chunks, 6.7 s → 6.1 s wall.
         """
         now = self._clock()
         columns = ITEM_COLUMNS
@@ -483,11 +489,18 @@ class SqliteLedger:
             params.append([values.get(c) for c in columns])
         if not params:
             return 0
-        try:
-            with self._all_or_nothing():
-                self._db.executemany(sql, params)
-        except sqlite3.IntegrityError as exc:
-            raise LedgerError(f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}") from exc
+        with self._lock:
+            relaxed = self._depth == 0  # a transaction of its own (a build's chunk), not part of a caller's
+            if relaxed:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._all_or_nothing():
+                    self._db.executemany(sql, params)
+            except sqlite3.IntegrityError as exc:
+                raise LedgerError(f"cannot insert items (duplicate custom_id or job/key/attempt?): {exc}") from exc
+            finally:
+                if relaxed:
+                    self._db.execute("PRAGMA synchronous=FULL")
         return len(params)
 
     def transition_items(
