@@ -368,7 +368,7 @@ def _status_report(ledger: Ledger, workdir: Path, job: str | None) -> dict[str, 
     else:
         shards = {shard.name for shard in ledger.shards() if shard.job == job}
         batch_rows = [batch for batch in ledger.batches() if batch.shard in shards]
-        cost = sum(row.cost_usd or 0.0 for row in ledger.items(job=job))
+        cost = ledger.cost_usd(job=job)
     batches: dict[str, int] = {}
     for batch in batch_rows:
         batches[batch.status] = batches.get(batch.status, 0) + 1

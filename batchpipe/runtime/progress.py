@@ -99,19 +99,26 @@ def error_counts(
 ) -> list[ErrorCount]:
     """Items that did not succeed (:data:`FAILURE_STATUSES`) grouped by error code, most frequent first (then by
     code): of one run, of one job, or of the whole ledger; ``latest_only`` counts each item's latest attempt only.
-    Superseded attempts (redone since) are never counted. An item with no code counts under its status."""
+    Superseded attempts (redone since) are never counted; an item with no code counts under its status. Counted by
+    the ledger (:meth:`~batchpipe.ports.Ledger.error_counts`, an aggregate), plus one row read per code for its
+    example: never every row."""
     found: dict[str, ErrorCount] = {}
-    for row in ledger.items(run_id=run_id, job=job, statuses=list(FAILURE_STATUSES), latest_only=latest_only):
-        code = row.error_code or str(row.status)
-        entry = found.get(code)
-        if entry is None:
-            message = " ".join((row.error_message or "").split())
-            if len(message) > EXAMPLE_CHARS:
-                message = message[: EXAMPLE_CHARS - 1] + "…"
-            entry = found[code] = ErrorCount(code, example_key=row.item_key, example_message=message)
-        entry.count += 1
-        entry.statuses.add(str(row.status))
-        entry.retryable = entry.retryable or bool(row.retryable)
+    examples: dict[str, str] = {}
+    for group in ledger.error_counts(FAILURE_STATUSES, run_id=run_id, job=job, latest_only=latest_only):
+        code = str(group["code"])
+        entry = found.setdefault(code, ErrorCount(code))
+        entry.count += int(str(group["count"]))
+        entry.statuses.add(str(group["status"]))
+        entry.retryable = entry.retryable or bool(group["retryable"])
+        examples.setdefault(code, str(group["example_custom_id"]))  # of the code's largest group
+    for code, custom_id in examples.items():
+        row = ledger.item(custom_id)
+        if row is None:  # gone meanwhile (a discarded build)
+            continue
+        message = " ".join((row.error_message or "").split())
+        if len(message) > EXAMPLE_CHARS:
+            message = message[: EXAMPLE_CHARS - 1] + "…"
+        found[code].example_key, found[code].example_message = row.item_key, message
     return sorted(found.values(), key=lambda e: (-e.count, e.code))
 
 
