@@ -242,7 +242,7 @@ class RunDisplay:
         self._lock = threading.Lock()
         self._state = _Snapshot()
         self._started = clock()
-        self._samples: list[tuple[float, int]] = []
+        self._samples: list[tuple[float, int, int]] = []
         #: True once :meth:`finish` printed the summary
         self.summarized = False
 
@@ -307,32 +307,49 @@ class RunDisplay:
         live = state.done_at_poll + (sum(state.c2pa.values()) - state.verified_at_poll)
         return min(max(state.done, live), state.total) if state.total else state.done
 
+    def _point(self, state: _Snapshot) -> tuple[float, int, int]:
+        """``(now, items finished, requests the service answered)``."""
+        return self._clock(), self.finished_items(state), min(state.rendered, state.total)
+
     def _sample(self) -> None:
-        state = self.snapshot()
-        now = self._clock()
+        point = self._point(self.snapshot())
         with self._lock:
-            self._samples.append((now, self.finished_items(state)))
-            self._samples = [s for s in self._samples if now - s[0] <= 30.0][-200:]
+            self._samples.append(point)
+            self._samples = [s for s in self._samples if point[0] - s[0] <= 30.0][-200:]
+
+    def _rates(self) -> tuple[float | None, float | None]:
+        """``(items finished per second, requests answered per second)`` over the last 30 s; None before two
+        samples 0.5 s apart."""
+        point = self._point(self.snapshot())
+        with self._lock:
+            first = self._samples[0] if self._samples else point
+        seconds = point[0] - first[0]
+        if seconds < 0.5:
+            return None, None
+        return max(0.0, (point[1] - first[1]) / seconds), max(0.0, (point[2] - first[2]) / seconds)
 
     def rate(self) -> float | None:
         """Items finished per second over the last 30 s (None before two samples 0.5 s apart)."""
-        state = self.snapshot()
-        now = self._clock()
-        with self._lock:
-            samples = [*self._samples, (now, self.finished_items(state))]
-        first = samples[0]
-        last = samples[-1]
-        if last[0] - first[0] < 0.5:
-            return None
-        return max(0.0, (last[1] - first[1]) / (last[0] - first[0]))
+        return self._rates()[0]
 
     def eta_s(self) -> float | None:
-        """Seconds until every item is finished at :meth:`rate` (None when unknown or not moving)."""
+        """Seconds until every item is finished (None when unknown): while the service is still answering, the
+        time it needs at its rate over the last 30 s (collection follows it and is faster); once collection moves,
+        the larger of that and the time collection needs at its own rate."""
         state = self.snapshot()
-        rate = self.rate()
-        if not rate or not state.total:
+        if not state.total:
             return None
-        return max(0.0, (state.total - self.finished_items(state)) / rate)
+        finished_rate, answer_rate = self._rates()
+        left_to_answer = state.total - min(state.rendered, state.total)
+        left_to_finish = state.total - self.finished_items(state)
+        if left_to_finish <= 0:
+            return 0.0
+        estimates: list[float] = []
+        if left_to_answer > 0 and answer_rate:
+            estimates.append(left_to_answer / answer_rate)
+        if finished_rate:
+            estimates.append(left_to_finish / finished_rate)
+        return max(estimates) if estimates else None
 
     def stages(self) -> list[tuple[str, int, int, str]]:
         """``(stage, done, total, note)`` for built, submitted, in progress, collected, verified."""
@@ -347,8 +364,10 @@ class RunDisplay:
         failures = sum(items.get(status, 0) for status in FAILURE_STATUSES)
         checked = sum(state.c2pa.values())
         batches = sum(state.batch_states.values())
-        rate, eta = self.rate(), self.eta_s()
+        (rate, answer_rate), eta = self._rates(), self.eta_s()
         speed = f"{rate:.1f} items/s" if rate is not None else "- items/s"
+        if not rate and answer_rate:  # nothing collected yet: how fast the service answers
+            speed = f"{speed} (service answers {answer_rate:.1f}/s)"
         eta_text = f"ETA {_duration(eta)}" if eta is not None else "ETA -"
         c2pa = ", ".join(f"{k} {v}" for k, v in sorted(state.c2pa.items(), key=lambda kv: (-kv[1], kv[0])))
         return [
