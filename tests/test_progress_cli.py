@@ -309,6 +309,8 @@ def test_status_of_one_job_with_errors_by_code(tea: Path) -> None:
     flat = " ".join(text.stdout.split())
     assert "job tea" in flat and "errors by code" in flat and "moderation_blocked │ 2 │ failed" in flat
     assert "retry moderation_blocked: batchpipe retry --job tea --error-code moderation_blocked" in flat
+    quiet = _cli("--log-json", "status", "--workdir", "w", "--job", "tea", cwd=tea)  # JSON only: the object, one line
+    assert len(quiet.stdout.splitlines()) == 1 and orjson.loads(quiet.stdout) == status
     missing = _cli("status", "--workdir", "w", "--job", "nope", cwd=tea)
     assert missing.returncode == 2 and "no job 'nope'" in missing.stderr
 
@@ -350,6 +352,8 @@ def test_verify_many_files_prints_a_summary_and_the_first_problems(tmp_path: Pat
     assert "the first 10 of 14 problem(s)" in out and "--all" in out
     assert sum("ok-" in line for line in out.splitlines()) == 0  # no row for a good file
     assert sum("bad-" in line for line in out.splitlines()) == 10
+    as_json = _cli("--log-json", "verify", "--trust", "none", str(tmp_path), cwd=tmp_path)
+    assert [orjson.loads(line)["c2pa_state"] for line in as_json.stdout.splitlines()].count("missing") == 14
     full = _cli("verify", "--trust", "none", "--all", str(tmp_path), cwd=tmp_path)
     assert sum("ok-" in line for line in full.stdout.splitlines()) == 30
     assert sum("bad-" in line for line in full.stdout.splitlines()) == 14

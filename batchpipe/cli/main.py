@@ -302,7 +302,7 @@ def _open_existing_ledger(workdir: Path, ledger_url: str | None = None) -> Ledge
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def status(workdir: Path, ledger_url: str | None, job: str | None, as_json: bool) -> None:
     """Items by status, batches by status, cost so far and errors by code, for the latest run and the whole ledger
-    (or one --job)."""
+    (or one --job). With --log-json before the command, the JSON object on one line."""
     ledger = _open_existing_ledger(workdir, ledger_url)
     try:
         report = _status_report(ledger, workdir, job)
@@ -311,7 +311,7 @@ def status(workdir: Path, ledger_url: str | None, job: str | None, as_json: bool
     if report is None:
         _echo_err(f"error: no job {job!r} in the ledger at {describe_ledger(ledger_url, workdir)}")
         sys.exit(EXIT_INPUT)
-    if as_json:
+    if as_json or json_only():
         option = 0 if json_only() else orjson.OPT_INDENT_2  # --log-json: one line, like every other line
         click.echo(orjson.dumps(report, option=option).decode())
         return

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchpipe.errors import ProvenanceError
+from batchpipe.logs import json_only
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paReport, C2paVerifier
 
@@ -130,6 +131,7 @@ def verify_command(paths: tuple[Path, ...], trust_setting: str, as_json: bool, s
         verifier = C2paVerifier(trust)
     except ProvenanceError as exc:
         raise click.BadParameter(str(exc), param_hint="'--trust'") from exc
+    as_json = as_json or json_only()  # batchpipe --log-json verify: JSON lines only
     counts: Counter[str] = Counter()
     rows: list[tuple[Path, C2paReport]] = []
     for path, report in verify_paths(verifier, iter_files(paths)):
