@@ -11,7 +11,7 @@ import structlog
 
 from batchpipe.domain.redact import redact_value
 
-__all__ = ["configure_logging", "show_emulator_requests"]
+__all__ = ["configure_logging", "json_only", "show_emulator_requests", "write_json"]
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -19,6 +19,41 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
 
 
 _emulator_requests = True
+_json_only = False
+
+
+def json_only() -> bool:
+    """True when ``--log-json`` was given: every line batchpipe prints (logs, messages, progress, the summary) is
+    one JSON object (:func:`write_json`)."""
+    return _json_only
+
+
+def write_json(event: str, *, stream: Any = None, **fields: Any) -> None:
+    """Write ``{"event": event, "timestamp": ISO 8601 UTC, **fields}`` as one line to ``stream`` (default: the
+    current ``sys.stderr``), every string redacted (:func:`batchpipe.domain.redact.redact_value`). Not filtered by
+    the log level: this is what a command says to its user (its messages, progress and summary), not a log."""
+    record: dict[str, Any] = {"event": event, "timestamp": _now_iso()}
+    record.update(_redact_secrets(None, "", fields))
+    out = stream if stream is not None else sys.stderr
+    out.write(orjson.dumps(record, default=str).decode() + "\n")
+    out.flush()
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+class _CurrentStderr:
+    """A file that writes to whatever ``sys.stderr`` is at the time, so a live display that redirects stderr
+    (rich ``Live``) prints log lines above itself."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def show_emulator_requests(show: bool) -> None:
@@ -58,7 +93,9 @@ def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
     never reach logs (the client never passes them to a logger), and every string of every event is redacted
     (:mod:`batchpipe.domain.redact`) in case a server echoed one.
     """
+    global _json_only
     use_json = (not sys.stderr.isatty()) if json is None else json
+    _json_only = json is True
     show_emulator_requests(level.lower() == "debug")
     processors: list[Any] = [
         _drop_emulator_requests,
@@ -77,6 +114,6 @@ def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

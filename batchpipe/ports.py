@@ -278,8 +278,19 @@ class Ledger(Protocol):
         only each item's row of the highest attempt in the whole ledger, as :meth:`items` selects it."""
         ...
 
-    def cost_usd(self, *, run_id: str | None = None) -> float:
-        """Sum of the recorded ``cost_usd`` of items (USD; 0.0 if none), for a run or everything."""
+    def cost_usd(self, *, run_id: str | None = None, job: str | None = None) -> float:
+        """Sum of the recorded ``cost_usd`` of items (USD; 0.0 if none), for a run (``run_id`` wins over ``job``), a
+        job (every attempt), or everything."""
+        ...
+
+    def error_counts(
+        self, statuses: Iterable[str], *, run_id: str | None = None, job: str | None = None, latest_only: bool = False
+    ) -> list[dict[str, object]]:
+        """Items in ``statuses`` grouped by error code and status, counted by the store (an aggregate query), never
+        by reading every row: one dict per group, ``code`` (the error code, or the status for rows without one),
+        ``status``, ``count``, ``retryable`` (True if any row of the group is) and ``example_custom_id`` (the
+        group's smallest ``custom_id``; :meth:`item` reads it). For a run (``run_id`` wins over ``job``), a job, or
+        everything; ``latest_only`` as in :meth:`count_items`. Ordered by count (highest first), code, status."""
         ...
 
     # -- shards (submission intents) --------------------------------------------------------------------
@@ -511,9 +522,9 @@ class AsyncLedger:
         """:meth:`Ledger.count_items`."""
         return await self.call(lambda db: db.count_items(run_id=run_id, job=job, latest_only=latest_only))
 
-    async def cost_usd(self, *, run_id: str | None = None) -> float:
+    async def cost_usd(self, *, run_id: str | None = None, job: str | None = None) -> float:
         """:meth:`Ledger.cost_usd`."""
-        return await self.call(lambda db: db.cost_usd(run_id=run_id))
+        return await self.call(lambda db: db.cost_usd(run_id=run_id, job=job))
 
     async def transition_shard(
         self, name: str, to_status: str, *, fields: Mapping[str, object] | None = None, note: str | None = None

@@ -673,13 +673,53 @@ class PostgresLedger:
         )
         return {str(r["status"]): int(r["n"]) for r in rows}
 
-    def cost_usd(self, *, run_id: str | None = None) -> float:
-        """Sum of recorded costs (USD), for a run or everything."""
-        if run_id is None:
-            rows = self._rows("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM items")
-        else:
+    def cost_usd(self, *, run_id: str | None = None, job: str | None = None) -> float:
+        """Sum of recorded costs (USD), for a run (wins over ``job``), a job, or everything."""
+        if run_id is not None:
             rows = self._rows("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM items WHERE run_id = %s", (run_id,))
+        elif job is not None:
+            rows = self._rows("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM items WHERE job = %s", (job,))
+        else:
+            rows = self._rows("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM items")
         return float(rows[0]["c"])
+
+    def error_counts(
+        self, statuses: Iterable[str], *, run_id: str | None = None, job: str | None = None, latest_only: bool = False
+    ) -> list[dict[str, object]]:
+        """Items in ``statuses`` by (error code or status, status): one aggregate query (see :class:`Ledger`)."""
+        wanted = [str(status) for status in statuses]
+        if not wanted:
+            return []
+        where: list[str] = [f"status IN ({', '.join(['%s'] * len(wanted))})"]
+        params: list[object] = [*wanted]
+        if run_id is not None:
+            where.append("run_id = %s")
+            params.append(run_id)
+        elif job is not None:
+            where.append("job = %s")
+            params.append(job)
+        if latest_only:
+            where.append(
+                "attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job "
+                "AND i2.item_key = items.item_key)"
+            )
+        rows = self._rows(
+            "SELECT COALESCE(error_code, status) AS code, status, COUNT(*) AS n, MAX(COALESCE(retryable, 0)) AS r, "
+            f"MIN(custom_id) AS example FROM items WHERE {' AND '.join(where)} "
+            "GROUP BY COALESCE(error_code, status), status",
+            params,
+        )
+        found: list[dict[str, object]] = [
+            {
+                "code": str(r["code"]),
+                "status": str(r["status"]),
+                "count": int(r["n"]),
+                "retryable": bool(r["r"]),
+                "example_custom_id": str(r["example"]),
+            }
+            for r in rows
+        ]
+        return sorted(found, key=lambda g: (-int(str(g["count"])), str(g["code"]), str(g["status"])))
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import os
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,14 +30,25 @@ from batchpipe.cli.validate import validate_command
 from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
+from batchpipe.domain.records import ItemRow
 from batchpipe.errors import BatchpipeError, InputError
 from batchpipe.input.jobspec import MAX_COLLECT_WORKERS
-from batchpipe.logs import configure_logging
+from batchpipe.logs import configure_logging, json_only, write_json
 from batchpipe.ports import Ledger
 from batchpipe.provenance.cli import verify_command
 from batchpipe.provenance.verify import C2PA_STATES
 from batchpipe.runtime import costguard, reprocess
 from batchpipe.runtime.locations import LEDGER_ENV, STORE_ENV, describe_ledger, ledger_exists, open_ledger_url
+from batchpipe.runtime.progress import (
+    JsonDisplay,
+    LiveDisplay,
+    PlainDisplay,
+    RunDisplay,
+    error_counts,
+    message_level,
+    retry_command,
+    retry_hint,
+)
 from batchpipe.runtime.settings import RunOptions, api_timing
 from batchpipe.runtime.wiring import RunRequest, execute, is_loopback, run_job
 
@@ -89,7 +100,47 @@ _store_option = click.option(
 )
 
 
-@click.group()
+#: Commands whose ``--log-json`` output ends with one JSON summary object on stdout, even when they fail.
+_SUMMARIZED_COMMANDS: Final = frozenset({"run", "retry"})
+
+
+class _Batchpipe(click.Group):
+    """The ``batchpipe`` group: with ``--log-json`` before the command, click's own errors (a usage error, a bad
+    option value) are JSON too: an ``error`` event on stderr, and for ``run`` / ``retry`` the JSON summary on
+    stdout, so not one plain line is printed."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """As :meth:`click.Group.main`; see the class doc for ``--log-json``."""
+        argv = list(sys.argv[1:] if args is None else args)
+        command = next((a for a in argv if a in self.commands), None)
+        head = argv[: argv.index(command)] if command is not None else argv
+        wants_json = "--log-json" in head and head[::-1].index("--log-json") < (
+            head[::-1].index("--log-text") if "--log-text" in head else len(head)
+        )
+        if not wants_json or not standalone_mode:
+            return super().main(argv, prog_name, complete_var, standalone_mode=standalone_mode, **extra)
+        try:
+            result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            text = exc.format_message()
+            write_json("error", level="error", message=text, exit_code=exc.exit_code, command=command)
+            if command in _SUMMARIZED_COMMANDS:
+                write_json("summary", stream=sys.stdout, exit_code=exc.exit_code, finished=False, messages=[text])
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            write_json("error", level="error", message="aborted", exit_code=1, command=command)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=_Batchpipe)
 @click.version_option(__version__, prog_name="batchpipe")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
 @click.option("--log-json/--log-text", default=None, help="Force JSON or text logs (default: text on a terminal).")
@@ -121,7 +172,21 @@ def file_mode_mask(environ: Mapping[str, str]) -> int:
 
 
 def _echo_err(message: str) -> None:
-    click.echo(message, err=True)
+    """Print a message for the user on stderr: plain, or one JSON ``message`` event with ``--log-json``."""
+    if json_only():
+        write_json("message", message=message, level=message_level(message))
+    else:
+        click.echo(message, err=True)
+
+
+def _run_display() -> RunDisplay:
+    """How ``run`` and ``retry`` show progress: JSON with ``--log-json``, a live block when stderr is a terminal,
+    plain lines otherwise (cron, a pipe)."""
+    if json_only():
+        return JsonDisplay()
+    if sys.stderr.isatty():
+        return LiveDisplay()
+    return PlainDisplay(_echo_err)
 
 
 def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str | None]:
@@ -194,6 +259,9 @@ def run(
     if manifest is not None:
         job_name = _manifest_job(manifest, job_name)
     label, base_url = resolve_api(api, os.environ)
+    display = _run_display()
+    if isinstance(display, LiveDisplay):
+        display.title = job_name or (job_spec.stem if job_spec else "")
     _run_guarded(
         lambda: run_job(
             job_spec=job_spec,
@@ -206,14 +274,16 @@ def run(
             limit=limit,
             skip_invalid=skip_invalid,
             poll_interval_s=poll_interval,
-            echo=_echo_err,
+            echo=display.echo,
             trust=trust,
             models_file=models_file,
             collect_workers=collect_workers,
             max_cost_usd=max_cost,
             ledger_url=ledger_url,
             store_url=store_url,
-        )
+            display=display,
+        ),
+        display=display,
     )
 
 
@@ -263,28 +333,27 @@ def _open_existing_ledger(workdir: Path, ledger_url: str | None = None) -> Ledge
 @main.command()
 @_workdir_option
 @_ledger_option
+@click.option("--job", help="Only this job: its latest run, its items and batches, its errors.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def status(workdir: Path, ledger_url: str | None, as_json: bool) -> None:
-    """Items by status, batches by status and cost so far, for the latest run and the whole ledger."""
+def status(workdir: Path, ledger_url: str | None, job: str | None, as_json: bool) -> None:
+    """Items by status, batches by status, cost so far and errors by code, for the latest run and the whole ledger
+    (or one --job). With --log-json before the command, the JSON object on one line."""
     ledger = _open_existing_ledger(workdir, ledger_url)
-    latest = ledger.latest_run()
-    batches: dict[str, int] = {}
-    for batch in ledger.batches():
-        batches[batch.status] = batches.get(batch.status, 0) + 1
-    report: dict[str, Any] = {
-        "workdir": str(workdir),
-        "latest_run": latest,
-        "latest_run_items": ledger.count_items(run_id=str(latest["run_id"])) if latest else {},
-        "items": ledger.count_items(),
-        "current_items": ledger.count_items(latest_only=True),
-        "batches": batches,
-        "cost_usd": round(ledger.cost_usd(), 6),
-        "latest_run_cost_usd": round(ledger.cost_usd(run_id=str(latest["run_id"])), 6) if latest else 0.0,
-    }
-    if as_json:
-        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    try:
+        report = _status_report(ledger, workdir, job)
+    finally:
+        ledger.close()
+    if report is None:
+        _echo_err(f"error: no job {job!r} in the ledger at {describe_ledger(ledger_url, workdir)}")
+        sys.exit(EXIT_INPUT)
+    if as_json or json_only():
+        option = 0 if json_only() else orjson.OPT_INDENT_2  # --log-json: one line, like every other line
+        click.echo(orjson.dumps(report, option=option).decode())
         return
     console = Console()
+    latest = report["latest_run"]
+    if job:
+        console.print(f"job [bold]{job}[/]", highlight=False)
     if latest:
         console.print(f"latest run [bold]{latest['run_id']}[/] ({latest['status']}, api {latest['api']})")
     table = Table("status", "latest run", "all attempts", "items now")
@@ -297,10 +366,69 @@ def status(workdir: Path, ledger_url: str | None, as_json: bool) -> None:
             str(report["current_items"].get(name, 0)),
         )
     console.print(table)
+    batches = report["batches"]
     console.print("batches: " + (", ".join(f"{k} {v}" for k, v in sorted(batches.items())) or "none"))
+    scope = f"in job {job}" if job else "in all"
     console.print(
-        f"cost: ${report['latest_run_cost_usd']:.4f} latest run, ${report['cost_usd']:.4f} in all (batch prices)"
+        f"cost: ${report['latest_run_cost_usd']:.4f} latest run, ${report['cost_usd']:.4f} {scope} (batch prices)"
     )
+    errors = report["errors"]
+    if not errors:
+        console.print("errors: none (items now)")
+        return
+    table = Table("error code", "items", "status", "example", title="errors by code (items now)", title_justify="left")
+    for error in errors:
+        example = f"{error['example_key']}: {error['example_message']}" if error["example_message"] else "-"
+        table.add_row(error["code"], str(error["count"]), ", ".join(error["statuses"]), example)
+    console.print(table)
+    for error in errors[:5]:
+        if error.get("retry_command"):
+            console.print(f"retry {error['code']}: {error['retry_command']}", highlight=False, soft_wrap=True)
+            if error.get("retry_hint"):
+                console.print(f"  ({error['retry_hint']})", highlight=False, soft_wrap=True)
+
+
+def _status_report(ledger: Ledger, workdir: Path, job: str | None) -> dict[str, Any] | None:
+    """What ``batchpipe status`` shows, as a JSON-ready dict; None when ``job`` is given and not in the ledger.
+
+    ``latest_run`` (of ``job``, or of the ledger), ``latest_run_items`` / ``items`` (every attempt) /
+    ``current_items`` (each item's latest attempt) counts by status, ``batches`` by status, ``cost_usd`` (all
+    attempts, of ``job`` or of the ledger) and ``latest_run_cost_usd`` in USD, and ``errors``: the current items
+    that did not succeed by error code, most frequent first (``code``, ``count``, ``statuses``, ``retryable``, an
+    example key and message, and, with a job, the ``retry_command`` that runs them again)."""
+    latest = ledger.latest_run(job)
+    if job is not None and latest is None:
+        return None
+    if job is None:
+        batch_rows = ledger.batches()
+        cost = ledger.cost_usd()
+    else:
+        shards = {shard.name for shard in ledger.shards() if shard.job == job}
+        batch_rows = [batch for batch in ledger.batches() if batch.shard in shards]
+        cost = ledger.cost_usd(job=job)
+    batches: dict[str, int] = {}
+    for batch in batch_rows:
+        batches[batch.status] = batches.get(batch.status, 0) + 1
+    errors = []
+    for error in error_counts(ledger, job=job, latest_only=True):
+        entry = error.to_dict()
+        if job is not None:
+            entry["retry_command"] = retry_command(error, job=job, workdir=workdir)
+            entry["retry_hint"] = retry_hint(error)
+        errors.append(entry)
+    report: dict[str, Any] = {
+        "workdir": str(workdir),
+        "job": job,
+        "latest_run": latest,
+        "latest_run_items": ledger.count_items(run_id=str(latest["run_id"])) if latest else {},
+        "items": ledger.count_items(job=job),
+        "current_items": ledger.count_items(job=job, latest_only=True),
+        "batches": batches,
+        "cost_usd": round(cost, 6),
+        "latest_run_cost_usd": round(ledger.cost_usd(run_id=str(latest["run_id"])), 6) if latest else 0.0,
+        "errors": errors,
+    }
+    return report
 
 
 @main.group()
@@ -418,9 +546,30 @@ _EXPORT_FIELDS: Final = [
     "product_key",
     "variant",
     "previous_custom_id",
+    "prompt",
     "created_at",
     "updated_at",
 ]
+
+
+def _export_record(row: ItemRow) -> dict[str, Any]:
+    """One exported item: :meth:`ItemRow.to_record` without the request ``body``, with the ``prompt`` it sent (None
+    for an invalid item) and ``created_at`` / ``updated_at`` as ISO 8601 UTC to the second
+    (``2026-11-30T10:15:02Z``) instead of unix seconds."""
+    record = row.to_record()
+    body = record.pop("body", None)
+    prompt = body.get("prompt") if isinstance(body, dict) else None
+    record["prompt"] = prompt if isinstance(prompt, str) else None
+    for name in ("created_at", "updated_at"):
+        record[name] = _iso_seconds(record.get(name))
+    return record
+
+
+def _iso_seconds(ts: object) -> str | None:
+    """Unix seconds as ISO 8601 UTC to the second (``2026-11-30T10:15:02Z``); None when absent."""
+    if not isinstance(ts, int | float):
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @ledger.command("export")
@@ -433,21 +582,20 @@ _EXPORT_FIELDS: Final = [
 def export(
     workdir: Path, fmt: str, output: Path | None, all_attempts: bool, run_id: str | None, ledger_url: str | None
 ) -> None:
-    """One record per item (its latest attempt): custom_id, key, status, output_path, sha256, c2pa_state..."""
+    """One record per item (its latest attempt): custom_id, key, status, prompt, output_path, sha256, c2pa_state...
+    Times (created_at, updated_at) are ISO 8601 UTC, e.g. 2026-11-30T10:15:02Z."""
     store = _open_existing_ledger(workdir, ledger_url)
     rows = store.items(run_id=run_id, latest_only=not all_attempts)
     with ExitStack() as stack:
         out: TextIO = stack.enter_context(output.open("w", encoding="utf-8", newline="")) if output else sys.stdout
         if fmt == "jsonl":
             for row in rows:
-                record = row.to_record()
-                record.pop("body", None)
-                out.write(orjson.dumps(record).decode() + "\n")
+                out.write(orjson.dumps(_export_record(row)).decode() + "\n")
         else:
             writer = csv.DictWriter(out, fieldnames=[*_EXPORT_FIELDS, "c2pa_issuer", "c2pa_failure_codes"])
             writer.writeheader()
             for row in rows:
-                record = row.to_record()
+                record = _export_record(row)
                 raw = record.get("c2pa")
                 c2pa: dict[str, Any] = raw if isinstance(raw, dict) else {}
                 flat = {k: record.get(k) for k in _EXPORT_FIELDS}
@@ -674,6 +822,7 @@ def retry(
             f"unknown --c2pa-state {', '.join(map(repr, unknown))}; one of: {', '.join(sorted(C2PA_STATES))}"
         )
     store = _open_existing_ledger(workdir, ledger_url)
+    display = _run_display()
 
     def action() -> int:
         selection = reprocess.RetrySelection(
@@ -726,6 +875,8 @@ def retry(
                 "batchpipe run command",
                 file="ledger",
             )
+        if isinstance(display, LiveDisplay):
+            display.title = jobs[0]
         output_dir, trust = reprocess.default_output_dir(store, jobs[0], workdir.resolve())
         session = reprocess.job_session(store, jobs[0], workdir.resolve())
         label, base_url = _retry_api(api, store, rows)
@@ -757,7 +908,7 @@ def retry(
                 problems=problems,
             )
         estimate = costguard.estimate_items(checked, models=policy.table)
-        _echo_err(estimate.line(max_cost))
+        display.echo(estimate.line(max_cost))
         costguard.check_cap(
             estimate,
             max_cost,
@@ -792,16 +943,20 @@ def retry(
             known_models=frozenset(str(entry.body.get("model")) for entry in checked if isinstance(entry, Item)),
             ledger_url=ledger_url,
             store_url=store_url,
+            estimate_usd=estimate.cost_usd,
+            cap_usd=max_cost,
         )
         store.close()
-        return execute(request, api_label=label, base_url=base_url, environ=os.environ, echo=_echo_err)
+        return execute(
+            request, api_label=label, base_url=base_url, environ=os.environ, echo=display.echo, display=display
+        )
 
     resume = (
         f"batchpipe run <the job's spec or --manifest> --workdir {shlex.quote(str(workdir))} (it resumes the "
         f"job's unfinished retry run)"
     )
     try:
-        _run_guarded(action, resume=resume)
+        _run_guarded(action, resume=resume, display=display)
     finally:
         store.close()
 
@@ -851,10 +1006,26 @@ def _retry_policy(models_file: Path | None) -> Any:
     )
 
 
-def _run_guarded(action: Callable[[], int], *, resume: str | None = None) -> None:
+def _run_guarded(action: Callable[[], int], *, resume: str | None = None, display: RunDisplay | None = None) -> None:
     """Run ``action()`` and exit with its code, errors mapped by :func:`batchpipe.cli.exits.guarded` (Ctrl-C:
-    exit 3 and ``resume``, by default this command line again)."""
-    guarded(action, echo=_echo_err, resume=resume)
+    exit 3 and ``resume``, by default this command line again). With ``--log-json`` and a run's ``display``, a run
+    that stops before its summary (bad input, the API unusable) still ends with one JSON summary on stdout:
+    ``{"event": "summary", "exit_code": N, "finished": false, "messages": [...]}``."""
+    if display is None or not json_only():
+        guarded(action, echo=_echo_err, resume=resume)
+    said: list[str] = []
+
+    def echo(line: str) -> None:
+        said.append(line)
+        _echo_err(line)
+
+    try:
+        guarded(action, echo=echo, resume=resume)
+    except SystemExit as exc:
+        if not display.summarized:
+            code = exc.code if isinstance(exc.code, int) else 1
+            write_json("summary", stream=sys.stdout, exit_code=code, finished=False, messages=said)
+        raise
 
 
 def _attach_optional_commands() -> None:

@@ -635,15 +635,40 @@ class MemoryLedger:
             )
         return {status: counts[status] for status in sorted(counts)}
 
-    def cost_usd(self, *, run_id: str | None = None) -> float:
-        """Sum of recorded costs (USD), for a run or everything (0.0 if none)."""
+    def cost_usd(self, *, run_id: str | None = None, job: str | None = None) -> float:
+        """Sum of recorded costs (USD), for a run (wins over ``job``), a job, or everything (0.0 if none)."""
+        column, value = ("run_id", run_id) if run_id is not None else ("job", job)
         with self._lock:
             costs = [
                 float(row["cost_usd"])
                 for row in self._items.values()
-                if row["cost_usd"] is not None and (run_id is None or row["run_id"] == run_id)
+                if row["cost_usd"] is not None and (value is None or row[column] == value)
             ]
         return math.fsum(costs)
+
+    def error_counts(
+        self, statuses: Iterable[str], *, run_id: str | None = None, job: str | None = None, latest_only: bool = False
+    ) -> list[dict[str, object]]:
+        """Items in ``statuses`` by (error code or status, status), as the SQL ledgers group them."""
+        wanted = {str(status) for status in statuses}
+        column, value = ("run_id", run_id) if run_id is not None else ("job", job)
+        groups: dict[tuple[str, str], dict[str, object]] = {}
+        with self._lock:
+            for custom_id, row in self._items.items():
+                if str(row["status"]) not in wanted or (value is not None and row[column] != value):
+                    continue
+                if latest_only and row["attempt"] != max(self._attempts[(row["job"], row["item_key"])]):
+                    continue
+                code = str(row["error_code"] or row["status"])
+                group = groups.setdefault(
+                    (code, str(row["status"])),
+                    {"code": code, "status": str(row["status"]), "count": 0, "retryable": False,
+                     "example_custom_id": custom_id},
+                )  # fmt: skip
+                group["count"] = int(str(group["count"])) + 1
+                group["retryable"] = bool(group["retryable"]) or bool(row["retryable"])
+                group["example_custom_id"] = min(str(group["example_custom_id"]), custom_id)
+        return sorted(groups.values(), key=lambda g: (-int(str(g["count"])), str(g["code"]), str(g["status"])))
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:

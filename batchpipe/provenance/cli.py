@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchpipe.errors import ProvenanceError
+from batchpipe.logs import json_only
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paReport, C2paVerifier
 
@@ -33,6 +34,23 @@ _STATE_STYLE = {
     "missing": "red",
     "unreadable": "magenta",
 }
+
+
+#: Up to this many files, ``verify`` prints the table of every file; beyond, a summary (``--all``: the table).
+TABLE_MAX_FILES = 20
+#: Problems (not trusted or valid) listed under the summary.
+FIRST_PROBLEMS = 10
+
+
+def _state_table(counts: Counter[str]) -> Table:
+    """Files by validation state, in the order of :data:`_STATE_STYLE`."""
+    table = Table(title="C2PA states", title_justify="left")
+    table.add_column("state")
+    table.add_column("files", justify="right")
+    for state, style in _STATE_STYLE.items():
+        if counts[state]:
+            table.add_row(f"[{style}]{state}[/]", str(counts[state]))
+    return table
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -95,9 +113,17 @@ def _table(rows: list[tuple[Path, C2paReport]]) -> Table:
     "(emulator), none (intact signatures are 'valid'), or a PEM bundle of roots.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file per line (JSONL).")
-def verify_command(paths: tuple[Path, ...], trust_setting: str, as_json: bool) -> None:
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help=f"The table of every file, however many (default: the table up to {TABLE_MAX_FILES} files; beyond, a "
+    "summary by state and the first problems).",
+)
+def verify_command(paths: tuple[Path, ...], trust_setting: str, as_json: bool, show_all: bool = False) -> None:
     """Check the C2PA Content Credentials of image files (directories are walked recursively).
 
+    Up to 20 files (or with --all) a table of every file; beyond, a summary by state and the first problems.
     Exit 0 if every file is trusted or valid, 1 if any is invalid, missing or unreadable, 2 on usage errors.
     """
     try:
@@ -105,6 +131,7 @@ def verify_command(paths: tuple[Path, ...], trust_setting: str, as_json: bool) -
         verifier = C2paVerifier(trust)
     except ProvenanceError as exc:
         raise click.BadParameter(str(exc), param_hint="'--trust'") from exc
+    as_json = as_json or json_only()  # batchpipe --log-json verify: JSON lines only
     counts: Counter[str] = Counter()
     rows: list[tuple[Path, C2paReport]] = []
     for path, report in verify_paths(verifier, iter_files(paths)):
@@ -117,8 +144,17 @@ def verify_command(paths: tuple[Path, ...], trust_setting: str, as_json: bool) -
     bad = total - counts["trusted"] - counts["valid"]
     if not as_json:
         console = Console()
-        if rows:
+        if rows and (show_all or len(rows) <= TABLE_MAX_FILES):
             console.print(_table(rows))
+        elif rows:
+            problems = [row for row in rows if row[1].state not in ("trusted", "valid")]
+            console.print(_state_table(counts))
+            if problems:
+                shown = problems[:FIRST_PROBLEMS]
+                table = _table(shown)
+                table.title = f"the first {len(shown)} of {len(problems)} problem(s)"
+                console.print(table)
+            console.print(f"{len(rows)} files: the table of every file with --all, every field with --json")
         summary = ", ".join(f"{counts[s]} {s}" for s in _STATE_STYLE if counts[s]) or "no files found"
         console.print(f"{total} file(s) checked with --trust {trust.setting}: {summary}", highlight=False)
     if bad or total == 0:

@@ -530,7 +530,7 @@ class Runner:
         stats["items"] = count
         for problem in problems:
             log.warning("invalid item", problem=str(problem))
-        self._progress("built", {"items": count, "shards": len(shards), **stats})
+        self._progress("built", {"run_id": run_id, "items": count, "shards": len(shards), **stats})
         log.info(
             "built",
             run_id=run_id,
@@ -865,6 +865,8 @@ class Runner:
         await self._cleanup_leftovers(run_id)
         while True:
             submitted = await self._submit_ready(run_id)
+            if submitted:
+                await self._report_progress(run_id)
             open_batches = await self.db.batches(run_id=run_id, unfinished=True)
             if not open_batches:
                 if await self._follow_up(job, run_id):
@@ -918,6 +920,8 @@ class Runner:
                     await asyncio.gather(*tasks, return_exceptions=True)
                     raise
                 changed = changed or any(results)
+                if any(results):
+                    await self._report_progress(run_id)
             if changed:
                 idle = 0
             elif moving:
@@ -948,6 +952,9 @@ class Runner:
             )
 
     async def _report_progress(self, run_id: str) -> None:
+        """Tell the progress callback where the run stands (event ``poll``): ``run_id``, ``batch_states`` (batches by
+        status), ``rendered`` (requests the service answered), ``items_done`` / ``items_total`` (superseded attempts
+        aside), ``items`` (counts by status) and ``cost_usd`` (recorded so far)."""
         states: dict[str, int] = {}
         rendered = 0
         for batch in await self.db.batches(run_id=run_id):
@@ -960,10 +967,13 @@ class Runner:
         self._progress(
             "poll",
             {
+                "run_id": run_id,
                 "batch_states": states,
                 "rendered": rendered,
                 "items_done": total - live,
                 "items_total": total,
+                "items": dict(items),
+                "cost_usd": await self.db.cost_usd(run_id=run_id),
             },
         )
 

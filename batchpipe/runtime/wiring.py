@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -28,6 +28,16 @@ from batchpipe.provenance.verify import C2paVerifier
 from batchpipe.runtime import costguard
 from batchpipe.runtime.locations import describe_store, ledger_exists, open_ledger_url, open_store_url
 from batchpipe.runtime.matrix_run import MatrixRun
+from batchpipe.runtime.progress import (
+    CountingVerifier,
+    ErrorCount,
+    PlainDisplay,
+    RunDisplay,
+    error_counts,
+    retry_command,
+    retry_hint,
+    summary_record,
+)
 from batchpipe.runtime.runner import Runner, RunSummary
 from batchpipe.runtime.settings import ApiTiming, RunOptions, api_timing, options_from_spec
 
@@ -97,15 +107,42 @@ def is_loopback(base_url: str | None) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def summary_lines(summary: RunSummary, *, output_dir: Path, images_at: str | None = None) -> list[str]:
+#: Error codes named in the end-of-run summary (the rest are counted in one line).
+TOP_ERROR_CODES = 5
+
+
+def summary_lines(
+    summary: RunSummary,
+    *,
+    output_dir: Path,
+    images_at: str | None = None,
+    errors: Sequence[ErrorCount] = (),
+    workdir: Path | None = None,
+) -> list[str]:
     """Human-readable end-of-run lines: counts by status, batches, cost, where the images are (``images_at``, a
-    store URL, else ``output_dir``)."""
+    store URL, else ``output_dir``), and the :data:`TOP_ERROR_CODES` most frequent error codes of ``errors`` with
+    their counts, an example and the ``batchpipe retry`` command that runs them again (``workdir``: the run's, named
+    in the command unless it is the default)."""
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.items.items())) or "no items"
     lines = [
         f"run {summary.run_id}: {counts}",
         f"batches: {summary.batches}; cost ${summary.cost_usd:.4f} (batch prices)",
         f"images in {images_at or output_dir}",
     ]
+    if errors:
+        total = sum(e.count for e in errors)
+        lines.append(f"not succeeded: {total} item(s), by error code (most frequent first):")
+        for error in errors[:TOP_ERROR_CODES]:
+            kind = "retryable" if error.retryable else "final"
+            example = f"; e.g. {error.example_key}: {error.example_message}" if error.example_message else ""
+            lines.append(f"  {error.code} × {error.count} ({', '.join(sorted(error.statuses))}, {kind}){example}")
+            lines.append(f"    retry: {retry_command(error, job=summary.job, workdir=workdir)}")
+            hint = retry_hint(error)
+            if hint:
+                lines.append(f"    ({hint})")
+        rest = errors[TOP_ERROR_CODES:]
+        if rest:
+            lines.append(f"  ... and {sum(e.count for e in rest)} item(s) under {len(rest)} other code(s)")
     if summary.skipped_unchanged:
         lines.append(f"skipped {summary.skipped_unchanged} item(s) already succeeded with the same request")
     if summary.duplicates:
@@ -156,6 +193,9 @@ class RunRequest:
     estimate_items: Callable[[], Iterator[Any]] | None = None
     ledger_url: str | None = None
     store_url: str | None = None
+    #: what the cost guard estimated (USD) and the cap it applied (None: no cap), shown against the cost so far
+    estimate_usd: float | None = None
+    cap_usd: float | None = None
 
 
 def request_from_spec(
@@ -252,6 +292,7 @@ def run_job(
     max_cost_usd: float | None = None,
     ledger_url: str | None = None,
     store_url: str | None = None,
+    display: RunDisplay | None = None,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -264,7 +305,7 @@ def run_job(
     the job spec's ``[run] collect_workers``. ``max_cost_usd`` (``--max-cost``) overrides the spec's
     ``[run] max_cost_usd``: the estimate is printed first, and above the cap nothing is submitted
     (:class:`~batchpipe.runtime.costguard.CostCapError`, exit 2).
-    ``ledger_url`` / ``store_url``: see :class:`RunRequest`.
+    ``ledger_url`` / ``store_url``: see :class:`RunRequest`. ``display``: see :func:`execute`.
     """
     workdir = workdir.resolve()
     local = api_label == "emulator" or is_loopback(base_url)
@@ -292,6 +333,7 @@ def run_job(
         environ=environ,
         echo=echo,
         emulator_config=emulator_config,
+        display=display,
     )
 
 
@@ -312,6 +354,7 @@ def guard_cost(request: RunRequest, *, cap_usd: float | None, echo: Callable[[st
         if ledger is not None:
             ledger.close()
     echo(estimate.line(cap))
+    request.estimate_usd, request.cap_usd = estimate.cost_usd, cap
     costguard.check_cap(
         estimate,
         cap,
@@ -330,22 +373,50 @@ def execute(
     environ: Mapping[str, str],
     echo: Callable[[str], None] = print,
     emulator_config: Any = None,
+    display: RunDisplay | None = None,
 ) -> int:
-    """Run ``request`` against the API and print the summary; returns the exit code (0 all succeeded, else 1)."""
-    summary = asyncio.run(
-        execute_async(
-            request,
-            api_label=api_label,
-            base_url=base_url,
-            environ=environ,
-            echo=echo,
-            emulator_config=emulator_config,
+    """Run ``request`` against the API and print the summary; returns the exit code (0 all succeeded, else 1).
+
+    ``display`` (:mod:`batchpipe.runtime.progress`) shows the run's progress and its summary; default: a
+    :class:`~batchpipe.runtime.progress.PlainDisplay` printing through ``echo``."""
+    display = display or PlainDisplay(echo)
+    if request.estimate_usd is not None:
+        display.estimate_usd = request.estimate_usd
+    if request.cap_usd is not None:
+        display.cap_usd = request.cap_usd
+    with display.active():
+        summary = asyncio.run(
+            execute_async(
+                request,
+                api_label=api_label,
+                base_url=base_url,
+                environ=environ,
+                echo=display.echo,
+                emulator_config=emulator_config,
+                display=display,
+            )
         )
-    )
     images_at = describe_store(request.store_url, request.output_dir)
-    for line in summary_lines(summary, output_dir=request.output_dir, images_at=images_at):
-        echo(line)
-    return 0 if summary.all_succeeded else 1
+    ledger = open_ledger_url(request.ledger_url, request.options.workdir)
+    try:
+        errors = error_counts(ledger, run_id=summary.run_id)
+    finally:
+        ledger.close()
+    code = 0 if summary.all_succeeded else 1
+    workdir = request.options.workdir
+    lines = summary_lines(summary, output_dir=request.output_dir, images_at=images_at, errors=errors, workdir=workdir)
+    record = summary_record(
+        summary,
+        errors=errors,
+        exit_code=code,
+        workdir=workdir,
+        images_at=images_at,
+        estimate_usd=display.estimate_usd,
+        cap_usd=display.cap_usd,
+        c2pa=display.snapshot().c2pa,
+    )
+    display.finish(lines, record)
+    return code
 
 
 async def execute_async(
@@ -356,18 +427,23 @@ async def execute_async(
     environ: Mapping[str, str],
     echo: Callable[[str], None] = print,
     emulator_config: Any = None,
+    display: RunDisplay | None = None,
 ) -> RunSummary:
     """The async body of :func:`execute`.
 
     ``api_label``: ``emulator`` (embedded when ``base_url`` is None), ``openai``, or a URL; the API key comes
     from ``environ`` (``OPENAI_*``), or is a placeholder for emulators, which accept any bearer token.
+    ``display``: receives the runner's progress events and every image's C2PA state (default: progress lines
+    through ``echo``, :class:`ProgressReporter`).
     """
     emulated = api_label == "emulator"
     options = request.options
     trust = request.trust
     if emulated and trust == "default":
         trust = "emulator"  # the emulator's test root is added to the default lists
-    verifier = C2paVerifier(TrustConfig.from_setting(trust))
+    verifier: Any = C2paVerifier(TrustConfig.from_setting(trust))
+    if display is not None:
+        verifier = CountingVerifier(verifier, display.c2pa)
     store = open_store_url(request.store_url, request.output_dir, environ)
     ledger = open_ledger_url(request.ledger_url, options.workdir)
     async with AsyncExitStack() as stack:
@@ -413,7 +489,7 @@ async def execute_async(
                 output_dir=request.output_dir,
                 verifier=verifier,
                 api_label=api_label,
-                progress=ProgressReporter(echo),
+                progress=display.progress if display is not None else ProgressReporter(echo),
                 model_policy=request.policy,
                 store=store,
             )

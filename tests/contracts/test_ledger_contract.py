@@ -169,7 +169,7 @@ def _public_methods(cls: type) -> dict[str, list[tuple[str, object, object]]]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
 def test_implements_exactly_the_protocol_methods_with_the_same_signatures(implementation: type) -> None:
     protocol = _public_methods(Ledger)
-    assert len(protocol) == 36
+    assert len(protocol) == 37
     assert _public_methods(implementation) == protocol
 
 
@@ -532,6 +532,42 @@ def test_item_counts_hashes_and_costs(ledger: Ledger) -> None:
     assert ledger.cost_usd() == pytest.approx(0.875)
     assert ledger.cost_usd(run_id="r1") == pytest.approx(0.375)
     assert ledger.cost_usd(run_id="none") == 0.0 and isinstance(ledger.cost_usd(run_id="none"), float)
+    assert ledger.cost_usd(job="job") == pytest.approx(0.875) and ledger.cost_usd(job="other") == 0.0
+    assert ledger.cost_usd(run_id="r2", job="other") == pytest.approx(0.5)  # run_id wins
+
+
+def test_error_counts_group_by_code_and_status_with_an_example(ledger: Ledger) -> None:
+    ledger.insert_items([_row(f"c{i}", f"k{i}") for i in range(6)] + [_row("c9", "k9", run_id="r2")])
+    ledger.insert_items([{**_row("o1", "k1", run_id="r3"), "job": "other"}])
+    ledger.transition_items([f"c{i}" for i in range(6)] + ["c9", "o1"], ItemStatus.SUBMITTED)
+    blocked = {"error_code": "moderation_blocked", "error_message": "no", "retryable": 0}
+    ledger.transition_items(["c1", "c3", "c9", "o1"], ItemStatus.FAILED, fields=blocked)
+    ledger.transition_items(["c2"], ItemStatus.FAILED, fields={"error_code": "server_error", "retryable": 1})
+    ledger.transition_items(["c4"], ItemStatus.EXPIRED, fields={"error_code": "batch_expired", "retryable": 1})
+    ledger.transition_items(["c5"], ItemStatus.MISSING)  # no code: counted under its status
+    ledger.transition_items(["c0"], ItemStatus.SUCCEEDED)
+    failures = ["failed", "expired", "missing"]
+    assert ledger.error_counts(failures, run_id="r1") == [
+        {"code": "moderation_blocked", "status": "failed", "count": 2, "retryable": False, "example_custom_id": "c1"},
+        {"code": "batch_expired", "status": "expired", "count": 1, "retryable": True, "example_custom_id": "c4"},
+        {"code": "missing", "status": "missing", "count": 1, "retryable": False, "example_custom_id": "c5"},
+        {"code": "server_error", "status": "failed", "count": 1, "retryable": True, "example_custom_id": "c2"},
+    ]
+    assert [(g["code"], g["count"]) for g in ledger.error_counts(["failed"], job="job")] == [
+        ("moderation_blocked", 3),
+        ("server_error", 1),
+    ]
+    assert ledger.error_counts(["failed"], job="other") == [
+        {"code": "moderation_blocked", "status": "failed", "count": 1, "retryable": False, "example_custom_id": "o1"}
+    ]
+    assert ledger.error_counts(["failed"], run_id="r2", job="other")[0]["example_custom_id"] == "c9"  # run_id wins
+    assert ledger.error_counts([], run_id="r1") == [] and ledger.error_counts(["cancelled"]) == []
+    # a new attempt of k1 that succeeded: its failed first attempt no longer counts among the latest attempts
+    ledger.insert_items([_row("c1b", "k1", attempt=2)])
+    ledger.transition_items(["c1b"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["c1b"], ItemStatus.SUCCEEDED)
+    assert ledger.error_counts(["failed"], job="job", latest_only=True)[0]["count"] == 2
+    assert ledger.error_counts(["failed"], job="job")[0]["count"] == 3
 
 
 def test_succeeded_with_names_the_keys_whose_latest_success_has_the_same_request(ledger: Ledger) -> None:
