@@ -220,6 +220,15 @@ def test_plain_lines_when_not_a_terminal(tmp_path: Path) -> None:
     assert any(re.match(r"run tea-\S+: failed 1, succeeded 5", line) for line in lines), err
     assert "    retry: batchpipe retry --job tea --error-code moderation_blocked --workdir " in err
 
+    # --no-report: the same summary, no contact sheet written
+    _manifest(tmp_path / "tea2.jsonl", items=3, blocked=())
+    done = _cli("--log-text", "run", "--manifest", "tea2.jsonl", "--job-name", "tea2", "--workdir", "w", "--api",
+                "emulator", "--poll-interval", "0.1", "--no-report", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "report: " not in done.stderr
+    reports = sorted(p.name for p in (tmp_path / "w" / "reports").iterdir())
+    assert len(reports) == 1 and reports[0].startswith("tea-")  # only the first run's, written by default
+
 
 # -- --log-json -------------------------------------------------------------------------------------------------
 @pytest.mark.slow
@@ -250,6 +259,12 @@ def test_log_json_prints_json_only_and_ends_with_the_summary(tmp_path: Path) -> 
     assert error["retry_command"] == f"batchpipe retry --job tea --error-code moderation_blocked --workdir {workdir}"
     assert summary["report"]["path"] == f"{workdir}/reports/{summary['run_id']}/index.html"
     assert summary["report"]["command"] == f"batchpipe report --run {summary['run_id']} --workdir {workdir}"
+    # run wrote the contact sheet at the end (the default): all 12 items, 10 thumbnails
+    assert summary["report"]["exists"] is True
+    report_dir = Path(summary["report"]["path"]).parent
+    assert len((report_dir / "items.jsonl").read_bytes().splitlines()) == 12
+    assert len(list((report_dir / "thumbs").rglob("*.webp"))) == 10
+    assert any(str(r.get("message", "")).startswith(f"report: {summary['report']['path']}") for r in records)
 
     # the command the summary names selects exactly those two items; moderation blocks are final, so retry leaves
     # them out (and the hint says so); with --force it sends them as they are and they are blocked again

@@ -233,6 +233,12 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
     default=None,
     help="Worker threads per output file for decode/write/C2PA (default: the job spec's [run] collect_workers, 4).",
 )
+@click.option(
+    "--report/--no-report",
+    default=True,
+    show_default=True,
+    help="At the end, write the run's HTML contact sheet to WORKDIR/reports/<run>/ and print its path.",
+)
 @_models_option
 @_max_cost_option
 @_ledger_option
@@ -252,6 +258,7 @@ def run(
     max_cost: float | None = None,
     ledger_url: str | None = None,
     store_url: str | None = None,
+    report: bool = True,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     if (job_spec is None) == (manifest is None):
@@ -282,6 +289,7 @@ def run(
             ledger_url=ledger_url,
             store_url=store_url,
             display=display,
+            write_report=report,
         ),
         display=display,
     )

@@ -16,16 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import structlog
 from pydantic import SecretStr
 
 from batchpipe.adapters.openai import ApiSettings, OpenAIClient
 from batchpipe.domain.lifecycle import clock_from_env
-from batchpipe.domain.redact import remember_secret
+from batchpipe.domain.redact import redact, remember_secret
+from batchpipe.errors import BatchpipeError
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.validate import make_items
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
 from batchpipe.runtime import costguard
+from batchpipe.runtime.images import ImageReader
 from batchpipe.runtime.locations import describe_store, ledger_exists, open_ledger_url, open_store_url
 from batchpipe.runtime.matrix_run import MatrixRun
 from batchpipe.runtime.progress import (
@@ -40,6 +43,8 @@ from batchpipe.runtime.progress import (
 )
 from batchpipe.runtime.runner import Runner, RunSummary
 from batchpipe.runtime.settings import ApiTiming, RunOptions, api_timing, options_from_spec
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "EMULATOR_API_KEY",
@@ -293,6 +298,7 @@ def run_job(
     ledger_url: str | None = None,
     store_url: str | None = None,
     display: RunDisplay | None = None,
+    write_report: bool = False,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -305,7 +311,7 @@ def run_job(
     the job spec's ``[run] collect_workers``. ``max_cost_usd`` (``--max-cost``) overrides the spec's
     ``[run] max_cost_usd``: the estimate is printed first, and above the cap nothing is submitted
     (:class:`~batchpipe.runtime.costguard.CostCapError`, exit 2).
-    ``ledger_url`` / ``store_url``: see :class:`RunRequest`. ``display``: see :func:`execute`.
+    ``ledger_url`` / ``store_url``: see :class:`RunRequest`. ``display`` and ``write_report``: see :func:`execute`.
     """
     workdir = workdir.resolve()
     local = api_label == "emulator" or is_loopback(base_url)
@@ -334,6 +340,7 @@ def run_job(
         echo=echo,
         emulator_config=emulator_config,
         display=display,
+        write_report=write_report,
     )
 
 
@@ -374,11 +381,15 @@ def execute(
     echo: Callable[[str], None] = print,
     emulator_config: Any = None,
     display: RunDisplay | None = None,
+    write_report: bool = False,
 ) -> int:
     """Run ``request`` against the API and print the summary; returns the exit code (0 all succeeded, else 1).
 
     ``display`` (:mod:`batchpipe.runtime.progress`) shows the run's progress and its summary; default: a
-    :class:`~batchpipe.runtime.progress.PlainDisplay` printing through ``echo``."""
+    :class:`~batchpipe.runtime.progress.PlainDisplay` printing through ``echo``. ``write_report``: when the run
+    finished, write its HTML contact sheet (:func:`batchpipe.runtime.report.write_report`) to
+    ``<workdir>/reports/<run_id>/`` and name it in the summary (a report that fails is a warning, not a failed
+    run)."""
     display = display or PlainDisplay(echo)
     if request.estimate_usd is not None:
         display.estimate_usd = request.estimate_usd
@@ -405,6 +416,8 @@ def execute(
     code = 0 if summary.all_succeeded else 1
     workdir = request.options.workdir
     lines = summary_lines(summary, output_dir=request.output_dir, images_at=images_at, errors=errors, workdir=workdir)
+    if write_report and summary.finished:
+        lines.append(_write_run_report(request, summary.run_id, environ))
     record = summary_record(
         summary,
         errors=errors,
@@ -417,6 +430,23 @@ def execute(
     )
     display.finish(lines, record)
     return code
+
+
+def _write_run_report(request: RunRequest, run_id: str, environ: Mapping[str, str]) -> str:
+    """Write the contact sheet of ``run_id`` into ``<workdir>/reports/<run_id>/``; the summary line naming it (or
+    saying why there is none)."""
+    from batchpipe.runtime.report import write_report  # lazy: Pillow is only needed here
+
+    folder = request.options.workdir / "reports" / run_id
+    ledger = open_ledger_url(request.ledger_url, request.options.workdir)
+    try:
+        result = write_report(ledger, folder, run_id=run_id, models=request.options.models, reader=ImageReader(environ))
+    except (OSError, BatchpipeError) as exc:
+        log.warning("report.failed", run_id=run_id, error=redact(str(exc)))
+        return f"report: not written ({redact(str(exc))}); batchpipe report --run {run_id} tries again"
+    finally:
+        ledger.close()
+    return f"report: {result.index} ({result.thumbs_made + result.thumbs_reused} thumbnail(s), {result.seconds:.1f} s)"
 
 
 async def execute_async(
