@@ -453,6 +453,13 @@ class SqliteLedger:
         rows = self._rows("SELECT * FROM runs WHERE run_id = ?", (run_id,))
         return dict(rows[0]) if rows else None
 
+    def open_runs(self) -> list[str]:
+        """Runs ``running`` and built, oldest first (see :meth:`batchpipe.ports.Ledger.open_runs`)."""
+        rows = self._rows(
+            "SELECT run_id FROM runs WHERE status = 'running' AND built_at IS NOT NULL ORDER BY started_at, run_id"
+        )
+        return [str(row["run_id"]) for row in rows]
+
     def latest_run(self, job: str | None = None) -> dict[str, object] | None:
         """The most recently started run (of ``job`` if given)."""
         if job is None:

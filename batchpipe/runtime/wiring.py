@@ -26,7 +26,13 @@ from batchpipe.input.validate import make_items
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
 from batchpipe.runtime import costguard
-from batchpipe.runtime.locations import describe_store, ledger_exists, open_ledger_url, open_store_url
+from batchpipe.runtime.locations import (
+    describe_store,
+    is_shared_ledger,
+    ledger_exists,
+    open_ledger_url,
+    open_store_url,
+)
 from batchpipe.runtime.matrix_run import MatrixRun
 from batchpipe.runtime.runner import Runner, RunSummary
 from batchpipe.runtime.settings import ApiTiming, RunOptions, api_timing, options_from_spec
@@ -416,6 +422,7 @@ async def execute_async(
                 progress=ProgressReporter(echo),
                 model_policy=request.policy,
                 store=store,
+                publish_shards=is_shared_ledger(request.ledger_url),
             )
             return await runner.run(
                 request.job,

@@ -682,6 +682,21 @@ def test_open_run_resumes_until_finished(ledger: Ledger) -> None:
     assert other != run_id and not resumed
 
 
+def test_open_runs_lists_the_built_running_runs_oldest_first(timed: Ledger, clock: Clock) -> None:
+    first, _ = timed.open_run("a", "h", "emulator")
+    clock.now += 1
+    second, _ = timed.open_run("b", "h", "emulator")
+    clock.now += 1
+    unbuilt, _ = timed.open_run("c", "h", "emulator")
+    assert timed.open_runs() == []  # not built yet: nothing for a worker to join
+    timed.finish_build(second, [])
+    timed.finish_build(first, [])
+    assert timed.open_runs() == [first, second]
+    timed.finish_run(first, "finished")
+    assert timed.open_runs() == [second]
+    assert unbuilt not in timed.open_runs()
+
+
 def test_runs_are_named_and_remembered(timed: Ledger, clock: Clock) -> None:
     start = clock.now
     first, _ = timed.open_run("job", "h1", "emulator", output_dir="/out", trust="emulator", spec_path="/j.toml")
