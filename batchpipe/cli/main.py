@@ -291,7 +291,7 @@ def worker(
             keeper_interval_s=keeper_interval_s,
             heartbeat_s=heartbeat_s,
             stalled_after_s=stalled_after_s,
-            fetch_interval_s=max(1.0, keeper_interval_s),
+            fetch_interval_s=min(max(0.2, keeper_interval_s), 5.0),
             until_idle=until_idle,
             poll_interval_s=poll_interval,
         )

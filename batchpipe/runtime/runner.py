@@ -1251,7 +1251,17 @@ class Runner:
 
     async def follow_up(self, job: str, run_id: str) -> list[str]:
         """Stage unit: new attempts for retryable failures of this run (up to ``max_attempts``), in new shards
-        recorded with them in one transaction; returns the new shards' names (empty: nothing to retry)."""
+        recorded with them in one transaction; returns the new shards' names (empty: nothing to retry, or another
+        worker holds the run's ``follow-up`` claim: two workers never number the same attempts)."""
+        if not await self._claim("follow-up", run_id):
+            return []
+        try:
+            return await self._follow_up(job, run_id)
+        finally:
+            await self.db.release("follow-up", run_id, owner=self.owner)
+
+    async def _follow_up(self, job: str, run_id: str) -> list[str]:
+        """:meth:`follow_up` under its claim."""
         retry = [
             row
             for row in await self.db.items(
