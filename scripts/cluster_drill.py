@@ -9,8 +9,9 @@ What it does:
    dropped rows, ``output_file_id: null`` for a while, ambiguous creates that succeed but answer 500 while
    ``GET /v1/batches`` lags, result downloads that are not the file).
 2. Plans the run once (``batchpipe run JOB --plan-only``: the first N catalog items, small shards, the shard files
-   put into the bucket), then starts three workers (``batchpipe worker --until-idle``), each with a work directory
-   of its own (as on separate machines: a shard reaches a worker through the bucket only).
+   put into the bucket, then deleted from the planner's disk), then starts three workers (``batchpipe worker
+   --until-idle``), each with a work directory of its own (as on separate machines: a shard reaches a worker
+   through the bucket only).
 3. SIGKILLs a random worker after random (seeded) delays and restarts it under the same name, ``--kills`` times,
    then lets the workers finish (each exits once no run is open).
 4. Checks: every item succeeded exactly once (one live attempt, one move to ``succeeded`` per key) or failed for
@@ -32,6 +33,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,6 +220,8 @@ def run_cluster_drill(options: ClusterDrillOptions, *, echo: Callable[[str], Non
         if plan.returncode != 0:
             raise RuntimeError(f"planning failed ({plan.returncode}): {plan.stderr[-2000:]}")
         planned_s = time.monotonic() - began
+        # as on another machine: no worker sees the planner's disk, shard files come from the bucket only
+        shutil.rmtree(root / "planner" / "shards", ignore_errors=True)
 
         def command(name: str) -> list[str]:
             return [
@@ -402,6 +406,8 @@ def _check_logs(report: ClusterDrillReport, ledger_url: str, logs: Sequence[Path
                 tally["batches_created"] += 1
             elif event == "took over a stalled job":
                 tally["stalled_taken_over"] += 1
+            elif event == "shard file read from the store":
+                tally["shards_read_from_store"] += 1
     ledger = PostgresLedger(ledger_url)
     try:
         batches = ledger.batches()
@@ -420,6 +426,7 @@ def _check_logs(report: ClusterDrillReport, ledger_url: str, logs: Sequence[Path
     report.figures.update(
         collected_twice=len(twice),
         stalled_taken_over=sum(t.get("stalled_taken_over", 0) for t in per_worker.values()),
+        shards_read_from_store=sum(t.get("shards_read_from_store", 0) for t in per_worker.values()),
     )
 
 

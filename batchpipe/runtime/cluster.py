@@ -73,7 +73,10 @@ from batchpipe.runtime.runner import DEFAULT_LEASE_S, Runner, default_owner
 from batchpipe.runtime.settings import RunOptions
 
 __all__ = [
+    "COLLECT_TASK",
+    "POLL_TASK",
     "QUEUE_SCHEMA_LOCK",
+    "SUBMIT_TASK",
     "Cluster",
     "WorkerSettings",
     "WorkerStats",
@@ -90,6 +93,7 @@ log = structlog.get_logger("batchpipe.worker")
 QUEUE_SCHEMA_LOCK: Final = 0x6261746368_7071  # "batch" "pq"
 #: The additional-context key under which a worker's :class:`Cluster` reaches its tasks.
 _CONTEXT_KEY: Final = "batchpipe"
+#: The names of the stage tasks (procrastinate's ``task_name`` of their jobs).
 SUBMIT_TASK: Final = "batchpipe.submit_shard"
 POLL_TASK: Final = "batchpipe.poll_sweep"
 COLLECT_TASK: Final = "batchpipe.collect_batch"
