@@ -5,9 +5,14 @@ no output file twice (``scripts/cluster_drill.py``'s :func:`run_cluster_drill`, 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -51,3 +56,34 @@ def test_killed_workers_lose_nothing_create_no_batch_twice_and_collect_no_file_t
     assert figures["collected_twice"] == 0
     assert figures["shards_read_from_store"] >= 1  # no worker saw the planner's disk
     assert figures["ambiguous_creates"] >= 1 and figures["bad_downloads"] >= 1  # the faults really happened
+
+
+@pytest.mark.slow
+def test_a_worker_stops_cleanly_on_sigterm(tmp_path: Path, fresh_postgres_url: Any, s3_server: Any) -> None:
+    ledger_url, store_url = fresh_postgres_url(), s3_server.new_prefix()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BATCHPIPE_"))}
+    env.update(s3_server.env(), PYTHONPATH=str(REPO))
+    bp = [sys.executable, "-m", "batchpipe", "--log-json"]
+    init = subprocess.run([*bp, "ledger", "init", "--ledger", ledger_url], env=env, capture_output=True, text=True)
+    assert init.returncode == 0 and "job queue (procrastinate) created" in init.stderr, init.stderr
+    again = subprocess.run([*bp, "ledger", "init", "--ledger", ledger_url], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "job queue (procrastinate) ready" in again.stderr  # idempotent
+    worker = subprocess.Popen(
+        [*bp, "worker", "--api", "http://127.0.0.1:9/v1", "--ledger", ledger_url, "--store", store_url,
+         "--workdir", str(tmp_path), "--name", "w1", "--keeper-interval", "0.2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert worker.stderr is not None
+        started = time.monotonic()
+        while "worker started" not in worker.stderr.readline():
+            assert worker.poll() is None and time.monotonic() - started < 60
+        time.sleep(0.5)  # a few keeper passes with no open run: it keeps waiting (no --until-idle)
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert "worker w1: jobs none;" in err

@@ -769,20 +769,20 @@ class Runner:
 
     async def submit_shard(self, name: str) -> bool:
         """Stage unit: claim shard ``name``, settle an intent a killed worker left on it (as a restart does),
-        then upload and create its batch if it is ``built`` or ``uploaded``. True if the shard has a batch now
-        (created or adopted); False when another worker holds it, it was deferred (429, upload race) or it was
-        already past submission. Raises as :meth:`run` does (``IndeterminateSubmissionError``,
+        then upload and create its batch if it is ``built`` or ``uploaded``. True if this call gave the shard its
+        batch (created, or adopted from the service's list); False when another worker holds it, it was deferred
+        (429, upload race) or it already had its batch. Raises as :meth:`run` does (``IndeterminateSubmissionError``,
         :class:`SubmissionStalled`, the client's ``ApiError``)."""
         if not await self._claim("shard", name):
             return False
         try:
             shard = await self.db.shard(name)  # as it is now that it is ours
-            if shard is None:
-                return False
+            if shard is None or shard.batch_id is not None:
+                return False  # unknown, or another worker already submitted it
             await self._reconcile_intent(shard)
             shard = await self.db.shard(name)
             if shard is None or shard.status not in ("built", "uploaded"):
-                return shard is not None and shard.batch_id is not None and shard.status in ("created", "done")
+                return shard is not None and shard.batch_id is not None  # adopted by the reconciliation
             return await self._submit(shard)
         finally:
             await self.db.release("shard", name, owner=self.owner)
