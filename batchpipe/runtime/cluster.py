@@ -169,19 +169,21 @@ class Cluster:
         self.stats = WorkerStats()
         self._runner_for = runner_for
         self._runners: dict[str, Runner] = {}
+        self._making = asyncio.Lock()
         self._held: dict[tuple[str, str], int] = {}  # ledger claims of running jobs (renewed by the keeper)
         self._last_renewal = 0.0
 
     async def runner(self, run_id: str) -> Runner | None:
         """The runner of ``run_id`` (None when the ledger does not know it)."""
-        runner = self._runners.get(run_id)
-        if runner is None:
-            info = await self.db.run_info(run_id)
-            if info is None:
-                return None
-            runner = await self._runner_for(info)
-            runner.bind(self.db)
-            self._runners[run_id] = runner
+        async with self._making:  # two jobs of one new run make one runner
+            runner = self._runners.get(run_id)
+            if runner is None:
+                info = await self.db.run_info(run_id)
+                if info is None:
+                    return None
+                runner = await self._runner_for(info)
+                runner.bind(self.db)
+                self._runners[run_id] = runner
         return runner
 
     @property
