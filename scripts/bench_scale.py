@@ -194,6 +194,7 @@ def ledger_figures(server: str, items: int, sample: int, report: bc.Report) -> N
     from batchpipe.adapters.postgres_ledger import PostgresLedger
     from batchpipe.domain.items import ItemStatus
 
+    report.add_loads([bc.machine_load()])
     url = new_schema_url(server)
     ledger = PostgresLedger(url, pool_size=2)
     try:
@@ -244,6 +245,7 @@ def ledger_figures(server: str, items: int, sample: int, report: bc.Report) -> N
     for racer in racers:
         racer.join()
     race_s = time.perf_counter() - began
+    report.add_loads([bc.machine_load()])
     report.value("ledger_items", items)
     print(f"ledger: {items} items inserted in {insert_s:.1f} s ({items / insert_s:,.0f} rows/s, 2,000 a transaction)")
     print(f"ledger: {items} items -> submitted in {submit_s:.1f} s ({items / submit_s:,.0f}/s, 1,000 a statement)")

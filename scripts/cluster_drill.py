@@ -260,6 +260,7 @@ def run_cluster_drill(options: ClusterDrillOptions, *, echo: Callable[[str], Non
         worked_s = time.monotonic() - began - planned_s
         time.sleep(options.list_lag_s + 0.5)  # the service's list is eventually consistent
         service_batches = fault_drill.list_service_batches(base_url)
+        service_files = fault_drill.list_service_batches(base_url, route="/files")
         _check(report, ledger_url=ledger_url, store_env=s3.env(), store_url=store_url, job=job, items=options.items)
         _check_service(report, ledger_url, service_batches)
         _check_logs(report, ledger_url, workers.logs)
@@ -267,6 +268,7 @@ def run_cluster_drill(options: ClusterDrillOptions, *, echo: Callable[[str], Non
         report.figures.update(
             ambiguous_creates=emulator_log.count("emulator.fault.ambiguous_create"),
             bad_downloads=emulator_log.count("emulator.fault.bad_download"),
+            service_files_left=len(service_files),  # not an invariant: inputs and results deleted once collected
             plan_s=round(planned_s, 1),
             work_s=round(worked_s, 1),
             wall_s=round(time.monotonic() - began, 1),

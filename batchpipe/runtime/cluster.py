@@ -274,6 +274,7 @@ class Cluster:
             for shard in new_shards:
                 await self.defer_submit(run_id, shard)
             if not new_shards and not await runner.ready_shards(run_id) and await runner.settle(run_id):
+                await runner.cleanup_leftovers(run_id)  # files a killed worker did not delete
                 log.info("run finished", run_id=run_id, worker=self.settings.owner)
                 return
         interval = self.settings.poll_interval_s or runner.options.poll_interval_s

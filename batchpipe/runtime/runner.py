@@ -1242,6 +1242,11 @@ class Runner:
                 continue
             await self.db.mark_file_deleted(file_id)
 
+    async def cleanup_leftovers(self, run_id: str) -> None:
+        """Stage unit: delete the service files of ``run_id``'s reconciled batches that a killed worker left
+        (a failure is logged and left for a later pass)."""
+        await self._cleanup_leftovers(run_id)
+
     async def _cleanup_leftovers(self, run_id: str) -> None:
         """Clean up reconciled batches whose files a killed process never deleted."""
         live = {f["file_id"] for f in await self.db.files(deleted=False)}
