@@ -425,7 +425,11 @@ async def run_worker(
     log.info("worker started", worker=settings.owner, concurrency=settings.concurrency)
     try:
         while not stop.is_set() and not worker.done():
-            busy = await cluster.keep()
+            try:
+                busy = await cluster.keep()
+            except Exception as exc:  # a database or service hiccup: the next pass tries again
+                log.warning("keeper pass failed; trying again", worker=settings.owner, error=str(exc))
+                busy = True
             if settings.until_idle and not busy and not cluster.busy:
                 log.info("no open run: stopping", worker=settings.owner)
                 break
