@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test check bench bench-quick drill clean
+.PHONY: install browser demo demo-cluster test check bench bench-quick drill cluster-drill clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ DEMO_LIMIT ?= 2000
 demo: $(STAMP)
 	$(BIN)/batchpipe run jobs/catalog-nightly.toml --api emulator --limit $(DEMO_LIMIT)
 	$(BIN)/batchpipe status
+
+## The same job on a cluster on this machine: embedded PostgreSQL + SeaweedFS (S3) + a standalone emulator, the run
+## planned once (batchpipe run --plan-only), three `batchpipe worker` processes sharing it, what each did, then
+## `batchpipe status` from a fourth process. About half a minute; everything is deleted at the end.
+DEMO_CLUSTER_LIMIT ?= 300
+demo-cluster: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/demo_cluster.py --limit $(DEMO_CLUSTER_LIMIT)
 
 ## Debian's Chromium for the report's headless-browser test (tests/test_report.py). Installed only when it is
 ## missing and apt-get can run (root); elsewhere that one test says it is skipped and why.
@@ -57,6 +64,10 @@ bench-quick:
 ## The fault drill: SIGKILLs a run many times against a faulty standalone emulator, then checks every item.
 drill: $(STAMP)
 	$(BIN)/python scripts/fault_drill.py
+
+## The cluster drill: three workers SIGKILLed at random and restarted against a faulty emulator, then every invariant.
+cluster-drill: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/cluster_drill.py
 
 clean:
 	rm -rf $(VENV) .batchpipe .pytest_cache .mypy_cache .ruff_cache

@@ -180,6 +180,11 @@ class Ledger(Protocol):
         :class:`~batchpipe.errors.LedgerError` for an unknown run or one already built (nothing changed)."""
         ...
 
+    def open_runs(self) -> list[str]:
+        """The ids of the runs that are ``running`` and built (``built_at`` set), oldest first: what workers on a
+        shared ledger join (``batchpipe worker``)."""
+        ...
+
     def latest_run(self, job: str | None = None) -> dict[str, object] | None:
         """The most recently started run (of ``job`` if given) as :meth:`run_info` gives it, or None."""
         ...
@@ -474,6 +479,10 @@ class AsyncLedger:
     async def run_info(self, run_id: str) -> dict[str, object] | None:
         """:meth:`Ledger.run_info`."""
         return await self.call(lambda db: db.run_info(run_id))
+
+    async def open_runs(self) -> list[str]:
+        """:meth:`Ledger.open_runs`."""
+        return await self.call(lambda db: db.open_runs())
 
     async def finish_build(self, run_id: str, shards: Sequence[Mapping[str, object]]) -> int:
         """:meth:`Ledger.finish_build`."""

@@ -6,30 +6,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from click.testing import CliRunner
+from cli_helpers import invoke_merged, teapot_manifest
 
 from batchpipe.adapters.sqlite_ledger import open_ledger
-from batchpipe.cli.main import main
 from batchpipe.emulator.config import EmulatorConfig, FaultConfig
 from batchpipe.runtime.wiring import run_job
 
-
-def _manifest(path: Path, n: int, *, blocked: set[int]) -> Path:
-    lines = []
-    for i in range(n):
-        prompt = f"Product shot number {i} of a blue teapot"
-        if i in blocked:
-            prompt += " EMULATOR_BLOCK"
-        lines.append(
-            orjson.dumps({"key": f"sku-{i}", "prompt": prompt, "model": "gpt-image-2.5-flare", "quality": "low"})
-        )
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
-
-
-def _invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--log-json", "--log-level", "warning", *args], catch_exceptions=False)
-    return result.exit_code, result.stdout + result.stderr
+_manifest = teapot_manifest
+_invoke = invoke_merged
 
 
 @pytest.mark.slow

@@ -22,11 +22,10 @@ import httpx
 import obstore
 import orjson
 import pytest
-from click.testing import CliRunner
+from cli_helpers import invoke_merged, teapot_manifest
 
 from batchpipe.adapters.s3_store import open_s3_store
 from batchpipe.adapters.sqlite_ledger import open_ledger
-from batchpipe.cli.main import main
 from batchpipe.domain.records import ITEM_COLUMNS, ItemRow
 from batchpipe.runtime.reprocess import is_final_failure, manifest_retry_jobs, split_final_failures
 
@@ -34,20 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 POLL = ("--poll-interval", "0.05")
 
 
-def _manifest(path: Path, n: int, *, blocked: set[int]) -> Path:
-    lines = []
-    for i in range(n):
-        prompt = f"Product shot number {i} of a blue teapot" + (" EMULATOR_BLOCK" if i in blocked else "")
-        lines.append(
-            orjson.dumps({"key": f"sku-{i}", "prompt": prompt, "model": "gpt-image-2.5-flare", "quality": "low"})
-        )
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
-
-
-def _invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--log-json", "--log-level", "warning", *args], catch_exceptions=False)
-    return result.exit_code, result.stdout + result.stderr
+_manifest = teapot_manifest
+_invoke = invoke_merged
 
 
 def _status(workdir: str = ".batchpipe") -> dict[str, Any]:

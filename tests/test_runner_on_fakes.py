@@ -330,3 +330,27 @@ async def test_a_ledger_error_in_a_queued_chunk_insert_stops_the_build_and_keeps
         await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(4500), source_name="t")
     assert ledger.count_items() == {} and ledger.shards() == [] and api.creates == 0
     assert list((tmp_path / "shards").iterdir()) == []
+
+
+async def test_the_cost_cap_is_reserved_per_shard_before_its_upload(tmp_path: Path) -> None:
+    """With a cap that holds one shard's estimate and not two, the first shard goes out and the second is refused
+    before its upload (CostCapError, exit 2); the batch in flight is not cancelled, and the same run resumed
+    without the cap collects it and submits the rest: each shard still has exactly one batch."""
+    from batchpipe.runtime.costguard import CostCapError, estimate_items
+
+    ledger, api, store = MemoryLedger(), MemoryBatchApi(), MemoryImageStore()
+    per_shard = estimate_items(list(_items(4))).cost_usd
+    assert per_shard > 0
+    capped = _runner(tmp_path, ledger, api, store)
+    capped.cost_cap_usd = per_shard * 1.5
+    with pytest.raises(CostCapError) as refused:
+        await capped.run("job", "h1", lambda: _items(10), source_name="t")
+    assert exit_code(refused.value) == 2 and "nothing more was submitted" in str(refused.value)
+    assert api.creates == 1 and api.uploads == 1  # the second shard was not even uploaded
+    statuses = sorted(s.status for s in ledger.shards())
+    assert statuses == ["built", "built", "created"]
+    assert all(b.status != "cancelled" for b in api.batches.values())
+
+    summary = await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(10), source_name="t")
+    assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 10}
+    assert api.creates == 3 == len(api.batches)

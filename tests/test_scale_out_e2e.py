@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from batchpipe.adapters.postgres_ledger import PostgresLedger
 from batchpipe.adapters.s3_store import open_s3_store
 from batchpipe.cli.main import main
+from batchpipe.runtime.runner import shard_location
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,17 @@ def test_a_job_runs_on_a_postgres_ledger_and_an_s3_store(
         data = store.read(record["output_uri"])
         assert hashlib.sha256(data).hexdigest() == record["sha256"] and len(data) == record["bytes"]
     listed = obstore.list(store.objects, prefix=store_url.partition("//")[2].partition("/")[2]).collect()
-    assert len(listed) == 12  # one object per image, nothing else
+    shard_objects = [o for o in listed if "/_batchpipe/shards/" in o["path"]]
+    assert len(listed) - len(shard_objects) == 12  # one object per image, and besides them only the shard files
+    ledger = PostgresLedger(ledger_url)
+    try:  # the shard files travel through the store (workers on other machines upload them): one per shard, whole
+        shards = ledger.shards()
+        assert len(shard_objects) == len(shards) >= 1
+        for shard in shards:
+            data = store.read(shard_location(store, shard.name))
+            assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.bytes
+    finally:
+        ledger.close()
 
     # the same command again: a new nightly run on the shared ledger, nothing changed, nothing sent
     code, _, err = _invoke(

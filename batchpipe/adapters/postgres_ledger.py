@@ -56,6 +56,7 @@ from batchpipe.domain.records import (
     ItemRow,
     ShardRow,
     batch_may_move,
+    error_groups,
 )
 from batchpipe.domain.redact import redact_value
 from batchpipe.errors import LedgerError, TransitionError
@@ -442,6 +443,13 @@ class PostgresLedger:
         rows = self._rows("SELECT * FROM runs WHERE run_id = %s", (run_id,))
         return dict(rows[0]) if rows else None
 
+    def open_runs(self) -> list[str]:
+        """Runs ``running`` and built, oldest first (see :meth:`batchpipe.ports.Ledger.open_runs`)."""
+        rows = self._rows(
+            "SELECT run_id FROM runs WHERE status = 'running' AND built_at IS NOT NULL ORDER BY started_at, run_id"
+        )
+        return [str(row["run_id"]) for row in rows]
+
     def latest_run(self, job: str | None = None) -> dict[str, object] | None:
         """The most recently started run (of ``job`` if given)."""
         if job is None:
@@ -709,17 +717,7 @@ class PostgresLedger:
             "GROUP BY COALESCE(error_code, status), status",
             params,
         )
-        found: list[dict[str, object]] = [
-            {
-                "code": str(r["code"]),
-                "status": str(r["status"]),
-                "count": int(r["n"]),
-                "retryable": bool(r["r"]),
-                "example_custom_id": str(r["example"]),
-            }
-            for r in rows
-        ]
-        return sorted(found, key=lambda g: (-int(str(g["count"])), str(g["code"]), str(g["status"])))
+        return error_groups(rows)
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:

@@ -38,7 +38,14 @@ from batchpipe.ports import Ledger
 from batchpipe.provenance.cli import verify_command
 from batchpipe.provenance.verify import C2PA_STATES
 from batchpipe.runtime import costguard, reprocess
-from batchpipe.runtime.locations import LEDGER_ENV, STORE_ENV, describe_ledger, ledger_exists, open_ledger_url
+from batchpipe.runtime.locations import (
+    LEDGER_ENV,
+    STORE_ENV,
+    describe_ledger,
+    is_shared_ledger,
+    ledger_exists,
+    open_ledger_url,
+)
 from batchpipe.runtime.progress import (
     JsonDisplay,
     LiveDisplay,
@@ -243,6 +250,12 @@ def resolve_api(api: str | None, environ: Mapping[str, str]) -> tuple[str, str |
 @_max_cost_option
 @_ledger_option
 @_store_option
+@click.option(
+    "--plan-only",
+    is_flag=True,
+    help="With --ledger postgresql://...: validate, record the items, build the shards, then exit "
+    "(batchpipe worker processes do the rest).",
+)
 def run(
     job_spec: Path | None,
     manifest: Path | None,
@@ -259,6 +272,7 @@ def run(
     ledger_url: str | None = None,
     store_url: str | None = None,
     report: bool = True,
+    plan_only: bool = False,
 ) -> None:
     """Run JOB_SPEC (or --manifest FILE --job-name NAME); the same command again resumes the same run."""
     if (job_spec is None) == (manifest is None):
@@ -290,6 +304,7 @@ def run(
             store_url=store_url,
             display=display,
             write_report=report,
+            plan_only=plan_only,
         ),
         display=display,
     )
@@ -323,6 +338,92 @@ def _manifest_job(manifest: Path, job_name: str | None) -> str:
             "(batchpipe retry --job JOB --export FILE)"
         )
     raise click.UsageError("--manifest needs --job-name")
+
+
+@main.command()
+@click.option("--api", default=None, help="openai | URL of a shared API (a standalone emulator: emulator serve).")
+@_workdir_option
+@_ledger_option
+@_store_option
+@click.option("--name", envvar="BATCHPIPE_WORKER", default=None, help="This worker's name in the ledger's claims.")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=4, show_default=True, help="Jobs at once.")
+@click.option("--until-idle", is_flag=True, help="Exit once no run is open (every run finished).")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=None, help="Seconds between poll sweeps.")
+@click.option("--trust", default=None, help="C2PA trust (default: what each run recorded).")
+@click.option("--lease", "lease_s", type=click.FloatRange(min=1), default=None, help="Claim lease (s); default 3600.")
+@click.option("--heartbeat", "heartbeat_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option(
+    "--stalled-after",
+    "stalled_after_s",
+    type=click.FloatRange(min=0.5),
+    default=30.0,
+    show_default=True,
+    help="Seconds without a heartbeat after which a worker's jobs are taken over.",
+)
+@click.option("--keeper-interval", "keeper_interval_s", type=click.FloatRange(min=0.05), default=2.0, show_default=True)
+def worker(
+    api: str | None,
+    workdir: Path,
+    ledger_url: str | None,
+    store_url: str | None,
+    name: str | None,
+    concurrency: int,
+    until_idle: bool,
+    poll_interval: float | None,
+    trust: str | None,
+    lease_s: float | None,
+    heartbeat_s: float,
+    stalled_after_s: float,
+    keeper_interval_s: float,
+) -> None:
+    """Work on every open run of a shared ledger: submit shards, poll, collect output files, follow up.
+
+    Runs planned with `batchpipe run JOB --ledger postgresql://... --store s3://... [--plan-only]` are joined by
+    every worker, on any machine; SIGTERM stops it cleanly (running jobs finish), SIGKILL loses nothing."""
+    if not ledger_url or not store_url:
+        raise click.UsageError(
+            "batchpipe worker needs --ledger postgresql://... and --store (or BATCHPIPE_LEDGER/_STORE)"
+        )
+    label, base_url = resolve_api(api, os.environ)
+    if base_url is None:
+        raise click.UsageError(
+            "a worker needs an API every worker shares: --api openai, or --api URL of `batchpipe emulator serve`"
+        )
+
+    def action() -> int:
+        import asyncio
+
+        from batchpipe.runtime.cluster import WorkerSettings, serve_worker
+        from batchpipe.runtime.runner import DEFAULT_LEASE_S, default_owner
+
+        settings = WorkerSettings(
+            owner=name or default_owner(),
+            concurrency=concurrency,
+            lease_s=lease_s or DEFAULT_LEASE_S,
+            keeper_interval_s=keeper_interval_s,
+            heartbeat_s=heartbeat_s,
+            stalled_after_s=stalled_after_s,
+            fetch_interval_s=min(max(0.2, keeper_interval_s), 5.0),
+            until_idle=until_idle,
+            poll_interval_s=poll_interval,
+        )
+        asyncio.run(
+            serve_worker(
+                ledger_url=ledger_url,
+                store_url=store_url,
+                api_label=label,
+                base_url=base_url,
+                environ=os.environ,
+                workdir=workdir.resolve(),
+                settings=settings,
+                local=is_loopback(base_url),
+                trust=trust,
+                echo=_echo_err,
+            )
+        )
+        return EXIT_OK
+
+    _run_guarded(action)
 
 
 def _open_existing_ledger(workdir: Path, ledger_url: str | None = None) -> Ledger:
@@ -454,6 +555,16 @@ def init(workdir: Path, ledger_url: str | None) -> None:
         opened = open_ledger_url(ledger_url, workdir)
         opened.close()
         _echo_err(f"ledger ready at {describe_ledger(ledger_url, workdir)}")
+        if is_shared_ledger(ledger_url):
+            try:
+                from batchpipe.runtime.cluster import apply_queue_schema
+            except ImportError:
+                _echo_err(
+                    "job queue not set up: batchpipe worker needs procrastinate (pip install 'batchpipe[cluster]')"
+                )
+                return EXIT_OK
+            made = apply_queue_schema(str(ledger_url))
+            _echo_err("job queue (procrastinate) " + ("created" if made else "ready"))
         return EXIT_OK
 
     _run_guarded(action)

@@ -9,7 +9,7 @@ a ledger keeps the status it has when a poll reports an earlier one (:func:`batc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -30,6 +30,7 @@ __all__ = [
     "ShardRow",
     "batch_may_move",
     "batch_status_is_terminal",
+    "error_groups",
 ]
 
 S = ItemStatus
@@ -300,3 +301,20 @@ class BatchRow:
     def done(self, kind: str) -> bool:
         """True when the ``kind`` (``output`` or ``error``) file has been applied to its end."""
         return bool(self.output_done if kind == "output" else self.error_done)
+
+
+def error_groups(rows: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
+    """The ledger's ``error_counts`` answer from its aggregate query's rows (``code``, ``status``, ``n`` items,
+    ``r`` the highest ``retryable``, ``example`` one ``custom_id``), as the port gives it: ``{code, status, count,
+    retryable, example_custom_id}`` dicts, most items first, then by code and status (shared by the SQL ledgers)."""
+    found: list[dict[str, object]] = [
+        {
+            "code": str(r["code"]),
+            "status": str(r["status"]),
+            "count": int(str(r["n"])),
+            "retryable": bool(r["r"]),
+            "example_custom_id": str(r["example"]),
+        }
+        for r in rows
+    ]
+    return sorted(found, key=lambda g: (-int(str(g["count"])), str(g["code"]), str(g["status"])))

@@ -406,6 +406,12 @@ class MemoryLedger:
             run = self._runs.get(run_id)
             return dict(run) if run is not None else None
 
+    def open_runs(self) -> list[str]:
+        """Runs ``running`` and built, oldest first (see :meth:`batchpipe.ports.Ledger.open_runs`)."""
+        with self._lock:
+            runs = [r for r in self._runs.values() if r["status"] == "running" and r.get("built_at") is not None]
+            return [str(r["run_id"]) for r in sorted(runs, key=lambda r: (r["started_at"], r["run_id"]))]
+
     def latest_run(self, job: str | None = None) -> dict[str, object] | None:
         """The most recently started run (of ``job`` if given) as a new dict, or None."""
         with self._lock:

@@ -38,6 +38,7 @@ __all__ = [
     "STORE_ENV",
     "describe_ledger",
     "describe_store",
+    "is_shared_ledger",
     "ledger_exists",
     "ledger_url",
     "open_ledger_url",
@@ -93,6 +94,12 @@ def open_ledger_url(url: str | None, workdir: Path, *, clock: Callable[[], float
             raise InputError(f"a PostgreSQL ledger needs psycopg: {_CLUSTER_EXTRA} ({exc})", file="--ledger") from exc
         return PostgresLedger(url, clock=tick)
     return SqliteLedger(_path_of(url, "--ledger"), clock=tick)
+
+
+def is_shared_ledger(url: str | None) -> bool:
+    """True for a ledger other machines can share (a PostgreSQL URL): its runs' shard files then travel through
+    the image store (``Runner(publish_shards=True)``) and ``batchpipe worker`` can join them."""
+    return bool(url) and _is_postgres(str(url))
 
 
 def ledger_exists(url: str | None, workdir: Path) -> bool:

@@ -13,6 +13,7 @@ run). Item statuses: see :class:`batchpipe.domain.items.ItemStatus`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import time
@@ -31,15 +32,31 @@ from batchpipe.domain.items import BatchStatus, ImageRef, Item, ItemStatus, make
 from batchpipe.domain.lifecycle import ModelPolicy
 from batchpipe.domain.records import BatchRow, ItemRow, ShardRow, batch_status_is_terminal
 from batchpipe.domain.spec import estimate_input_tokens
-from batchpipe.errors import ApiError, ApiStatusError, IndeterminateSubmissionError, InputError, NotFoundError
+from batchpipe.errors import (
+    ApiError,
+    ApiStatusError,
+    IndeterminateSubmissionError,
+    InputError,
+    LedgerError,
+    NotFoundError,
+)
 from batchpipe.ports import AsyncLedger, BatchApi, Clock, ImageStore, Ledger, Verifier
+from batchpipe.runtime import costguard
 from batchpipe.runtime.settings import RunOptions
 from batchpipe.stages.collect import RETRYABLE_ERROR_CODES, Collector
 from batchpipe.stages.listing import iter_files
 from batchpipe.stages.poll import Poller
 from batchpipe.stages.shard import ShardBuilder, ShardInfo, shard_files_of
 
-__all__ = ["RunOptions", "RunSummary", "Runner", "SubmissionStalled", "ValidationFailed"]
+__all__ = [
+    "RunOptions",
+    "RunSummary",
+    "Runner",
+    "SubmissionStalled",
+    "Sweep",
+    "ValidationFailed",
+    "shard_location",
+]
 
 log = structlog.get_logger("batchpipe.run")
 
@@ -55,6 +72,10 @@ _INSERTS_IN_FLIGHT: Final = 2
 #: How far the service's clock may be ahead of ours (seconds): a listed batch proves the list current past an
 #: attempt only if the service says it was created at least this long after the attempt (by our clock).
 CLOCK_SKEW_S: Final = 30.0
+#: Shard statuses of a submission whose outcome a killed worker left undecided (settled by reconciliation).
+_INTENT_STATUSES: Final = ("uploading", "creating", "indeterminate")
+#: The reserved item-key prefix under which shard files are kept in the image store (:func:`shard_location`).
+SHARD_KEY_PREFIX: Final = "_batchpipe/shards/"
 #: Environment variable naming this worker (default: the host name): two workers on one machine need two names.
 WORKER_ENV: Final = "BATCHPIPE_WORKER"
 
@@ -209,6 +230,24 @@ class RunSummary:
         )
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """What one :meth:`Runner.poll_sweep` saw: ``changed`` (a batch's status moved), ``moving`` (requests are being
+    answered), ``ready`` (ids of batches that are terminal and not yet reconciled: to collect), ``open`` (the run's
+    unfinished batches, ready ones included)."""
+
+    changed: bool
+    moving: bool
+    ready: list[str]
+    open: int
+
+
+def shard_location(store: ImageStore, name: str) -> str:
+    """Where shard ``name``'s file is kept in ``store`` when shards travel through it: the store's location of the
+    reserved key ``_batchpipe/shards/<name>`` (an item keyed exactly so would share it; none is)."""
+    return store.location_for(f"{SHARD_KEY_PREFIX}{name}", 0, "jsonl")
+
+
 class Runner:
     """Runs one job against one API. ``client``: an ``OpenAIClient``; ``verifier``: a C2PA verifier or None.
 
@@ -222,6 +261,14 @@ class Runner:
     the build of a run, each shard while it is submitted or reconciled, and each batch while its files are
     collected. Several workers may run the same job against one shared ledger: a shard or an output file another
     owner holds is left to it. An owner restarted under the same name takes its claims back at once.
+
+    ``publish_shards``: every shard file is also put into the image store (:func:`shard_location`) before the ledger
+    records it, and a worker that lacks the file on its disk reads it back from there before uploading it (workers
+    on several machines, ``batchpipe worker``).
+
+    The stages are also callable one at a time on a ledger bound with :meth:`bind` (what ``batchpipe worker``'s
+    jobs do): :meth:`submit_shard`, :meth:`poll_sweep`, :meth:`finish_batch`, :meth:`follow_up` and
+    :meth:`settle`; :meth:`run` drives the same units in one process.
 
     Raises :class:`ValidationFailed` on invalid input, :class:`IndeterminateSubmissionError` when a submission
     intent cannot be decided, and the client's :class:`ApiError` when the API is unusable after retries (the
@@ -246,6 +293,8 @@ class Runner:
         collector_factory: Callable[[AsyncLedger], Collector] | None = None,
         owner: str | None = None,
         lease_s: float = DEFAULT_LEASE_S,
+        publish_shards: bool = False,
+        cost_cap_usd: float | None = None,
     ) -> None:
         self.ledger = ledger
         self.model_policy = model_policy
@@ -262,12 +311,16 @@ class Runner:
         self.poller = poller if poller is not None else Poller(client)
         self.owner = owner or default_owner()
         self.lease_s = lease_s
+        self.publish_shards = publish_shards
         self._collector_factory = collector_factory
+        self._collector: Collector | None = None
         self._round = 0
         self._ambiguous: dict[str, int] = {}  # shard → ambiguous upload/create failures in this process
         self._refused_since: float | None = None  # since when every submission was refused (None: not now)
         self._last_refusal = ""
         self._unknown_seen: set[tuple[str, str]] = set()
+        self.cost_cap_usd = cost_cap_usd
+        self._committed_usd: float | None = None  # spent + reserved (USD) of this run, as this process counts it
 
     # ------------------------------------------------------------------------------------------------
     async def run(
@@ -295,6 +348,45 @@ class Runner:
             )
         finally:
             self.db.close()
+
+    def bind(self, db: AsyncLedger) -> None:
+        """Use ``db`` (an :class:`AsyncLedger` over this runner's ledger, shared with other runners of the process)
+        for the per-stage units; the caller closes it. :meth:`run` binds its own."""
+        self.db = db
+
+    def collector(self) -> Collector:
+        """This runner's collector (made on first use: ``collector_factory``, else a :class:`Collector` over the
+        client, the bound ledger, the store and the verifier); :meth:`close_collector` ends it."""
+        if self._collector is None:
+            self._collector = (
+                self._collector_factory(self.db)
+                if self._collector_factory is not None
+                else Collector(
+                    self.client,
+                    self.db,
+                    self.store,
+                    self.verifier,
+                    workers=self.options.collect_workers,
+                    models=self.options.models,
+                    sleep=self._sleep,
+                )
+            )
+        return self._collector
+
+    def close_collector(self) -> None:
+        """Stop the collector's threads, if one was made (idempotent)."""
+        if self._collector is not None:
+            self._collector.close()
+            self._collector = None
+
+    async def settle(self, run_id: str) -> bool:
+        """Mark the run ``finished`` when none of its items is ``pending`` or ``submitted`` any more; True if it
+        is finished (now or before)."""
+        counts = await self.db.count_items(run_id=run_id)
+        finished = not any(counts.get(s) for s in (ItemStatus.PENDING, ItemStatus.SUBMITTED))
+        if finished:
+            await self.db.finish_run(run_id, "finished")
+        return finished
 
     async def _run(
         self,
@@ -327,31 +419,15 @@ class Runner:
         )
         if self.options.stop_after == "build":
             return await self._summary(job, run_id, stats, finished=False)
-        collector = (
-            self._collector_factory(self.db)
-            if self._collector_factory is not None
-            else Collector(
-                self.client,
-                self.db,
-                self.store,
-                self.verifier,
-                workers=self.options.collect_workers,
-                models=self.options.models,
-                sleep=self._sleep,
-            )
-        )
         try:
             await self._reconcile_intents(run_id)
             if self.options.stop_after == "submit":
                 await self._submit_ready(run_id)
                 return await self._summary(job, run_id, stats, finished=False)
-            await self._drive(job, run_id, collector)
+            await self._drive(job, run_id)
         finally:
-            collector.close()
-        counts = await self.db.count_items(run_id=run_id)
-        finished = not any(counts.get(s) for s in (ItemStatus.PENDING, ItemStatus.SUBMITTED))
-        if finished:
-            await self.db.finish_run(run_id, "finished")
+            self.close_collector()
+        finished = await self.settle(run_id)
         summary = await self._summary(job, run_id, stats, finished=finished)
         await self._scan_unknown_batches(run_id, summary)
         return summary
@@ -520,6 +596,7 @@ class Runner:
             if problems and not self.options.skip_invalid:
                 raise ValidationFailed(problems, file=source_name)
             shards = await builder.close()
+            await self._publish(shards)
         except BaseException:
             await writer.drain()
             await builder.abort()
@@ -606,6 +683,55 @@ class Runner:
                 row["shard"] = await builder.add(str(row["custom_id"]), item)
         return supersede
 
+    async def _publish(self, shards: list[ShardInfo]) -> None:
+        """With ``publish_shards``, put each finished shard file into the image store (:func:`shard_location`)
+        before the ledger records it, so a worker on another machine can upload it."""
+        if not self.publish_shards:
+            return
+        for shard in shards:
+            location = shard_location(self.store, shard.name)
+            data = await asyncio.to_thread(shard.path.read_bytes)
+            await asyncio.to_thread(self.store.put, location, data)
+        if shards:
+            await asyncio.to_thread(self.store.sync)
+            log.info("shard files published", shards=len(shards))
+
+    async def _shard_file(self, shard: ShardRow) -> Path:
+        """The shard's file on this machine: the one the build wrote when it is here (of the recorded size), else,
+        with ``publish_shards``, a copy read back from the image store into this worker's shard folder (temporary
+        name, then renamed) after checking its sha256 and size against the ledger. Raises ``FileNotFoundError``
+        when neither has it and ``LedgerError`` when the stored copy does not match the ledger."""
+        path = Path(shard.path)
+        local = self.shard_dir / path.name
+
+        def present() -> Path | None:
+            for candidate in (path, local):
+                if candidate.is_file() and candidate.stat().st_size == shard.bytes:
+                    return candidate
+            return None
+
+        found = await asyncio.to_thread(present)
+        if found is not None:
+            return found
+        if not self.publish_shards:
+            return path  # the upload reports the missing file, as before
+        data = await asyncio.to_thread(self.store.read, shard_location(self.store, shard.name))
+        if len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256:
+            raise LedgerError(
+                f"the stored copy of shard {shard.name} does not match the ledger (size {len(data)} bytes, ledger "
+                f"{shard.bytes})"
+            )
+
+        def write() -> None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            temporary = local.with_name(f"{local.name}.{os.getpid()}.tmp")
+            temporary.write_bytes(data)
+            os.replace(temporary, local)
+
+        await asyncio.to_thread(write)
+        log.info("shard file read from the store", shard=shard.name, bytes=len(data))
+        return local
+
     @staticmethod
     def _shard_row(run_id: str, job: str, shard: ShardInfo) -> dict[str, object]:
         """The ledger row of a finished shard file."""
@@ -625,19 +751,45 @@ class Runner:
     # -- submit (intent first) -----------------------------------------------------------------------
     async def _reconcile_intents(self, run_id: str) -> None:
         """Settle shards a previous process left mid-submission by asking the service what it has."""
-        for listed in await self.db.shards(run_id=run_id, statuses=["uploading", "creating", "indeterminate"]):
+        for listed in await self.db.shards(run_id=run_id, statuses=_INTENT_STATUSES):
             if not await self._claim("shard", listed.name):
                 continue
             try:
                 shard = await self.db.shard(listed.name)  # as it is now that it is ours
-                if shard is None or shard.status not in ("uploading", "creating", "indeterminate"):
-                    continue
-                if shard.status == "uploading" or (shard.status == "indeterminate" and not shard.input_file_id):
-                    await self._reconcile_upload(shard)
-                else:
-                    await self._reconcile_create(shard)
+                if shard is not None:
+                    await self._reconcile_intent(shard)
             finally:
                 await self.db.release("shard", listed.name, owner=self.owner)
+
+    async def _reconcile_intent(self, shard: ShardRow) -> None:
+        """Settle one claimed shard left mid-submission (``uploading``, ``creating``, ``indeterminate``); any
+        other status is left as it is."""
+        if shard.status not in _INTENT_STATUSES:
+            return
+        if shard.status == "uploading" or (shard.status == "indeterminate" and not shard.input_file_id):
+            await self._reconcile_upload(shard)
+        else:
+            await self._reconcile_create(shard)
+
+    async def submit_shard(self, name: str) -> bool:
+        """Stage unit: claim shard ``name``, settle an intent a killed worker left on it (as a restart does),
+        then upload and create its batch if it is ``built`` or ``uploaded``. True if this call gave the shard its
+        batch (created, or adopted from the service's list); False when another worker holds it, it was deferred
+        (429, upload race) or it already had its batch. Raises as :meth:`run` does (``IndeterminateSubmissionError``,
+        :class:`SubmissionStalled`, the client's ``ApiError``)."""
+        if not await self._claim("shard", name):
+            return False
+        try:
+            shard = await self.db.shard(name)  # as it is now that it is ours
+            if shard is None or shard.batch_id is not None:
+                return False  # unknown, or another worker already submitted it
+            await self._reconcile_intent(shard)
+            shard = await self.db.shard(name)
+            if shard is None or shard.status not in ("built", "uploaded"):
+                return shard is not None and shard.batch_id is not None  # adopted by the reconciliation
+            return await self._submit(shard)
+        finally:
+            await self.db.release("shard", name, owner=self.owner)
 
     async def _reconcile_upload(self, shard: ShardRow) -> None:
         """Settle an upload whose outcome is unknown: adopt the service's file of the same name and size, else
@@ -739,6 +891,21 @@ class Runner:
                 tokens[shard.model] = tokens.get(shard.model, 0) + shard.input_tokens
         return tokens
 
+    async def ready_shards(self, run_id: str) -> list[str]:
+        """Stage unit: the shards of ``run_id`` to submit now, in order: those ``built`` or ``uploaded`` that fit
+        each model's enqueued-token budget (assuming the earlier ones go out), and those left mid-submission
+        (``uploading``, ``creating``, ``indeterminate``) for :meth:`submit_shard` to settle."""
+        inflight = await self._inflight_tokens(run_id)
+        names = [s.name for s in await self.db.shards(run_id=run_id, statuses=_INTENT_STATUSES)]
+        for shard in await self.db.shards(run_id=run_id, statuses=["built", "uploaded"]):
+            budget = self.options.enqueued_token_budget.get(shard.model)
+            used = inflight.get(shard.model, 0)
+            if budget is not None and used and used + shard.input_tokens > budget:
+                continue  # next wave
+            inflight[shard.model] = used + shard.input_tokens
+            names.append(shard.name)
+        return names
+
     async def _submit_ready(self, run_id: str) -> int:
         """Submit built shards, in order, while each model's enqueued-token budget allows; returns how many."""
         inflight = await self._inflight_tokens(run_id)
@@ -761,6 +928,34 @@ class Runner:
                 await self.db.release("shard", shard.name, owner=self.owner)
         return submitted
 
+    async def _reserve_cost(self, shard: ShardRow) -> None:
+        """The cost cap, per shard: before a shard's upload, its estimate (the cost guard's, over its pending items)
+        is reserved against ``cost_cap_usd``, on top of what the run has recorded and the estimate of its items in
+        flight when first asked (counted once, in this process). Raises
+        :class:`~batchpipe.runtime.costguard.CostCapError` (exit 2) when the reservation would go over: the shard is
+        not uploaded; batches already in flight are never cancelled for it and are collected when the run is
+        resumed. Follow-up attempts go through here too, so they cannot spend past the cap either."""
+        cap = self.cost_cap_usd
+        if cap is None:
+            return
+        models = self.options.models
+        rows = await self.db.items(shard=shard.name, statuses=[ItemStatus.PENDING])
+        estimate = costguard.estimate_pending(rows, models=models).cost_usd
+        if self._committed_usd is None:
+            spent = await self.db.cost_usd(run_id=shard.run_id)
+            inflight = await self.db.items(run_id=shard.run_id, statuses=[ItemStatus.SUBMITTED])
+            self._committed_usd = spent + costguard.estimate_pending(inflight, models=models).cost_usd
+        if self._committed_usd + estimate > cap + 1e-9:
+            raise costguard.CostCapError(
+                f"the cost cap ${cap:.2f} stops shard {shard.name} ({len(rows)} request(s), about ${estimate:.4f}): "
+                f"this run has ${self._committed_usd:.4f} spent or in flight; nothing more was submitted and batches "
+                "in flight were not cancelled. Raise --max-cost (or [run] max_cost_usd) and run the same command "
+                "again to go on",
+                file="--max-cost",
+                field="run.max_cost_usd",
+            )
+        self._committed_usd += estimate
+
     async def _submit(self, shard: ShardRow) -> bool:
         """Upload (if needed) and create the shard's batch, intent first. False: deferred to a later pass.
 
@@ -769,11 +964,11 @@ class Runner:
         by the same reconciliation a restart does, so nothing is created twice (gotchas #9).
         """
         if shard.status == "built":
+            await self._reserve_cost(shard)
+            path = await self._shard_file(shard)
             await self.db.transition_shard(shard.name, "uploading", fields={"intent_at": self._clock()})
             try:
-                uploaded = await self.client.upload_file(
-                    Path(shard.path), purpose="batch", filename=Path(shard.path).name
-                )
+                uploaded = await self.client.upload_file(path, purpose="batch", filename=Path(shard.path).name)
             except ApiError as exc:
                 await self._after_failure(shard.name, exc, what="upload", back_to="built")
                 return False
@@ -858,7 +1053,7 @@ class Runner:
         await self.db.atomic(adopt)
 
     # -- drive: poll, collect, reconcile, follow up -----------------------------------------------------
-    async def _drive(self, job: str, run_id: str, collector: Collector) -> None:
+    async def _drive(self, job: str, run_id: str) -> None:
         # idle rounds back off from the base interval by 1.5x up to the maximum; any progress resets them
         backoff = Backoff(self.options.poll_interval_s, self.options.max_poll_interval_s, factor=1.5)
         idle = 0
@@ -869,7 +1064,7 @@ class Runner:
                 await self._report_progress(run_id)
             open_batches = await self.db.batches(run_id=run_id, unfinished=True)
             if not open_batches:
-                if await self._follow_up(job, run_id):
+                if await self.follow_up(job, run_id):
                     continue
                 if await self.db.shards(run_id=run_id, statuses=["built", "uploaded"]):
                     if not submitted:  # every shard was deferred (429, upload race): wait before trying again
@@ -879,39 +1074,16 @@ class Runner:
                         idle += 1
                     continue
                 return
-            tracked = {
-                b.batch_id: float(b.created_at)
-                for b in open_batches
-                if not batch_status_is_terminal(b.status)
-                # gotchas #3: completed while output_file_id is still null; poll again until it appears
-                or (b.status == "completed" and not b.output_file_id and not b.error_file_id)
-            }
-            changed = False
-            moving = False  # requests are being answered: keep polling at the base interval
-            if tracked:
-                before = {b.batch_id: b.request_counts_json for b in open_batches}
-                result = await self.poller.poll(tracked)
-                for batch_id, batch in result.batches.items():
-                    record = batch.as_record()
-                    counts = record["request_counts"]
-                    if counts is not None and orjson.dumps(counts).decode() != before.get(batch_id):
-                        moving = True
-                    self._note_unknown_status(batch)
-                    if await self.db.update_batch(record) is not None:
-                        changed = True
-                        log.info("batch status", batch_id=batch_id, status=batch.status, counts=counts)
-                await self._report_progress(run_id)
-            ready = [
-                b for b in await self.db.batches(run_id=run_id, unfinished=True) if batch_status_is_terminal(b.status)
-            ]
-            if ready:
+            sweep = await self.poll_sweep(run_id, open_batches)
+            changed = sweep.changed
+            if sweep.ready:
                 sem = asyncio.Semaphore(self.options.collect_concurrency)
 
-                async def one(b: BatchRow, sem: asyncio.Semaphore = sem) -> bool:
+                async def one(batch_id: str, sem: asyncio.Semaphore = sem) -> bool:
                     async with sem:
-                        return await self._finish_batch(b, collector)
+                        return await self.finish_batch(batch_id)
 
-                tasks = [asyncio.ensure_future(one(b)) for b in ready]
+                tasks = [asyncio.ensure_future(one(b)) for b in sweep.ready]
                 try:
                     results = await asyncio.gather(*tasks)
                 except BaseException:  # one collection stopped the run: end the others while the ledger is open
@@ -924,12 +1096,45 @@ class Runner:
                     await self._report_progress(run_id)
             if changed:
                 idle = 0
-            elif moving:
+            elif sweep.moving:
                 idle = 0
                 await self._sleep(backoff.delay_s(idle))
             else:
                 await self._sleep(backoff.delay_s(idle))
                 idle += 1
+
+    async def poll_sweep(self, run_id: str, open_batches: list[BatchRow] | None = None) -> Sweep:
+        """Stage unit: one poll of ``run_id``'s unfinished batches (``open_batches`` if the caller just read them),
+        every answer recorded in the ledger. Returns a :class:`Sweep`: whether a status changed, whether requests
+        are being answered, and the batches now ready to collect (terminal, not yet reconciled). Raises the
+        client's ``ApiError`` when the service cannot be polled after retries."""
+        if open_batches is None:
+            open_batches = await self.db.batches(run_id=run_id, unfinished=True)
+        tracked = {
+            b.batch_id: float(b.created_at)
+            for b in open_batches
+            if not batch_status_is_terminal(b.status)
+            # gotchas #3: completed while output_file_id is still null; poll again until it appears
+            or (b.status == "completed" and not b.output_file_id and not b.error_file_id)
+        }
+        changed = False
+        moving = False  # requests are being answered: keep polling at the base interval
+        if tracked:
+            before = {b.batch_id: b.request_counts_json for b in open_batches}
+            result = await self.poller.poll(tracked)
+            for batch_id, batch in result.batches.items():
+                record = batch.as_record()
+                counts = record["request_counts"]
+                if counts is not None and orjson.dumps(counts).decode() != before.get(batch_id):
+                    moving = True
+                self._note_unknown_status(batch)
+                if await self.db.update_batch(record) is not None:
+                    changed = True
+                    log.info("batch status", batch_id=batch_id, status=batch.status, counts=counts)
+            await self._report_progress(run_id)
+        remaining = await self.db.batches(run_id=run_id, unfinished=True)
+        ready = [str(b.batch_id) for b in remaining if batch_status_is_terminal(b.status)]
+        return Sweep(changed=changed, moving=moving, ready=ready, open=len(remaining))
 
     def _note_unknown_status(self, batch: Batch) -> None:
         """Log, once per batch and status, a status this code does not know (kept, and not terminal)."""
@@ -977,18 +1182,20 @@ class Runner:
             },
         )
 
-    async def _finish_batch(self, batch: BatchRow, collector: Collector) -> bool:
-        """Collect a terminal batch's files, reconcile its rows, clean up; True if it was reconciled. The batch
-        is claimed (``output``) while this worker does it; False when another worker holds it."""
-        if not await self._claim("output", str(batch.batch_id)):
+    async def finish_batch(self, batch_id: str) -> bool:
+        """Stage unit: collect a terminal batch's output and error files, reconcile its rows, clean up; True if it
+        was reconciled. The batch is claimed (``output``) while this worker does it; False when another worker
+        holds it, it is not terminal, or it was reconciled already. Raises the collector's errors (a download
+        that cannot be read after retries: ``DownloadError``); what was collected stays collected."""
+        if not await self._claim("output", batch_id):
             return False
         try:
-            current = await self.db.batch(str(batch.batch_id))  # as it is now that it is ours
-            if current is None or current.reconciled:
-                return False  # another worker finished it meanwhile
-            return await self._finish_claimed(current, collector)
+            current = await self.db.batch(batch_id)  # as it is now that it is ours
+            if current is None or current.reconciled or not batch_status_is_terminal(current.status):
+                return False  # another worker finished it meanwhile, or it is not finished
+            return await self._finish_claimed(current, self.collector())
         finally:
-            await self.db.release("output", str(batch.batch_id), owner=self.owner)
+            await self.db.release("output", batch_id, owner=self.owner)
 
     async def _finish_claimed(self, batch: BatchRow, collector: Collector) -> bool:
         batch_id = batch.batch_id
@@ -1078,6 +1285,11 @@ class Runner:
                 continue
             await self.db.mark_file_deleted(file_id)
 
+    async def cleanup_leftovers(self, run_id: str) -> None:
+        """Stage unit: delete the service files of ``run_id``'s reconciled batches that a killed worker left
+        (a failure is logged and left for a later pass)."""
+        await self._cleanup_leftovers(run_id)
+
     async def _cleanup_leftovers(self, run_id: str) -> None:
         """Clean up reconciled batches whose files a killed process never deleted."""
         live = {f["file_id"] for f in await self.db.files(deleted=False)}
@@ -1085,8 +1297,19 @@ class Runner:
             if batch.reconciled and live.intersection(self._cleanup_ids(batch)):
                 await self._cleanup(batch)
 
-    async def _follow_up(self, job: str, run_id: str) -> bool:
-        """New attempts for retryable failures of this run (up to ``max_attempts``); True if any were made."""
+    async def follow_up(self, job: str, run_id: str) -> list[str]:
+        """Stage unit: new attempts for retryable failures of this run (up to ``max_attempts``), in new shards
+        recorded with them in one transaction; returns the new shards' names (empty: nothing to retry, or another
+        worker holds the run's ``follow-up`` claim: two workers never number the same attempts)."""
+        if not await self._claim("follow-up", run_id):
+            return []
+        try:
+            return await self._follow_up(job, run_id)
+        finally:
+            await self.db.release("follow-up", run_id, owner=self.owner)
+
+    async def _follow_up(self, job: str, run_id: str) -> list[str]:
+        """:meth:`follow_up` under its claim."""
         retry = [
             row
             for row in await self.db.items(
@@ -1099,7 +1322,7 @@ class Runner:
         latest = await self.db.latest_attempts(job, [r.item_key for r in retry])
         retry = [r for r in retry if latest[r.item_key].custom_id == r.custom_id]
         if not retry:
-            return False
+            return []
         self._round += 1
         builder = self._builder(f"{run_id}-retry{int(self._clock())}-{self._round}")
         rows: list[dict[str, object]] = []
@@ -1112,7 +1335,9 @@ class Runner:
                 ]
                 supersede += await self._number_rows(job, chunk, builder)
                 rows += chunk
-            shards = [self._shard_row(run_id, job, shard) for shard in await builder.close()]
+            infos = await builder.close()
+            await self._publish(infos)
+            shards = [self._shard_row(run_id, job, shard) for shard in infos]
         except BaseException:
             await builder.abort()
             raise
@@ -1126,4 +1351,4 @@ class Runner:
 
         await self.db.atomic(commit)
         log.info("follow-up attempts", run_id=run_id, items=len(retry))
-        return True
+        return [str(shard["name"]) for shard in shards]

@@ -22,14 +22,21 @@ from pydantic import SecretStr
 from batchpipe.adapters.openai import ApiSettings, OpenAIClient
 from batchpipe.domain.lifecycle import clock_from_env
 from batchpipe.domain.redact import redact, remember_secret
-from batchpipe.errors import BatchpipeError
+from batchpipe.errors import BatchpipeError, InputError
 from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.validate import make_items
+from batchpipe.ports import BatchApi, ImageStore, Ledger
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
 from batchpipe.runtime import costguard
 from batchpipe.runtime.images import ImageReader
-from batchpipe.runtime.locations import describe_store, ledger_exists, open_ledger_url, open_store_url
+from batchpipe.runtime.locations import (
+    describe_store,
+    is_shared_ledger,
+    ledger_exists,
+    open_ledger_url,
+    open_store_url,
+)
 from batchpipe.runtime.matrix_run import MatrixRun
 from batchpipe.runtime.progress import (
     CountingVerifier,
@@ -50,6 +57,7 @@ __all__ = [
     "EMULATOR_API_KEY",
     "ProgressReporter",
     "RunRequest",
+    "api_settings",
     "execute",
     "execute_async",
     "guard_cost",
@@ -57,6 +65,7 @@ __all__ = [
     "request_from_spec",
     "run_job",
     "summary_lines",
+    "worker_runner_factory",
 ]
 
 #: What batchpipe sends as the bearer token to the embedded emulator (it accepts any token).
@@ -299,6 +308,7 @@ def run_job(
     store_url: str | None = None,
     display: RunDisplay | None = None,
     write_report: bool = False,
+    plan_only: bool = False,
 ) -> int:
     """Run a job to the end (or to a stop) and return the CLI exit code (0 all succeeded, 1 not all).
 
@@ -311,8 +321,16 @@ def run_job(
     the job spec's ``[run] collect_workers``. ``max_cost_usd`` (``--max-cost``) overrides the spec's
     ``[run] max_cost_usd``: the estimate is printed first, and above the cap nothing is submitted
     (:class:`~batchpipe.runtime.costguard.CostCapError`, exit 2).
-    ``ledger_url`` / ``store_url``: see :class:`RunRequest`. ``display`` and ``write_report``: see :func:`execute`.
+    ``display`` and ``write_report``: see :func:`execute`.
+    ``ledger_url`` / ``store_url``: see :class:`RunRequest`. ``plan_only`` (``--plan-only``, a shared ledger
+    only): validate, record the items and build and publish the shards, then return 0 and leave the rest to
+    ``batchpipe worker`` processes. Raises :class:`~batchpipe.errors.InputError` for ``plan_only`` without a
+    PostgreSQL ledger.
     """
+    if plan_only and not is_shared_ledger(ledger_url):
+        raise InputError(
+            "--plan-only needs a shared ledger (--ledger postgresql://...) for workers to join", file="run"
+        )
     workdir = workdir.resolve()
     local = api_label == "emulator" or is_loopback(base_url)
     request = request_from_spec(
@@ -326,7 +344,7 @@ def run_job(
         clock=clock or clock_from_env(environ),
         on_warning=lambda message: echo(f"warning: {message}"),
         timing=api_timing(local=local, poll_interval_s=poll_interval_s),
-        stop_after=stop_after,
+        stop_after="build" if plan_only else stop_after,
         trust=trust,
         collect_workers=collect_workers,
     )
@@ -408,6 +426,11 @@ def execute(
             )
         )
     images_at = describe_store(request.store_url, request.output_dir)
+    if request.options.stop_after == "build" and is_shared_ledger(request.ledger_url):  # --plan-only
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.items.items())) or "no items"
+        echo(f"planned run {summary.run_id}: {counts}; images and shard files in {images_at}")
+        echo("start `batchpipe worker --ledger ... --store ... --api ...` processes to work on it")
+        return 0
     ledger = open_ledger_url(request.ledger_url, request.options.workdir)
     try:
         errors = error_counts(ledger, run_id=summary.run_id)
@@ -447,6 +470,19 @@ def _write_run_report(request: RunRequest, run_id: str, environ: Mapping[str, st
     finally:
         ledger.close()
     return f"report: {result.index} ({result.thumbs_made + result.thumbs_reused} thumbnail(s), {result.seconds:.1f} s)"
+
+
+def api_settings(api_label: str, base_url: str | None, environ: Mapping[str, str]) -> ApiSettings:
+    """The client settings for ``api_label`` / ``base_url``: the key and options from ``environ`` (``OPENAI_*``;
+    the key is remembered for redaction wherever a server echoes it), a placeholder key for emulators."""
+    settings = ApiSettings.from_env(environ)
+    if settings.api_key is not None:  # redacted wherever a server echoes it (ledger, exports, logs)
+        remember_secret(settings.api_key.get_secret_value())
+    if base_url:
+        settings = settings.model_copy(update={"base_url": base_url})
+    if api_label == "emulator" or (settings.api_key is None and api_label != "openai"):
+        settings = settings.model_copy(update={"api_key": SecretStr(EMULATOR_API_KEY)})
+    return settings
 
 
 async def execute_async(
@@ -495,13 +531,7 @@ async def execute_async(
             echo(
                 f"No API key: using the embedded emulator at {base_url} (nothing is sent to OpenAI, nothing is billed)."
             )
-        settings = ApiSettings.from_env(environ)
-        if settings.api_key is not None:  # redacted wherever a server echoes it (ledger, exports, logs)
-            remember_secret(settings.api_key.get_secret_value())
-        if base_url:
-            settings = settings.model_copy(update={"base_url": base_url})
-        if emulated or (settings.api_key is None and api_label != "openai"):
-            settings = settings.model_copy(update={"api_key": SecretStr(EMULATOR_API_KEY)})
+        settings = api_settings(api_label, base_url, environ)
         if request.session is not None:
             await stack.enter_async_context(request.session())
         async with OpenAIClient(settings) as client:
@@ -522,6 +552,8 @@ async def execute_async(
                 progress=display.progress if display is not None else ProgressReporter(echo),
                 model_policy=request.policy,
                 store=store,
+                publish_shards=is_shared_ledger(request.ledger_url),
+                cost_cap_usd=request.cap_usd,
             )
             return await runner.run(
                 request.job,
@@ -532,3 +564,54 @@ async def execute_async(
                 prepare=request.prepare,
                 spec_path=str(request.spec_path) if request.spec_path else None,
             )
+
+
+# -- batchpipe worker ------------------------------------------------------------------------------------------
+def worker_runner_factory(
+    ledger: Ledger,
+    client: BatchApi,
+    store: ImageStore,
+    *,
+    workdir: Path,
+    api_label: str,
+    local: bool,
+    poll_interval_s: float | None,
+    trust: str | None,
+    owner: str,
+    lease_s: float,
+    echo: Callable[[str], None] = print,
+) -> Callable[[dict[str, object]], Awaitable[Runner]]:
+    """How ``batchpipe worker`` makes the :class:`Runner` of a run it joins, from the run's ledger row: the
+    options of the job spec the run recorded (``spec_path``; the defaults, with a warning, when this machine cannot
+    read it), the run's C2PA trust (``trust``, ``--trust``, wins; ``default`` on the emulator means ``emulator``),
+    its output folder, this worker's ``owner`` name and ``lease_s``, and shard files read from ``store``."""
+    timing = api_timing(local=local, poll_interval_s=poll_interval_s)
+
+    async def make(info: dict[str, object]) -> Runner:
+        options: RunOptions | None = None
+        spec_path = info.get("spec_path")
+        if spec_path:
+            try:
+                spec = JobSpec.load(Path(str(spec_path)), workdir=workdir, defer_lifecycle=True)
+                options = options_from_spec(spec.run, workdir=workdir, models=spec.models, timing=timing)
+            except InputError as exc:
+                echo(f"warning: run {info.get('run_id')}: cannot read its job spec here ({exc}); default settings")
+        if options is None:
+            options = RunOptions(workdir=workdir, **timing)
+        run_trust = trust or str(info.get("trust") or "default")
+        if run_trust == "default" and (api_label == "emulator" or str(info.get("api")) == "emulator"):
+            run_trust = "emulator"
+        return Runner(
+            ledger,
+            client,
+            options=options,
+            output_dir=Path(str(info.get("output_dir") or workdir / "out")),
+            verifier=C2paVerifier(TrustConfig.from_setting(run_trust)),
+            api_label=api_label,
+            store=store,
+            owner=owner,
+            lease_s=lease_s,
+            publish_shards=True,
+        )
+
+    return make

@@ -169,7 +169,7 @@ def _public_methods(cls: type) -> dict[str, list[tuple[str, object, object]]]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
 def test_implements_exactly_the_protocol_methods_with_the_same_signatures(implementation: type) -> None:
     protocol = _public_methods(Ledger)
-    assert len(protocol) == 37
+    assert len(protocol) == 38  # 36 + error_counts (status by code) + open_runs (batchpipe worker)
     assert _public_methods(implementation) == protocol
 
 
@@ -716,6 +716,21 @@ def test_open_run_resumes_until_finished(ledger: Ledger) -> None:
     ledger.finish_run(run_id, "finished")
     other, resumed = ledger.open_run("job", "h", "emulator")
     assert other != run_id and not resumed
+
+
+def test_open_runs_lists_the_built_running_runs_oldest_first(timed: Ledger, clock: Clock) -> None:
+    first, _ = timed.open_run("a", "h", "emulator")
+    clock.now += 1
+    second, _ = timed.open_run("b", "h", "emulator")
+    clock.now += 1
+    unbuilt, _ = timed.open_run("c", "h", "emulator")
+    assert timed.open_runs() == []  # not built yet: nothing for a worker to join
+    timed.finish_build(second, [])
+    timed.finish_build(first, [])
+    assert timed.open_runs() == [first, second]
+    timed.finish_run(first, "finished")
+    assert timed.open_runs() == [second]
+    assert unbuilt not in timed.open_runs()
 
 
 def test_runs_are_named_and_remembered(timed: Ledger, clock: Clock) -> None:
