@@ -242,6 +242,7 @@ class Ledger(Protocol):
         *,
         run_id: str | None = None,
         job: str | None = None,
+        key: str | None = None,
         statuses: Iterable[str] | None = None,
         shard: str | None = None,
         batch_id: str | None = None,
@@ -253,6 +254,7 @@ class Ledger(Protocol):
     ) -> Iterator[ItemRow]:
         """Item rows matching every given filter, in ``custom_id`` order, streamed lazily in pages.
 
+        ``key``: one item key (its attempts; with ``job`` the unique index finds them, without it every job's).
         ``statuses``/``error_codes``/``c2pa_states``: the column is one of them (an empty list matches nothing);
         ``since``/``until``: ``since <= updated_at < until`` (unix seconds). ``latest_only`` keeps, per (job, key),
         only the row of the highest attempt in the whole ledger (the row that speaks for the item), so a row whose

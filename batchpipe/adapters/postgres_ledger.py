@@ -583,6 +583,7 @@ class PostgresLedger:
         *,
         run_id: str | None = None,
         job: str | None = None,
+        key: str | None = None,
         statuses: Iterable[str] | None = None,
         shard: str | None = None,
         batch_id: str | None = None,
@@ -596,7 +597,13 @@ class PostgresLedger:
         paging: each page its own query, so writes between pages are seen)."""
         where: list[str] = ["TRUE"]
         params: list[object] = []
-        for column, value in (("run_id", run_id), ("job", job), ("shard", shard), ("batch_id", batch_id)):
+        for column, value in (
+            ("run_id", run_id),
+            ("job", job),
+            ("item_key", key),
+            ("shard", shard),
+            ("batch_id", batch_id),
+        ):
             if value is not None:
                 where.append(f"{column} = %s")
                 params.append(value)

@@ -604,6 +604,7 @@ class SqliteLedger:
         *,
         run_id: str | None = None,
         job: str | None = None,
+        key: str | None = None,
         statuses: Iterable[str] | None = None,
         shard: str | None = None,
         batch_id: str | None = None,
@@ -625,6 +626,10 @@ class SqliteLedger:
         # ``job || ''`` / ``run_id || ''``: no index gives a job's or a run's rows in custom_id order (the UNIQUE one
         # is job, item_key, attempt; ``items_run`` is run_id in insertion order, cheap to build), so their pages
         # follow the primary key and test the job or run, instead of sorting the whole run on every page
+        if key is not None:  # one item's attempts: the UNIQUE (job, item_key, attempt) index finds them with a job
+            where.append("item_key = ?" if job is None else "job = ? AND item_key = ?")
+            params.extend([key] if job is None else [job, key])
+            job = None
         for column, value in (("run_id || ''", run_id), ("job || ''", job), ("shard", shard), ("batch_id", batch_id)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -646,7 +651,7 @@ class SqliteLedger:
             params.append(until)
         if latest_only:
             where.append(_LATEST_ATTEMPT)
-        if shard is not None or batch_id is not None:  # <= 50,000 rows: one query, one sort
+        if shard is not None or batch_id is not None or key is not None:  # <= 50,000 rows: one query, one sort
             rows = self._rows(f"SELECT * FROM items WHERE {' AND '.join(where)}", params)
             rows.sort(key=lambda row: str(row["custom_id"]))
             for row in rows:

@@ -743,7 +743,7 @@ def item_command(workdir: Path, key: str, job: str | None, as_json: bool, ledger
 
     store = _open_existing_ledger(workdir, ledger_url)
     try:
-        rows = sorted((row for row in store.items(job=job) if row.item_key == key), key=lambda r: (r.job, r.attempt))
+        rows = sorted(store.items(job=job, key=key), key=lambda r: (r.job, r.attempt))
         jobs = sorted({row.job for row in rows})
         if not rows:
             _echo_err(f"error: no item {key!r}" + (f" in job {job!r}" if job else "") + f" in {workdir}")

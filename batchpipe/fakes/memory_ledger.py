@@ -546,6 +546,7 @@ class MemoryLedger:
         *,
         run_id: str | None = None,
         job: str | None = None,
+        key: str | None = None,
         statuses: Iterable[str] | None = None,
         shard: str | None = None,
         batch_id: str | None = None,
@@ -559,7 +560,13 @@ class MemoryLedger:
         page reads the ledger as it is then, as SQLite's keyset pages do)."""
         equal = {
             column: _store_value("items", column, "text", value)
-            for column, value in (("run_id", run_id), ("job", job), ("shard", shard), ("batch_id", batch_id))
+            for column, value in (
+                ("run_id", run_id),
+                ("job", job),
+                ("item_key", key),
+                ("shard", shard),
+                ("batch_id", batch_id),
+            )
             if value is not None
         }
         among = {

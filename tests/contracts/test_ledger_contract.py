@@ -485,6 +485,11 @@ def test_items_filter_by_every_field(timed: Ledger, clock: Clock) -> None:
     assert ids(until=t) == ["c3", "d1"]
     assert ids(run_id="r1", statuses=["pending", "failed"], shard="s1") == ["c1"]
     assert ids(run_id="nope") == []
+    assert ids(key="k1") == ["c1", "d1"]  # one item key, in every job
+    assert ids(key="k1", job="other") == ["d1"]
+    assert ids(key="k1", job="job", statuses=["failed"]) == ["c1"]
+    assert ids(key="k1", run_id="r2") == ["d1"]
+    assert ids(key="nope") == []
 
 
 def test_items_stream_in_pages_and_latest_only(ledger: Ledger) -> None:
@@ -493,6 +498,8 @@ def test_items_stream_in_pages_and_latest_only(ledger: Ledger) -> None:
     assert sum(1 for _ in ledger.items(job="job")) == 2501
     latest = {r.item_key: r.attempt for r in ledger.items(job="job", latest_only=True)}
     assert len(latest) == 2500 and latest["k1"] == 2
+    assert [(r.custom_id, r.attempt) for r in ledger.items(job="job", key="k1")] == [("c00001", 1), ("z-2", 2)]
+    assert [r.custom_id for r in ledger.items(job="job", key="k1", latest_only=True)] == ["z-2"]
 
 
 def test_latest_only_counts_attempts_outside_the_other_filters(ledger: Ledger) -> None:
