@@ -365,7 +365,12 @@ def test_ctrl_c_exits_3_with_the_resume_command_and_the_same_command_resumes(tmp
         command = [sys.executable, "-m", "batchpipe", "--log-json", "run", "--manifest", str(manifest),
                    "--job-name", "c", "--workdir", str(tmp_path / "w"), "--api", url,
                    "--poll-interval", "0.1"]  # fmt: skip
-        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Ctrl-C as in a terminal: SIGINT at its default, even when this suite runs in the background of a
+        # non-interactive shell (`make test &`), where children inherit SIGINT ignored
+        run = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (tmp_path / "w" / "ledger.sqlite").exists():
             time.sleep(0.05)
