@@ -57,7 +57,9 @@ def test_serve_without_state_dir_keeps_its_state_under_the_current_folder(tmp_pa
     auth = {"Authorization": "Bearer x"}
     proc, state = _serve(tmp_path, port)
     try:
-        assert (tmp_path / state).resolve() == (tmp_path / ".batchpipe" / "emulator").resolve()
+        assert (tmp_path / state).resolve() == (
+            tmp_path / ".batchpipe" / "emulator-server"
+        ).resolve()  # not the embedded one's
         assert (tmp_path / state).is_dir()
         line = b'{"custom_id":"a","method":"POST","url":"/v1/images/generations","body":{}}\n'
         form = {"purpose": "batch"}

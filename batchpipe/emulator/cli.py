@@ -19,9 +19,10 @@ from batchpipe.emulator.config import (
 )
 from batchpipe.emulator.server import run_server
 
-#: Where ``batchpipe emulator serve`` keeps files and batches without ``--state-dir`` (relative to the current
-#: directory, beside the pipeline's own ``.batchpipe`` work directory), so a restart keeps them.
-DEFAULT_STATE_DIR = ".batchpipe/emulator"
+#: Where ``batchpipe emulator serve`` keeps files and batches without ``--state-dir``, relative to the current
+#: directory, so a restart keeps them; not the embedded emulator's ``.batchpipe/emulator`` (two servers would share
+#: one state).
+DEFAULT_STATE_DIR = ".batchpipe/emulator-server"
 
 __all__ = ["build_config", "emulator_group", "parse_now", "serve_models"]
 
