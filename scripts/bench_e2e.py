@@ -142,6 +142,7 @@ def _batchpipe_contender(base: Path, spec: Path, emu: StandaloneEmulator, n: int
         exe = Path(sys.executable).with_name("batchpipe")
         cmd = [str(exe if exe.exists() else "batchpipe"), "run", str(spec), "--api", emu.base_url]
         cmd += ["--workdir", str(work), "--limit", str(n), "--poll-interval", str(poll_s), "--trust", "emulator"]
+        cmd += ["--no-report"]  # the contact sheet (thumbnails) has no counterpart in the SDK script
         log = base / f"batchpipe-run-{r}.log"
         bp = run_subprocess(cmd, cwd=base, log=log)
         images = _count_files(work / "out", ".png")
