@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
@@ -293,6 +292,7 @@ def _check(
     from batchpipe.adapters.s3_store import open_s3_store
     from batchpipe.provenance.trust import TrustConfig
     from batchpipe.provenance.verify import C2paVerifier
+    from batchpipe.runtime.images import ImageCheck, check_rows
 
     problems = report.problems
     ledger = PostgresLedger(ledger_url)
@@ -322,28 +322,26 @@ def _check(
     if any(run is None or run.get("status") != "finished" for run in runs):
         problems.append("the run is not finished")
     store = open_s3_store(store_url, store_env)
-    verifier = C2paVerifier(TrustConfig.from_setting("emulator"))
-    ok = c2pa_ok = 0
-    for row in live:
-        if row.status != "succeeded":
-            continue
-        if row.output_uri is None:
-            problems.append(f"item {row.item_key} succeeded without an image")
-            continue
-        try:
-            data = store.read(row.output_uri)
-        except FileNotFoundError:
-            problems.append(f"item {row.item_key}: {row.output_uri} is not in the bucket")
-            continue
-        if hashlib.sha256(data).hexdigest() != row.sha256 or len(data) != row.bytes:
-            problems.append(f"item {row.item_key}: the object does not match the ledger's sha256/size")
-            continue
-        ok += 1
-        state = verifier.verify_bytes(data).state
-        if state == "trusted" and row.c2pa_state == "trusted":
+    done = [row for row in live if row.status == "succeeded"]
+    problems.extend(f"item {row.item_key} succeeded without an image" for row in done if row.output_uri is None)
+    c2pa_ok = 0
+
+    def judge(check: ImageCheck) -> None:  # the ledger's own audit (batchpipe ledger verify), per image
+        nonlocal c2pa_ok
+        if check.problem is not None:
+            problems.append(f"item {check.key}: {check.uri}: {check.problem}")
+        elif check.c2pa_state == "trusted" and check.recorded_state == "trusted":
             c2pa_ok += 1
         else:
-            problems.append(f"item {row.item_key}: C2PA {state} (ledger {row.c2pa_state}), want trusted")
+            problems.append(f"item {check.key}: C2PA {check.c2pa_state} (ledger {check.recorded_state}), want trusted")
+
+    audit = check_rows(
+        (row for row in done if row.output_uri is not None),
+        store.read,
+        C2paVerifier(TrustConfig.from_setting("emulator")),
+        on_check=judge,
+    )
+    ok = audit.matched
     report.figures.update(
         succeeded=final.get("succeeded", 0),
         failed_final=sum(n for s, n in final.items() if s != "succeeded"),
