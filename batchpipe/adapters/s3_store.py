@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
@@ -104,6 +105,14 @@ class S3ImageStore:
         """The bytes stored at ``location``. Raises ``FileNotFoundError`` if there are none, ``ValueError`` for a
         location outside this store."""
         return bytes(obstore.get(self.objects, self._key(location)).bytes())
+
+    def presigned_get(self, location: str, expires_s: int) -> str:
+        """An HTTP(S) URL that serves the object at ``location`` to anyone for ``expires_s`` seconds (a presigned
+        ``GET``, SigV4; S3 allows at most 7 days). Raises ``ValueError`` for a location outside this store, or when
+        the store is not an ``S3Store`` (an in-memory one cannot sign)."""
+        if not isinstance(self.objects, S3Store):
+            raise ValueError(f"only an S3 store can presign URLs, not {type(self.objects).__name__}")
+        return obstore.sign(self.objects, "GET", self._key(location), timedelta(seconds=expires_s))
 
     def exists(self, location: str) -> bool:
         """True if an object is stored at ``location`` (a ``HEAD``)."""

@@ -14,13 +14,15 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from batchpipe.domain.locations import file_uri, local_path
 from batchpipe.domain.records import ItemRow
 from batchpipe.errors import InputError
-from batchpipe.ports import ImageStore, Verifier
+from batchpipe.ports import Verifier
+
+if TYPE_CHECKING:  # the S3 adapter (obstore) is imported only when an s3:// image is read
+    from batchpipe.adapters.s3_store import S3ImageStore
 
 __all__ = ["LINK_EXPIRES_S", "ImageCheck", "ImageReader", "VerifySummary", "check_rows"]
 
@@ -39,9 +41,9 @@ class ImageReader:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = dict(environ)
-        self._buckets: dict[str, ImageStore] = {}
+        self._buckets: dict[str, S3ImageStore] = {}
 
-    def _bucket_store(self, uri: str) -> ImageStore:
+    def _bucket_store(self, uri: str) -> S3ImageStore:
         try:
             from batchpipe.adapters.s3_store import open_s3_store, split_s3_url
         except ImportError as exc:
@@ -74,17 +76,7 @@ class ImageReader:
             return file_uri(path.resolve())
         if not uri.startswith("s3://"):
             return None
-        import obstore
-
-        store = self._bucket_store(uri)
-        objects = getattr(store, "objects", None)
-        if objects is None:
-            return None
-        key = uri[len("s3://") :].partition("/")[2]
-        try:
-            return str(obstore.sign(objects, "GET", key, timedelta(seconds=expires_s)))
-        except (AttributeError, TypeError, ValueError, NotImplementedError):  # a store that cannot sign
-            return None
+        return self._bucket_store(uri).presigned_get(uri, expires_s)
 
 
 @dataclass(frozen=True, slots=True)
