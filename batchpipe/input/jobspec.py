@@ -93,6 +93,7 @@ from batchpipe.errors import InputError, JobSpecError, ManifestError
 from batchpipe.input.manifest import (
     DEFAULT_CSV,
     DEFAULT_MAX_LINE_BYTES,
+    CsvOptionError,
     CsvOptions,
     ManifestFormat,
     detect_format,
@@ -882,6 +883,5 @@ def _csv_options(section: _ManifestSection, fmt: ManifestFormat, fail: _Fail) ->
             raise fail(f"{name} applies to CSV manifests; this one is {fmt}", ("manifest", name))
     try:
         return CsvOptions.checked(section.delimiter or ",", section.encoding or "utf-8")
-    except ValueError as exc:
-        name, _, message = str(exc).partition(": ")
-        raise fail(message, ("manifest", name)) from None
+    except CsvOptionError as exc:
+        raise fail(str(exc), ("manifest", exc.option)) from None

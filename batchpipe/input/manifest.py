@@ -33,6 +33,7 @@ __all__ = [
     "CHUNK_BYTES",
     "DEFAULT_CSV",
     "DEFAULT_MAX_LINE_BYTES",
+    "CsvOptionError",
     "CsvOptions",
     "ManifestFormat",
     "ManifestRow",
@@ -72,6 +73,15 @@ class _Line(NamedTuple):
     length: int  # bytes, without the newline
 
 
+class CsvOptionError(ValueError):
+    """A CSV option the reader cannot take; ``option`` names it (``delimiter`` or ``encoding``), the message says
+    why (without the option's name)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option = option
+        super().__init__(message)
+
+
 @dataclass(frozen=True, slots=True)
 class CsvOptions:
     """How a CSV manifest is written: ``delimiter`` (one character, default ``,``; ``;`` and tab are common in
@@ -85,26 +95,28 @@ class CsvOptions:
     def checked(cls, delimiter: str = ",", encoding: str = "utf-8") -> CsvOptions:
         """Options with ``encoding`` normalized to its codec's name (``"UTF8"`` → ``"utf-8"``).
 
-        Raises ``ValueError`` naming the option: a delimiter that is not one character, or is a quote, a line
+        Raises :class:`CsvOptionError` naming the option: a delimiter that is not one character, or is a quote, a line
         break or a space; an encoding Python does not know, or one where a line break or an ASCII letter is not
         the single byte it is in ASCII (UTF-16 and UTF-32: convert such a file to UTF-8 first), since the reader
         splits lines on bytes.
         """
         if len(delimiter) != 1 or delimiter in '"\r\n ':
-            raise ValueError(
-                f"delimiter: {delimiter!r} is not a single character other than a quote, a line break or a space"
+            raise CsvOptionError(
+                "delimiter", f"{delimiter!r} is not a single character other than a quote, a line break or a space"
             )
         try:
             name = codecs.lookup(encoding).name
         except LookupError:
-            raise ValueError(f"encoding: {encoding!r} is not an encoding Python knows (e.g. utf-8, cp1252)") from None
+            raise CsvOptionError(
+                "encoding", f"{encoding!r} is not an encoding Python knows (e.g. utf-8, cp1252)"
+            ) from None
         probe = '\n,;"\tAZaz09'
         try:
             ascii_compatible = probe.encode(name) == probe.encode("ascii")
         except UnicodeError:
             ascii_compatible = False
         if not ascii_compatible:
-            raise ValueError(f"encoding: {encoding!r} is not ASCII-compatible (convert the file to UTF-8 first)")
+            raise CsvOptionError("encoding", f"{encoding!r} is not ASCII-compatible (convert the file to UTF-8 first)")
         return cls(delimiter, "utf-8" if name == "utf-8-sig" else name)
 
 
