@@ -128,10 +128,7 @@ class Template:
             if isinstance(part, str):
                 out.append(part)
             elif isinstance(part, _Field):
-                raw = values.get(part.name)  # part.text(values), inlined: once per field per row
-                value = raw if isinstance(raw, str) else _text(part.name, raw)
-                if part.first_of is not None:
-                    value = first_value(value, part.first_of)
+                value = part.text(values)
                 if empty is not None and not value.strip() and part.name not in empty:
                     empty.append(part.name)
                 out.append(value)
