@@ -15,7 +15,7 @@ fail; they are not in the estimate. Above the cap (``[run] max_cost_usd`` or ``-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,10 +29,12 @@ from batchpipe.ports import Ledger
 __all__ = [
     "CONFIRM_ABOVE_USD",
     "CostCapError",
+    "CostTally",
     "SpendEstimate",
     "check_cap",
     "estimate_items",
     "estimate_pending",
+    "estimate_resumed",
     "estimate_run",
     "needs_confirmation",
 ]
@@ -70,8 +72,66 @@ class SpendEstimate:
         return text
 
 
-def _cost(model: str, body: dict[str, object], models: ModelTable | None) -> float | None:
+#: Costs remembered per request shape by a :class:`CostTally` before it starts over (bounds its memory).
+_MEMO_ENTRIES: Final = 65_536
+#: Body fields that bring reference images into the estimate (their count and fidelity): not memoized.
+_IMAGE_FIELDS: Final = ("images", "mask", "markup")
+#: ``estimate_run`` asks the ledger which items already succeeded this many at a time (bounded memory).
+_SUCCEEDED_CHUNK: Final = 2_000
+
+
+def _cost(model: str, body: Mapping[str, object], models: ModelTable | None) -> float | None:
     return request_cost_usd(model, estimate_usage(body, models), models=models)
+
+
+class CostTally:
+    """A running estimate over request bodies, one :meth:`add` at a time: what :func:`estimate_items` sums, and
+    what ``batchpipe run`` sums while it builds (one pass over the manifest instead of two when no cap asks for
+    the estimate first).
+
+    Each body is priced as :func:`~batchpipe.domain.spec.estimate_usage` then
+    :func:`~batchpipe.domain.spec.request_cost_usd` price it (USD, Batch prices). A body without reference
+    images costs what its model, ``size``, ``quality``, ``n`` and prompt length give, so that cost is remembered
+    per such shape (measured: 100,000 catalog bodies, about 12 µs a body priced each time, under 1 µs from the
+    memo); bodies with images are priced each time. ``estimate(skipped=...)`` gives the :class:`SpendEstimate`.
+    """
+
+    __slots__ = ("_memo", "_models", "cost_usd", "requests", "unpriced")
+
+    def __init__(self, models: ModelTable | None = None) -> None:
+        self._models = models
+        self._memo: dict[tuple[object, ...], float | None] = {}
+        self.requests = 0
+        self.unpriced = 0
+        self.cost_usd = 0.0
+
+    def add(self, model: str, body: Mapping[str, object]) -> None:
+        """Count one request with ``body`` (sent to ``model``, its ``model`` field)."""
+        get = body.get
+        cost: float | None
+        if get("images") is None and get("mask") is None and get("markup") is None:
+            prompt = get("prompt")
+            shape = (model, get("size"), get("quality"), get("n"), len(prompt) if isinstance(prompt, str) else None)
+            try:
+                cost = self._memo[shape]
+            except KeyError:
+                cost = _cost(model, body, self._models)
+                if len(self._memo) >= _MEMO_ENTRIES:
+                    self._memo.clear()
+                self._memo[shape] = cost
+            except TypeError:  # a field that cannot be a key (a list): priced as it is
+                cost = _cost(model, body, self._models)
+        else:
+            cost = _cost(model, body, self._models)
+        self.requests += 1
+        if cost is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += cost
+
+    def estimate(self, *, skipped: int = 0) -> SpendEstimate:
+        """The estimate so far; ``skipped``: requests left out as already succeeded with the same request."""
+        return SpendEstimate(self.requests, skipped, self.cost_usd, self.unpriced)
 
 
 def estimate_items(
@@ -79,50 +139,71 @@ def estimate_items(
 ) -> SpendEstimate:
     """The estimate over a stream of items (problems in the stream are ignored); an item whose ``(key, request
     hash)`` is in ``succeeded`` is counted as skipped."""
-    requests = skipped = unpriced = 0
-    total = 0.0
+    tally = CostTally(models)
+    skipped = 0
     for item in items:
         if not isinstance(item, Item):
             continue
         if succeeded and (item.key, request_hash(item.endpoint, item.body)) in succeeded:
             skipped += 1
             continue
-        requests += 1
-        cost = _cost(item.model, item.body, models)
-        if cost is None:
-            unpriced += 1
-        else:
-            total += cost
-    return SpendEstimate(requests, skipped, total, unpriced)
+        tally.add(item.model, item.body)
+    return tally.estimate(skipped=skipped)
 
 
 def estimate_pending(rows: Iterable[ItemRow], *, models: ModelTable | None = None) -> SpendEstimate:
     """The estimate over ledger rows not yet submitted (a resumed run's ``pending`` items)."""
-    requests = unpriced = 0
-    total = 0.0
+    tally = CostTally(models)
     for row in rows:
-        requests += 1
-        cost = _cost(row.model, row.body, models)
-        if cost is None:
-            unpriced += 1
-        else:
-            total += cost
-    return SpendEstimate(requests, 0, total, unpriced)
+        tally.add(row.model, row.body)
+    return tally.estimate()
+
+
+def estimate_resumed(ledger: Ledger, job: str, *, models: ModelTable | None = None) -> SpendEstimate | None:
+    """What resuming ``job`` would spend: the ``pending`` items of its unfinished run whose build finished; None
+    when there is no such run (the next ``run`` builds a new one)."""
+    running = ledger.latest_run(job)
+    if running is not None and running.get("status") == "running" and running.get("built_at"):
+        return estimate_pending(ledger.items(run_id=str(running["run_id"]), statuses=["pending"]), models=models)
+    return None
 
 
 def estimate_run(
     ledger: Ledger | None, job: str, items: Callable[[], Iterable[object]], *, models: ModelTable | None = None
 ) -> SpendEstimate:
     """What ``batchpipe run`` of ``job`` would spend now: the pending items of its unfinished run when it has one
-    whose build finished, else the manifest's ``items()`` less what already succeeded unchanged."""
-    if ledger is not None:
-        running = ledger.latest_run(job)
-        if running is not None and running.get("status") == "running" and running.get("built_at"):
-            return estimate_pending(ledger.items(run_id=str(running["run_id"]), statuses=["pending"]), models=models)
-        succeeded = set(ledger.succeeded_hashes(job))
-    else:
-        succeeded = set()
-    return estimate_items(items(), models=models, succeeded=succeeded)
+    whose build finished, else the manifest's ``items()`` less what already succeeded unchanged.
+
+    The items that already succeeded are asked of the ledger :data:`_SUCCEEDED_CHUNK` at a time
+    (:meth:`~batchpipe.ports.Ledger.succeeded_with`), as the build does: memory stays flat however many the job
+    has (issue 12: holding every hash of a 1,000,000-item job took 467 MB)."""
+    if ledger is None:
+        return estimate_items(items(), models=models)
+    resumed = estimate_resumed(ledger, job, models=models)
+    if resumed is not None:
+        return resumed
+    tally = CostTally(models)
+    skipped = 0
+    chunk: list[Item] = []
+
+    def settle() -> None:
+        nonlocal skipped
+        done = ledger.succeeded_with(job, [(i.key, request_hash(i.endpoint, i.body)) for i in chunk])
+        for item in chunk:
+            if item.key in done:
+                skipped += 1
+            else:
+                tally.add(item.model, item.body)
+        chunk.clear()
+
+    for item in items():
+        if isinstance(item, Item):
+            chunk.append(item)
+            if len(chunk) >= _SUCCEEDED_CHUNK:
+                settle()
+    if chunk:
+        settle()
+    return tally.estimate(skipped=skipped)
 
 
 def check_cap(estimate: SpendEstimate, cap_usd: float | None, *, source: str, field: str, raise_hint: str) -> None:

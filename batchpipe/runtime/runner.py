@@ -137,11 +137,19 @@ class _ChunkWriter:
     error); ``drain()`` waits for what is queued, ignoring errors (before a failed build is discarded).
     """
 
-    def __init__(self, runner: Runner, job: str, builder: ShardBuilder, stats: dict[str, int]) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        job: str,
+        builder: ShardBuilder,
+        stats: dict[str, int],
+        tally: costguard.CostTally | None = None,
+    ) -> None:
         self._runner = runner
         self._job = job
         self._builder = builder
         self._stats = stats
+        self._tally = tally
         self._waiting: tuple[list[dict[str, object]], asyncio.Future[_History]] | None = None
         self._inserts: list[asyncio.Future[int]] = []
 
@@ -165,6 +173,12 @@ class _ChunkWriter:
             kept = [r for r in rows if r["status"] != ItemStatus.PENDING or str(r["item_key"]) not in unchanged]
             self._stats["skipped"] += len(rows) - len(kept)
             rows = kept
+        tally = self._tally
+        if tally is not None:
+            for row in rows:
+                item = row.get("_item")
+                if isinstance(item, Item):
+                    tally.add(item.model, item.body)
         await self._runner._number_after(self._job, rows, previous, self._builder)
         while len(self._inserts) >= _INSERTS_IN_FLIGHT:
             await self._inserts.pop(0)
@@ -266,6 +280,11 @@ class Runner:
     records it, and a worker that lacks the file on its disk reads it back from there before uploading it (workers
     on several machines, ``batchpipe worker``).
 
+    ``cost_cap_usd``: each shard's estimate is reserved against it before its upload (:meth:`_reserve_cost`).
+    ``on_estimate``: when given, a new run's build sums the cost guard's estimate of the items it records
+    (:class:`~batchpipe.runtime.costguard.CostTally`, less the items skipped as unchanged) and calls it with the
+    :class:`~batchpipe.runtime.costguard.SpendEstimate` once the build is done.
+
     The stages are also callable one at a time on a ledger bound with :meth:`bind` (what ``batchpipe worker``'s
     jobs do): :meth:`submit_shard`, :meth:`poll_sweep`, :meth:`finish_batch`, :meth:`follow_up` and
     :meth:`settle`; :meth:`run` drives the same units in one process.
@@ -295,6 +314,7 @@ class Runner:
         lease_s: float = DEFAULT_LEASE_S,
         publish_shards: bool = False,
         cost_cap_usd: float | None = None,
+        on_estimate: Callable[[costguard.SpendEstimate], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.model_policy = model_policy
@@ -320,6 +340,7 @@ class Runner:
         self._last_refusal = ""
         self._unknown_seen: set[tuple[str, str]] = set()
         self.cost_cap_usd = cost_cap_usd
+        self.on_estimate = on_estimate
         self._committed_usd: float | None = None  # spent + reserved (USD) of this run, as this process counts it
 
     # ------------------------------------------------------------------------------------------------
@@ -567,7 +588,8 @@ class Runner:
         stats = {"skipped": 0, "invalid": 0, "duplicates": 0, "items": 0}
         invalid_rows: dict[str, dict[str, object]] = {}
         count = 0
-        writer = _ChunkWriter(self, job, builder, stats)
+        tally = costguard.CostTally(self.options.models) if self.on_estimate is not None else None
+        writer = _ChunkWriter(self, job, builder, stats, tally)
         try:
             for entry in items():
                 if not isinstance(entry, Item):
@@ -607,6 +629,8 @@ class Runner:
         stats["items"] = count
         for problem in problems:
             log.warning("invalid item", problem=str(problem))
+        if tally is not None and self.on_estimate is not None:
+            self.on_estimate(tally.estimate(skipped=stats["skipped"]))
         self._progress("built", {"run_id": run_id, "items": count, "shards": len(shards), **stats})
         log.info(
             "built",
