@@ -49,7 +49,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.records import (
-    ITEM_COLUMNS,
     ITEM_TRANSITIONS,
     SHARD_TRANSITIONS,
     BatchRow,
@@ -57,6 +56,7 @@ from batchpipe.domain.records import (
     ShardRow,
     batch_may_move,
     error_groups,
+    new_item_params,
 )
 from batchpipe.domain.redact import redact_value
 from batchpipe.errors import LedgerError, TransitionError
@@ -465,20 +465,14 @@ class PostgresLedger:
         then inserts none of ``rows``. On its own (a build's chunk) it commits with ``synchronous_commit`` off
         (atomic, not yet flushed: the run's ``finish_build`` and every intent before spending are synchronous
         commits, and flush the WAL up to them, this one included)."""
-        now = self._clock()
-        columns = ITEM_COLUMNS
-        sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('%s' for _ in columns)})"
-        params = []
-        for row in rows:
-            values = dict(row)
-            values.setdefault("created_at", now)
-            values.setdefault("updated_at", now)
-            values.setdefault("input_tokens_est", 0)
-            if values.get("status") not in (ItemStatus.PENDING, ItemStatus.INVALID):
-                raise LedgerError(f"new items start as pending or invalid, not {values.get('status')!r}")
-            params.append(_params(values.get(c) for c in columns))
-        if not params:
+        try:
+            columns, rows_params = new_item_params(rows, self._clock())
+        except ValueError as exc:
+            raise LedgerError(str(exc)) from None
+        if not rows_params:
             return 0
+        sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('%s' for _ in columns)})"
+        params = [_params(values) for values in rows_params]
         try:
             with self._lock:
                 relaxed = self._conn is None  # a transaction of its own (a build's chunk), not part of a caller's

@@ -48,7 +48,6 @@ import structlog
 
 from batchpipe.domain.items import ItemStatus
 from batchpipe.domain.records import (
-    ITEM_COLUMNS,
     ITEM_TRANSITIONS,
     SHARD_TRANSITIONS,
     BatchRow,
@@ -56,6 +55,7 @@ from batchpipe.domain.records import (
     ShardRow,
     batch_may_move,
     error_groups,
+    new_item_params,
 )
 from batchpipe.domain.redact import redact_value
 from batchpipe.errors import LedgerError, TransitionError
@@ -483,20 +483,13 @@ class SqliteLedger:
         shard's upload only after its intent, both committed with ``synchronous=FULL``, whose WAL sync makes
         every earlier commit durable too. Measured: 100,000 rows in 50 chunks, 6.7 s → 6.1 s wall.
         """
-        now = self._clock()
-        columns = ITEM_COLUMNS
-        sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-        params = []
-        for row in rows:
-            values = dict(row)
-            values.setdefault("created_at", now)
-            values.setdefault("updated_at", now)
-            values.setdefault("input_tokens_est", 0)
-            if values.get("status") not in (ItemStatus.PENDING, ItemStatus.INVALID):
-                raise LedgerError(f"new items start as pending or invalid, not {values.get('status')!r}")
-            params.append([values.get(c) for c in columns])
+        try:
+            columns, params = new_item_params(rows, self._clock())
+        except ValueError as exc:
+            raise LedgerError(str(exc)) from None
         if not params:
             return 0
+        sql = f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         with self._lock:
             relaxed = self._depth == 0  # a transaction of its own (a build's chunk), not part of a caller's
             if relaxed:
