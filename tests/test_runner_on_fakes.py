@@ -354,3 +354,37 @@ async def test_the_cost_cap_is_reserved_per_shard_before_its_upload(tmp_path: Pa
     summary = await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(10), source_name="t")
     assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 10}
     assert api.creates == 3 == len(api.batches)
+
+
+async def test_a_rerun_skips_the_unchanged_items_and_numbers_the_changed_ones_after_their_history(
+    tmp_path: Path,
+) -> None:
+    """A nightly re-run where some items changed: the unchanged ones (succeeded with the same request) are skipped
+    and cost nothing; a changed one becomes attempt 2 pointing at attempt 1, which is superseded; a failed one is
+    sent again as attempt 2. The estimate summed during the build counts only what is sent."""
+    from batchpipe.runtime.costguard import SpendEstimate
+
+    ledger, api, store = MemoryLedger(), MemoryBatchApi(), MemoryImageStore()
+    first = await _runner(tmp_path, ledger, api, store).run(
+        "job", "h1", lambda: _items(10, failing=frozenset({3})), source_name="t"
+    )
+    assert first.items == {ItemStatus.SUCCEEDED: 9, ItemStatus.FAILED: 1}
+
+    def changed() -> Iterator[Item]:
+        for item in _items(10):  # sku-3 no longer fails
+            if item.key == "sku-5":
+                item.body = {**item.body, "prompt": "A mug, redrawn"}
+            yield item
+
+    estimates: list[SpendEstimate] = []
+    runner = _runner(tmp_path, ledger, api, store)
+    runner.on_estimate = estimates.append
+    second = await runner.run("job", "h2", changed, source_name="t")
+    assert second.finished and second.items == {ItemStatus.SUCCEEDED: 2}
+    assert len(estimates) == 1 and estimates[0].requests == 2 and estimates[0].skipped == 8
+    rows = {(row.item_key, row.attempt): row for row in ledger.items()}
+    for key in ("sku-3", "sku-5"):
+        assert rows[(key, 2)].previous_custom_id == rows[(key, 1)].custom_id
+        assert rows[(key, 2)].status == ItemStatus.SUCCEEDED and rows[(key, 1)].status == ItemStatus.SUPERSEDED
+    assert not any(attempt == 2 for key, attempt in rows if key not in ("sku-3", "sku-5"))
+    assert rows[("sku-0", 1)].status == ItemStatus.SUCCEEDED
