@@ -141,12 +141,14 @@ class _ChunkWriter:
         self,
         runner: Runner,
         job: str,
+        run_id: str,
         builder: ShardBuilder,
         stats: dict[str, int],
         tally: costguard.CostTally | None = None,
     ) -> None:
         self._runner = runner
         self._job = job
+        self._run_id = run_id
         self._builder = builder
         self._stats = stats
         self._tally = tally
@@ -177,6 +179,14 @@ class _ChunkWriter:
             kept = [r for r in rows if r["status"] != ItemStatus.PENDING or str(r["item_key"]) not in unchanged]
             self._stats["skipped"] += len(rows) - len(kept)
             rows = kept
+        # a pending row is pushed as its key, request hash and item; the ledger row is made only for the rows kept
+        pending_row, job, run_id = self._runner._pending_row, self._job, self._run_id
+        rows = [
+            pending_row(job, run_id, r["_item"], str(r["request_hash"]))  # type: ignore[arg-type]
+            if r["status"] == ItemStatus.PENDING
+            else r
+            for r in rows
+        ]
         tally = self._tally
         if tally is not None:
             for row in rows:
@@ -593,7 +603,7 @@ class Runner:
         invalid_rows: dict[str, dict[str, object]] = {}
         count = 0
         tally = costguard.CostTally(self.options.models) if self.on_estimate is not None else None
-        writer = _ChunkWriter(self, job, builder, stats, tally)
+        writer = _ChunkWriter(self, job, run_id, builder, stats, tally)
         try:
             for entry in items():
                 if not isinstance(entry, Item):
@@ -613,7 +623,9 @@ class Runner:
                     break
                 count += 1
                 rhash = request_hash(entry.endpoint, entry.body)
-                rows.append(self._pending_row(job, run_id, entry, rhash))
+                rows.append(
+                    {"item_key": entry.key, "request_hash": rhash, "status": ItemStatus.PENDING, "_item": entry}
+                )
                 if len(rows) >= _ROWS_PER_COMMIT:
                     await writer.push(rows)
                     rows = []
