@@ -361,6 +361,8 @@ class _CatalogMode:
         defaults = spec.defaults
         self._model = defaults["model"]
         self._shared = {name: defaults[name] for name in BODY_DEFAULT_FIELDS[1:] if name in defaults}
+        #: every row's body in order (model, prompt, the shared fields): copied, then its prompt set
+        self._body: dict[str, object] = {"model": self._model, "prompt": "", **self._shared}
         self._check = rules.ImageRequestCheck(_GENERATIONS, {"model": self._model, **self._shared}, advice=spec.policy)
         self._metadata_columns = spec.metadata_columns
         self._skip_if_empty = spec.skip_if_empty
@@ -406,12 +408,14 @@ class _CatalogMode:
                                     severity="warning")
                         )  # fmt: skip
                     return ()
+        body = self._body.copy()
+        body["prompt"] = prompt
         return (
             _Draft(
                 line=row.line,
                 key=key,
                 endpoint=_GENERATIONS,
-                body={"model": self._model, "prompt": prompt, **self._shared},
+                body=body,
                 metadata={column: values.get(column) for column in self._metadata_columns},
                 problems=problems,
                 checks=self._check.check_prompt(prompt),

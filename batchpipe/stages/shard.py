@@ -52,17 +52,14 @@ def request_line(custom_id: str, endpoint: str, encoded_body: bytes) -> bytes:
     """One batch input line, without its newline: exactly ``orjson.dumps({"custom_id": custom_id, "method":
     "POST", "url": endpoint, "body": body})`` (FACTS §2.1 line format), built around the body's bytes as they
     were serialized once (``Item.body_bytes``)."""
-    return b"".join(
-        (
-            b'{"custom_id":',
-            orjson.dumps(custom_id),
-            b',"method":"POST","url":',
-            orjson.dumps(endpoint),
-            b',"body":',
-            encoded_body,
-            b"}",
-        )
-    )
+    middle = _LINE_MIDDLE.get(endpoint)
+    if middle is None:
+        middle = _LINE_MIDDLE[endpoint] = b',"method":"POST","url":' + orjson.dumps(endpoint) + b',"body":'
+    return b"".join((b'{"custom_id":', orjson.dumps(custom_id), middle, encoded_body, b"}"))
+
+
+#: The bytes of a request line between its custom_id and its body, per endpoint (filled by :func:`request_line`).
+_LINE_MIDDLE: Final[dict[str, bytes]] = {}
 
 
 @dataclass(frozen=True, slots=True)
