@@ -188,11 +188,9 @@ def stage_child(spec_path: str, out_dir: str, stage: str) -> dict[str, Any]:
     return {"elapsed_s": elapsed, "cpu_s": cpu, "items": items, "problems": problems}
 
 
-def run_build_child(spec_path: str, out_dir: str) -> dict[str, Any]:
-    """The build phase of ``batchpipe run`` as users run it, ledger writes included: ``wiring.run_job`` on the
-    embedded emulator with the run's ``stop_after="build"`` hook (``RunOptions.stop_after``), so it validates,
-    writes the shards and the ledger rows, finishes the build and stops before any upload. Timed from the
-    call to its return (the embedded emulator's start, well under a second, is included)."""
+def _timed_run_job(spec_path: str, work: Path, echo: Any, stop_after: str | None) -> tuple[float, int]:
+    """``wiring.run_job`` of the job spec on the embedded emulator in ``work`` (logging at warning level):
+    ``(seconds from the call to its return, exit code)``."""
     import logging
     import os
 
@@ -201,8 +199,6 @@ def run_build_child(spec_path: str, out_dir: str) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     from batchpipe.runtime.wiring import run_job
 
-    work = Path(out_dir)
-    work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     code = run_job(
         job_spec=Path(spec_path),
@@ -212,10 +208,20 @@ def run_build_child(spec_path: str, out_dir: str) -> dict[str, Any]:
         base_url=None,
         environ=dict(os.environ),
         workdir=work,
-        echo=lambda _line: None,
-        stop_after="build",
+        echo=echo,
+        stop_after=stop_after,
     )
-    elapsed = time.perf_counter() - began
+    return time.perf_counter() - began, code
+
+
+def run_build_child(spec_path: str, out_dir: str) -> dict[str, Any]:
+    """The build phase of ``batchpipe run`` as users run it, ledger writes included: ``wiring.run_job`` on the
+    embedded emulator with the run's ``stop_after="build"`` hook (``RunOptions.stop_after``), so it validates,
+    writes the shards and the ledger rows, finishes the build and stops before any upload. Timed from the
+    call to its return (the embedded emulator's start, well under a second, is included)."""
+    work = Path(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    elapsed, code = _timed_run_job(spec_path, work, lambda _line: None, "build")
     shards = work / "shards"
     digest, total, files = _hash_dir(shards)
     lines = 0
@@ -247,27 +253,8 @@ def rerun_child(spec_path: str, work_dir: str) -> dict[str, Any]:
     a ledger whose items all succeeded (:func:`mark_collected`), to the end of the run. It reads the manifest,
     validates every row, finds every item already succeeded with the same request, sends nothing and finishes.
     Returns ``elapsed_s``, ``skipped`` (from the cost guard's line) and ``exit``."""
-    import logging
-    import os
-
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    from batchpipe.runtime.wiring import run_job
-
     lines: list[str] = []
-    began = time.perf_counter()
-    code = run_job(
-        job_spec=Path(spec_path),
-        manifest=None,
-        job_name=None,
-        api_label="emulator",
-        base_url=None,
-        environ=dict(os.environ),
-        workdir=Path(work_dir),
-        echo=lines.append,
-    )
-    elapsed = time.perf_counter() - began
+    elapsed, code = _timed_run_job(spec_path, Path(work_dir), lines.append, None)
     found = [re.search(r"\((\d+) already succeeded", line) for line in lines]
     skipped = next((int(m.group(1)) for m in found if m), 0)
     return {"elapsed_s": elapsed, "skipped": skipped, "exit": code}
