@@ -74,8 +74,11 @@ __all__ = [
 
 log = structlog.get_logger("batchpipe.ledger")
 _CHUNK: Final = 500  # ids per guarded statement (SQLite allows 999 parameters in old builds)
-#: SQLite page cache per connection, KiB (``PRAGMA cache_size`` takes a negative number for KiB).
-_CACHE_KIB: Final = 65_536
+#: SQLite page cache per connection, KiB (``PRAGMA cache_size`` takes a negative number for KiB): 16 MiB (the
+#: default is 2 MiB). A build inserts into random pages of two hash-keyed indexes, which at 1,000,000 items are far
+#: larger than any cache a run can afford; the operating system's page cache holds them either way. Measured (the
+#: build phase of ``run``, 1,000,000 items): 16 MiB 95 s and 275 MB peak RSS, 64 MiB 98 s and 330 MB.
+_CACHE_KIB: Final = 16_384
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -258,8 +261,6 @@ class SqliteLedger:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            # 64 MiB of page cache (the default is 2 MiB): the items' custom_id keys are hashes, so a build inserts
-            # into random pages of two indexes; with the cache they stay in memory between commits
             self._db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
