@@ -54,9 +54,11 @@ from batchpipe.domain.records import (
     SHARD_TRANSITIONS,
     BatchRow,
     ItemRow,
+    ItemSummary,
     ShardRow,
     batch_may_move,
     error_groups,
+    item_summary,
 )
 from batchpipe.domain.redact import redact_value
 from batchpipe.errors import LedgerError, TransitionError
@@ -725,6 +727,34 @@ class PostgresLedger:
             params,
         )
         return error_groups(rows)
+
+    def item_summary(self, error_statuses: Iterable[str], *, job: str | None = None) -> ItemSummary:
+        """Counts (every attempt, latest attempts), cost and latest error groups of ``job`` or everything, in one
+        aggregate query over the items (the SQLite ledger's ``_SUMMARY_SQL``: each row's "is the latest attempt"
+        once, in a subquery, then grouped by (status, error code, latest)); see
+        :meth:`batchpipe.ports.Ledger.item_summary`."""
+        where, params = ("TRUE", []) if job is None else ("job = %s", [job])
+        rows = self._rows(
+            "SELECT status, error_code, latest, COUNT(*) AS n, SUM(cost_usd) AS cost, "
+            "MAX(COALESCE(retryable, 0)) AS r, MIN(custom_id) AS example FROM (SELECT status, error_code, retryable, "
+            "cost_usd, custom_id, (attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job "
+            "AND i2.item_key = items.item_key))"
+            f"::int AS latest FROM items WHERE {where}) AS tagged GROUP BY status, error_code, latest",
+            params,
+        )
+        return item_summary(rows, error_statuses)
+
+    def export_jsonl(self, *, run_id: str | None = None, latest_only: bool = True) -> Iterator[str]:
+        """Export lines of :meth:`items`'s keyset pages (primary-key order, no OFFSET), each line
+        ``orjson.dumps(row.export_record())`` built here; see :meth:`batchpipe.ports.Ledger.export_jsonl`."""
+        lines: list[bytes] = []
+        for row in self.items(run_id=run_id, latest_only=latest_only):
+            lines.append(orjson.dumps(row.export_record()))
+            if len(lines) == 1000:
+                yield b"".join(line + b"\n" for line in lines).decode()
+                lines = []
+        if lines:
+            yield b"".join(line + b"\n" for line in lines).decode()
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:
