@@ -730,19 +730,24 @@ class PostgresLedger:
 
     def item_summary(self, error_statuses: Iterable[str], *, job: str | None = None) -> ItemSummary:
         """Counts (every attempt, latest attempts), cost and latest error groups of ``job`` or everything, in one
-        aggregate query over the items (the SQLite ledger's ``_SUMMARY_SQL``: each row's "is the latest attempt"
-        once, in a subquery, then grouped by (status, error code, latest)); see
-        :meth:`batchpipe.ports.Ledger.item_summary`."""
-        where, params = ("TRUE", []) if job is None else ("job = %s", [job])
+        aggregate query over the items, the SQLite ledger's ``_SUMMARY_SQL``: the highest attempt of every item
+        with more than one (``retried``), then each row's "is the latest attempt" from it, grouped by (status,
+        error code, latest); see :meth:`batchpipe.ports.Ledger.item_summary`."""
+        errors = [str(status) for status in error_statuses]
+        scope: list[object] = [] if job is None else [job]
+        where, where_i = ("TRUE", "TRUE") if job is None else ("job = %s", "i.job = %s")
         rows = self._rows(
+            "WITH retried AS MATERIALIZED (SELECT job, item_key, MAX(attempt) AS top FROM items "
+            f"WHERE attempt > 1 AND {where} GROUP BY job, item_key) "
             "SELECT status, error_code, latest, COUNT(*) AS n, SUM(cost_usd) AS cost, "
-            "MAX(COALESCE(retryable, 0)) AS r, MIN(custom_id) AS example FROM (SELECT status, error_code, retryable, "
-            "cost_usd, custom_id, (attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job "
-            "AND i2.item_key = items.item_key))"
-            f"::int AS latest FROM items WHERE {where}) AS tagged GROUP BY status, error_code, latest",
-            params,
+            "MAX(COALESCE(retryable, 0)) AS r, MIN(example) AS example FROM (SELECT i.status, i.error_code, "
+            "i.retryable, i.cost_usd, CASE WHEN i.status = ANY(%s) THEN i.custom_id END AS example, "
+            "(r.top IS NULL OR i.attempt = r.top)::int AS latest FROM items i LEFT JOIN retried r "
+            f"ON r.job = i.job AND r.item_key = i.item_key WHERE {where_i}) AS tagged "
+            "GROUP BY status, error_code, latest",
+            [*scope, errors, *scope],
         )
-        return item_summary(rows, error_statuses)
+        return item_summary(rows, errors)
 
     def export_jsonl(self, *, run_id: str | None = None, latest_only: bool = True) -> Iterator[str]:
         """Export lines of :meth:`items`'s keyset pages (primary-key order, no OFFSET), each line
