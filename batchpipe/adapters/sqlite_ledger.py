@@ -2,8 +2,8 @@
 
 :class:`SqliteLedger` implements the :class:`batchpipe.ports.Ledger` Protocol (WAL, one transaction per logical
 step); :class:`batchpipe.fakes.MemoryLedger` is the in-memory one, and ``tests/contracts`` checks both. The SQL
-is kept portable (standard types, ``INSERT ... ON CONFLICT``, ``SAVEPOINT``, no SQLite-only functions in queries)
-so a PostgreSQL implementation with several workers can follow: every status change is a guarded
+is kept portable (standard types, ``INSERT ... ON CONFLICT``, ``SAVEPOINT``, no SQLite-only functions in queries but
+the export's, below) so a PostgreSQL implementation with several workers can follow: every status change is a guarded
 ``UPDATE ... WHERE status IN (...)`` (compare-and-set), every change appends to ``events`` (one row per item
 moved), and work is claimed with one guarded ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE`` on ``claims``.
 
@@ -30,6 +30,16 @@ lookup of ``items_shard`` / ``items_batch_set`` (partial: rows not yet submitted
 and attempt numbering use UNIQUE (job, item_key, attempt); counts are ``GROUP BY`` aggregates. Each build ends with
 a sampled ``ANALYZE`` and :meth:`SqliteLedger.close` runs ``PRAGMA optimize``. The same indexes (and ``ANALYZE``)
 serve a PostgreSQL ledger.
+
+The two whole-ledger reads add no index (an index is paid by every insert of a build, and one on columns that change
+at collection by every collected item): ``batchpipe status`` is one aggregate pass over the table
+(:meth:`SqliteLedger.item_summary`; "latest attempt" from the retried items' highest attempts, read from the UNIQUE
+index's entries), and ``batchpipe ledger export`` reads keyset pages of ``rowid`` (the table's own order, front to
+back; a run's pages follow ``items_run``, whose entries are in ``rowid`` order too) and has SQLite build each line
+(``json_object``, ``strftime``, and three registered Python functions for what SQL cannot write as orjson does:
+a cost's shortest float text, a percent-encoded ``file://`` URI's path, a negative time), so Python only joins
+lines (:meth:`SqliteLedger.export_jsonl`; ``tests/test_ledger_export.py`` holds the lines to
+:meth:`~batchpipe.domain.records.ItemRow.export_record` byte for byte).
 """
 
 from __future__ import annotations
