@@ -44,10 +44,11 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-## The four benchmarks, every ratio as 3 interleaved pairs (A,B,B,A,...) printed min / median / max with the
+## The five benchmarks, every ratio as 3 interleaved pairs (A,B,B,A,...) printed min / median / max with the
 ## 1-minute load, its target and met/missed; each prints a `FINAL bench=NAME name=value ...` line last.
-## About 15 minutes on 2 cores; `make bench QUICK=1` (or `make bench-quick`) runs small sizes in about 2
-## (4 measured under a load of 3-5 from other work).
+## About 15 minutes on 2 cores, plus about 6 for bench_ledger.py (a 1,000,000-item ledger built, then status and
+## export against the sqlite3 shell); `make bench QUICK=1` (or `make bench-quick`) runs small sizes in about 3
+## (5 measured under a load of 3-5 from other work; bench_ledger.py --quick: 50,000 items, about 40 s).
 ## The targets are for the full sizes (quick runs are smoke runs: fixed start-up costs weigh more there).
 ## Children run this checkout's code (PYTHONPATH). `make bench | grep ^FINAL` gives the summary lines.
 QUICK ?=
@@ -57,6 +58,7 @@ bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/bench_poll.py $(BENCH_ARGS)
 	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/bench_collect.py $(BENCH_ARGS)
 	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/bench_e2e.py $(BENCH_ARGS)
+	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/bench_ledger.py $(BENCH_ARGS)
 
 bench-quick:
 	$(MAKE) bench QUICK=1

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from batchpipe.domain.api import Batch, FileObject, Page
 from batchpipe.domain.items import ItemStatus
-from batchpipe.domain.records import BatchRow, ItemRow, ShardRow
+from batchpipe.domain.records import BatchRow, ItemRow, ItemSummary, ShardRow
 
 __all__ = [
     "AsyncLedger",
@@ -298,6 +298,26 @@ class Ledger(Protocol):
         ``status``, ``count``, ``retryable`` (True if any row of the group is) and ``example_custom_id`` (the
         group's smallest ``custom_id``; :meth:`item` reads it). For a run (``run_id`` wins over ``job``), a job, or
         everything; ``latest_only`` as in :meth:`count_items`. Ordered by count (highest first), code, status."""
+        ...
+
+    def item_summary(self, error_statuses: Iterable[str], *, job: str | None = None) -> ItemSummary:
+        """What ``batchpipe status`` counts of ``job``'s items (or of every item), in one pass over them: every
+        attempt by status, each item's latest attempt by status, the summed cost of every attempt, and the latest
+        attempts in ``error_statuses`` grouped as :meth:`error_counts` groups them. Equal to ``count_items(job=job)``,
+        ``count_items(job=job, latest_only=True)``, ``cost_usd(job=job)`` and ``error_counts(error_statuses,
+        job=job, latest_only=True)``, which would read every row four times (see
+        :class:`~batchpipe.domain.records.ItemSummary`)."""
+        ...
+
+    def export_jsonl(self, *, run_id: str | None = None, latest_only: bool = True) -> Iterator[str]:
+        """``batchpipe ledger export``'s JSON lines: one line per item row of ``run_id`` (or of every run), each
+        item's latest attempt only with ``latest_only`` (as :meth:`items` selects it). Each line is
+        ``orjson.dumps(row.export_record())`` plus ``\n``, byte for byte
+        (:meth:`~batchpipe.domain.records.ItemRow.export_record`). Yielded as chunks of whole lines (a page each),
+        read lazily in keyset pages (no OFFSET), in the order the store reads fastest, the same from one export to the
+        next (SQLite: the order rows were inserted; PostgreSQL and the in-memory ledger: ``custom_id``). SQLite builds
+        each line in SQL and copies a JSON column's text as it is, so the column must hold orjson's compact text (as
+        every writer of the ledger stores it)."""
         ...
 
     # -- shards (submission intents) --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared helpers of the four benchmarks (``scripts/bench_*.py``): interleaved paired runs and their
+"""Shared helpers of the benchmarks (``scripts/bench_*.py``): interleaved paired runs and their
 statistics, peak RSS per contender, a standalone emulator in a subprocess, the catalog and its prompts, and
 the FINAL summary line.
 

@@ -2,37 +2,45 @@
 
 Builds a ledger of N items fast (``executemany`` into the ledger's own schema: one run of N items, all submitted
 in batches of 50,000 and succeeded, with an event per move, then a second run that retries 1,000 of them; each
-run closed with ``finish_build`` as ``batchpipe run`` does), then times, each in a fresh child process (its own
-peak RSS):
+run closed with ``finish_build`` as ``batchpipe run`` does), then runs, in 3 interleaved rounds (``bench_common``:
+the order reversed every other round), each in a fresh child process (its own peak RSS, ``os.wait4``):
 
 - ``status``: ``batchpipe status --json``;
-- ``export_run``: ``batchpipe ledger export --run <the big run> --output /dev/null``;
+- ``export_run``: ``batchpipe ledger export --run <the big run> --output /dev/null`` (each item's latest attempt);
 - ``export_all``: ``batchpipe ledger export --output /dev/null``;
-- ``sqlite3_dump``: ``sqlite3 ledger.sqlite 'SELECT * FROM items'`` (the floor for the two exports);
-- ``batch_rows``: one 50,000-item batch's rows (``list(ledger.items(batch_id=...))``, what the collector reads);
+- the floors of the two exports on the same rows: ``sqlite3 ledger.sqlite 'SELECT * FROM items [WHERE run_id =
+  ...]' > /dev/null`` (the sqlite3 command-line shell, when installed: the fairest floor, C all the way); without it,
+  ``python -c`` reading the same rows with the ``sqlite3`` module and writing them with ``csv.writer`` (a higher
+  floor: the output says which one ran);
 - ``rerun_check``: the no-change re-run's "already succeeded" check for N (key, request_hash) pairs in chunks of
-  500 as ``Runner._build`` does it (``Ledger.succeeded_with`` per chunk where the ledger has it, else the old
-  ``dict(ledger.succeeded_hashes(job))``).
+  500 as ``Runner._build`` does it (``Ledger.succeeded_with`` per chunk).
 
-Run it against the code on ``PYTHONPATH`` (so "before" is another checkout on ``PYTHONPATH``)::
+Figures (min / median / max over the rounds; a ratio is taken per round, from that round's two runs):
+``status_s`` (target <= 3 s), ``export_run_vs_sqlite3`` and ``export_all_vs_sqlite3`` (export time / floor time,
+target <= 1.5), ``rerun_check_s`` and ``rerun_check_peak_rss_mb`` (target <= 300 MB, every round). The time
+targets are for the full size (1,000,000 items); ``--quick`` (50,000 items, well under a minute) only reports them
+(a child's ~1 s of start-up weighs more there). The RSS ceiling holds at any size. Last line: ``FINAL bench=ledger
+...``. Children run this checkout's code (``bench_common`` puts it first on ``PYTHONPATH``; for "before", run
+the script of the other checkout)::
 
-    PYTHONPATH=$PWD python scripts/bench_ledger.py --items 200000
-    PYTHONPATH=../before python scripts/bench_ledger.py --items 200000   # ../before: a checkout of the old commit
-
-Prints one line per measurement (seconds, peak RSS in MB) and a FINAL line.
+    PYTHONPATH=$PWD python scripts/bench_ledger.py --quick
+    PYTHONPATH=$PWD python scripts/bench_ledger.py --items 1000000 --workdir /tmp/ledger-1m  # keeps the ledger
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import Report, Target, machine_load, run_interleaved, run_subprocess
 
 JOB = "bench"
 BATCH_ITEMS = 50_000
@@ -130,8 +138,12 @@ def build(workdir: Path, n: int) -> None:
 
 
 def measure(what: str, workdir: Path, n: int) -> None:
-    """One measurement, in this (child) process."""
+    """One measurement (or the build), in this (child) process."""
     from batchpipe.adapters.sqlite_ledger import open_ledger
+
+    if what == "build":
+        build(workdir, n)
+        return
 
     ledger = open_ledger(workdir)
     if what == "batch_rows":
@@ -152,70 +164,94 @@ def measure(what: str, workdir: Path, n: int) -> None:
     ledger.close()
 
 
-def _child(argv: list[str], cwd: Path) -> tuple[float, float]:
-    """(seconds, peak RSS MB) of one child process, run in ``cwd`` (not a checkout: ``python -c`` children import
-    batchpipe from ``PYTHONPATH``, not from the current directory)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, cwd=cwd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {argv}")
-    return elapsed, usage.ru_maxrss / 1024
+FULL_ITEMS = 1_000_000
+QUICK_ITEMS = 50_000
+
+
+def _floor_command(db: Path, where: str) -> tuple[list[str], str]:
+    """The export's floor on the rows ``SELECT * FROM items {where}`` selects, and which floor it is."""
+    sql = f"SELECT * FROM items {where}".strip()
+    if shutil.which("sqlite3"):
+        return ["sqlite3", str(db), sql], "sqlite3_cli"
+    script = (
+        "import csv, sqlite3, sys; db = sqlite3.connect(sys.argv[1]); out = csv.writer(open('/dev/null', 'w'));"
+        " [out.writerow(row) for row in db.execute(sys.argv[2])]"
+    )
+    return [sys.executable, "-c", script, str(db), sql], "python_sqlite3_csv"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--items", type=int, default=FULL_ITEMS, help=f"Items in the ledger ({FULL_ITEMS:,}).")
+    parser.add_argument("--quick", action="store_true", help=f"Small size ({QUICK_ITEMS:,} items), targets not judged.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds, each contender once (3).")
     parser.add_argument("--workdir", type=Path, help="keep the ledger here (default: a temporary directory)")
-    parser.add_argument("--repeat", type=int, default=1, help="times each measurement (min is printed)")
-    parser.add_argument("--only", action="append", help="only these measurements (repeatable)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    n = QUICK_ITEMS if args.quick else args.items
     if args.measure:
-        measure(args.measure, args.workdir, args.items)
+        measure(args.measure, args.workdir, n)
         return
     import batchpipe
 
-    print(f"batchpipe from {Path(batchpipe.__file__).parent}, {args.items:,} items, load {os.getloadavg()[0]:.2f}")
+    full = n >= FULL_ITEMS
+    print(f"batchpipe from {Path(batchpipe.__file__).parent}, {n:,} items, load {machine_load():.2f}", flush=True)
     root = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-ledger-"))).resolve()
+    report = Report("ledger")
     try:
-        if not (root / "ledger.sqlite").exists():
-            start = time.perf_counter()
-            build(root, args.items)
-            size = (root / "ledger.sqlite").stat().st_size / 1e6
-            print(f"built in {time.perf_counter() - start:.1f} s: {size:.0f} MB")
+        db = root / "ledger.sqlite"
+        me = [sys.executable, str(Path(__file__).resolve()), "--items", str(n), "--workdir", str(root), "--measure"]
+        if not db.exists():  # in a child: this process stays small, so its children's peak RSS is their own
+            built = run_subprocess([*me, "build"])
+            if built.returncode != 0:
+                raise SystemExit(f"the build failed ({built.returncode})")
+            print(f"built in {built.wall_s:.1f} s: {db.stat().st_size / 1e6:.0f} MB", flush=True)
         run1 = (root / "run1").read_text()
         cli = [sys.executable, "-c", "from batchpipe.cli.main import main; main()"]
-        me = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--items",
-            str(args.items),
-            "--workdir",
-            str(root),
-            "--measure",
-        ]
-        contenders = {
+        floor_run, floor = _floor_command(db, f"WHERE run_id = '{run1}'")
+        floor_all, _ = _floor_command(db, "")
+        print(f"export floor: {floor}" + ("" if floor == "sqlite3_cli" else " (no sqlite3 shell on PATH)"))
+        commands = {
             "status": [*cli, "status", "--json", "--workdir", str(root)],
             "export_run": [*cli, "ledger", "export", "--workdir", str(root), "--run", run1, "--output", "/dev/null"],
+            "floor_run": floor_run,
             "export_all": [*cli, "ledger", "export", "--workdir", str(root), "--output", "/dev/null"],
-            "sqlite3_dump": ["sqlite3", str(root / "ledger.sqlite"), "SELECT * FROM items"],
-            "batch_rows": [*me, "batch_rows"],
+            "floor_all": floor_all,
             "rerun_check": [*me, "rerun_check"],
-            "idle": [sys.executable, "-c", "import batchpipe.adapters.sqlite_ledger, batchpipe.cli.main"],
         }
-        final = []
-        for name, argv in contenders.items():
-            if args.only and name not in args.only and name != "idle":
-                continue
-            if name == "sqlite3_dump" and not shutil.which("sqlite3"):
-                continue
-            runs = [_child(argv, root) for _ in range(args.repeat)]
-            seconds, rss = min(r[0] for r in runs), max(r[1] for r in runs)
-            print(f"{name:14s} {seconds:8.2f} s  peak RSS {rss:6.0f} MB", flush=True)
-            final.append(f"{name}_s={seconds:.2f} {name}_rss_mb={rss:.0f}")
-        print("FINAL " + " ".join(final))
+
+        def contender(name: str) -> Callable[[int], dict[str, Any]]:
+            def run(_round: int) -> dict[str, Any]:
+                done = run_subprocess(commands[name], cwd=root)  # not a checkout: children import PYTHONPATH's code
+                if done.returncode != 0:
+                    raise SystemExit(f"{name} failed ({done.returncode}): {commands[name]}")
+                return {"wall_s": done.wall_s, "peak_rss_mb": done.peak_rss_mb}
+
+            return run
+
+        def show(r: int, name: str, result: dict[str, Any]) -> None:
+            print(
+                f"  round {r} {name:12s} {result['wall_s']:7.2f} s  peak RSS {result['peak_rss_mb']:6.0f} MB"
+                f"  load {result['load1']:.2f}",
+                flush=True,
+            )
+
+        print(f"{args.rounds} interleaved rounds (each contender in a fresh process):", flush=True)
+        paired = run_interleaved({name: contender(name) for name in commands}, args.rounds, show=show)
+        report.add_loads(paired.loads)
+        report.value("items", n)
+        report.value("floor", floor)
+        ratio = Target("<=", 1.5) if full else None
+        report.figure("status_s", paired.spread("status", "wall_s"), Target("<=", 3.0) if full else None, unit="s")
+        report.figure("export_run_vs_sqlite3", paired.ratio("export_run", "floor_run", "wall_s"), ratio)
+        report.figure("export_all_vs_sqlite3", paired.ratio("export_all", "floor_all", "wall_s"), ratio)
+        report.figure("export_all_s", paired.spread("export_all", "wall_s"), unit="s")
+        report.figure("sqlite3_all_s", paired.spread("floor_all", "wall_s"), unit="s")
+        report.figure("rerun_check_s", paired.spread("rerun_check", "wall_s"), unit="s")
+        rss = Target("<=", 300.0, on="max")
+        report.figure("rerun_check_peak_rss_mb", paired.spread("rerun_check", "peak_rss_mb"), rss, unit="MB")
+        report.figure("export_all_peak_rss_mb", paired.spread("export_all", "peak_rss_mb"), unit="MB")
+        report.final()
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)

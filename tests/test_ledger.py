@@ -250,6 +250,10 @@ def _every_read_the_code_makes(ledger: SqliteLedger) -> None:
         lambda: [ledger.succeeded_with("job", [(f"k{i}", "h") for i in range(600)])],
         lambda: [ledger.count_items(), ledger.count_items(run_id=some), ledger.count_items(latest_only=True)],
         lambda: [ledger.cost_usd(), ledger.cost_usd(run_id=some)],
+        lambda: [ledger.item_summary(["failed", "missing"]), ledger.item_summary(["failed"], job="job")],  # status
+        lambda: ledger.export_jsonl(),  # ledger export (jsonl)
+        lambda: ledger.export_jsonl(latest_only=False),  # ledger export --all-attempts
+        lambda: ledger.export_jsonl(run_id=some),  # ledger export --run
         lambda: ledger.shards(run_id=some),
         lambda: ledger.shards(run_id=some, statuses=["built", "uploaded"]),
         lambda: ledger.batches(),
@@ -302,6 +306,17 @@ def test_the_bounded_and_the_incremental_reads_are_index_lookups(tmp_path: Path)
     run_pages = plan_of(lambda: ledger.items(run_id=some, latest_only=True))  # the primary key, in custom_id order
     assert "sqlite_autoindex_items_1 (custom_id>?)" in run_pages and "TEMP B-TREE" not in run_pages
     assert "items_run (run_id=?)" in plan_of(lambda: [ledger.count_items(run_id=some)])
+    # status: one pass over the items; the retried items' highest attempts come from the UNIQUE index's entries
+    # in its order (covering: no table row, no sort), and each row looks its item up there, not in the big index
+    for summary in (plan_of(lambda: [ledger.item_summary(["failed"], job="job")]), plan_of(
+        lambda: [ledger.item_summary(["failed"])])):  # fmt: skip
+        assert "CORRELATED" not in summary and summary.count("TEMP B-TREE") == 1, summary  # the GROUP BY's only
+        assert "USING COVERING INDEX sqlite_autoindex_items_2" in summary, summary
+        assert "SEARCH r USING AUTOMATIC COVERING INDEX (job=? AND item_key=?) LEFT-JOIN" in summary, summary
+        assert [p for p in summary.split(" | ") if p.endswith(" i") or p.startswith("SEARCH i ")] == ["SCAN i"], summary
+    # export: pages of the table in rowid order (a run's: items_run, whose entries are in rowid order)
+    assert "SEARCH items USING INTEGER PRIMARY KEY (rowid>?)" in plan_of(lambda: ledger.export_jsonl())
+    assert "items_run (run_id=? AND rowid>?)" in plan_of(lambda: ledger.export_jsonl(run_id=some))
     check = plan_of(lambda: [ledger.succeeded_with("job", [("k1", "h"), ("k2", "h")])])
     assert "sqlite_autoindex_items_2 (job=? AND item_key=?)" in check and "SCAN" not in check
     ledger.close()

@@ -53,9 +53,11 @@ from batchpipe.domain.records import (
     SHARD_TRANSITIONS,
     BatchRow,
     ItemRow,
+    ItemSummary,
     ShardRow,
     batch_may_move,
     error_groups,
+    item_summary,
     new_item_params,
 )
 from batchpipe.domain.redact import redact_value
@@ -719,6 +721,39 @@ class PostgresLedger:
             params,
         )
         return error_groups(rows)
+
+    def item_summary(self, error_statuses: Iterable[str], *, job: str | None = None) -> ItemSummary:
+        """Counts (every attempt, latest attempts), cost and latest error groups of ``job`` or everything, in one
+        aggregate query over the items, the SQLite ledger's ``_SUMMARY_SQL``: the highest attempt of every item
+        with more than one (``retried``), then each row's "is the latest attempt" from it, grouped by (status,
+        error code, latest); see :meth:`batchpipe.ports.Ledger.item_summary`."""
+        errors = [str(status) for status in error_statuses]
+        scope: list[object] = [] if job is None else [job]
+        where, where_i = ("TRUE", "TRUE") if job is None else ("job = %s", "i.job = %s")
+        rows = self._rows(
+            "WITH retried AS MATERIALIZED (SELECT job, item_key, MAX(attempt) AS top FROM items "
+            f"WHERE attempt > 1 AND {where} GROUP BY job, item_key) "
+            "SELECT status, error_code, latest, COUNT(*) AS n, SUM(cost_usd) AS cost, "
+            "MAX(COALESCE(retryable, 0)) AS r, MIN(example) AS example FROM (SELECT i.status, i.error_code, "
+            "i.retryable, i.cost_usd, CASE WHEN i.status = ANY(%s) THEN i.custom_id END AS example, "
+            "(r.top IS NULL OR i.attempt = r.top)::int AS latest FROM items i LEFT JOIN retried r "
+            f"ON r.job = i.job AND r.item_key = i.item_key WHERE {where_i}) AS tagged "
+            "GROUP BY status, error_code, latest",
+            [*scope, errors, *scope],
+        )
+        return item_summary(rows, errors)
+
+    def export_jsonl(self, *, run_id: str | None = None, latest_only: bool = True) -> Iterator[str]:
+        """Export lines of :meth:`items`'s keyset pages (primary-key order, no OFFSET), each line
+        ``orjson.dumps(row.export_record())`` built here; see :meth:`batchpipe.ports.Ledger.export_jsonl`."""
+        lines: list[bytes] = []
+        for row in self.items(run_id=run_id, latest_only=latest_only):
+            lines.append(orjson.dumps(row.export_record()))
+            if len(lines) == 1000:
+                yield b"".join(line + b"\n" for line in lines).decode()
+                lines = []
+        if lines:
+            yield b"".join(line + b"\n" for line in lines).decode()
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:

@@ -30,7 +30,6 @@ from batchpipe.cli.validate import validate_command
 from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.domain.lifecycle import ModelPolicy, clock_from_env
 from batchpipe.domain.modeltable import shipped_table
-from batchpipe.domain.records import ItemRow
 from batchpipe.errors import BatchpipeError, InputError
 from batchpipe.input.jobspec import MAX_COLLECT_WORKERS
 from batchpipe.logs import configure_logging, json_only, write_json
@@ -47,11 +46,12 @@ from batchpipe.runtime.locations import (
     open_ledger_url,
 )
 from batchpipe.runtime.progress import (
+    FAILURE_STATUSES,
     JsonDisplay,
     LiveDisplay,
     PlainDisplay,
     RunDisplay,
-    error_counts,
+    error_counts_of,
     message_level,
     retry_command,
     retry_hint,
@@ -510,16 +510,15 @@ def _status_report(ledger: Ledger, workdir: Path, job: str | None) -> dict[str, 
         return None
     if job is None:
         batch_rows = ledger.batches()
-        cost = ledger.cost_usd()
     else:
         shards = {shard.name for shard in ledger.shards() if shard.job == job}
         batch_rows = [batch for batch in ledger.batches() if batch.shard in shards]
-        cost = ledger.cost_usd(job=job)
+    summary = ledger.item_summary(FAILURE_STATUSES, job=job)  # one pass over the items: counts, cost, errors
     batches: dict[str, int] = {}
     for batch in batch_rows:
         batches[batch.status] = batches.get(batch.status, 0) + 1
     errors = []
-    for error in error_counts(ledger, job=job, latest_only=True):
+    for error in error_counts_of(ledger, summary.errors):
         entry = error.to_dict()
         if job is not None:
             entry["retry_command"] = retry_command(error, job=job, workdir=workdir)
@@ -530,10 +529,10 @@ def _status_report(ledger: Ledger, workdir: Path, job: str | None) -> dict[str, 
         "job": job,
         "latest_run": latest,
         "latest_run_items": ledger.count_items(run_id=str(latest["run_id"])) if latest else {},
-        "items": ledger.count_items(job=job),
-        "current_items": ledger.count_items(job=job, latest_only=True),
+        "items": summary.items,
+        "current_items": summary.current,
         "batches": batches,
-        "cost_usd": round(cost, 6),
+        "cost_usd": round(summary.cost_usd, 6),
         "latest_run_cost_usd": round(ledger.cost_usd(run_id=str(latest["run_id"])), 6) if latest else 0.0,
         "errors": errors,
     }
@@ -671,26 +670,6 @@ _EXPORT_FIELDS: Final = [
 ]
 
 
-def _export_record(row: ItemRow) -> dict[str, Any]:
-    """One exported item: :meth:`ItemRow.to_record` without the request ``body``, with the ``prompt`` it sent (None
-    for an invalid item) and ``created_at`` / ``updated_at`` as ISO 8601 UTC to the second
-    (``2026-11-30T10:15:02Z``) instead of unix seconds."""
-    record = row.to_record()
-    body = record.pop("body", None)
-    prompt = body.get("prompt") if isinstance(body, dict) else None
-    record["prompt"] = prompt if isinstance(prompt, str) else None
-    for name in ("created_at", "updated_at"):
-        record[name] = _iso_seconds(record.get(name))
-    return record
-
-
-def _iso_seconds(ts: object) -> str | None:
-    """Unix seconds as ISO 8601 UTC to the second (``2026-11-30T10:15:02Z``); None when absent."""
-    if not isinstance(ts, int | float):
-        return None
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @ledger.command("export")
 @_workdir_option
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
@@ -704,17 +683,18 @@ def export(
     """One record per item (its latest attempt): custom_id, key, status, prompt, output_path, sha256, c2pa_state...
     Times (created_at, updated_at) are ISO 8601 UTC, e.g. 2026-11-30T10:15:02Z."""
     store = _open_existing_ledger(workdir, ledger_url)
-    rows = store.items(run_id=run_id, latest_only=not all_attempts)
     with ExitStack() as stack:
+        stack.callback(store.close)
         out: TextIO = stack.enter_context(output.open("w", encoding="utf-8", newline="")) if output else sys.stdout
-        if fmt == "jsonl":
-            for row in rows:
-                out.write(orjson.dumps(_export_record(row)).decode() + "\n")
+        if fmt == "jsonl":  # the ledger builds each line (in SQL), a page at a time
+            for chunk in store.export_jsonl(run_id=run_id, latest_only=not all_attempts):
+                out.write(chunk)
         else:
+            rows = store.items(run_id=run_id, latest_only=not all_attempts)
             writer = csv.DictWriter(out, fieldnames=[*_EXPORT_FIELDS, "c2pa_issuer", "c2pa_failure_codes"])
             writer.writeheader()
             for row in rows:
-                record = _export_record(row)
+                record = row.export_record()
                 raw = record.get("c2pa")
                 c2pa: dict[str, Any] = raw if isinstance(raw, dict) else {}
                 flat = {k: record.get(k) for k in _EXPORT_FIELDS}

@@ -9,9 +9,11 @@ a ledger keeps the status it has when a poll reports an earlier one (:func:`batc
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -28,10 +30,13 @@ __all__ = [
     "SHARD_TRANSITIONS",
     "BatchRow",
     "ItemRow",
+    "ItemSummary",
     "ShardRow",
     "batch_may_move",
     "batch_status_is_terminal",
     "error_groups",
+    "iso_seconds",
+    "item_summary",
     "new_item_params",
 ]
 
@@ -263,6 +268,75 @@ class ItemRow:
                 path = self.output_path
                 record["output_path"] = str(path) if path is not None else None
         return record
+
+    def export_record(self) -> dict[str, object]:
+        """The item as ``batchpipe ledger export`` writes it: :meth:`to_record` without the request ``body``, with the
+        ``prompt`` it sent (last; None for a body without a string ``prompt``) and ``created_at`` / ``updated_at``
+        as ISO 8601 UTC to the second (:func:`iso_seconds`) instead of unix seconds. The SQL ledgers build the same
+        record in SQL (``export_jsonl``); ``tests/test_ledger_export.py`` holds them to this one."""
+        record = self.to_record()
+        body = record.pop("body", None)
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        record["prompt"] = prompt if isinstance(prompt, str) else None
+        for name in ("created_at", "updated_at"):
+            record[name] = iso_seconds(record.get(name))
+        return record
+
+
+def iso_seconds(ts: object) -> str | None:
+    """Unix seconds as ISO 8601 UTC to the second (``2026-11-30T10:15:02Z``; the fraction is dropped after rounding
+    to the microsecond, as :meth:`datetime.fromtimestamp` does); None when ``ts`` is not a number."""
+    if not isinstance(ts, int | float):
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSummary:
+    """What ``batchpipe status`` counts of a job's (or the ledger's) items, from one pass over them
+    (:meth:`batchpipe.ports.Ledger.item_summary`): ``items`` every attempt by status, ``current`` each item's
+    latest attempt by status (only statuses that occur, sorted), ``cost_usd`` the sum of every attempt's cost (USD,
+    0.0 if none), ``errors`` the latest attempts in the error statuses asked for, grouped as
+    :meth:`~batchpipe.ports.Ledger.error_counts` groups them (``code``, ``status``, ``count``, ``retryable``,
+    ``example_custom_id``; most items first)."""
+
+    items: dict[str, int]
+    current: dict[str, int]
+    cost_usd: float
+    errors: list[dict[str, object]]
+
+
+def item_summary(groups: Iterable[Mapping[str, object]], error_statuses: Iterable[str]) -> ItemSummary:
+    """The :class:`ItemSummary` of a SQL ledger's one aggregate query, whose rows are grouped by (``status``,
+    ``error_code``, ``latest``): ``n`` rows, ``cost`` their summed ``cost_usd`` (None if none), ``r`` the highest
+    ``retryable``, ``example`` the smallest ``custom_id``; ``latest`` is 1 for each item's highest attempt, else 0.
+    Error groups of the same (code, status) (a NULL code counts under its status) are merged."""
+    wanted = {str(s) for s in error_statuses}
+    items: dict[str, int] = {}
+    current: dict[str, int] = {}
+    costs: list[float] = []
+    merged: dict[tuple[str, str], dict[str, object]] = {}
+    for group in groups:
+        status, n = str(group["status"]), int(str(group["n"]))
+        items[status] = items.get(status, 0) + n
+        if group["cost"] is not None:
+            costs.append(float(str(group["cost"])))
+        if not group["latest"]:
+            continue
+        current[status] = current.get(status, 0) + n
+        if status in wanted:
+            code = str(group["error_code"] or status)
+            entry = merged.setdefault((code, status), {"code": code, "status": status, "n": 0, "r": 0, "example": None})
+            entry["n"] = int(str(entry["n"])) + n
+            entry["r"] = max(int(str(entry["r"])), int(str(group["r"] or 0)))
+            example = str(group["example"])
+            entry["example"] = example if entry["example"] is None else min(str(entry["example"]), example)
+    return ItemSummary(
+        items=dict(sorted(items.items())),
+        current=dict(sorted(current.items())),
+        cost_usd=math.fsum(costs),
+        errors=error_groups(merged.values()),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from batchpipe.domain.records import (
     SHARD_TRANSITIONS,
     BatchRow,
     ItemRow,
+    ItemSummary,
     ShardRow,
     batch_may_move,
 )
@@ -682,6 +683,28 @@ class MemoryLedger:
                 group["retryable"] = bool(group["retryable"]) or bool(row["retryable"])
                 group["example_custom_id"] = min(str(group["example_custom_id"]), custom_id)
         return sorted(groups.values(), key=lambda g: (-int(str(g["count"])), str(g["code"]), str(g["status"])))
+
+    def item_summary(self, error_statuses: Iterable[str], *, job: str | None = None) -> ItemSummary:
+        """:meth:`count_items`, latest-only counts, :meth:`cost_usd` and latest-only :meth:`error_counts` of ``job``
+        (or everything), as the SQL ledgers answer them in one query."""
+        with self._lock:
+            return ItemSummary(
+                items=self.count_items(job=job),
+                current=self.count_items(job=job, latest_only=True),
+                cost_usd=self.cost_usd(job=job),
+                errors=self.error_counts(error_statuses, job=job, latest_only=True),
+            )
+
+    def export_jsonl(self, *, run_id: str | None = None, latest_only: bool = True) -> Iterator[str]:
+        """Export lines (``orjson.dumps(row.export_record())`` + newline) of :meth:`items`, a chunk per 1,000 rows."""
+        lines: list[bytes] = []
+        for row in self.items(run_id=run_id, latest_only=latest_only):
+            lines.append(orjson.dumps(row.export_record()))
+            if len(lines) == 1000:
+                yield b"".join(line + b"\n" for line in lines).decode()
+                lines = []
+        if lines:
+            yield b"".join(line + b"\n" for line in lines).decode()
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:

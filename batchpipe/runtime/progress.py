@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,7 @@ __all__ = [
     "PlainDisplay",
     "RunDisplay",
     "error_counts",
+    "error_counts_of",
     "retry_command",
     "retry_hint",
     "summary_record",
@@ -104,9 +105,18 @@ def error_counts(
     Superseded attempts (redone since) are never counted; an item with no code counts under its status. Counted by
     the ledger (:meth:`~batchpipe.ports.Ledger.error_counts`, an aggregate), plus one row read per code for its
     example: never every row."""
+    return error_counts_of(
+        ledger, ledger.error_counts(FAILURE_STATUSES, run_id=run_id, job=job, latest_only=latest_only)
+    )
+
+
+def error_counts_of(ledger: Ledger, groups: Iterable[Mapping[str, object]]) -> list[ErrorCount]:
+    """:func:`error_counts` of groups the ledger already counted (:meth:`~batchpipe.ports.Ledger.error_counts`
+    dicts, e.g. :attr:`~batchpipe.domain.records.ItemSummary.errors` of :meth:`~batchpipe.ports.Ledger.item_summary`):
+    merged by code, most frequent first, each with an example key and message (one row read per code)."""
     found: dict[str, ErrorCount] = {}
     examples: dict[str, str] = {}
-    for group in ledger.error_counts(FAILURE_STATUSES, run_id=run_id, job=job, latest_only=latest_only):
+    for group in groups:
         code = str(group["code"])
         entry = found.setdefault(code, ErrorCount(code))
         entry.count += int(str(group["count"]))

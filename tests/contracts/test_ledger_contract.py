@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 from structlog.testing import capture_logs
 
@@ -169,7 +170,8 @@ def _public_methods(cls: type) -> dict[str, list[tuple[str, object, object]]]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
 def test_implements_exactly_the_protocol_methods_with_the_same_signatures(implementation: type) -> None:
     protocol = _public_methods(Ledger)
-    assert len(protocol) == 38  # 36 + error_counts (status by code) + open_runs (batchpipe worker)
+    # 36 + error_counts (status by code) + open_runs (batchpipe worker) + item_summary and export_jsonl (issue 12)
+    assert len(protocol) == 40
     assert _public_methods(implementation) == protocol
 
 
@@ -575,6 +577,62 @@ def test_error_counts_group_by_code_and_status_with_an_example(ledger: Ledger) -
     ledger.transition_items(["c1b"], ItemStatus.SUCCEEDED)
     assert ledger.error_counts(["failed"], job="job", latest_only=True)[0]["count"] == 2
     assert ledger.error_counts(["failed"], job="job")[0]["count"] == 3
+
+
+def _mixed_ledger(ledger: Ledger) -> None:
+    """Two jobs, retried items, every failure kind, costs, JSON columns, images in a folder and in a bucket."""
+    ledger.insert_items([_row(f"c{i}", f"k{i}", body_json='{"prompt":"p' + str(i) + '"}') for i in range(8)])
+    ledger.insert_items([{**_row("o1", "k1", run_id="r3"), "job": "other"}, _row("c8", "k8", run_id="r2")])
+    ledger.transition_items([f"c{i}" for i in range(7)] + ["o1"], ItemStatus.SUBMITTED)
+    image = {"output_uri": "file:///srv/out/k0/0.png", "sha256": "ab", "bytes": 12, "format": "png", "width": 2,
+             "height": 2, "c2pa_state": "Trusted", "c2pa_json": '{"issuer":"Example CA","failure_codes":[]}',
+             "usage_json": '{"input_tokens":60,"output_tokens":4160}', "cost_usd": 0.1 + 0.2}  # fmt: skip
+    ledger.transition_items(["c0"], ItemStatus.SUCCEEDED, fields=image)
+    ledger.transition_items(["c6"], ItemStatus.SUCCEEDED, fields={**image, "output_uri": "s3://b/k6.png"})
+    blocked = {"error_code": "moderation_blocked", "error_message": 'no\n"quoted"', "retryable": 0}
+    ledger.transition_items(["c1", "c3", "o1"], ItemStatus.FAILED, fields={**blocked, "cost_usd": 1e-05})
+    ledger.transition_items(["c2"], ItemStatus.FAILED, fields={"error_code": "server_error", "retryable": 1})
+    ledger.transition_items(["c4"], ItemStatus.EXPIRED, fields={"error_code": "batch_expired", "retryable": 1})
+    ledger.transition_items(["c5"], ItemStatus.MISSING)  # no code: counted under its status
+    ledger.insert_items([_row("c1b", "k1", attempt=2, previous_custom_id="c1", run_id="r2")])  # k1 again
+    ledger.transition_items(["c1b"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["c1b"], ItemStatus.SUCCEEDED, fields={"cost_usd": 0.04})
+
+
+def test_item_summary_is_the_counts_cost_and_latest_errors_in_one(ledger: Ledger) -> None:
+    _mixed_ledger(ledger)
+    failures = ["failed", "expired", "cancelled", "missing", "invalid"]
+    for job in (None, "job", "other", "none"):
+        summary = ledger.item_summary(failures, job=job)
+        assert summary.items == ledger.count_items(job=job)
+        assert summary.current == ledger.count_items(job=job, latest_only=True)
+        assert summary.cost_usd == pytest.approx(ledger.cost_usd(job=job)) and isinstance(summary.cost_usd, float)
+        assert summary.errors == ledger.error_counts(failures, job=job, latest_only=True)
+    summary = ledger.item_summary(failures, job="job")
+    assert summary.items == {"expired": 1, "failed": 3, "missing": 1, "pending": 2, "succeeded": 3}
+    assert summary.current == {"expired": 1, "failed": 2, "missing": 1, "pending": 2, "succeeded": 3}
+    assert summary.cost_usd == pytest.approx(0.6 + 0.04 + 2e-05)
+    assert [(g["code"], g["count"], g["example_custom_id"]) for g in summary.errors] == [
+        ("batch_expired", 1, "c4"), ("missing", 1, "c5"), ("moderation_blocked", 1, "c3"), ("server_error", 1, "c2"),
+    ]  # fmt: skip
+    assert ledger.item_summary([], job="job").errors == []
+
+
+def test_export_lines_are_the_export_records_of_the_rows_in_order(ledger: Ledger) -> None:
+    _mixed_ledger(ledger)
+    ledger.insert_items([_row(f"z{i:05d}", f"z{i}") for i in range(2500)])  # several pages
+    for run_id, latest in ((None, True), (None, False), ("r1", True), ("r1", False), ("r2", True), ("none", True)):
+        rows = list(ledger.items(run_id=run_id, latest_only=latest))
+        expected = "".join(orjson.dumps(row.export_record()).decode() + "\n" for row in rows)  # custom_id order
+        chunks = list(ledger.export_jsonl(run_id=run_id, latest_only=latest))
+        # the same lines; their order is the store's (SQLite: insertion, the others: custom_id)
+        assert sorted("".join(chunks).split("\n")) == sorted(expected.split("\n")), (run_id, latest)
+        assert all(chunk.endswith("\n") for chunk in chunks)
+    lines = "".join(ledger.export_jsonl(latest_only=False)).splitlines()
+    records = sorted((orjson.loads(line) for line in lines), key=lambda r: str(r["custom_id"]))
+    assert [r["custom_id"] for r in records[:3]] == ["c0", "c1", "c1b"]
+    assert records[0]["output_path"] == "/srv/out/k0/0.png" and records[0]["cost_usd"] == 0.1 + 0.2
+    assert records[0]["prompt"] == "p0" and records[0]["c2pa"] == {"issuer": "Example CA", "failure_codes": []}
 
 
 def test_succeeded_with_names_the_keys_whose_latest_success_has_the_same_request(ledger: Ledger) -> None:
