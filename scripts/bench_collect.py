@@ -367,10 +367,10 @@ class _StageTimers:
         timers = self
         inner_process = collector_module.process_line
 
-        def process_line(*args: Any) -> Any:
+        def process_line(*args: Any, **kwargs: Any) -> Any:
             began = time.perf_counter()
             try:
-                return inner_process(*args)
+                return inner_process(*args, **kwargs)
             finally:
                 timers.add("process_line (total per line)", time.perf_counter() - began)
 

@@ -596,7 +596,8 @@ class Collector:
     and C2PA reads wait outside the GIL);
     ``queue_lines``: lines in flight (bounds memory: about ``queue_lines`` × the largest line);
     ``commit_every`` / ``commit_every_s``: a ledger transaction (with the resume offset) every this many lines
-    or seconds, whichever comes first; ``chunk_bytes``: HTTP read size.
+    or seconds, whichever comes first; ``chunk_bytes``: the chunk size asked of the download stream in bytes
+    (None, the default: the pieces as the network delivers them, without a re-chunking copy).
     ``download_attempts``: downloads of one file in a row that get no further (cut, short or unreadable)
     before :class:`~batchpipe.errors.DownloadError`; ``max_reconnects``: re-downloads of one file in all;
     ``sleep``: the wait between them (seconds; injectable for tests).
@@ -613,7 +614,7 @@ class Collector:
         queue_lines: int = 8,
         commit_every: int = 64,
         commit_every_s: float = 1.0,
-        chunk_bytes: int = 1 << 20,
+        chunk_bytes: int | None = None,
         max_reconnects: int = 20,
         download_attempts: int = 5,
         clock: Callable[[], float] = time.monotonic,
@@ -897,26 +898,35 @@ class Collector:
         position = start  # offset of the first byte not yet part of an enqueued line
         seq = 0
         while True:
-            buffer = bytearray()
+            pending: list[bytes | memoryview] = []  # pieces of the line being read (no newline yet)
+            pending_bytes = 0
             try:
                 async with self._client.stream_file_content(file_id, start_byte=position) as stream:
-                    # FileStream yields bytes from start_byte on, whether or not the server honoured Range
+                    # FileStream yields bytes from start_byte on, whether or not the server honoured Range.
+                    # Chunks are taken as the network delivers them (no re-chunking copy) and each line is
+                    # joined once from its pieces: one copy of every byte, however many chunks a line spans.
                     async for chunk in stream.aiter_bytes(self._chunk_bytes):
-                        stats.bytes_read += len(chunk)
-                        buffer += chunk
+                        size = len(chunk)
+                        stats.bytes_read += size
                         begin = 0
-                        while (newline := buffer.find(b"\n", begin)) != -1:
-                            with memoryview(buffer) as view:  # one copy of the line, not two
-                                line = bytes(view[begin:newline])
-                            position += newline + 1 - begin
+                        while (newline := chunk.find(b"\n", begin)) != -1:
+                            if pending:
+                                pending.append(memoryview(chunk)[begin:newline])
+                                line = b"".join(pending)
+                                pending = []
+                                pending_bytes = 0
+                            else:
+                                line = chunk[begin:newline]
+                            position += len(line) + 1
                             begin = newline + 1
                             if line.strip():
                                 await queue.put((seq, line, position))
                                 seq += 1
                                 stats.lines += 1
-                        if begin:
-                            del buffer[:begin]
-                end = position + len(buffer)
+                        if begin < size:
+                            pending.append(memoryview(chunk)[begin:] if begin else chunk)
+                            pending_bytes += size - begin
+                end = position + pending_bytes
                 if expected is not None and end < expected:
                     raise ApiConnectionError(
                         f"the body ended at byte {end} of the file's {expected}",
@@ -925,9 +935,10 @@ class Collector:
                     )
                 if expected is not None and end > expected:
                     raise _BadDownload(f"the body runs to byte {end}, past the file's {expected} bytes")
-                if buffer.strip():  # a last line without a trailing newline
-                    position += len(buffer)
-                    await queue.put((seq, bytes(buffer), position))
+                last = b"".join(pending)
+                if last.strip():  # a last line without a trailing newline
+                    position += len(last)
+                    await queue.put((seq, last, position))
                     stats.lines += 1
                 return
             except ApiConnectionError as exc:
