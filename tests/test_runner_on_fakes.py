@@ -388,3 +388,39 @@ async def test_a_rerun_skips_the_unchanged_items_and_numbers_the_changed_ones_af
         assert rows[(key, 2)].status == ItemStatus.SUCCEEDED and rows[(key, 1)].status == ItemStatus.SUPERSEDED
     assert not any(attempt == 2 for key, attempt in rows if key not in ("sku-3", "sku-5"))
     assert rows[("sku-0", 1)].status == ItemStatus.SUCCEEDED
+
+
+async def test_a_batch_that_ends_while_another_is_collected_is_seen_and_collected_meanwhile(tmp_path: Path) -> None:
+    """The drive loop polls on while an output file is read: the second batch ends only once the first one's output
+    is being read, and the first read waits (up to 5 s) until the second batch's output is being read too. A loop
+    that waited for each collection before polling again would never see the second batch end (the first read
+    would time out and stop the run)."""
+
+    class SlowFirstRead(MemoryBatchApi):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first_read = asyncio.Event()
+            self.second_read = asyncio.Event()
+
+        def _first(self) -> Any:
+            return next(iter(self.batches.values()))
+
+        def _advance(self, batch: Any) -> None:
+            if batch is not self._first() and not self.first_read.is_set():
+                return  # the second batch renders until the first one's output file is being read
+            super()._advance(batch)
+
+        @contextlib.asynccontextmanager
+        async def stream_file_content(self, file_id: str, *, start_byte: int = 0) -> AsyncIterator[MemoryFileStream]:
+            if file_id == self._first().output_file_id:
+                self.first_read.set()
+                await asyncio.wait_for(self.second_read.wait(), 5)
+            else:
+                self.second_read.set()
+            async with super().stream_file_content(file_id, start_byte=start_byte) as stream:
+                yield stream
+
+    ledger, api, store = MemoryLedger(), SlowFirstRead(), MemoryImageStore()
+    summary = await _runner(tmp_path, ledger, api, store).run("job", "h1", lambda: _items(8), source_name="t")
+    assert summary.finished and summary.items == {ItemStatus.SUCCEEDED: 8}
+    assert api.first_read.is_set() and api.second_read.is_set() and len(api.batches) == 2

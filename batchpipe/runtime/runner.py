@@ -1094,54 +1094,73 @@ class Runner:
 
     # -- drive: poll, collect, reconcile, follow up -----------------------------------------------------
     async def _drive(self, job: str, run_id: str) -> None:
+        """Submit, poll and collect until the run has nothing in flight.
+
+        Collections run as tasks beside the loop (at most ``collect_concurrency`` at once): while one output file
+        is read, the loop goes on polling, starts the collection of the next batch that ends and submits shards
+        that an ended batch made room for (an enqueued-token budget). Measured (2,000 items in 2 batches on the
+        emulator): the second batch's end was seen 2.8 s late, after the first batch's collection, when the loop
+        waited for it. The first collection that raises stops the run: the others are cancelled (what they
+        collected stays collected) and the error goes up.
+        """
         # idle rounds back off from the base interval by 1.5x up to the maximum; any progress resets them
         backoff = Backoff(self.options.poll_interval_s, self.options.max_poll_interval_s, factor=1.5)
         idle = 0
+        sem = asyncio.Semaphore(self.options.collect_concurrency)
+        collecting: dict[str, asyncio.Future[bool]] = {}  # batch id → its collection, while it runs
+
+        async def collect(batch_id: str) -> bool:
+            async with sem:
+                done = await self.finish_batch(batch_id)
+            if not done:  # not collectable yet (its output file is still to appear): look again a poll later
+                await self._sleep(self.options.poll_interval_s)
+            return done
+
         await self._cleanup_leftovers(run_id)
-        while True:
-            submitted = await self._submit_ready(run_id)
-            if submitted:
-                await self._report_progress(run_id)
-            open_batches = await self.db.batches(run_id=run_id, unfinished=True)
-            if not open_batches:
-                if await self.follow_up(job, run_id):
-                    continue
-                if await self.db.shards(run_id=run_id, statuses=["built", "uploaded"]):
-                    if not submitted:  # every shard was deferred (429, upload race): wait before trying again
-                        self._check_stall()
-                        log.info("every shard is deferred; trying again", refused=self._last_refusal)
-                        await self._sleep(backoff.delay_s(idle))
-                        idle += 1
-                    continue
-                return
-            sweep = await self.poll_sweep(run_id, open_batches)
-            changed = sweep.changed
-            if sweep.ready:
-                sem = asyncio.Semaphore(self.options.collect_concurrency)
-
-                async def one(batch_id: str, sem: asyncio.Semaphore = sem) -> bool:
-                    async with sem:
-                        return await self.finish_batch(batch_id)
-
-                tasks = [asyncio.ensure_future(one(b)) for b in sweep.ready]
-                try:
-                    results = await asyncio.gather(*tasks)
-                except BaseException:  # one collection stopped the run: end the others while the ledger is open
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                    raise
-                changed = changed or any(results)
-                if any(results):
+        try:
+            while True:
+                collected = False
+                for batch_id in [b for b, task in collecting.items() if task.done()]:
+                    collected = collecting.pop(batch_id).result() or collected  # raises the collection's error
+                if collected:
                     await self._report_progress(run_id)
-            if changed:
-                idle = 0
-            elif sweep.moving:
-                idle = 0
-                await self._sleep(backoff.delay_s(idle))
-            else:
-                await self._sleep(backoff.delay_s(idle))
-                idle += 1
+                submitted = await self._submit_ready(run_id)
+                if submitted:
+                    await self._report_progress(run_id)
+                open_batches = await self.db.batches(run_id=run_id, unfinished=True)
+                if not open_batches and not collecting:
+                    if await self.follow_up(job, run_id):
+                        continue
+                    if await self.db.shards(run_id=run_id, statuses=["built", "uploaded"]):
+                        if not submitted:  # every shard was deferred (429, upload race): wait before trying again
+                            self._check_stall()
+                            log.info("every shard is deferred; trying again", refused=self._last_refusal)
+                            await self._sleep(backoff.delay_s(idle))
+                            idle += 1
+                        continue
+                    return
+                sweep = await self.poll_sweep(run_id, open_batches)
+                for batch_id in sweep.ready:
+                    if batch_id not in collecting:
+                        collecting[batch_id] = asyncio.ensure_future(collect(batch_id))
+                if sweep.changed or collected or submitted:
+                    idle = 0
+                    if not sweep.ready:
+                        continue  # something moved: look again at once
+                if collecting and len(collecting) >= sweep.open:
+                    # every open batch is being collected: nothing to poll until one of them ends
+                    await asyncio.wait(list(collecting.values()), return_when=asyncio.FIRST_COMPLETED)
+                elif sweep.moving or sweep.changed:
+                    idle = 0
+                    await self._sleep(backoff.delay_s(idle))
+                else:
+                    await self._sleep(backoff.delay_s(idle))
+                    idle += 1
+        finally:
+            if collecting:  # the run stops (an error, a cancel): end the collections while the ledger is open
+                for task in collecting.values():
+                    task.cancel()
+                await asyncio.gather(*collecting.values(), return_exceptions=True)
 
     async def poll_sweep(self, run_id: str, open_batches: list[BatchRow] | None = None) -> Sweep:
         """Stage unit: one poll of ``run_id``'s unfinished batches (``open_batches`` if the caller just read them),
