@@ -57,6 +57,7 @@ from batchpipe.domain.records import (
     ShardRow,
     batch_may_move,
     error_groups,
+    export_lines,
     item_summary,
     new_item_params,
 )
@@ -746,14 +747,7 @@ class PostgresLedger:
     def export_jsonl(self, *, run_id: str | None = None, latest_only: bool = True) -> Iterator[str]:
         """Export lines of :meth:`items`'s keyset pages (primary-key order, no OFFSET), each line
         ``orjson.dumps(row.export_record())`` built here; see :meth:`batchpipe.ports.Ledger.export_jsonl`."""
-        lines: list[bytes] = []
-        for row in self.items(run_id=run_id, latest_only=latest_only):
-            lines.append(orjson.dumps(row.export_record()))
-            if len(lines) == 1000:
-                yield b"".join(line + b"\n" for line in lines).decode()
-                lines = []
-        if lines:
-            yield b"".join(line + b"\n" for line in lines).decode()
+        return export_lines(self.items(run_id=run_id, latest_only=latest_only))
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ __all__ = [
     "batch_may_move",
     "batch_status_is_terminal",
     "error_groups",
+    "export_lines",
     "iso_seconds",
     "item_summary",
     "new_item_params",
@@ -304,6 +305,19 @@ class ItemSummary:
     current: dict[str, int]
     cost_usd: float
     errors: list[dict[str, object]]
+
+
+def export_lines(rows: Iterable[ItemRow], *, per_chunk: int = 1000) -> Iterator[str]:
+    """The export of ``rows`` as JSON lines (``orjson.dumps(row.export_record())`` and a newline each), one string
+    per ``per_chunk`` rows: what a ledger that builds each record in Python yields from ``export_jsonl``."""
+    lines: list[bytes] = []
+    for row in rows:
+        lines.append(orjson.dumps(row.export_record()))
+        if len(lines) == per_chunk:
+            yield b"".join(line + b"\n" for line in lines).decode()
+            lines = []
+    if lines:
+        yield b"".join(line + b"\n" for line in lines).decode()
 
 
 def item_summary(groups: Iterable[Mapping[str, object]], error_statuses: Iterable[str]) -> ItemSummary:

@@ -34,6 +34,7 @@ from batchpipe.domain.records import (
     ItemSummary,
     ShardRow,
     batch_may_move,
+    export_lines,
 )
 from batchpipe.domain.redact import redact_value
 from batchpipe.errors import LedgerError, TransitionError
@@ -697,14 +698,7 @@ class MemoryLedger:
 
     def export_jsonl(self, *, run_id: str | None = None, latest_only: bool = True) -> Iterator[str]:
         """Export lines (``orjson.dumps(row.export_record())`` + newline) of :meth:`items`, a chunk per 1,000 rows."""
-        lines: list[bytes] = []
-        for row in self.items(run_id=run_id, latest_only=latest_only):
-            lines.append(orjson.dumps(row.export_record()))
-            if len(lines) == 1000:
-                yield b"".join(line + b"\n" for line in lines).decode()
-                lines = []
-        if lines:
-            yield b"".join(line + b"\n" for line in lines).decode()
+        return export_lines(self.items(run_id=run_id, latest_only=latest_only))
 
     # -- shards (submission intents) --------------------------------------------------------------------
     def insert_shard(self, row: Mapping[str, object]) -> None:
