@@ -74,8 +74,6 @@ class SpendEstimate:
 
 #: Costs remembered per request shape by a :class:`CostTally` before it starts over (bounds its memory).
 _MEMO_ENTRIES: Final = 65_536
-#: Body fields that bring reference images into the estimate (their count and fidelity): not memoized.
-_IMAGE_FIELDS: Final = ("images", "mask", "markup")
 #: ``estimate_run`` asks the ledger which items already succeeded this many at a time (bounded memory).
 _SUCCEEDED_CHUNK: Final = 2_000
 
@@ -109,7 +107,7 @@ class CostTally:
         """Count one request with ``body`` (sent to ``model``, its ``model`` field)."""
         get = body.get
         cost: float | None
-        if get("images") is None and get("mask") is None and get("markup") is None:
+        if get("images") is None and get("mask") is None and get("markup") is None:  # no reference images
             prompt = get("prompt")
             shape = (model, get("size"), get("quality"), get("n"), len(prompt) if isinstance(prompt, str) else None)
             try:

@@ -1143,18 +1143,19 @@ class Runner:
                 for batch_id in sweep.ready:
                     if batch_id not in collecting:
                         collecting[batch_id] = asyncio.ensure_future(collect(batch_id))
-                if sweep.changed or collected or submitted:
+                progressed = sweep.changed or collected
+                if progressed and not sweep.ready:
                     idle = 0
-                    if not sweep.ready:
-                        continue  # something moved: look again at once
+                    continue  # something moved: look again at once
                 if collecting and len(collecting) >= sweep.open:
                     # every open batch is being collected: nothing to poll until one of them ends
                     await asyncio.wait(list(collecting.values()), return_when=asyncio.FIRST_COMPLETED)
-                elif sweep.moving or sweep.changed:
+                    continue
+                busy = progressed or sweep.moving  # requests being answered keep the base interval
+                if busy:
                     idle = 0
-                    await self._sleep(backoff.delay_s(idle))
-                else:
-                    await self._sleep(backoff.delay_s(idle))
+                await self._sleep(backoff.delay_s(idle))
+                if not busy:
                     idle += 1
         finally:
             if collecting:  # the run stops (an error, a cancel): end the collections while the ledger is open
