@@ -111,6 +111,9 @@ class Template:
         its first field that renders blank (fields after it are not read). Raises ``TypeError`` (naming the
         first such field) for a list or object value.
         """
+        lone = self.lone
+        if lone is not None:  # "{pid}": one call instead of three, once per row
+            return lone.text(values)
         return self.render_checked(values, empty=None)
 
     def render_checked(self, values: Mapping[str, object], *, empty: list[str] | None) -> str:
