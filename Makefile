@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m compileall -q batchpipe
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,7 +54,10 @@ check: $(STAMP)
 ## Children run this checkout's code (PYTHONPATH). `make bench | grep ^FINAL` gives the summary lines.
 QUICK ?=
 BENCH_ARGS := $(if $(QUICK),--quick,)
+## The package is byte-compiled first, as pip does for a wheel: an editable install under PYTHONDONTWRITEBYTECODE=1
+## (CI, this machine) otherwise compiles every module again at each command's start (0.2 s of `batchpipe status`).
 bench: $(STAMP)
+	$(BIN)/python -m compileall -q batchpipe
 	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/bench_build.py $(BENCH_ARGS)
 	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/bench_poll.py $(BENCH_ARGS)
 	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/bench_collect.py $(BENCH_ARGS)
