@@ -14,7 +14,7 @@ validity. Seen keys are kept in a ``dict`` (key → first line): about 105 bytes
 ``scripts/bench_build.py`` build peaks at ~211 MB RSS, under its 300 MB target).
 
 Every mode (catalog rows with templates, plain JSONL item lines, a variant matrix) is a small strategy that
-turns a row into drafts (key, body, metadata, its own problems, the service's checks); one loop
+turns a row into drafts (the key, the ``Item`` it would become, its own problems, the service's checks); one loop
 (:func:`_row_loop`) checks and de-duplicates the keys, checks the size of each request line against
 ``[run] max_shard_bytes`` and yields the ``Item`` or its problems, so every mode gets every check.
 """
