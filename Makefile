@@ -55,7 +55,7 @@ check: $(STAMP)
 QUICK ?=
 BENCH_ARGS := $(if $(QUICK),--quick,)
 ## The package is byte-compiled first, as pip does for a wheel: an editable install under PYTHONDONTWRITEBYTECODE=1
-## (CI, this machine) otherwise compiles every module again at each command's start (0.2 s of `batchpipe status`).
+## (set on this machine) otherwise compiles every module again at each command's start (0.2 s of `batchpipe status`).
 bench: $(STAMP)
 	$(BIN)/python -m compileall -q batchpipe
 	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/bench_build.py $(BENCH_ARGS)
