@@ -314,10 +314,12 @@ def export_lines(rows: Iterable[ItemRow], *, per_chunk: int = 1000) -> Iterator[
     for row in rows:
         lines.append(orjson.dumps(row.export_record()))
         if len(lines) == per_chunk:
-            yield b"".join(line + b"\n" for line in lines).decode()
+            lines.append(b"")  # the last line's newline
+            yield b"\n".join(lines).decode()
             lines = []
     if lines:
-        yield b"".join(line + b"\n" for line in lines).decode()
+        lines.append(b"")
+        yield b"\n".join(lines).decode()
 
 
 def item_summary(groups: Iterable[Mapping[str, object]], error_statuses: Iterable[str]) -> ItemSummary:

@@ -129,8 +129,8 @@ class _Draft(NamedTuple):
 
     ``line``: the row's 1-based physical line. ``key``: the item key as rendered or read (``None`` when it
     could not be). ``item``: the :class:`Item` it becomes if every check passes (its ``key`` is ``""`` when
-    ``key`` is ``None``; the loop sets the final key and ``encoded``). ``problems``: the mode's own ``(field,
-    message)`` problems, in the order found. ``checks``: what the service would refuse in the body
+    ``key`` is ``None``; the loop sets the final key, ``encoded`` and ``source``). ``problems``: the mode's own
+    ``(field, message)`` problems, in the order found. ``checks``: what the service would refuse in the body
     (:func:`batchpipe.domain.spec.check_image_request` or its split form). ``note``: appended to every problem
     message (a matrix item's ``" (variant 'autumn')"``).
 
@@ -260,6 +260,7 @@ def _row_loop(
                     problems.append(_size_problem(item.body, size, max_bytes))
                 else:
                     item.encoded = encoded
+                    item.source = f"{file}:{line}"
                     yield item
                     continue
             for name, message in problems:
@@ -401,7 +402,6 @@ class _CatalogMode:
             endpoint=_GENERATIONS,
             body=body,
             metadata={column: values.get(column) for column in self._metadata_columns},
-            source=f"{self._file}:{row.line}",
         )
         return (_Draft(row.line, key, item, problems, self._check.check_prompt(prompt)),)
 
@@ -415,7 +415,6 @@ class _PlainMode:
     """
 
     def __init__(self, spec: JobSpec) -> None:
-        self._file = str(spec.manifest_path)
         self._defaults = spec.defaults
         shared = {name: spec.defaults[name] for name in _BODY_ORDER if spec.defaults.get(name) is not None}
         self._checks = {
@@ -462,14 +461,7 @@ class _PlainMode:
             if not problems:
                 refs = [*_as_list(body.get("images")), body.get("mask"), body.get("markup")]
                 inputs = tuple(ref for ref in map(_image_ref, refs) if ref is not None)
-        item = Item(
-            key=key or "",
-            endpoint=endpoint,
-            body=body,
-            metadata=metadata,
-            source=f"{self._file}:{row.line}",
-            inputs=inputs,
-        )
+        item = Item(key=key or "", endpoint=endpoint, body=body, metadata=metadata, inputs=inputs)
         return (_Draft(row.line, key, item, problems, checks),)
 
 
@@ -519,7 +511,6 @@ class _MatrixMode:
         self._brand = brand
         self._per_variant = per_variant
         self._product_field = _template_field(matrix.product.fields, "matrix.product")
-        self._file = str(spec.manifest_path)
         self._products: set[str] = set()
 
     @classmethod
@@ -617,7 +608,6 @@ class _MatrixMode:
             endpoint=_EDITS,
             body=built.body,
             metadata=metadata,
-            source=f"{self._file}:{row.line}",
             product_key=product_key,
             variant=variant.name,
             inputs=built.inputs,

@@ -179,20 +179,18 @@ class _ChunkWriter:
             kept = [r for r in rows if r["status"] != ItemStatus.PENDING or str(r["item_key"]) not in unchanged]
             self._stats["skipped"] += len(rows) - len(kept)
             rows = kept
-        # a pending row is pushed as its key, request hash and item; the ledger row is made only for the rows kept
-        pending_row, job, run_id = self._runner._pending_row, self._job, self._run_id
-        rows = [
-            pending_row(job, run_id, r["_item"], str(r["request_hash"]))  # type: ignore[arg-type]
-            if r["status"] == ItemStatus.PENDING
-            else r
-            for r in rows
-        ]
-        tally = self._tally
-        if tally is not None:
-            for row in rows:
-                item = row.get("_item")
-                if isinstance(item, Item):
+        # a pending row is pushed as its key, request hash and item; the ledger row is made (and the item priced)
+        # only for the rows kept
+        pending_row, job, run_id, tally = self._runner._pending_row, self._job, self._run_id, self._tally
+        made: list[dict[str, object]] = []
+        for row in rows:
+            item = row.get("_item")
+            if row["status"] == ItemStatus.PENDING and isinstance(item, Item):
+                if tally is not None:
                     tally.add(item.model, item.body)
+                row = pending_row(job, run_id, item, str(row["request_hash"]))
+            made.append(row)
+        rows = made
         await self._runner._number_after(self._job, rows, previous, self._builder)
         while len(self._inserts) >= _INSERTS_IN_FLIGHT:
             await self._inserts.pop(0)
