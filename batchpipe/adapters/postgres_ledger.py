@@ -725,22 +725,24 @@ class PostgresLedger:
 
     def item_summary(self, error_statuses: Iterable[str], *, job: str | None = None) -> ItemSummary:
         """Counts (every attempt, latest attempts), cost and latest error groups of ``job`` or everything, in one
-        aggregate query over the items, the SQLite ledger's ``_SUMMARY_SQL``: the highest attempt of every item
-        with more than one (``retried``), then each row's "is the latest attempt" from it, grouped by (status,
-        error code, latest); see :meth:`batchpipe.ports.Ledger.item_summary`."""
+        aggregate query over the items, the SQLite ledger's ``_SUMMARY_SQL``: one pass grouped by (status, error
+        code), less the rows below the highest attempt of every item with more than one (``older``); see
+        :meth:`batchpipe.ports.Ledger.item_summary`."""
         errors = [str(status) for status in error_statuses]
         scope: list[object] = [] if job is None else [job]
-        where, where_i = ("TRUE", "TRUE") if job is None else ("job = %s", "i.job = %s")
+        where = "TRUE" if job is None else "job = %s"
+        latest_error = "status = ANY(%s) AND custom_id NOT IN (SELECT id FROM older)"
         rows = self._rows(
             "WITH retried AS MATERIALIZED (SELECT job, item_key, MAX(attempt) AS top FROM items "
-            f"WHERE attempt > 1 AND {where} GROUP BY job, item_key) "
-            "SELECT status, error_code, latest, COUNT(*) AS n, SUM(cost_usd) AS cost, "
-            "MAX(COALESCE(retryable, 0)) AS r, MIN(example) AS example FROM (SELECT i.status, i.error_code, "
-            "i.retryable, i.cost_usd, CASE WHEN i.status = ANY(%s) THEN i.custom_id END AS example, "
-            "(r.top IS NULL OR i.attempt = r.top)::int AS latest FROM items i LEFT JOIN retried r "
-            f"ON r.job = i.job AND r.item_key = i.item_key WHERE {where_i}) AS tagged "
-            "GROUP BY status, error_code, latest",
-            [*scope, errors, *scope],
+            f"WHERE attempt > 1 AND {where} GROUP BY job, item_key), "
+            "older AS MATERIALIZED (SELECT i.custom_id AS id, i.status, i.error_code FROM retried r JOIN items i "
+            "ON i.job = r.job AND i.item_key = r.item_key AND i.attempt < r.top) "
+            "SELECT 0 AS superseded, status, error_code, COUNT(*) AS n, SUM(cost_usd) AS cost, "
+            f"MAX(CASE WHEN {latest_error} THEN COALESCE(retryable, 0) END) AS r, "
+            f"MIN(CASE WHEN {latest_error} THEN custom_id END) AS example FROM items WHERE {where} "
+            "GROUP BY status, error_code "
+            "UNION ALL SELECT 1, status, error_code, COUNT(*), NULL, NULL, NULL FROM older GROUP BY status, error_code",
+            [*scope, errors, errors, *scope],
         )
         return item_summary(rows, errors)
 

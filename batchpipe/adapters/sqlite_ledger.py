@@ -33,9 +33,10 @@ serve a PostgreSQL ledger.
 
 The two whole-ledger reads add no index (an index is paid by every insert of a build, and one on columns that change
 at collection by every collected item): ``batchpipe status`` is one aggregate pass over the table
-(:meth:`SqliteLedger.item_summary`; "latest attempt" from the retried items' highest attempts, read from the UNIQUE
-index's entries), and ``batchpipe ledger export`` reads keyset pages of ``rowid`` (the table's own order, front to
-back; a run's pages follow ``items_run``, whose entries are in ``rowid`` order too) and has SQLite build each line
+(:meth:`SqliteLedger.item_summary`; "latest attempt" by subtracting the rows below the retried items' highest
+attempts, read from the UNIQUE index), and ``batchpipe ledger export`` reads keyset pages of ``rowid`` (the table's
+own order, front to back; a run's pages follow ``items_run``, whose entries are in ``rowid`` order too) and has
+SQLite build each line
 (``json_object``, ``strftime``, and three registered Python functions for what SQL cannot write as orjson does:
 a cost's shortest float text, a percent-encoded ``file://`` URI's path, a negative time), so Python only joins
 lines (:meth:`SqliteLedger.export_jsonl`; ``tests/test_ledger_export.py`` holds the lines to
@@ -242,22 +243,24 @@ _LATEST_ATTEMPT: Final = (
 )
 
 #: One pass over the items for ``batchpipe status`` (:meth:`SqliteLedger.item_summary`), grouped by (status, error
-#: code, latest): a handful of groups whatever the size. "Latest attempt" without a seek in the 1M-entry UNIQUE index
-#: per row: ``retried`` holds the highest attempt of every item that has more than one (a scan of that index's
-#: entries with ``attempt > 1``, in its order: no sort), and a row is its item's latest if its item is not there or it
-#: is that attempt (the lookup is in the small materialised table's automatic index). The ``LIMIT -1`` keeps the
-#: subquery a co-routine, so ``latest`` is not copied into the GROUP BY and evaluated twice; only rows in the error
-#: statuses carry their ``custom_id`` (the groups' example) into the GROUP BY's sorter. A job's rows are read by a
+#: code): a handful of groups whatever the size, in the shape :func:`~batchpipe.domain.records.item_summary` reads.
+#: "Latest attempt" costs the pass nothing: ``retried`` holds the highest attempt of every item that has more than
+#: one (a scan of the UNIQUE index's entries with ``attempt > 1``, in its order: no sort), ``older`` the rows below
+#: it (one UNIQUE-index search per retried item), and the latest counts are the pass's counts less ``older``'s
+#: (the ``superseded = 1`` rows). Only a row in an error status is looked up in ``older`` (the ``CASE`` stops at the
+#: status test), to keep a superseded attempt out of its group's example and ``retryable``. A job's rows are read by a
 #: scan of the table that tests the job (``job || ''``), not in the UNIQUE index's order (a random page per row).
-#: Same semantics as :data:`_LATEST_ATTEMPT` (measured at 1M items, 1,000 retried: 15% faster than it).
+#: Measured at 1M items, 1,000 retried: 1.27 s against 2.04 s for a ``LEFT JOIN`` of every row to ``retried``.
 _SUMMARY_SQL: Final = (
     "WITH retried AS MATERIALIZED (SELECT job, item_key, MAX(attempt) AS top FROM items "
-    "WHERE attempt > 1 AND {where} GROUP BY job, item_key) "
-    "SELECT status, error_code, latest, COUNT(*) AS n, SUM(cost_usd) AS cost, MAX(COALESCE(retryable, 0)) AS r, "
-    "MIN(example) AS example FROM (SELECT i.status, i.error_code, i.retryable, i.cost_usd, "
-    "CASE WHEN i.status IN ({errors}) THEN i.custom_id END AS example, (r.top IS NULL OR i.attempt = r.top) AS latest "
-    "FROM items i LEFT JOIN retried r ON r.job = i.job AND r.item_key = i.item_key WHERE {where_i} LIMIT -1) "
-    "GROUP BY status, error_code, latest"
+    "WHERE attempt > 1 AND {where} GROUP BY job, item_key), "
+    "older AS MATERIALIZED (SELECT i.rowid AS id, i.status, i.error_code FROM retried r JOIN items i "
+    "ON i.job = r.job AND i.item_key = r.item_key AND i.attempt < r.top) "
+    "SELECT 0 AS superseded, status, error_code, COUNT(*) AS n, SUM(cost_usd) AS cost, "
+    "MAX(CASE WHEN status IN ({errors}) AND rowid NOT IN (SELECT id FROM older) THEN COALESCE(retryable, 0) END) AS r, "
+    "MIN(CASE WHEN status IN ({errors}) AND rowid NOT IN (SELECT id FROM older) THEN custom_id END) AS example "
+    "FROM items WHERE {where_scan} GROUP BY status, error_code "
+    "UNION ALL SELECT 1, status, error_code, COUNT(*), NULL, NULL, NULL FROM older GROUP BY status, error_code"
 )
 
 #: Rows per page of :meth:`SqliteLedger.export_jsonl` (keyset pages of the primary key).
@@ -890,10 +893,10 @@ class SqliteLedger:
         scope: list[object] = [] if job is None else [job]
         sql = _SUMMARY_SQL.format(
             where="1 = 1" if job is None else "job = ?",
-            where_i="1 = 1" if job is None else "i.job || '' = ?",  # the table front to back, as items() reads it
+            where_scan="1 = 1" if job is None else "job || '' = ?",  # the table front to back, as items() reads it
             errors=", ".join("?" for _ in errors) or "NULL",
         )
-        rows = self._rows(sql, [*scope, *errors, *scope])
+        rows = self._rows(sql, [*scope, *errors, *errors, *scope])
         return item_summary((dict(r) for r in rows), errors)
 
     def export_jsonl(self, *, run_id: str | None = None, latest_only: bool = True) -> Iterator[str]:

@@ -323,27 +323,42 @@ def export_lines(rows: Iterable[ItemRow], *, per_chunk: int = 1000) -> Iterator[
 
 
 def item_summary(groups: Iterable[Mapping[str, object]], error_statuses: Iterable[str]) -> ItemSummary:
-    """The :class:`ItemSummary` of a SQL ledger's one aggregate query, whose rows are grouped by (``status``,
-    ``error_code``, ``latest``): ``n`` rows, ``cost`` their summed ``cost_usd`` (None if none), ``r`` the highest
-    ``retryable``, ``example`` the smallest ``custom_id``; ``latest`` is 1 for each item's highest attempt, else 0.
-    Error groups of the same (code, status) (a NULL code counts under its status) are merged."""
+    """The :class:`ItemSummary` of a SQL ledger's one aggregate query, whose rows are of two kinds, told apart by
+    ``superseded``:
+
+    - ``0``: one per (``status``, ``error_code``) over every attempt: ``n`` rows, ``cost`` their summed
+      ``cost_usd`` (None if none); ``r`` the highest ``retryable`` and ``example`` the smallest ``custom_id`` of
+      those rows in an error status that are their item's latest attempt (None if there are none);
+    - ``1``: ``n``, how many rows of that (``status``, ``error_code``) a higher attempt of their item supersedes.
+
+    An item's latest attempts are the first count less the second. Error groups of the same (code, status) (a NULL
+    code counts under its status) are merged."""
     wanted = {str(s) for s in error_statuses}
+    rows = list(groups)
+    older: dict[tuple[str, object], int] = {}
+    for group in rows:
+        if group["superseded"]:
+            key = (str(group["status"]), group["error_code"])
+            older[key] = older.get(key, 0) + int(str(group["n"]))
     items: dict[str, int] = {}
     current: dict[str, int] = {}
     costs: list[float] = []
     merged: dict[tuple[str, str], dict[str, object]] = {}
-    for group in groups:
+    for group in rows:
+        if group["superseded"]:
+            continue
         status, n = str(group["status"]), int(str(group["n"]))
         items[status] = items.get(status, 0) + n
         if group["cost"] is not None:
             costs.append(float(str(group["cost"])))
-        if not group["latest"]:
+        latest = n - older.get((status, group["error_code"]), 0)
+        if latest <= 0:
             continue
-        current[status] = current.get(status, 0) + n
+        current[status] = current.get(status, 0) + latest
         if status in wanted:
             code = str(group["error_code"] or status)
             entry = merged.setdefault((code, status), {"code": code, "status": status, "n": 0, "r": 0, "example": None})
-            entry["n"] = int(str(entry["n"])) + n
+            entry["n"] = int(str(entry["n"])) + latest
             entry["r"] = max(int(str(entry["r"])), int(str(group["r"] or 0)))
             example = str(group["example"])
             entry["example"] = example if entry["example"] is None else min(str(entry["example"]), example)

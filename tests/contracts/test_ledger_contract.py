@@ -618,6 +618,30 @@ def test_item_summary_is_the_counts_cost_and_latest_errors_in_one(ledger: Ledger
     assert ledger.item_summary([], job="job").errors == []
 
 
+def test_item_summary_takes_an_error_groups_example_and_retryable_from_latest_attempts_only(ledger: Ledger) -> None:
+    """A superseded attempt in the same error group as its item's latest attempt counts among every attempt, but
+    lends the group neither its (smaller) custom_id as the example nor its ``retryable``; a third attempt supersedes
+    both earlier ones."""
+    ledger.insert_items([_row("a1", "k1"), _row("b1", "k2")])
+    ledger.transition_items(["a1", "b1"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["a1", "b1"], ItemStatus.FAILED, fields={"error_code": "server_error", "retryable": 1})
+    ledger.insert_items([_row("a2", "k1", attempt=2, previous_custom_id="a1", run_id="r2")])
+    ledger.transition_items(["a2"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["a2"], ItemStatus.FAILED, fields={"error_code": "server_error", "retryable": 0})
+    summary = ledger.item_summary(["failed"], job="job")
+    assert summary.items == {"failed": 3} and summary.current == {"failed": 2}
+    assert summary.errors == ledger.error_counts(["failed"], job="job", latest_only=True)
+    assert [(g["count"], g["retryable"], g["example_custom_id"]) for g in summary.errors] == [(2, True, "a2")]
+    ledger.transition_items(["b1"], ItemStatus.SUPERSEDED)
+    ledger.insert_items([_row("b2", "k2", attempt=2, previous_custom_id="b1", run_id="r2")])
+    ledger.insert_items([_row("a3", "k1", attempt=3, previous_custom_id="a2", run_id="r3")])
+    summary = ledger.item_summary(["failed"], job="job")
+    assert summary.items == {"failed": 2, "pending": 2, "superseded": 1}
+    assert summary.current == {"pending": 2} == ledger.count_items(job="job", latest_only=True)
+    assert summary.errors == [] == ledger.error_counts(["failed"], job="job", latest_only=True)
+    assert ledger.item_summary(["failed"], job="other") == ledger.item_summary(["failed"], job="none")
+
+
 def test_export_lines_are_the_export_records_of_the_rows_in_order(ledger: Ledger) -> None:
     _mixed_ledger(ledger)
     ledger.insert_items([_row(f"z{i:05d}", f"z{i}") for i in range(2500)])  # several pages
