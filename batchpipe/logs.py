@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -40,8 +41,6 @@ def write_json(event: str, *, stream: Any = None, **fields: Any) -> None:
 
 
 def _now_iso() -> str:
-    from datetime import UTC, datetime
-
     return datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
 
 

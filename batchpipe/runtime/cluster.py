@@ -61,16 +61,20 @@ from pathlib import Path
 from typing import Any, Final
 
 import procrastinate
+import psycopg
 import structlog
 from procrastinate import exceptions as queue_errors
 from procrastinate import jobs as queue_jobs
 from procrastinate.schema import SchemaManager
 
+from batchpipe.adapters.openai import OpenAIClient
 from batchpipe.domain.records import batch_status_is_terminal
 from batchpipe.errors import InputError
 from batchpipe.ports import AsyncLedger, Ledger
+from batchpipe.runtime.locations import is_shared_ledger, open_ledger_url, open_store_url
 from batchpipe.runtime.runner import DEFAULT_LEASE_S, Runner, default_owner
 from batchpipe.runtime.settings import RunOptions
+from batchpipe.runtime.wiring import api_settings, worker_runner_factory
 
 __all__ = [
     "COLLECT_TASK",
@@ -379,8 +383,6 @@ def apply_queue_schema(url: str) -> bool:
     """Create procrastinate's tables and functions in the database at ``url`` unless they are there; True if they
     were created now. Idempotent and safe when several workers start at once (a transaction-scoped advisory
     lock, :data:`QUEUE_SCHEMA_LOCK`). The SQL is the installed procrastinate's ``schema.sql``."""
-    import psycopg
-
     with psycopg.connect(url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (QUEUE_SCHEMA_LOCK,))
         row = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
@@ -470,10 +472,6 @@ async def serve_worker(
     API client, apply the queue schema if it is missing, and run this worker (:func:`run_worker`) until it stops.
     ``local``: the API is on this machine (its timings, :func:`~batchpipe.runtime.settings.api_timing`). Raises
     :class:`~batchpipe.errors.InputError` for a ledger that is not PostgreSQL."""
-    from batchpipe.adapters.openai import OpenAIClient
-    from batchpipe.runtime.locations import is_shared_ledger, open_ledger_url, open_store_url
-    from batchpipe.runtime.wiring import api_settings, worker_runner_factory
-
     if not is_shared_ledger(ledger_url):
         raise InputError("batchpipe worker needs a shared ledger: --ledger postgresql://...", file="--ledger")
     await asyncio.to_thread(apply_queue_schema, ledger_url)
