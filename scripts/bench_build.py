@@ -388,14 +388,14 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000, help="Catalog rows (default 1,000,000).")
     parser.add_argument("--shard-requests", type=int, default=50_000, help="Lines per shard (default 50,000).")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds, each contender once (3).")
-    parser.add_argument("--quick", action="store_true", help="Small size (50,000 items).")
+    parser.add_argument("--quick", action="store_true", help="Small size (25,000 items).")
     parser.add_argument("--tmp", type=Path, default=None, help="Parent of the temporary work directory.")
     parser.add_argument("--stages", action="store_true", help="Also time the read and validate stages alone.")
     parser.add_argument(
         "--skip-run", action="store_true", help="Leave out the run contender (its ledger writes take minutes at 1M)."
     )
     args = parser.parse_args()
-    n = 50_000 if args.quick else args.items
+    n = 25_000 if args.quick else args.items
 
     base = Path(tempfile.mkdtemp(prefix="bench-build-", dir=args.tmp))
     report = Report("build")

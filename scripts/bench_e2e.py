@@ -229,10 +229,10 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds per image size (3).")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="Seconds between polls, both (1.0).")
-    parser.add_argument("--quick", action="store_true", help="Small sizes (300 fast items, 20 realistic).")
+    parser.add_argument("--quick", action="store_true", help="Small sizes (150 fast items, 10 realistic).")
     parser.add_argument("--tmp", type=Path, default=None, help="Parent of the temporary work directory.")
     args = parser.parse_args()
-    sizes = {"fast": 300, "realistic": 20} if args.quick else {"fast": args.items, "realistic": args.realistic_items}
+    sizes = {"fast": 150, "realistic": 10} if args.quick else {"fast": args.items, "realistic": args.realistic_items}
 
     base = Path(tempfile.mkdtemp(prefix="bench-e2e-", dir=args.tmp))
     report = Report("e2e")
