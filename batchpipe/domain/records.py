@@ -331,8 +331,8 @@ def item_summary(groups: Iterable[Mapping[str, object]], error_statuses: Iterabl
       those rows in an error status that are their item's latest attempt (None if there are none);
     - ``1``: ``n``, how many rows of that (``status``, ``error_code``) a higher attempt of their item supersedes.
 
-    An item's latest attempts are the first count less the second. Error groups of the same (code, status) (a NULL
-    code counts under its status) are merged."""
+    A (``status``, ``error_code``)'s count of latest attempts is its first count less its second. Error groups of the
+    same (code, status) (a NULL code counts under its status) are merged."""
     wanted = {str(s) for s in error_statuses}
     rows = list(groups)
     older: dict[tuple[str, object], int] = {}
