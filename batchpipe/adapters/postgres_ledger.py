@@ -727,20 +727,21 @@ class PostgresLedger:
         """Counts (every attempt, latest attempts), cost and latest error groups of ``job`` or everything, in one
         aggregate query over the items, the SQLite ledger's ``_SUMMARY_SQL``: one pass grouped by (status, error
         code), less the rows below the highest attempt of every item with more than one (``older``); see
-        :meth:`batchpipe.ports.Ledger.item_summary`."""
+        :meth:`batchpipe.ports.Ledger.item_summary`. The pass meets ``older`` in a hash join (a ``NOT IN`` subplan
+        is hashed only while it fits in ``work_mem``, and otherwise scans ``older`` once per row)."""
         errors = [str(status) for status in error_statuses]
         scope: list[object] = [] if job is None else [job]
-        where = "TRUE" if job is None else "job = %s"
-        latest_error = "status = ANY(%s) AND custom_id NOT IN (SELECT id FROM older)"
+        where, where_i = ("TRUE", "TRUE") if job is None else ("job = %s", "i.job = %s")
+        latest_error = "i.status = ANY(%s) AND o.id IS NULL"
         rows = self._rows(
             "WITH retried AS MATERIALIZED (SELECT job, item_key, MAX(attempt) AS top FROM items "
             f"WHERE attempt > 1 AND {where} GROUP BY job, item_key), "
             "older AS MATERIALIZED (SELECT i.custom_id AS id, i.status, i.error_code FROM retried r JOIN items i "
             "ON i.job = r.job AND i.item_key = r.item_key AND i.attempt < r.top) "
-            "SELECT 0 AS superseded, status, error_code, COUNT(*) AS n, SUM(cost_usd) AS cost, "
-            f"MAX(CASE WHEN {latest_error} THEN COALESCE(retryable, 0) END) AS r, "
-            f"MIN(CASE WHEN {latest_error} THEN custom_id END) AS example FROM items WHERE {where} "
-            "GROUP BY status, error_code "
+            "SELECT 0 AS superseded, i.status, i.error_code, COUNT(*) AS n, SUM(i.cost_usd) AS cost, "
+            f"MAX(CASE WHEN {latest_error} THEN COALESCE(i.retryable, 0) END) AS r, "
+            f"MIN(CASE WHEN {latest_error} THEN i.custom_id END) AS example "
+            f"FROM items i LEFT JOIN older o ON o.id = i.custom_id WHERE {where_i} GROUP BY i.status, i.error_code "
             "UNION ALL SELECT 1, status, error_code, COUNT(*), NULL, NULL, NULL FROM older GROUP BY status, error_code",
             [*scope, errors, errors, *scope],
         )
