@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -640,6 +641,48 @@ def test_item_summary_takes_an_error_groups_example_and_retryable_from_latest_at
     assert summary.current == {"pending": 2} == ledger.count_items(job="job", latest_only=True)
     assert summary.errors == [] == ledger.error_counts(["failed"], job="job", latest_only=True)
     assert ledger.item_summary(["failed"], job="other") == ledger.item_summary(["failed"], job="none")
+
+
+def test_item_summary_matches_the_separate_counts_on_a_ledger_of_many_retries(ledger: Ledger) -> None:
+    """A seeded random ledger: two jobs of 60 keys, each key with 1-4 attempts in any status (an earlier attempt
+    mostly failed, expired, missing or superseded), random error codes, retryable flags and costs. The one-pass
+    summary equals what the separate queries (count_items, cost_usd, error_counts) say, for every job and error set."""
+    rng = random.Random(20261130)
+    ends = [ItemStatus.FAILED, ItemStatus.EXPIRED, ItemStatus.MISSING, ItemStatus.SUPERSEDED]
+    last = [ItemStatus.PENDING, ItemStatus.SUBMITTED, ItemStatus.SUCCEEDED, *ends[:3], ItemStatus.CANCELLED]
+    codes = [None, "server_error", "moderation_blocked", "rate_limit_exceeded"]
+    for attempt in range(1, 5):
+        rows = [
+            {**_row(f"{job}-{key}-a{attempt}", f"k{key}", attempt=attempt, run_id=f"r{attempt}"), "job": job}
+            for job in ("job", "other")
+            for key in range(60)
+            if attempt == 1 or rng.random() < 0.6
+        ]
+        ledger.insert_items(rows)
+        for row in rows:
+            final = rng.choice(last) if attempt == 4 or rng.random() < 0.4 else rng.choice(ends)
+            custom_id = str(row["custom_id"])
+            if final == ItemStatus.PENDING:
+                continue
+            ledger.transition_items([custom_id], ItemStatus.SUBMITTED)
+            if final == ItemStatus.SUBMITTED:
+                continue
+            code = rng.choice(codes) if final in (ItemStatus.FAILED, ItemStatus.EXPIRED) else None
+            fields = {"error_code": code, "retryable": rng.choice([0, 1, None]), "cost_usd": rng.choice([None, 0.04])}
+            if final == ItemStatus.SUPERSEDED:
+                ledger.transition_items([custom_id], ItemStatus.FAILED, fields=fields)
+                ledger.transition_items([custom_id], ItemStatus.SUPERSEDED)
+            else:
+                ledger.transition_items([custom_id], final, fields=fields)
+    failures = ["failed", "expired", "cancelled", "missing", "invalid"]
+    assert ledger.count_items(job="job") != ledger.count_items(job="job", latest_only=True)  # retries happened
+    for errors in (failures, ["failed"], []):
+        for job in (None, "job", "other"):
+            summary = ledger.item_summary(errors, job=job)
+            assert summary.items == ledger.count_items(job=job)
+            assert summary.current == ledger.count_items(job=job, latest_only=True)
+            assert summary.cost_usd == pytest.approx(ledger.cost_usd(job=job))
+            assert summary.errors == ledger.error_counts(errors, job=job, latest_only=True), (errors, job)
 
 
 def test_export_lines_are_the_export_records_of_the_rows_in_order(ledger: Ledger) -> None:
