@@ -314,6 +314,7 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
 
     from batchpipe.adapters.sqlite_ledger import _CACHE_KIB, _SCHEMA
     from batchpipe.domain.items import make_custom_id, request_hash
+    from batchpipe.domain.spec import estimate_input_tokens
 
     work = Path(out_dir)
     shards = work / "shards"
@@ -368,7 +369,7 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
             rows.append(
                 (custom_id, job, key, 1, run_id, ENDPOINT, "gpt-image-2", request_hash(ENDPOINT, body),
                  orjson.dumps(body).decode(), orjson.dumps(metadata).decode(), f"{csv_path}:{line}",
-                 (len(prompt) + 3) // 4, name, "pending", now, now)
+                 estimate_input_tokens(body), name, "pending", now, now)
             )  # fmt: skip
             if len(rows) >= 2_000:
                 commit()

@@ -43,7 +43,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal, TextIO
+from typing import Any, Literal, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -181,18 +181,18 @@ def _batchpipe_contender(base: Path, spec: Path, emu: StandaloneEmulator, n: int
     return run
 
 
-_ENDED: Final = frozenset({"completed", "failed", "expired", "cancelled"})
-
-
 def _last_batch_seen_ended(log: Path) -> float:
     """Unix time of the last ``batch status`` log line (JSON, as batchpipe logs when not on a terminal) that
-    reports an ended batch: the moment batchpipe saw the last batch end. Raises ``SystemExit`` if there is none."""
+    reports an ended batch (``batch_status_is_terminal``): the moment batchpipe saw the last batch end. Raises
+    ``SystemExit`` if there is none."""
+    from batchpipe.domain.records import batch_status_is_terminal
+
     seen: list[float] = []
     for line in log.read_text(errors="replace").splitlines():
         if '"batch status"' not in line:
             continue
         record = json.loads(line)
-        if record.get("event") == "batch status" and record.get("status") in _ENDED:
+        if record.get("event") == "batch status" and batch_status_is_terminal(str(record.get("status"))):
             seen.append(datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00")).timestamp())
     if not seen:
         raise SystemExit(f"{log}: no 'batch status' line reports an ended batch")

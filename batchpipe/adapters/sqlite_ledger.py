@@ -36,10 +36,9 @@ at collection by every collected item): ``batchpipe status`` is one aggregate pa
 (:meth:`SqliteLedger.item_summary`; "latest attempt" by subtracting the rows below the retried items' highest
 attempts, read from the UNIQUE index), and ``batchpipe ledger export`` reads keyset pages of ``rowid`` (the table's
 own order, front to back; a run's pages follow ``items_run``, whose entries are in ``rowid`` order too) and has
-SQLite build each line
-(``json_object``, ``strftime``, and three registered Python functions for what SQL cannot write as orjson does:
-a cost's shortest float text, a percent-encoded ``file://`` URI's path, a negative time), so Python only joins
-lines (:meth:`SqliteLedger.export_jsonl`; ``tests/test_ledger_export.py`` holds the lines to
+SQLite build each line (``json_object``, ``strftime``, and three registered Python functions for what SQL cannot
+write as orjson does: a cost's shortest float text, a percent-encoded ``file://`` URI's path, a negative time), so
+Python only joins lines (:meth:`SqliteLedger.export_jsonl`; ``tests/test_ledger_export.py`` holds the lines to
 :meth:`~batchpipe.domain.records.ItemRow.export_record` byte for byte).
 """
 
