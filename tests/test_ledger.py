@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from batchpipe.adapters import sqlite_ledger
 from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
 from batchpipe.domain.items import BatchStatus, ItemStatus
 from batchpipe.domain.records import (
@@ -270,9 +271,15 @@ def _every_read_the_code_makes(ledger: SqliteLedger) -> None:
 
 
 @pytest.mark.parametrize("analyze", [True, False], ids=["analyzed", "no-statistics"])
-def test_no_read_of_the_ledger_sorts_a_temporary_b_tree(tmp_path: Path, analyze: bool) -> None:
+@pytest.mark.parametrize("run_rows", ["one-query", "paged"])
+def test_no_read_of_the_ledger_sorts_a_temporary_b_tree(
+    tmp_path: Path, analyze: bool, run_rows: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every query the ledger runs with ORDER BY (each page of items(), batches, shards, events...) reads its
-    rows in index order: EXPLAIN QUERY PLAN has no ``USE TEMP B-TREE``, so no page sorts every matching row."""
+    rows in index order: EXPLAIN QUERY PLAN has no ``USE TEMP B-TREE``, so no page sorts every matching row.
+    ``paged``: a run's rows are more than one query reads (``_ONE_QUERY_ROWS`` set to -1), so they come in pages."""
+    if run_rows == "paged":
+        monkeypatch.setattr(sqlite_ledger, "_ONE_QUERY_ROWS", -1)
     ledger = _populated(tmp_path / "ledger.sqlite", analyze=analyze)
     statements: list[str] = []
     ledger._db.set_trace_callback(statements.append)
@@ -290,7 +297,41 @@ def test_no_read_of_the_ledger_sorts_a_temporary_b_tree(tmp_path: Path, analyze:
     ledger.close()
 
 
-def test_the_bounded_and_the_incremental_reads_are_index_lookups(tmp_path: Path) -> None:
+def test_a_runs_rows_are_the_same_read_in_one_query_or_in_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``items(run_id=...)`` reads a run's rows through its index when at most ``_ONE_QUERY_ROWS`` match, else in
+    pages of the primary key: the same rows in the same (``custom_id``) order either way, every filter kept."""
+    ledger = _populated(tmp_path / "ledger.sqlite", analyze=True)
+    runs = [str(r[0]) for r in ledger._db.execute("SELECT run_id FROM runs ORDER BY started_at")]
+    reads = [
+        {"run_id": run, **filters}
+        for run in runs
+        for filters in (
+            {},
+            {"latest_only": True},
+            {"statuses": ["failed", "expired", "cancelled", "missing"]},
+            {"statuses": ["succeeded"], "c2pa_states": ["Trusted"], "since": 0.0},
+            {"job": "other", "error_codes": ["server_error"]},
+        )
+    ]
+
+    def read_all() -> list[list[str]]:
+        return [[row.custom_id for row in ledger.items(**read)] for read in reads]  # type: ignore[arg-type]
+
+    one_query = read_all()
+    monkeypatch.setattr(sqlite_ledger, "_ONE_QUERY_ROWS", -1)
+    assert read_all() == one_query
+    assert [len(ids) for ids in one_query[:5]] == [600, 0, 100, 500, 0]  # the first run: superseded by the second
+    assert all(ids == sorted(ids) for ids in one_query)
+    monkeypatch.setattr(sqlite_ledger, "_ONE_QUERY_ROWS", 100)  # the 100 failed rows fit; the run's 600 do not
+    assert read_all() == one_query
+    ledger.close()
+
+
+def test_the_bounded_and_the_incremental_reads_are_index_lookups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ledger = _populated(tmp_path / "ledger.sqlite", analyze=True)
 
     def plan_of(read: object) -> str:
@@ -303,8 +344,14 @@ def test_the_bounded_and_the_incremental_reads_are_index_lookups(tmp_path: Path)
     some = str(ledger._db.execute("SELECT run_id FROM runs ORDER BY started_at").fetchone()[0])
     assert "items_batch_set (batch_id=?)" in plan_of(lambda: ledger.items(batch_id="batch-0"))
     assert "items_shard (shard=?)" in plan_of(lambda: ledger.items(shard=f"{some}-s0", statuses=["pending"]))
+    # a run's rows, when no more than one query reads: its index, counted first, then read (sorted in Python)
+    run_rows = plan_of(lambda: ledger.items(run_id=some, statuses=["failed", "expired", "cancelled", "missing"]))
+    assert run_rows.count("SEARCH items USING INDEX items_run (run_id=?)") == 2, run_rows
+    assert "SCAN items" not in run_rows and "TEMP B-TREE" not in run_rows, run_rows
+    monkeypatch.setattr(sqlite_ledger, "_ONE_QUERY_ROWS", -1)  # more than that (any count): pages
     run_pages = plan_of(lambda: ledger.items(run_id=some, latest_only=True))  # the primary key, in custom_id order
     assert "sqlite_autoindex_items_1 (custom_id>?)" in run_pages and "TEMP B-TREE" not in run_pages
+    monkeypatch.undo()
     assert "items_run (run_id=?)" in plan_of(lambda: [ledger.count_items(run_id=some)])
     # status: one pass over the items; the retried items' highest attempts come from the UNIQUE index's entries
     # in its order (covering: no table row, no sort), the rows they supersede from one search of it per retried
@@ -323,7 +370,9 @@ def test_the_bounded_and_the_incremental_reads_are_index_lookups(tmp_path: Path)
     assert "SEARCH items USING INTEGER PRIMARY KEY (rowid>?)" in plan_of(lambda: ledger.export_jsonl())
     assert "items_run (run_id=? AND rowid>?)" in plan_of(lambda: ledger.export_jsonl(run_id=some))
     check = plan_of(lambda: [ledger.succeeded_with("job", [("k1", "h"), ("k2", "h")])])
-    assert "sqlite_autoindex_items_2 (job=? AND item_key=?)" in check and "SCAN" not in check
+    assert "sqlite_autoindex_items_2 (job=? AND item_key=?)" in check, check
+    # the only scan is of the pairs given (one JSON parameter), never of the items table
+    assert [step for step in check.split(" | ") if "SCAN" in step] == ["SCAN p VIRTUAL TABLE INDEX 1:"], check
     ledger.close()
 
 

@@ -723,15 +723,29 @@ def test_succeeded_with_names_the_keys_whose_latest_success_has_the_same_request
     assert ledger.succeeded_with("nope", pairs) == set()
 
 
-def test_succeeded_with_answers_for_more_keys_than_one_chunk(ledger: Ledger) -> None:
-    ledger.insert_items([_row(f"c{i:05d}", f"k{i}") for i in range(1200)])
-    ids = [f"c{i:05d}" for i in range(0, 1200, 2)]
+def test_succeeded_with_reads_any_key_text_and_a_key_given_twice(ledger: Ledger) -> None:
+    # keys travel to SQLite inside one JSON parameter: quotes, backslashes, non-BMP and line separators survive
+    keys = ['say "hi"', "back\\slash", "\U0001f600 grin", "line\u2028sep", "caf\u00e9/bleu", "$[0]"]
+    ledger.insert_items([_row(f"c{i}", key) for i, key in enumerate(keys)])
+    ids = [f"c{i}" for i in range(len(keys))]
     ledger.transition_items(ids, ItemStatus.SUBMITTED)
     ledger.transition_items(ids, ItemStatus.SUCCEEDED)
-    pairs = [(f"k{i}", f"h-k{i}") for i in range(1200)]
-    assert ledger.succeeded_with("job", pairs) == {f"k{i}" for i in range(0, 1200, 2)}
+    assert ledger.succeeded_with("job", [(key, f"h-{key}") for key in keys]) == set(keys)
+    assert ledger.succeeded_with("job", [(key, "other") for key in keys]) == set()
+    # a key given twice, once with its request and once with another: it is unchanged (one pair matches)
+    assert ledger.succeeded_with("job", [(keys[0], "other"), (keys[0], f"h-{keys[0]}"), (keys[1], "x")]) == {keys[0]}
+
+
+def test_succeeded_with_answers_for_more_keys_than_one_chunk(ledger: Ledger) -> None:
+    # 4,500 keys: more than one statement's worth on every ledger (SQLite 2,000 pairs, PostgreSQL 500 keys)
+    ledger.insert_items([_row(f"c{i:05d}", f"k{i}") for i in range(4500)])
+    ids = [f"c{i:05d}" for i in range(0, 4500, 2)]
+    ledger.transition_items(ids, ItemStatus.SUBMITTED)
+    ledger.transition_items(ids, ItemStatus.SUCCEEDED)
+    pairs = [(f"k{i}", f"h-k{i}") for i in range(4500)]
+    assert ledger.succeeded_with("job", pairs) == {f"k{i}" for i in range(0, 4500, 2)}
     assert ledger.succeeded_with("job", pairs) == set().union(
-        *(ledger.succeeded_with("job", pairs[start : start + 500]) for start in range(0, 1200, 500))
+        *(ledger.succeeded_with("job", pairs[start : start + 500]) for start in range(0, 4500, 500))
     )
     assert set(dict(ledger.succeeded_hashes("job")).items()) >= {(k, h) for k, h in pairs[::2]}
 
