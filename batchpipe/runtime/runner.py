@@ -13,7 +13,6 @@ run). Item statuses: see :class:`batchpipe.domain.items.ItemStatus`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import os
 import socket
@@ -70,8 +69,6 @@ DEFAULT_LEASE_S: Final = 3600.0
 _ROWS_PER_COMMIT: Final = 2000
 #: Chunk inserts a build keeps queued on the ledger thread while it validates on.
 _INSERTS_IN_FLIGHT: Final = 2
-#: Chunks whose ledger lookup a build starts before it settles the oldest (:class:`_ChunkWriter`).
-_LOOKUPS_AHEAD: Final = 2
 #: How far the service's clock may be ahead of ours (seconds): a listed batch proves the list current past an
 #: attempt only if the service says it was created at least this long after the attempt (by our clock).
 CLOCK_SKEW_S: Final = 30.0
@@ -123,25 +120,21 @@ _KNOWN_BATCH_STATUSES: Final = frozenset(str(s) for s in BatchStatus)
 #: What a build chunk needs of the ledger: the latest attempt per key, and the keys that already succeeded with
 #: the same request.
 _History = tuple[dict[str, ItemRow], set[str]]
-#: A chunk of rows pushed to the writer and the lookup of its history.
-_Waiting = tuple[list[dict[str, object]], "asyncio.Future[_History]"]
 
 
 class _ChunkWriter:
-    """Writes a build's rows to shards and the ledger :data:`_LOOKUPS_AHEAD` chunks behind validation.
+    """Writes a build's rows to shards and the ledger one chunk behind validation.
 
     ``push(rows)`` starts the lookup of the chunk's history on the ledger thread (``succeeded_with``: which items
     already succeeded with the same request, so a nightly no-change re-run skips them without holding every hash
-    of the job in memory; then ``latest_attempts`` of the rows kept) and then, once more than
-    :data:`_LOOKUPS_AHEAD` chunks wait, settles the oldest: drops the unchanged rows (counted in
-    ``stats["skipped"]``), numbers the attempts, adds the lines to the shards and queues the insert. Two lookups
-    ahead, not one: the thread that finished a lookup waits for the GIL while the loop validates, and a 1,000,000-row
-    no-change re-run waited on it less (19.7-21.9 s against 21.1-23.0 s, 3 runs each). So the ledger thread inserts
-    chunk N while the event loop validates chunk N+3; SQLite releases the GIL while it writes. At most
-    :data:`_INSERTS_IN_FLIGHT` inserts are queued (bounded memory); each is still one transaction. The lookup of
-    chunk N runs before the inserts of the chunks before it: a build's keys are distinct (validation renames
-    repeats), so it never needs to see them. ``finish()`` settles the chunks left and waits for every insert (raising
-    the first error); ``drain()`` waits for what is queued, ignoring errors (before a failed build is discarded).
+    of the job in memory; then ``latest_attempts`` of the rows kept) and then settles the chunk before it: drops the
+    unchanged rows (counted in ``stats["skipped"]``), numbers the attempts, adds the lines to the shards and
+    queues the insert. So the
+    ledger thread inserts chunk N while the event loop validates chunk N+2; SQLite releases the GIL while it
+    writes. At most :data:`_INSERTS_IN_FLIGHT` inserts are queued (bounded memory); each is still one transaction.
+    The lookup of chunk N runs before chunk N-1's insert: a build's keys are distinct (validation renames repeats),
+    so it never needs to see them. ``finish()`` settles the last chunk and waits for every insert (raising the first
+    error); ``drain()`` waits for what is queued, ignoring errors (before a failed build is discarded).
     """
 
     def __init__(
@@ -159,7 +152,7 @@ class _ChunkWriter:
         self._builder = builder
         self._stats = stats
         self._tally = tally
-        self._waiting: collections.deque[_Waiting] = collections.deque()  # chunks whose lookup runs, oldest first
+        self._waiting: tuple[list[dict[str, object]], asyncio.Future[_History]] | None = None
         self._inserts: list[asyncio.Future[int]] = []
 
     async def push(self, rows: list[dict[str, object]]) -> None:
@@ -176,9 +169,9 @@ class _ChunkWriter:
             return (db.latest_attempts(job, kept) if kept else {}), unchanged
 
         lookup = asyncio.ensure_future(self._runner.db.call(history))
-        self._waiting.append((rows, lookup))
-        if len(self._waiting) > _LOOKUPS_AHEAD:
-            await self._settle(*self._waiting.popleft())
+        if self._waiting is not None:
+            await self._settle(*self._waiting)
+        self._waiting = (rows, lookup)
 
     async def _settle(self, rows: list[dict[str, object]], lookup: asyncio.Future[_History]) -> None:
         previous, unchanged = await lookup
@@ -206,17 +199,18 @@ class _ChunkWriter:
 
     async def finish(self) -> None:
         """Settle the last chunk and wait for every insert."""
-        while self._waiting:
-            await self._settle(*self._waiting.popleft())
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            await self._settle(*waiting)
         while self._inserts:
             await self._inserts.pop(0)
 
     async def drain(self) -> None:
         """Wait for every queued ledger call, ignoring their errors (the build is being abandoned)."""
         pending: list[asyncio.Future[Any]] = [*self._inserts]
-        pending.extend(lookup for _, lookup in self._waiting)
-        self._inserts = []
-        self._waiting.clear()
+        if self._waiting is not None:
+            pending.append(self._waiting[1])
+        self._inserts, self._waiting = [], None
         await asyncio.gather(*pending, return_exceptions=True)
 
 
