@@ -650,22 +650,20 @@ class PostgresLedger:
 
     def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
         """The keys of ``pairs`` (``(item_key, request_hash)``) whose latest succeeded attempt in ``job`` has that
-        request hash (see :meth:`batchpipe.ports.Ledger.succeeded_with`): one statement per 2,000 pairs, passed as
-        two arrays, that looks each key's latest success up in the UNIQUE (job, item_key, attempt) index and
-        returns only the positions of the pairs that do not match (a no-change re-run's chunk returns no row), as
-        the SQLite ledger does."""
-        unchanged: set[str] = set()
-        for start in range(0, len(pairs), 2000):
-            chunk = pairs[start : start + 2000]
+        request hash (see :meth:`batchpipe.ports.Ledger.succeeded_with`): one indexed lookup per 500 keys."""
+        latest: dict[str, tuple[int, str]] = {}  # item_key -> (attempt, request_hash) of its latest success
+        for start in range(0, len(pairs), 500):
+            chunk = list(dict.fromkeys(key for key, _ in pairs[start : start + 500]))
             rows = self._rows(
-                "SELECT p.ord FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS p(item_key, request_hash, ord) "
-                "WHERE (SELECT i.request_hash FROM items AS i WHERE i.job = %s AND i.item_key = p.item_key "
-                "AND i.status = 'succeeded' ORDER BY i.attempt DESC LIMIT 1) IS DISTINCT FROM p.request_hash",
-                ([key for key, _ in chunk], [request_hash for _, request_hash in chunk], job),
+                "SELECT item_key, attempt, request_hash FROM items WHERE job = %s AND status = %s "
+                "AND item_key = ANY(%s)",
+                (job, str(ItemStatus.SUCCEEDED), chunk),
             )
-            changed = {int(row["ord"]) - 1 for row in rows}  # ORDINALITY counts from 1
-            unchanged.update(key for i, (key, _) in enumerate(chunk) if i not in changed)
-        return unchanged
+            for row in rows:
+                key, attempt = str(row["item_key"]), int(row["attempt"])
+                if key not in latest or attempt > latest[key][0]:
+                    latest[key] = (attempt, str(row["request_hash"]))
+        return {key for key, request_hash in pairs if key in latest and latest[key][1] == request_hash}
 
     def count_items(
         self, *, run_id: str | None = None, job: str | None = None, latest_only: bool = False
