@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.cli.exits import EXIT_STOPPED, exit_code
 from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.errors import DownloadError
@@ -356,15 +357,19 @@ async def test_the_cost_cap_is_reserved_per_shard_before_its_upload(tmp_path: Pa
     assert api.creates == 3 == len(api.batches)
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_a_rerun_skips_the_unchanged_items_and_numbers_the_changed_ones_after_their_history(
-    tmp_path: Path,
+    tmp_path: Path, kind: str
 ) -> None:
     """A nightly re-run where some items changed: the unchanged ones (succeeded with the same request) are skipped
     and cost nothing; a changed one becomes attempt 2 pointing at attempt 1, which is superseded; a failed one is
-    sent again as attempt 2. The estimate summed during the build counts only what is sent."""
+    sent again as attempt 2. The estimate summed during the build counts only what is sent. On the in-memory
+    ledger and on SQLite (whose check is one SQL statement per chunk, and whose follow-up reads the run's rows
+    through its index)."""
     from batchpipe.runtime.costguard import SpendEstimate
 
-    ledger, api, store = MemoryLedger(), MemoryBatchApi(), MemoryImageStore()
+    api, store = MemoryBatchApi(), MemoryImageStore()
+    ledger: Any = MemoryLedger() if kind == "memory" else SqliteLedger(tmp_path / "ledger.sqlite")
     first = await _runner(tmp_path, ledger, api, store).run(
         "job", "h1", lambda: _items(10, failing=frozenset({3})), source_name="t"
     )
