@@ -243,7 +243,7 @@ def _row_loop(
                     key, duplicate, first = _dedupe(spec, seen, key, line, file, warn, suffixes)
                     if duplicate is not None:
                         problems.append(("key", duplicate))
-                    elif first is not None:
+                    else:
                         item.key = key
                         item.metadata["_batchpipe"] = {"duplicate_of": {"key": original, "line": first}}
             if checks:
@@ -663,8 +663,9 @@ def _dedupe(
     file: str,
     warn: Callable[[Problem], None],
     suffixes: dict[str, int],
-) -> tuple[str, str | None, int | None]:
-    """``(final key, problem or None, first line if a duplicate)`` for ``key`` seen on ``line``.
+) -> tuple[str, str | None, int]:
+    """``(final key, problem or None, first line)`` for ``key`` seen again on ``line`` (``key`` is in ``seen``: the
+    row loop registers a new key itself, the common case).
 
     ``seen`` maps each key registered so far to the line it was first seen on; the final key is added to it.
     A repeated key is renamed ``K~2``, ``K~3``... (the first free one; ``on_duplicate_key = "suffix"``, with a
@@ -673,10 +674,7 @@ def _dedupe(
     first free suffix never goes down and the search goes on from there. Renaming n repeats of one key is
     then O(n) in all, not O(n²) (20,000 rows sharing a key: milliseconds instead of minutes).
     """
-    first = seen.get(key)
-    if first is None:
-        seen[key] = line
-        return key, None, None
+    first = seen[key]
     if spec.on_duplicate_key == "error":
         return key, f"duplicate key {key!r} (first at line {first})", first
     suffix = suffixes.get(key, 1) + 1
