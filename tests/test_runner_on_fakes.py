@@ -1,4 +1,6 @@
-"""The runner on fakes only: MemoryLedger, MemoryImageStore and MemoryBatchApi (no HTTP, no SQLite, no image files).
+"""The runner on fakes: MemoryLedger, MemoryImageStore and MemoryBatchApi (no HTTP, no image files). The nightly
+re-run test also runs on the SQLite ledger (an in-process file), whose "already succeeded" check and follow-up read
+are its own SQL.
 
 Covers submit → poll → collect → settle, a response lost after the create, and a crash between the create and
 recording it: each ends with exactly one batch per shard at the service and every item accounted for.
@@ -21,6 +23,7 @@ from batchpipe.domain.items import Item, ItemStatus
 from batchpipe.errors import DownloadError
 from batchpipe.fakes import MemoryBatchApi, MemoryImageStore, MemoryLedger
 from batchpipe.fakes.batch_api import PNG_1X1, Crash, MemoryFileStream
+from batchpipe.ports import Ledger
 from batchpipe.runtime.runner import Runner
 from batchpipe.runtime.settings import RunOptions
 
@@ -33,7 +36,7 @@ def _items(n: int, *, failing: frozenset[int] = frozenset()) -> Iterator[Item]:
         yield Item(key=f"sku-{i}", endpoint=GEN, body={"model": "gpt-image-2", "prompt": prompt}, metadata={})
 
 
-def _runner(tmp_path: Path, ledger: MemoryLedger, api: MemoryBatchApi, store: MemoryImageStore) -> Runner:
+def _runner(tmp_path: Path, ledger: Ledger, api: MemoryBatchApi, store: MemoryImageStore) -> Runner:
     async def no_sleep(_: float) -> None:
         await asyncio.sleep(0)  # no waiting, but a turn of the loop, as a real sleep gives other tasks
 
@@ -369,7 +372,7 @@ async def test_a_rerun_skips_the_unchanged_items_and_numbers_the_changed_ones_af
     from batchpipe.runtime.costguard import SpendEstimate
 
     api, store = MemoryBatchApi(), MemoryImageStore()
-    ledger: Any = MemoryLedger() if kind == "memory" else SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger: Ledger = MemoryLedger() if kind == "memory" else SqliteLedger(tmp_path / "ledger.sqlite")
     first = await _runner(tmp_path, ledger, api, store).run(
         "job", "h1", lambda: _items(10, failing=frozenset({3})), source_name="t"
     )
@@ -393,6 +396,7 @@ async def test_a_rerun_skips_the_unchanged_items_and_numbers_the_changed_ones_af
         assert rows[(key, 2)].status == ItemStatus.SUCCEEDED and rows[(key, 1)].status == ItemStatus.SUPERSEDED
     assert not any(attempt == 2 for key, attempt in rows if key not in ("sku-3", "sku-5"))
     assert rows[("sku-0", 1)].status == ItemStatus.SUCCEEDED
+    ledger.close()
 
 
 async def test_a_batch_that_ends_while_another_is_collected_is_seen_and_collected_meanwhile(tmp_path: Path) -> None:
