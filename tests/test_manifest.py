@@ -204,3 +204,38 @@ def test_iter_lines_at_any_chunk_size(
     if physical and physical[-1] == b"" and data.endswith(b"\n"):
         physical.pop()
     assert got == [(i, p if len(p) <= 6 else None, len(p)) for i, p in enumerate(physical, start=1)]
+
+
+def test_a_row_over_the_cap_across_two_reads_is_refused_at_its_first_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # chunks of 32 bytes: the header, "1,x" and the row's first line (14 bytes with its newline) are in the first
+    # read; the row carries on into the next (22 bytes): 36 in all, over a 30-byte cap that each line is under
+    quoted = '2,"' + "a" * 10 + "\n" + "b" * 20 + '"\n'
+    path = _write(tmp_path, "c.csv", "id,name\n1,x\n" + quoted + "3,y\n")
+    monkeypatch.setattr(manifest, "CHUNK_BYTES", 32)
+    for cap in (30, 35):
+        with pytest.raises(ManifestError) as info:
+            list(iter_manifest(path, max_line_bytes=cap))
+        assert info.value.line == 3
+        assert f"CSV row is over the {cap}-byte limit" in info.value.reason
+    for cap in (36, 40):  # at or over the row's bytes it is read
+        rows = list(iter_manifest(path, max_line_bytes=cap))
+        assert [r.line for r in rows if isinstance(r, ManifestRow)] == [2, 3, 5]
+    # chunks of 40: two of the row's lines (10 + 9 bytes) in the first read, its third (22) in the next: 41
+    quoted = '2,"' + "a" * 6 + "\n" + "c" * 8 + "\n" + "b" * 20 + '"\n'
+    path = _write(tmp_path, "c.csv", "id,name\n1,x\n" + quoted + "3,y\n")
+    monkeypatch.setattr(manifest, "CHUNK_BYTES", 40)
+    with pytest.raises(ManifestError) as info:
+        list(iter_manifest(path, max_line_bytes=40))
+    assert info.value.line == 3 and "CSV row is over the 40-byte limit" in info.value.reason
+    rows = list(iter_manifest(path, max_line_bytes=41))
+    assert [r.line for r in rows if isinstance(r, ManifestRow)] == [2, 3, 6]
+
+
+def test_bytes_that_are_not_utf8_are_a_row_error_at_their_line_the_rows_around_are_read(tmp_path: Path) -> None:
+    path = _write(tmp_path, "c.csv", b'id,name\n1,ok\n2,caf\xe9\n3,"two\nlines"\n4,ok\n')
+    rows = _rows(path)
+    assert [r.line for r in rows if isinstance(r, ManifestRow)] == [2, 4, 6]
+    errors = [r for r in rows if isinstance(r, ManifestError)]
+    assert len(errors) == 1 and errors[0].line == 3 and "byte 0xe9" in errors[0].reason
