@@ -177,10 +177,15 @@ def run_interleaved(
 ) -> Paired:
     """Run every contender once per round in :func:`interleaved_order` (contender ``fn(round)`` returns a
     result dict; run it in a fresh child with :func:`run_child` / :func:`run_subprocess` inside ``fn``
-    where peak RSS matters). ``show(round, name, result)`` is called after each run (e.g. to print it)."""
+    where peak RSS matters). ``show(round, name, result)`` is called after each run (e.g. to print it).
+
+    Before each run the file system is synced (``os.sync``, outside the timing), so the writeback of what the
+    previous run wrote (``bench_build``'s build phase of ``run`` and its floor each leave a 1 GB ledger) is not
+    charged to the next one."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     loads: list[float] = []
     for position, (r, name) in enumerate(interleaved_order(list(contenders), rounds)):
+        os.sync()
         load = machine_load()
         result = dict(contenders[name](r))
         result["load1"] = load
