@@ -47,9 +47,9 @@ check: $(STAMP)
 
 ## The five benchmarks, every ratio as 3 interleaved pairs (A,B,B,A,...) printed min / median / max with the
 ## 1-minute load, its target and met/missed; each prints a `FINAL bench=NAME name=value ...` line last.
-## About 23 minutes on 2 cores (measured 2026-11-30 20:43: build 10.6, poll 2.3, collect 2.5, e2e 4.5, ledger 3.3 with
+## About 21.5 minutes on 2 cores (measured 2026-11-30 22:38: build 9.4, poll 2.2, collect 2.5, e2e 4.2, ledger 3.1 with
 ## its 1,000,000-item ledger built, then status and export against the sqlite3 shell); `make bench QUICK=1` (or
-## `make bench-quick`) runs small sizes in about 2 (115 s measured, idle machine: build 25,000 rows, e2e 150 fast and
+## `make bench-quick`) runs small sizes in about 2 (112 s measured, idle machine: build 25,000 rows, e2e 150 fast and
 ## 10 realistic images, collect 40, ledger 50,000 items, poll 200 batches).
 ## The targets are for the full sizes (quick runs are smoke runs: fixed start-up costs weigh more there).
 ## Children run this checkout's code (PYTHONPATH). `make bench | grep ^FINAL` gives the summary lines.
