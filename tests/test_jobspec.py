@@ -236,6 +236,19 @@ def test_an_optional_segment_stops_at_its_first_blank_field_and_the_first_bad_fi
         Template.parse("{a}{b}").render({"a": [1], "b": {}})
 
 
+def test_blank_fields_outside_optional_segments_are_named_once_each_in_order() -> None:
+    template = Template.parse("{b}: {a} and {a}{? by {c}} {b}")
+    assert template.empty_fields({"a": "", "b": " ", "c": ""}) == ("b", "a")  # c is inside an optional segment
+    assert template.empty_fields({"a": "x", "b": "y"}) == ()
+
+
+def test_the_first_filter_applies_inside_and_outside_optional_segments() -> None:
+    template = Template.parse('{img|first}{? by {brand|first}}{? in {colors|first:","}}')
+    values = {"img": " | a.jpg|b.jpg", "brand": "|Acme|Other", "colors": "red, blue"}
+    assert template.render(values) == "a.jpg by Acme in red"
+    assert template.render({"img": '["x.png", "y.png"]', "brand": " | ", "colors": ","}) == "x.png"
+
+
 def test_templates_compare_and_hash_by_source() -> None:
     one, two = Template.parse("{a}{? by {b}}"), Template.parse("{a}{? by {b}}")
     assert one == two and hash(one) == hash(two) and one != Template.parse("{a}")
