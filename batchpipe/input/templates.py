@@ -80,8 +80,11 @@ class Template:
     parts: tuple[_Part, ...]
     #: The one field when the template is nothing else (``"{pid}"``, as item keys usually are).
     lone: _Field | None = field(default=None, compare=False)
-    #: ``parts`` as :meth:`render_checked` walks them (:func:`_steps`).
-    steps: tuple[_Step, ...] = field(default=(), compare=False, repr=False)
+    #: ``parts`` as :meth:`render_checked` walks them (:func:`_steps`; made from ``parts``, never given).
+    steps: tuple[_Step, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", _steps(self.parts))  # frozen: set once, here
 
     @classmethod
     def parse(cls, text: str) -> Template:
@@ -90,7 +93,7 @@ class Template:
         parts, end = _parse_parts(text, 0, in_optional=False)
         assert end == len(text)
         lone = parts[0] if len(parts) == 1 and isinstance(parts[0], _Field) else None
-        return cls(text, tuple(parts), lone, _steps(parts))
+        return cls(text, tuple(parts), lone)
 
     @property
     def fields(self) -> tuple[str, ...]:
