@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from batchpipe.cli.validate import validate_command
@@ -644,12 +644,31 @@ def test_renamed_duplicate_keys_stay_unique_and_name_the_first_line(
     assert len(warnings) == sum(1 for key, item in zip(keys, items, strict=True) if item.key != key)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.sampled_from(["a", "b", " ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\x1c", "é"])))
-def test_prompts_are_single_spaced_whatever_the_whitespace(text: str) -> None:
+@example("Studio photo of tea, plain background.")
+def test_prompts_are_single_spaced_whatever_the_whitespace(tmp_path: Path, text: str) -> None:
     """The prompt's whitespace rule (runs of any Unicode whitespace → one space, none at either end) holds for
-    text that already looks single-spaced and for text that is not."""
-    from batchpipe.input.validate import _single_spaced
+    text that already looks single-spaced and for text that is not, as a catalog row's prompt."""
+    from batchpipe.input.templates import Template
 
-    assert _single_spaced(text) == " ".join(text.split())
-    assert _single_spaced("Studio photo of tea, plain background.") == "Studio photo of tea, plain background."
+    path = tmp_path / "catalog.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([["sku", "text"], ["k", text]])
+    spec = JobSpec(
+        name="t",
+        manifest_path=path,
+        manifest_format="csv",
+        output_dir=tmp_path / "out",
+        key_template=Template.parse("{sku}"),
+        prompt_template=Template.parse("{text}"),
+        defaults={"model": "gpt-image-2"},
+    )
+    results = list(make_items(spec, on_warning=lambda _: None))
+    expected = " ".join(text.split())
+    if expected:
+        assert [r.body["prompt"] for r in results if isinstance(r, Item)] == [expected]
+        assert not [r for r in results if isinstance(r, Problem)]
+    else:  # a blank column is its own located problem (on_empty_field), never an item with an empty prompt
+        assert [(r.field, r.line) for r in results if isinstance(r, Problem)] == [("prompt", 2)]
+        assert not [r for r in results if isinstance(r, Item)]
