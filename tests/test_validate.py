@@ -650,20 +650,7 @@ def test_renamed_duplicate_keys_stay_unique_and_name_the_first_line(
 def test_prompts_are_single_spaced_whatever_the_whitespace(tmp_path: Path, text: str) -> None:
     """The prompt's whitespace rule (runs of any Unicode whitespace → one space, none at either end) holds for
     text that already looks single-spaced and for text that is not, as a catalog row's prompt."""
-    from batchpipe.input.templates import Template
-
-    path = tmp_path / "catalog.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh, lineterminator="\n").writerows([["sku", "text"], ["k", text]])
-    spec = JobSpec(
-        name="t",
-        manifest_path=path,
-        manifest_format="csv",
-        output_dir=tmp_path / "out",
-        key_template=Template.parse("{sku}"),
-        prompt_template=Template.parse("{text}"),
-        defaults={"model": "gpt-image-2"},
-    )
+    spec = JobSpec.load(_catalog_job(tmp_path, [text], max_shard_bytes=1_000_000), workdir=tmp_path)
     results = list(make_items(spec, on_warning=lambda _: None))
     expected = " ".join(text.split())
     if expected:
