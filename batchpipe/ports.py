@@ -169,7 +169,8 @@ class Ledger(Protocol):
         """Close the build of ``run_id`` in one transaction: insert its ``shards`` (as :meth:`insert_shard`),
         supersede every earlier attempt (``previous_custom_id``) of the run's items that is not ``submitted`` or
         already ``superseded``, and set the run's ``built_at`` (now) with a ``run`` event. A build writes its items
-        in chunks (:meth:`insert_items`, each its own transaction) and ends here, so a run without ``built_at`` is
+        in chunks (:meth:`insert_items`, each atomic; an implementation may commit several in one transaction,
+        and commits them all here at the latest) and ends here, so a run without ``built_at`` is
         a build that did not finish. Returns how many attempts were superseded. Raises
         :class:`~batchpipe.errors.LedgerError` for an unknown run or one already built (nothing changed)."""
         ...

@@ -306,13 +306,14 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
     """The bare loop plus each request's ledger row as plain ``sqlite3`` inserts: the same lines as
     :func:`orjson_child`, and per item the row a build writes (the 16 columns it gives, ``request_hash`` and the
     body and metadata JSON included) into a fresh ledger made by ``SqliteLedger``'s own schema and page cache, in
-    2,000-row commits at ``synchronous=NORMAL`` as ``insert_items`` makes them; no validation, no ledger code
-    around the inserts. What a build that keeps a row per request in this schema cannot go below."""
+    2,000-row ``executemany`` calls committed every ``_GROUP_ROWS`` (50,000) rows at ``synchronous=NORMAL``, as
+    ``insert_items`` groups a build's chunks; no validation, no ledger code around the inserts.
+    What a build that keeps a row per request in this schema cannot go below."""
     import sqlite3
 
     import orjson
 
-    from batchpipe.adapters.sqlite_ledger import _CACHE_KIB, _SCHEMA
+    from batchpipe.adapters.sqlite_ledger import _CACHE_KIB, _GROUP_ROWS, _SCHEMA
     from batchpipe.domain.items import make_custom_id, request_hash
     from batchpipe.domain.spec import estimate_input_tokens
 
@@ -332,12 +333,18 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
     sql = f"INSERT INTO items ({columns}) VALUES ({', '.join('?' * 16)})"
     run_id = f"{job}-floor"
     rows: list[tuple[object, ...]] = []
+    grouped = 0  # rows inserted since the last commit
 
-    def commit() -> None:
-        db.execute("BEGIN")
+    def commit(last: bool = False) -> None:
+        nonlocal grouped
+        if not grouped:
+            db.execute("BEGIN")
         db.executemany(sql, rows)
-        db.execute("COMMIT")
+        grouped += len(rows)
         rows.clear()
+        if last or grouped >= _GROUP_ROWS:
+            db.execute("COMMIT")
+            grouped = 0
 
     items = 0
     index = 0
@@ -376,8 +383,8 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
             items += 1
     if out is not None:
         out.close()
-    if rows:
-        commit()
+    if rows or grouped:
+        commit(last=True)
     db.close()
     elapsed = time.perf_counter() - began
     digest, total, files = _hash_dir(shards)

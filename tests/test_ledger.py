@@ -25,6 +25,7 @@ from batchpipe.domain.records import (
     ITEM_TRANSITIONS,
     batch_may_move,
     batch_status_is_terminal,
+    new_item_params,
 )
 from batchpipe.errors import LedgerError
 
@@ -81,8 +82,9 @@ def test_the_ledger_is_a_wal_file_that_survives_reopening(tmp_path: Path) -> Non
 
 
 def test_only_a_chunk_insert_of_its_own_skips_the_disk_sync(tmp_path: Path) -> None:
-    """A build's chunk insert commits with synchronous=NORMAL and puts FULL back, even when it fails; inside a
-    caller's transaction (a follow-up attempt with its shards) the caller's FULL commit stands."""
+    """A build's chunk inserts commit with synchronous=NORMAL (their open group, see _GROUP_ROWS) and the next
+    other write puts FULL back, even when a chunk fails; inside a caller's transaction (a follow-up attempt with its
+    shards) the caller's FULL commit stands."""
     ledger = SqliteLedger(tmp_path / "ledger.sqlite")
     seen: list[int] = []
     ledger._db.set_trace_callback(lambda sql: seen.append(0) if "synchronous=NORMAL" in sql else None)
@@ -92,15 +94,75 @@ def test_only_a_chunk_insert_of_its_own_skips_the_disk_sync(tmp_path: Path) -> N
 
     assert synchronous() == 2  # FULL
     ledger.insert_items([_row("c1", "k1")])
-    assert synchronous() == 2 and len(seen) == 1
+    assert synchronous() == 1 and len(seen) == 1  # NORMAL while the build's group is open
     with pytest.raises(LedgerError):
-        ledger.insert_items([_row("c1", "k1")])  # a duplicate: nothing inserted, FULL again
-    assert synchronous() == 2 and len(seen) == 2
-    with ledger.transaction():
+        ledger.insert_items([_row("c1", "k1")])  # a duplicate: nothing inserted, the group goes on
+    assert synchronous() == 1 and len(seen) == 1
+    with ledger.transaction():  # any other write commits the group first and puts FULL back
+        assert synchronous() == 2
         ledger.insert_items([_row("c2", "k2")])
-    assert len(seen) == 2 and synchronous() == 2
+    assert len(seen) == 1 and synchronous() == 2
     assert ledger.count_items() == {"pending": 2}
     ledger.close()
+
+
+def _committed(path: Path) -> list[str]:
+    """The custom_ids another connection sees in the ledger file at ``path``."""
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        return [str(r[0]) for r in other.execute("SELECT custom_id FROM items ORDER BY custom_id")]
+
+
+def test_a_builds_chunks_share_a_transaction_until_it_is_full_old_or_another_write_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks inserted on their own join one open transaction; other connections see them when it commits: when
+    it holds _GROUP_ROWS rows, when a chunk finds it _GROUP_S old, at the next other write, or at close."""
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setattr(sqlite_ledger, "_GROUP_ROWS", 3)
+    ledger = SqliteLedger(path)
+    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2")])
+    assert _committed(path) == [] and ledger.count_items() == {"pending": 2}  # this connection sees its own rows
+    ledger.insert_items([_row("c3", "k3")])  # 3 rows: the group is full
+    assert _committed(path) == ["c1", "c2", "c3"]
+    ledger.insert_items([_row("c4", "k4")])
+    assert _committed(path) == ["c1", "c2", "c3"]
+    ledger.claim("build", "r1", owner="w", lease_s=60)  # another write
+    assert _committed(path) == ["c1", "c2", "c3", "c4"]
+    monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 0.0)
+    ledger.insert_items([_row("c5", "k5")])  # the group is already as old as it may be
+    assert _committed(path) == ["c1", "c2", "c3", "c4", "c5"]
+    monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 60.0)
+    ledger.insert_items([_row("c6", "k6")])
+    assert _committed(path) == ["c1", "c2", "c3", "c4", "c5"]
+    ledger.close()
+    assert _committed(path) == ["c1", "c2", "c3", "c4", "c5", "c6"]
+
+
+def test_a_refused_chunk_leaves_the_groups_other_chunks_and_a_rolled_back_group_is_an_error(tmp_path: Path) -> None:
+    """A chunk the schema refuses is undone alone (its SAVEPOINT); if SQLite rolls the whole open transaction back
+    (disk full, I/O error: here a trigger's RAISE(ROLLBACK)), insert_items says so and the next chunk starts a
+    new group."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = SqliteLedger(path)
+    ledger.insert_items([_row("c1", "k1")])
+    with pytest.raises(LedgerError, match="duplicate"):
+        ledger.insert_items([_row("c2", "k2"), _row("c1", "k9")])  # c2 is undone with the refused c1
+    ledger.insert_items([_row("c3", "k3")])
+    ledger.close()
+    assert _committed(path) == ["c1", "c3"]
+
+    ledger = SqliteLedger(path)
+    ledger._db.execute(
+        "CREATE TEMP TRIGGER boom BEFORE INSERT ON items WHEN NEW.item_key = 'boom'"
+        " BEGIN SELECT RAISE(ROLLBACK, 'disk full'); END"
+    )
+    ledger.insert_items([_row("c4", "k4")])
+    with pytest.raises(LedgerError, match="uncommitted chunks were rolled back"):
+        ledger.insert_items([_row("c5", "boom")])
+    assert int(ledger._db.execute("PRAGMA synchronous").fetchone()[0]) == 2
+    ledger.insert_items([_row("c6", "k6")])
+    ledger.close()
+    assert _committed(path) == ["c1", "c3", "c6"]  # c4 went with its group, and the error said so
 
 
 def test_an_older_ledger_file_gains_claims_and_the_events_index(tmp_path: Path) -> None:
@@ -435,3 +497,58 @@ def test_status_counts_with_aggregates_and_never_reads_item_rows(
     report = json.loads(result.output)
     assert report["current_items"] == current == {"succeeded": 1000, "failed": 200}
     assert report["items"] == {"succeeded": 1500, "failed": 300}
+
+
+def _stored(path: Path) -> list[tuple[object, ...]]:
+    """Every items row of the ledger at ``path`` with each value's SQLite type, in rowid order."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        columns = [str(r[1]) for r in db.execute("PRAGMA table_info(items)")]
+        select = ", ".join(f"{c}, typeof({c})" for c in columns)
+        return [tuple(r) for r in db.execute(f"SELECT {select} FROM items ORDER BY rowid")]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["plain", "times_differ", "nul_in_text", "integer_past_53_bits"],
+)
+def test_a_chunk_is_stored_as_executemany_would_store_it_value_for_value(tmp_path: Path, case: str) -> None:
+    """insert_items writes a chunk as one JSON statement when the JSON carries it exactly and row by row otherwise;
+    either way every value and its SQLite type are what plain executemany stores (text of every kind, NULL, integers,
+    booleans, and the REAL times bound as parameters)."""
+    texts = ["plain", 'q"uo\\te', "é\u2028\u2029😀", "tab\tnew\nline\r", "\x01\x1f\x7f", '{"json": [1, 2.5]}', ""]
+    rows = []
+    for i, text in enumerate(texts * 3):
+        row = _row(f"c{i:03d}", f"k{i}")
+        row.update(
+            metadata_json=text,
+            source=f"m.jsonl:{i}",
+            product_key=None if i % 2 else text,
+            input_tokens_est=i * 7,
+            retryable=bool(i % 3),
+            created_at=1_764_550_800.123_456_7,
+            updated_at=1_764_550_800.123_456_7 + 1e-6,
+        )
+        rows.append(row)
+    if case == "times_differ":
+        rows[5]["created_at"] = 1_764_550_801.987_654_3
+    elif case == "nul_in_text":
+        rows[4]["source"] = "before\x00after"
+    elif case == "integer_past_53_bits":
+        rows[3]["input_tokens_est"] = 2**53 + 1
+    statements: list[str] = []
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    ledger._db.set_trace_callback(statements.append)
+    ledger.insert_items(rows)
+    ledger.close()
+    one_step = any("json_each" in sql and sql.startswith("INSERT") for sql in statements)
+    assert one_step is (case == "plain")
+
+    plain = SqliteLedger(tmp_path / "plain.sqlite")
+    columns, params = new_item_params(rows, 0.0)
+    plain._db.executemany(
+        f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})", params
+    )
+    plain.close()
+    stored = _stored(tmp_path / "ledger.sqlite")
+    assert len(stored) == len(rows)
+    assert stored == _stored(tmp_path / "plain.sqlite")

@@ -65,7 +65,8 @@ META_RUN, META_SHARD, META_SHA = "batchpipe_run", "batchpipe_shard", "batchpipe_
 #: How long a claim (a build, a shard being submitted, a batch being collected) holds before another worker may
 #: take it over, in seconds: longer than any single step (a 200 MB upload, a 3 GB output file).
 DEFAULT_LEASE_S: Final = 3600.0
-#: Item rows per ledger transaction while building: a build never holds a transaction across an ``await``.
+#: Item rows per ledger call while building (``insert_items``: each call is atomic; the SQLite ledger groups a
+#: build's calls into transactions of up to 50,000 rows or 2 seconds, ``sqlite_ledger._GROUP_ROWS``).
 _ROWS_PER_COMMIT: Final = 2000
 #: Chunk inserts a build keeps queued on the ledger thread while it validates on.
 _INSERTS_IN_FLIGHT: Final = 2
@@ -131,7 +132,7 @@ class _ChunkWriter:
     unchanged rows (counted in ``stats["skipped"]``), numbers the attempts, adds the lines to the shards and
     queues the insert. So the
     ledger thread inserts chunk N while the event loop validates chunk N+2; SQLite releases the GIL while it
-    writes. At most :data:`_INSERTS_IN_FLIGHT` inserts are queued (bounded memory); each is still one transaction.
+    writes. At most :data:`_INSERTS_IN_FLIGHT` inserts are queued (bounded memory); each is still atomic.
     The lookup of chunk N runs before chunk N-1's insert: a build's keys are distinct (validation renames repeats),
     so it never needs to see them. ``finish()`` settles the last chunk and waits for every insert (raising the first
     error); ``drain()`` waits for what is queued, ignoring errors (before a failed build is discarded).
