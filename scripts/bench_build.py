@@ -306,9 +306,9 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
     """The bare loop plus each request's ledger row as plain ``sqlite3`` inserts: the same lines as
     :func:`orjson_child`, and per item the row a build writes (the 16 columns it gives, ``request_hash`` and the
     body and metadata JSON included) into a fresh ledger made by ``SqliteLedger``'s own schema and page cache, in
-    2,000-row ``executemany`` calls committed every ``_GROUP_ROWS`` (50,000) rows at ``synchronous=NORMAL``, as
-    ``insert_items`` groups a build's chunks; no validation, no ledger code around the inserts.
-    What a build that keeps a row per request in this schema cannot go below."""
+    1,000-row ``executemany`` calls (a build's chunks) committed every ``_GROUP_ROWS`` (50,000) rows at
+    ``synchronous=NORMAL``, as ``insert_items`` groups a build's chunks; no validation, no ledger code around the
+    inserts. What a build that keeps a row per request in this schema cannot go below."""
     import sqlite3
 
     import orjson
@@ -378,7 +378,7 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
                  orjson.dumps(body).decode(), orjson.dumps(metadata).decode(), f"{csv_path}:{line}",
                  estimate_input_tokens(body), name, "pending", now, now)
             )  # fmt: skip
-            if len(rows) >= 2_000:
+            if len(rows) >= 1_000:
                 commit()
             items += 1
     if out is not None:

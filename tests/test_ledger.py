@@ -13,6 +13,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,7 @@ def test_a_builds_chunks_share_a_transaction_until_it_is_full_old_or_another_wri
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks inserted on their own join one open transaction; other connections see them when it commits: when
-    it holds _GROUP_ROWS rows, when a chunk finds it _GROUP_S old, at the next other write, or at close."""
+    it holds _GROUP_ROWS rows, when it is _GROUP_S old (no chunk needed), at the next other write, or at close."""
     path = tmp_path / "ledger.sqlite"
     monkeypatch.setattr(sqlite_ledger, "_GROUP_ROWS", 3)
     ledger = SqliteLedger(path)
@@ -128,11 +129,16 @@ def test_a_builds_chunks_share_a_transaction_until_it_is_full_old_or_another_wri
     assert _committed(path) == ["c1", "c2", "c3"]
     ledger.claim("build", "r1", owner="w", lease_s=60)  # another write
     assert _committed(path) == ["c1", "c2", "c3", "c4"]
-    monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 0.0)
-    ledger.insert_items([_row("c5", "k5")])  # the group is already as old as it may be
+    monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 0.2)
+    ledger.insert_items([_row("c5", "k5")])  # and then no chunk: the build pauses
+    deadline = time.monotonic() + 10
+    while _committed(path)[-1:] != ["c5"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _committed(path) == ["c1", "c2", "c3", "c4", "c5"]
+    assert int(ledger._db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL again
     monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 60.0)
     ledger.insert_items([_row("c6", "k6")])
+    time.sleep(0.4)
     assert _committed(path) == ["c1", "c2", "c3", "c4", "c5"]
     ledger.close()
     assert _committed(path) == ["c1", "c2", "c3", "c4", "c5", "c6"]

@@ -95,12 +95,12 @@ _CHUNK: Final = 500  # ids per guarded statement (SQLite allows 999 parameters i
 #: build phase of ``run``, 1,000,000 items): 16 MiB 95 s and 275 MB peak RSS, 64 MiB 98 s and 330 MB.
 _CACHE_KIB: Final = 16_384
 #: A build's chunks of new items (:meth:`SqliteLedger.insert_items` called outside a transaction) share one
-#: transaction until it holds this many rows or is this many seconds old (checked at each chunk), or any other write
-#: comes. Every commit writes each page it changed to the WAL once, and a build's rows land on random pages of the two
-#: hash-keyed indexes, so small commits write the same pages again and again. Measured (plain ``sqlite3`` inserts of
-#: 1,000,000 rows into this schema, 2,000-row ``executemany`` calls, 16 MiB cache): a commit per call 54.6 s, per
-#: 50,000 rows 27.2 s; the build phase of ``run`` at 1,000,000 items went 81 → 71 s (commits every 2 s or 50,000
-#: rows: the same as every 30 s).
+#: transaction until it holds this many rows or is this many seconds old (a timer commits it even when no chunk
+#: comes), or any other write comes. Every commit writes each page it changed to the WAL once, and a build's rows
+#: land on random pages of the two hash-keyed indexes, so small commits write the same pages again and again.
+#: Measured (plain ``sqlite3`` inserts of 1,000,000 rows into this schema, 2,000-row ``executemany`` calls, 16 MiB
+#: cache): a commit per call 54.6 s, per 50,000 rows 27.2 s; the build phase of ``run`` at 1,000,000 items went
+#: 81 → 71 s (commits every 2 s or 50,000 rows: the same as every 30 s).
 _GROUP_ROWS: Final = 50_000
 _GROUP_S: Final = 2.0
 
@@ -405,8 +405,11 @@ class SqliteLedger:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._depth = 0
-        #: a build's open group of inserted chunks (see _GROUP_ROWS): (rows in it, time.monotonic() it began)
-        self._group: tuple[int, float] | None = None
+        #: a build's open group of inserted chunks (see _GROUP_ROWS): (rows in it, its number), and the timer that
+        #: commits it once it is _GROUP_S old
+        self._group: tuple[int, int] | None = None
+        self._groups = 0
+        self._group_timer: threading.Timer | None = None
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -505,12 +508,26 @@ class SqliteLedger:
     def _commit_group(self) -> None:
         """Commit a build's open group of inserts (:data:`_GROUP_ROWS`), if there is one, and go back to
         ``synchronous=FULL``. Called under the lock before any other write and when closing."""
+        if self._group_timer is not None:
+            self._group_timer.cancel()
+            self._group_timer = None
         if self._group is not None:
             self._group = None
             try:
                 self._db.execute("COMMIT")
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
+
+    def _commit_old_group(self, number: int) -> None:
+        """The group timer: commit group ``number`` if it is still open (a build paused between two chunks must
+        not keep the write lock from other processes)."""
+        with self._lock:
+            if self._group is None or self._group[1] != number:
+                return
+            try:
+                self._commit_group()
+            except sqlite3.Error as exc:  # the next write of the build meets the same error and raises it
+                log.warning("ledger.group_commit_failed", error=str(exc))
 
     def _exec(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -646,11 +663,13 @@ class SqliteLedger:
         Raises :class:`LedgerError` on a duplicate ``custom_id`` or (job, key, attempt) or a missing required
         column, and then inserts none of ``rows``.
 
-        Called on its own (a build's 2,000-row chunks, not inside :meth:`transaction`), the chunk joins the build's
+        Called on its own (a build's 1,000-row chunks, not inside :meth:`transaction`), the chunk joins the build's
         open group: one transaction for up to :data:`_GROUP_ROWS` rows or :data:`_GROUP_S` seconds, committed by
-        the chunk that fills it or by the next other write (``finish_build``, ``discard_build``, a shard's intent,
-        any ``transaction()``) or :meth:`close`; the chunk itself is a SAVEPOINT, so a refused chunk leaves the
-        group's earlier chunks as they were. Other connections see a group's rows once it commits. A group commits
+        the chunk that fills it, by a timer once it is that old (chunk or not), by the next other write
+        (``finish_build``, ``discard_build``, a shard's intent, any ``transaction()``) or :meth:`close`; the chunk
+        itself is a SAVEPOINT, so a refused chunk leaves the group's earlier chunks as they were. Other connections
+        see a group's rows once it commits; until then it holds the file's write lock (another process's write
+        waits, at most about :data:`_GROUP_S`). A group commits
         without waiting for the disk (``synchronous=NORMAL`` in WAL mode: still atomic and safe from a crash of the
         process, not yet from a power cut). Nothing is spent on new rows alone: a build is done only at
         :meth:`finish_build`, and a shard's upload only after its intent, both committed with
@@ -697,7 +716,12 @@ class SqliteLedger:
             except BaseException:
                 self._db.execute("PRAGMA synchronous=FULL")
                 raise
-            self._group = (0, time.monotonic())
+            self._groups += 1
+            self._group = (0, self._groups)
+            timer = threading.Timer(_GROUP_S, self._commit_old_group, args=(self._groups,))
+            timer.daemon = True
+            timer.start()
+            self._group_timer = timer
         self._db.execute("SAVEPOINT chunk")
         try:
             self._insert_rows(columns, params)
@@ -714,9 +738,9 @@ class SqliteLedger:
                 raise _refused(exc) from exc
             raise
         self._db.execute("RELEASE chunk")
-        count, began = self._group
-        self._group = (count + len(params), began)
-        if count + len(params) >= _GROUP_ROWS or time.monotonic() - began >= _GROUP_S:
+        count, number = self._group
+        self._group = (count + len(params), number)
+        if count + len(params) >= _GROUP_ROWS:
             self._commit_group()
 
     def transition_items(
@@ -1282,7 +1306,7 @@ class SqliteLedger:
         return (str(rows[0]["owner"]), float(rows[0]["expires_at"])) if rows else None
 
 
-#: Rows per statement of :func:`_one_step_insert` (a build's 2,000-row chunk is two).
+#: Rows per statement of :func:`_one_step_insert` (a build's chunk is one).
 _ONE_STEP_ROWS: Final = 1000
 #: The ``items`` columns of type REAL: SQLite's JSON reader does not read every double back exactly (3.40: 378,000
 #: of 400,000 random doubles came back changed), so :func:`_one_step_insert` binds them as parameters instead.
@@ -1298,12 +1322,12 @@ def _one_step_insert(columns: Sequence[str], params: list[tuple[object, ...]]) -
 
     Why: ``executemany`` takes the GIL back after every row's step, and beside a busy event loop thread each take
     waits for a switch interval (5 ms): 4,000 rows took 25 s beside a busy thread, 0.1 s alone. One statement per
-    chunk takes it back once. Measured (the build phase of ``run``, 1,000,000 items, group commits on): 71 s with
-    ``executemany``, 60–67 s in statements of 1,000 rows (:data:`_ONE_STEP_ROWS`; peak RSS 284 MB), 55–61 s in
-    statements of 2,000 (but 298–308 MB: each statement's JSON text is held three times, by orjson, Python and
-    SQLite). The JSON costs SQLite 13 µs a row against 3.8 µs for ``executemany`` (17 columns, no index), on the
-    ledger thread, without the GIL. ``INSERT OR FAIL``: a refused row ends the statement without a statement journal
-    (the chunk's SAVEPOINT undoes it)."""
+    chunk takes it back once. Measured (the build phase of ``run``, 1,000,000 items, group commits on, 2,000-row
+    chunks): 71–74 s and 274 MB peak RSS with ``executemany``, 60–67 s and 284 MB in statements of 1,000 rows
+    (:data:`_ONE_STEP_ROWS`), 55–61 s and 298–308 MB in statements of 2,000 (each statement's JSON text is held
+    three times, by orjson, Python and SQLite). The JSON costs SQLite 13 µs a row against 3.8 µs for
+    ``executemany`` (17 columns, no index), on the ledger thread, without the GIL. ``INSERT OR FAIL``: a refused
+    row ends the statement without a statement journal (the chunk's SAVEPOINT undoes it)."""
     try:
         rows = orjson.dumps(params, option=orjson.OPT_STRICT_INTEGER)
     except orjson.JSONEncodeError:
