@@ -514,7 +514,8 @@ class SqliteLedger:
         if self._group is not None:
             self._group = None
             try:
-                self._db.execute("COMMIT")
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
 
@@ -727,8 +728,7 @@ class SqliteLedger:
             self._insert_rows(columns, params)
         except BaseException as exc:
             if not self._db.in_transaction:  # SQLite rolled the whole group back (disk full, I/O error)
-                self._group = None
-                self._db.execute("PRAGMA synchronous=FULL")
+                self._commit_group()  # nothing left to commit: stops the group's timer, FULL again
                 raise LedgerError(
                     f"cannot insert items; the build's uncommitted chunks were rolled back: {exc}"
                 ) from exc
