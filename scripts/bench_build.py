@@ -378,7 +378,7 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
                  orjson.dumps(body).decode(), orjson.dumps(metadata).decode(), f"{csv_path}:{line}",
                  estimate_input_tokens(body), name, "pending", now, now)
             )  # fmt: skip
-            if len(rows) >= 1_000:
+            if len(rows) >= 1_000:  # runtime.runner._ROWS_PER_CHUNK
                 commit()
             items += 1
     if out is not None:

@@ -45,7 +45,7 @@ from bench_common import Report, Target, machine_load, run_interleaved, run_subp
 JOB = "bench"
 BATCH_ITEMS = 50_000
 RETRIED = 1_000
-CHUNK = 1000  # Runner._build's _ROWS_PER_COMMIT
+CHUNK = 1000  # runtime.runner._ROWS_PER_CHUNK: the pairs a build checks per call (not imported: it is timed)
 
 
 def _key(i: int) -> str:

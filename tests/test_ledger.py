@@ -82,10 +82,11 @@ def test_the_ledger_is_a_wal_file_that_survives_reopening(tmp_path: Path) -> Non
     again.close()
 
 
-def test_only_a_chunk_insert_of_its_own_skips_the_disk_sync(tmp_path: Path) -> None:
+def test_only_a_chunk_insert_of_its_own_skips_the_disk_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A build's chunk inserts commit with synchronous=NORMAL (their open group, see _GROUP_ROWS) and the next
     other write puts FULL back, even when a chunk fails; inside a caller's transaction (a follow-up attempt with its
     shards) the caller's FULL commit stands."""
+    monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 60.0)  # no timer commit in the middle, however slow the machine
     ledger = SqliteLedger(tmp_path / "ledger.sqlite")
     seen: list[int] = []
     ledger._db.set_trace_callback(lambda sql: seen.append(0) if "synchronous=NORMAL" in sql else None)
@@ -120,6 +121,7 @@ def test_a_builds_chunks_share_a_transaction_until_it_is_full_old_or_another_wri
     it holds _GROUP_ROWS rows, when it is _GROUP_S old (no chunk needed), at the next other write, or at close."""
     path = tmp_path / "ledger.sqlite"
     monkeypatch.setattr(sqlite_ledger, "_GROUP_ROWS", 3)
+    monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 60.0)  # the timer commits only where the test lowers this
     ledger = SqliteLedger(path)
     ledger.insert_items([_row("c1", "k1"), _row("c2", "k2")])
     assert _committed(path) == [] and ledger.count_items() == {"pending": 2}  # this connection sees its own rows

@@ -69,7 +69,7 @@ DEFAULT_LEASE_S: Final = 3600.0
 #: build's calls into transactions of up to 50,000 rows or 2 seconds, ``sqlite_ledger._GROUP_ROWS``). Measured at
 #: 1,000,000 items against 2,000: the build phase of ``run`` 58.8 s and 268 MB peak RSS against 59.8–63.2 s and
 #: 284–285 MB; the no-change re-run 17.4–18.5 s and 247 MB against 17.9–18.1 s and 258–259 MB.
-_ROWS_PER_COMMIT: Final = 1000
+_ROWS_PER_CHUNK: Final = 1000
 #: Chunk inserts a build keeps queued on the ledger thread while it validates on.
 _INSERTS_IN_FLIGHT: Final = 2
 #: How far the service's clock may be ahead of ours (seconds): a listed batch proves the list current past an
@@ -627,7 +627,7 @@ class Runner:
                 rows.append(
                     {"item_key": entry.key, "request_hash": rhash, "status": ItemStatus.PENDING, "_item": entry}
                 )
-                if len(rows) >= _ROWS_PER_COMMIT:
+                if len(rows) >= _ROWS_PER_CHUNK:
                     await writer.push(rows)
                     rows = []
             await writer.push(rows)
@@ -1389,10 +1389,10 @@ class Runner:
         rows: list[dict[str, object]] = []
         supersede: list[str] = []
         try:
-            for start in range(0, len(retry), _ROWS_PER_COMMIT):
+            for start in range(0, len(retry), _ROWS_PER_CHUNK):
                 chunk = [
                     self._pending_row(job, run_id, r.as_item(), r.request_hash)
-                    for r in retry[start : start + _ROWS_PER_COMMIT]
+                    for r in retry[start : start + _ROWS_PER_CHUNK]
                 ]
                 supersede += await self._number_rows(job, chunk, builder)
                 rows += chunk
