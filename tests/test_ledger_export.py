@@ -6,6 +6,7 @@ table's B-tree, ``rowid``, in order: no temporary B-tree, no OFFSET)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import orjson
@@ -140,11 +141,60 @@ def test_export_pages_read_the_table_in_order(ledger: SqliteLedger) -> None:
         lines = _lines(ledger, **options)
         assert [orjson.loads(line)["key"] for line in lines] == [f"k{i}" for i in reversed(range(12_000))]
     ledger._db.set_trace_callback(None)
+    # each latest-only export kept its older attempts aside in a temporary table, and dropped it at its end
+    assert not ledger._db.execute("SELECT name FROM sqlite_temp_master").fetchall()
     pages = [s for s in statements if "json_object" in s]
     assert len(pages) == 4 * 4  # three full pages and the empty one, per export
+    older = sorted({name for sql in pages for name in re.findall(r"temp\.(export_older_\d+)", sql)})
+    assert len(older) == 2  # the two latest-only exports, one table each
+    for name in older:  # again (empty), to plan the pages that read it
+        ledger._db.execute(f"CREATE TEMP TABLE {name} (id INTEGER PRIMARY KEY)")
     for sql in pages:
         assert "OFFSET" not in sql.upper()
         plan = [str(r[-1]) for r in ledger._db.execute(f"EXPLAIN QUERY PLAN {sql}")]
-        expected = "USING INDEX items_run (run_id=? AND rowid>?)" if "run_id =" in sql else "PRIMARY KEY (rowid>?)"
+        assert "CORRELATED" not in " ".join(plan), plan  # no index search per row for "latest attempt"
+        # pages run from the last rowid read to the largest when the export began
+        expected = (
+            "items_run (run_id=? AND rowid>? AND rowid<?)" if "run_id =" in sql else "PRIMARY KEY (rowid>? AND rowid<?)"
+        )
         assert [p for p in plan if p.startswith("SEARCH items ") and p.endswith(expected)], plan
         assert not [p for p in plan if "TEMP B-TREE" in p], plan
+
+
+def test_latest_attempts_across_jobs_runs_and_pages(ledger: SqliteLedger) -> None:
+    """Items with one to three attempts, in two jobs with the same keys, over several pages: the latest-only export
+    is Python's latest attempts line for line, whether the older attempts are before or after the latest in the
+    table (attempt numbers inserted out of order)."""
+    rows = []
+    for i in range(7_000):
+        key = f"k{(i * 7919) % 7_000:05d}"  # keys not in insertion order, as a real catalog's
+        for job in ("job", "other"):
+            attempts = 1 + (i % 3 if job == "job" else i % 2)
+            for attempt in range(attempts, 0, -1) if i % 5 == 0 else range(1, attempts + 1):
+                run = f"r{attempt}"
+                rows.append(_row(f"{job}-{key}-{attempt}", key, job=job, attempt=attempt, run_id=run))
+    ledger.insert_items(rows)
+    for run_id in (None, "r1", "r2", "r3"):
+        for latest in (True, False):
+            options = {"run_id": run_id, "latest_only": latest}
+            assert _lines(ledger, **options) == _python_lines(ledger, **options), options
+    latest = {orjson.loads(line)["custom_id"] for line in _lines(ledger)}
+    assert len(latest) == 14_000  # row i = 2: key k01838, three attempts in "job" and one in "other"
+    assert {"job-k01838-3", "other-k01838-1"} <= latest and not {"job-k01838-1", "job-k01838-2"} & latest
+
+
+def test_an_export_lists_the_rows_there_when_it_began_and_leaves_nothing_behind(ledger: SqliteLedger) -> None:
+    ledger.insert_items([_row(f"a{i:05d}", f"k{i}") for i in range(12_000)])  # three pages
+    chunks = ledger.export_jsonl()
+    first = next(chunks)
+    # while it runs: a new item, and a second attempt of an item on a page not read yet
+    ledger.insert_items([_row("new-1", "new"), _row("a11999-2", "k11999", attempt=2, run_id="r2")])
+    rest = "".join(chunks)
+    keys = [orjson.loads(line)["custom_id"] for line in (first + rest).splitlines()]
+    assert keys == [f"a{i:05d}" for i in range(12_000)]  # the latest attempts as the export began
+    assert [orjson.loads(line)["custom_id"] for line in _lines(ledger)][-3:] == ["a11998", "new-1", "a11999-2"]
+    abandoned = ledger.export_jsonl()
+    next(abandoned)
+    assert ledger._db.execute("SELECT COUNT(*) FROM sqlite_temp_master").fetchone()[0] == 1
+    abandoned.close()  # a reader that stops part way (a closed pipe) drops the export's table too
+    assert not ledger._db.execute("SELECT name FROM sqlite_temp_master").fetchall()
