@@ -7,9 +7,11 @@ for the whole benchmark. Tiny one-line input files, uploaded and created 8 at a 
 1. Calls per poll cycle (generous rate limit): ``batchpipe.stages.poll.Poller.poll`` (list pages of 100, counted
    by the ``OpenAIClient``'s ``stats.requests``) vs the naive loop, one ``GET /v1/batches/{id}`` per batch.
 2. Pacing (the client makes more calls than the limit allows): the emulator is restarted on the same state
-   with ``--rpm-limit L --rate-window-s W`` (a fresh window; full: 20 per the service's 60 s; ``--quick``: 10
-   per 5 s) and Poller cycles run until ``L x --windows + 1`` calls were made (default 2 windows' worth), so
-   the client must wait for the window to reset ``--windows`` times. Shown: calls, pacing waits
+   with ``--rpm-limit L --rate-window-s W`` (a fresh window; full: 20 per 20 s; ``--quick``: 10 per 5 s. The
+   service counts per minute; the pacer reads only the remaining count and the reset time of each answer's
+   ``x-ratelimit-*`` headers, so a shorter window tests the same waits in a third of the time) and Poller cycles
+   run until ``L x --windows + 1`` calls were made (default 2 windows' worth), so the client must wait for the
+   window to reset ``--windows`` times. Shown: calls, pacing waits
    (``stats.rate_limit_waits``), 429s (``stats.rate_limited``: target 0) and the achieved rate against the
    limit. Then it is restarted again (fresh window) and the naive loop runs with the official ``openai`` SDK
    as users write it (``client.batches.retrieve`` per batch, ``max_retries=0`` so each 429 is counted once).
@@ -177,7 +179,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=1000, help="In-flight batches (default 1,000).")
     parser.add_argument("--limit", type=int, default=20, help="Phase 2: requests per window (20).")
-    parser.add_argument("--window-s", type=float, default=60.0, help="Phase 2: window, seconds (60, the service's).")
+    parser.add_argument(
+        "--window-s", type=float, default=20.0, help="Phase 2: window, seconds (20; the service's is 60)."
+    )
     parser.add_argument("--windows", type=int, default=2, help="Phase 2: make limit x this + 1 calls (2).")
     parser.add_argument("--quick", action="store_true", help="200 batches; 10 requests per 5 s window.")
     parser.add_argument("--tmp", type=Path, default=None, help="Parent of the temporary work directory.")
