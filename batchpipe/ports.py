@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from batchpipe.domain.api import Batch, FileObject, Page
 from batchpipe.domain.items import ItemStatus
-from batchpipe.domain.records import BatchRow, ItemRow, ItemSummary, ShardRow
+from batchpipe.domain.records import BatchRow, HashColumn, ItemRow, ItemSummary, ShardRow
 
 __all__ = [
     "AsyncLedger",
@@ -272,10 +272,14 @@ class Ledger(Protocol):
         the job: a re-run checks its items with :meth:`succeeded_with`, chunk by chunk, instead)."""
         ...
 
-    def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
-        """The keys of ``pairs`` (``(item_key, request_hash)``) whose latest ``succeeded`` row in ``job`` has that
-        request hash: what a re-run skips as unchanged. Called per chunk of a build (an indexed lookup of the
-        chunk's keys), so no caller holds every hash of a catalog."""
+    def succeeded_with(
+        self, job: str, pairs: Sequence[tuple[str, str]], *, by: HashColumn = "request_hash"
+    ) -> set[str]:
+        """The keys of ``pairs`` (``(item_key, hash)``) whose latest ``succeeded`` row in ``job`` has that hash in
+        column ``by``: ``request_hash`` (the request it sent) or ``source_hash`` (what it was built from: a catalog
+        row and the part of the job spec that renders it). What a re-run skips as unchanged. Called per chunk of a
+        build (an indexed lookup of the chunk's keys), so no caller holds every hash of a catalog. A key given in
+        several pairs is in the answer when any of them matches. Raises ``ValueError`` for another ``by``."""
         ...
 
     def count_items(
@@ -469,6 +473,12 @@ class AsyncLedger:
         """``fn(ledger)`` on the ledger thread; its result (or exception)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, self.sync)
 
+    def submit(self, fn: Callable[[Ledger], T]) -> Future[T]:
+        """``fn(ledger)`` queued on the ledger thread, in order with the awaited calls, for synchronous code on the
+        loop that must not wait for it at once (a generator that looks a chunk up while it reads the next one): a
+        :class:`concurrent.futures.Future` whose ``result()`` blocks."""
+        return self._thread.submit(fn, self.sync)
+
     async def atomic(self, fn: Callable[[Ledger], T]) -> T:
         """``fn(ledger)`` inside one :meth:`Ledger.transaction` on the ledger thread: every write in it commits, or
         (if it raises) none does."""
@@ -544,9 +554,11 @@ class AsyncLedger:
         """:meth:`Ledger.latest_attempts`."""
         return await self.call(lambda db: db.latest_attempts(job, keys))
 
-    async def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
+    async def succeeded_with(
+        self, job: str, pairs: Sequence[tuple[str, str]], *, by: HashColumn = "request_hash"
+    ) -> set[str]:
         """:meth:`Ledger.succeeded_with`."""
-        return await self.call(lambda db: db.succeeded_with(job, pairs))
+        return await self.call(lambda db: db.succeeded_with(job, pairs, by=by))
 
     async def count_items(
         self, *, run_id: str | None = None, job: str | None = None, latest_only: bool = False

@@ -493,6 +493,25 @@ def test_items_has_no_redundant_index_and_an_older_file_is_migrated(tmp_path: Pa
         again.close()
 
 
+def test_an_older_file_gains_the_source_hash_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    SqliteLedger(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # items as batchpipe made them before
+        db.execute("ALTER TABLE items DROP COLUMN source_hash")
+        db.execute(
+            "INSERT INTO items (custom_id, job, item_key, attempt, run_id, endpoint, model, request_hash, body_json,"
+            " metadata_json, source, status, created_at, updated_at) VALUES"
+            " ('old', 'job', 'k0', 1, 'r1', '/v1/images/generations', 'm', 'h', '{}', '{}', 'm.csv:2', 'succeeded',"
+            " 0, 0)"
+        )
+    for _ in range(2):  # idempotent
+        again = SqliteLedger(path)
+        assert [(r.custom_id, r.source_hash) for r in again.items()] == [("old", None)]
+        assert again.succeeded_with("job", [("k0", "h")]) == {"k0"}
+        assert again.succeeded_with("job", [("k0", "h")], by="source_hash") == set()
+        again.close()
+
+
 def test_a_build_refreshes_the_planners_statistics(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "ledger.sqlite")
     run_id, _ = ledger.open_run("job", "spec", "api")

@@ -12,7 +12,7 @@ from functools import partial
 import psycopg
 import pytest
 
-from batchpipe.adapters.postgres_ledger import SCHEMA_VERSION, PostgresLedger
+from batchpipe.adapters.postgres_ledger import MIGRATIONS, SCHEMA_VERSION, PostgresLedger
 from batchpipe.domain.items import ItemStatus
 from batchpipe.errors import LedgerError
 
@@ -71,8 +71,8 @@ def test_the_schema_is_versioned_and_made_once(url: str) -> None:
     first.close()
     second.close()
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT version FROM schema_version").fetchall()
-    assert rows == [(SCHEMA_VERSION,)]
+        rows = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+    assert rows == [(version,) for version, _ in MIGRATIONS] and rows[-1] == (SCHEMA_VERSION,)  # each step once
 
 
 def test_workers_opening_a_new_database_together_make_the_schema_once(url: str) -> None:
@@ -81,7 +81,31 @@ def test_workers_opening_a_new_database_together_make_the_schema_once(url: str) 
         assert isinstance(ledger, PostgresLedger)
         ledger.close()
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (len(MIGRATIONS),)
+
+
+def test_a_version_1_schema_gains_the_source_hash_column_and_keeps_its_rows(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:  # the schema as batchpipe made it before version 2
+        conn.execute(MIGRATIONS[0][1].encode())
+        conn.execute("CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+        columns = ", ".join(_row("old"))
+        values = ", ".join(["%s"] * len(_row("old")))
+        conn.execute(
+            f"INSERT INTO items ({columns}, created_at, updated_at) VALUES ({values}, 0, 0)",
+            list(_row("old").values()),
+        )
+    ledger = PostgresLedger(url)
+    try:
+        assert [(r.custom_id, r.source_hash) for r in ledger.items()] == [("old", None)]
+        ledger.insert_items([{**_row("new"), "source_hash": "s"}])
+        ledger.transition_items(["old", "new"], ItemStatus.SUBMITTED)
+        ledger.transition_items(["old", "new"], ItemStatus.SUCCEEDED)
+        assert ledger.succeeded_with("job", [("old", "s"), ("new", "s")], by="source_hash") == {"new"}
+    finally:
+        ledger.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_a_schema_newer_than_the_code_is_refused(url: str) -> None:

@@ -52,12 +52,14 @@ from batchpipe.domain.records import (
     ITEM_TRANSITIONS,
     SHARD_TRANSITIONS,
     BatchRow,
+    HashColumn,
     ItemRow,
     ItemSummary,
     ShardRow,
     batch_may_move,
     error_groups,
     export_lines,
+    hash_column,
     item_summary,
     new_item_params,
 )
@@ -201,7 +203,10 @@ CREATE TABLE claims (
 """
 
 #: The schema as numbered steps: ``schema_version`` holds the numbers applied; a newer batchpipe appends a step.
-MIGRATIONS: Final[Sequence[tuple[int, str]]] = ((1, _V1),)
+#: Version 2: what each item row was built from (``source_hash``; see :meth:`PostgresLedger.succeeded_with`).
+_V2: Final = "ALTER TABLE items ADD COLUMN IF NOT EXISTS source_hash TEXT;"
+
+MIGRATIONS: Final[Sequence[tuple[int, str]]] = ((1, _V1), (2, _V2))
 #: The schema version this code writes and reads.
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
@@ -648,22 +653,25 @@ class PostgresLedger:
         for row in rows:
             yield str(row["item_key"]), str(row["request_hash"])
 
-    def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
-        """The keys of ``pairs`` (``(item_key, request_hash)``) whose latest succeeded attempt in ``job`` has that
-        request hash (see :meth:`batchpipe.ports.Ledger.succeeded_with`): one indexed lookup per 500 keys."""
-        latest: dict[str, tuple[int, str]] = {}  # item_key -> (attempt, request_hash) of its latest success
+    def succeeded_with(
+        self, job: str, pairs: Sequence[tuple[str, str]], *, by: HashColumn = "request_hash"
+    ) -> set[str]:
+        """The keys of ``pairs`` (``(item_key, hash)``) whose latest succeeded attempt in ``job`` has that hash in
+        column ``by`` (see :meth:`batchpipe.ports.Ledger.succeeded_with`): one indexed lookup per 500 keys."""
+        column = hash_column(by)
+        latest: dict[str, tuple[int, str | None]] = {}  # item_key -> (attempt, hash) of its latest success
         for start in range(0, len(pairs), 500):
             chunk = list(dict.fromkeys(key for key, _ in pairs[start : start + 500]))
             rows = self._rows(
-                "SELECT item_key, attempt, request_hash FROM items WHERE job = %s AND status = %s "
+                f"SELECT item_key, attempt, {column} AS hash FROM items WHERE job = %s AND status = %s "
                 "AND item_key = ANY(%s)",
                 (job, str(ItemStatus.SUCCEEDED), chunk),
             )
             for row in rows:
                 key, attempt = str(row["item_key"]), int(row["attempt"])
                 if key not in latest or attempt > latest[key][0]:
-                    latest[key] = (attempt, str(row["request_hash"]))
-        return {key for key, request_hash in pairs if key in latest and latest[key][1] == request_hash}
+                    latest[key] = (attempt, row["hash"])
+        return {key for key, hash_ in pairs if key in latest and latest[key][1] == hash_}
 
     def count_items(
         self, *, run_id: str | None = None, job: str | None = None, latest_only: bool = False

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import orjson
 
@@ -29,6 +29,7 @@ __all__ = [
     "ITEM_TRANSITIONS",
     "SHARD_TRANSITIONS",
     "BatchRow",
+    "HashColumn",
     "ItemRow",
     "ItemSummary",
     "ShardRow",
@@ -36,6 +37,7 @@ __all__ = [
     "batch_status_is_terminal",
     "error_groups",
     "export_lines",
+    "hash_column",
     "iso_seconds",
     "item_summary",
     "new_item_params",
@@ -149,7 +151,20 @@ ITEM_COLUMNS: Final = [
     "cost_usd",
     "created_at",
     "updated_at",
+    "source_hash",
 ]
+
+
+#: The columns a re-run compares to skip an item already succeeded (:meth:`batchpipe.ports.Ledger.succeeded_with`):
+#: the request it sent, or what it was built from (``source_hash``: no rendering needed to compare).
+HashColumn = Literal["request_hash", "source_hash"]
+
+
+def hash_column(by: str) -> str:
+    """``by`` when it is one of :data:`HashColumn` (safe to put in SQL); raises ``ValueError`` otherwise."""
+    if by not in ("request_hash", "source_hash"):
+        raise ValueError(f"not a hash column: {by!r}")
+    return by
 
 
 #: Columns a new item row may leave out, and what they are then: its times (the insert's clock) and no token
@@ -221,6 +236,9 @@ class ItemRow:
     cost_usd: float | None
     created_at: float
     updated_at: float
+    #: what the row was built from (:func:`batchpipe.input.validate.make_items`: a catalog row and the job spec's
+    #: part that renders it), or None: a re-run skips a row whose latest success has the same without rendering it
+    source_hash: str | None = None
 
     @property
     def body(self) -> dict[str, object]:
@@ -276,6 +294,7 @@ class ItemRow:
         as ISO 8601 UTC to the second (:func:`iso_seconds`) instead of unix seconds. The SQL ledgers build the same
         record in SQL (``export_jsonl``); ``tests/test_ledger_export.py`` holds them to this one."""
         record = self.to_record()
+        record.pop("source_hash", None)  # bookkeeping of re-runs, not of the item
         body = record.pop("body", None)
         prompt = body.get("prompt") if isinstance(body, dict) else None
         record["prompt"] = prompt if isinstance(prompt, str) else None

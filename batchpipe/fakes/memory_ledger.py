@@ -30,11 +30,13 @@ from batchpipe.domain.records import (
     ITEM_TRANSITIONS,
     SHARD_TRANSITIONS,
     BatchRow,
+    HashColumn,
     ItemRow,
     ItemSummary,
     ShardRow,
     batch_may_move,
     export_lines,
+    hash_column,
 )
 from batchpipe.domain.redact import redact_value
 from batchpipe.errors import LedgerError, TransitionError
@@ -68,7 +70,7 @@ _ITEMS: Final = _columns(
     " product_key text, variant text, inputs_json text, input_tokens_est integer!, shard text, batch_id text,"
     " status text!, retryable integer, error_code text, error_message text, output_uri text, sha256 text,"
     " bytes integer, format text, width integer, height integer, c2pa_state text, c2pa_json text, usage_json text,"
-    " cost_usd real, created_at real!, updated_at real!"
+    " cost_usd real, created_at real!, updated_at real!, source_hash text"
 )
 _SHARDS: Final = _columns(
     "name text!, run_id text!, job text!, endpoint text!, model text!, path text!, requests integer!,"
@@ -623,17 +625,20 @@ class MemoryLedger:
             ]
         yield from pairs
 
-    def succeeded_with(self, job: str, pairs: Sequence[tuple[str, str]]) -> set[str]:
-        """The keys of ``pairs`` (``(item_key, request_hash)``) whose latest succeeded attempt in ``job`` has that
-        request hash (looked up key by key, as SQLite's index does)."""
+    def succeeded_with(
+        self, job: str, pairs: Sequence[tuple[str, str]], *, by: HashColumn = "request_hash"
+    ) -> set[str]:
+        """The keys of ``pairs`` (``(item_key, hash)``) whose latest succeeded attempt in ``job`` has that hash in
+        column ``by`` (looked up key by key, as SQLite's index does)."""
+        column = hash_column(by)
         with self._lock:
             latest: dict[str, object] = {}
             for key, _ in pairs:
                 attempts = self._attempts.get((job, key), {})
                 succeeded = [a for a, c in attempts.items() if self._items[c]["status"] == ItemStatus.SUCCEEDED]
                 if succeeded:
-                    latest[key] = self._items[attempts[max(succeeded)]]["request_hash"]
-        return {key for key, request_hash in pairs if key in latest and latest[key] == request_hash}
+                    latest[key] = self._items[attempts[max(succeeded)]][column]
+        return {key for key, hash_ in pairs if key in latest and latest[key] == hash_}
 
     def count_items(
         self, *, run_id: str | None = None, job: str | None = None, latest_only: bool = False

@@ -723,6 +723,26 @@ def test_succeeded_with_names_the_keys_whose_latest_success_has_the_same_request
     assert ledger.succeeded_with("nope", pairs) == set()
 
 
+def test_succeeded_with_by_source_hash_compares_what_the_latest_success_was_built_from(ledger: Ledger) -> None:
+    """``by="source_hash"``: the same rule over the ``source_hash`` column (what the row was built from). A row
+    without one (written by an older batchpipe, or by a mode that keeps none) never matches; ``request_hash`` is
+    not consulted, and another column name is refused."""
+    ledger.insert_items([{**_row("a1", "k1"), "source_hash": "s-k1"}, {**_row("a2", "k2"), "source_hash": "s-k2"}])
+    ledger.insert_items([_row("a3", "k3"), {**_row("a4", "k4"), "source_hash": "s-k4"}])
+    ledger.transition_items(["a1", "a2", "a3", "a4"], ItemStatus.SUBMITTED)
+    ledger.transition_items(["a1", "a2", "a3"], ItemStatus.SUCCEEDED)
+    # k2 built again from another row, not yet collected: its latest success is still attempt 1's
+    ledger.insert_items([{**_row("b2", "k2", attempt=2, previous_custom_id="a2"), "source_hash": "s-new"}])
+    pairs = [("k1", "s-k1"), ("k2", "s-k2"), ("k3", "s-k3"), ("k4", "s-k4"), ("k9", "s-k9")]
+    assert ledger.succeeded_with("job", pairs, by="source_hash") == {"k1", "k2"}
+    assert ledger.succeeded_with("job", [("k1", "h-k1"), ("k3", "h-k3")], by="source_hash") == set()
+    assert ledger.succeeded_with("job", [("k1", "s-k1")], by="request_hash") == set()
+    assert ledger.succeeded_with("job", [("k1", "h-k1")]) == {"k1"}  # the default: the request
+    assert next(r for r in ledger.items(job="job") if r.custom_id == "a1").source_hash == "s-k1"
+    with pytest.raises(ValueError, match="not a hash column"):
+        ledger.succeeded_with("job", pairs, by="status")  # type: ignore[arg-type]
+
+
 def test_succeeded_with_reads_any_key_text_and_a_key_given_twice(ledger: Ledger) -> None:
     # keys travel to SQLite inside one JSON parameter: quotes, backslashes, non-BMP and line separators survive
     keys = ['say "hi"', "back\\slash", "\U0001f600 grin", "line\u2028sep", "caf\u00e9/bleu", "$[0]"]
@@ -1453,7 +1473,8 @@ def test_finish_build_is_all_or_nothing(timed: Ledger) -> None:
 # -- the async face --------------------------------------------------------------------------------------------
 def test_the_async_ledger_offers_each_ledger_method_it_names_with_the_same_parameters() -> None:
     protocol = _public_methods(Ledger)
-    offered = {name: params for name, params in _public_methods(AsyncLedger).items() if name not in ("call", "atomic")}
+    plumbing = ("call", "atomic", "submit")  # how calls reach the ledger thread, not ledger methods
+    offered = {name: params for name, params in _public_methods(AsyncLedger).items() if name not in plumbing}
     assert len(offered) >= 25
     for name, params in offered.items():
         if name == "close":
