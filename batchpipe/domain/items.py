@@ -120,6 +120,9 @@ class Item:
     variant: str | None = None
     inputs: tuple[ImageRef, ...] = ()
     encoded: bytes = field(default=b"", compare=False, repr=False)
+    #: what the item was built from (hex; see :func:`batchpipe.input.validate.make_items`), kept on its ledger
+    #: row so a re-run can skip an unchanged row without rendering it; None when the maker keeps none
+    source_hash: str | None = field(default=None, compare=False, repr=False)
 
     def body_bytes(self) -> bytes:
         """The body as compact JSON (``orjson.dumps(body)``): :attr:`encoded` when set."""

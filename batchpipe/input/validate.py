@@ -13,6 +13,12 @@ Keys are registered even for rows with other problems, so a row's key never depe
 validity. Seen keys are kept in a ``dict`` (key → first line): about 105 bytes per key (the 1,000,000-row
 ``scripts/bench_build.py`` build peaks at ~211 MB RSS, under its 300 MB target).
 
+Catalog rows also get a ``source_hash``: a digest of the columns the key and prompt templates read (and the
+``skip_if_empty`` ones) under the part of the job spec that renders them (:func:`source_prefix`). A re-run that
+gives :func:`make_items` an ``unchanged`` lookup reads each row's key and source hash, asks the ledger a chunk at
+a time which items already succeeded from the same source, and yields :class:`Unchanged` for those rows instead
+of rendering and checking them again (the nightly no-change re-run's cost); every other row goes the whole way.
+
 Every mode (catalog rows with templates, plain JSONL item lines, a variant matrix) is a small strategy that
 turns a row into drafts (the key, the ``Item`` it would become, its own problems, the service's checks); one loop
 (:func:`_row_loop`) checks and de-duplicates the keys, checks the size of each request line against
@@ -25,10 +31,11 @@ import base64
 import binascii
 import hashlib
 import itertools
+import operator
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, NamedTuple, Protocol, overload
 
 import orjson
 import structlog
@@ -45,10 +52,15 @@ from batchpipe.input.references import ReferenceResolver, Resolved, check_data_u
 __all__ = [
     "MAX_KEY_CHARS",
     "PLAIN_ITEM_FIELDS",
+    "SOURCE_HASH_VERSION",
+    "ManifestItems",
+    "Unchanged",
+    "UnchangedLookup",
     "ValidationReport",
     "count_summary",
     "key_problem",
     "make_items",
+    "source_prefix",
     "validate_job",
 ]
 
@@ -121,6 +133,132 @@ def _image_ref(ref: object) -> ImageRef | None:
     return ImageRef("url", url)
 
 
+# ---------------------------------------------------------------------------------------- unchanged rows
+
+#: Bumped whenever the same catalog row and job spec would render another request than before (a change to
+#: rendering or to the checks): rows built under another version never match on their source hash, so a re-run
+#: renders them and compares the request (:meth:`batchpipe.ports.Ledger.succeeded_with`) as before.
+SOURCE_HASH_VERSION: Final = 1
+
+#: Rows per ledger lookup of :func:`_skip_unchanged` (the build's chunk, ``runner._ROWS_PER_CHUNK``).
+_UNCHANGED_CHUNK: Final = 1000
+#: After this many chunks in a row without an unchanged row, :func:`_skip_unchanged` looks up only every
+#: :data:`_PROBE_EVERY`-th chunk until one has some.
+_DRY_CHUNKS: Final = 2
+_PROBE_EVERY: Final = 32
+
+
+class Unchanged(NamedTuple):
+    """A manifest row :func:`make_items` did not render: the latest success of item ``key`` was built from the same
+    row (``line``, 1-based) by the same job spec (the same ``source_hash``), so it would send the same request. A
+    re-run counts it as skipped. (A named tuple: made once per row, at a third of a frozen dataclass's cost.)"""
+
+    key: str
+    line: int
+
+
+#: ``lookup(pairs)`` starts finding which ``(item_key, source_hash)`` pairs name items whose latest success has
+#: that source hash (:meth:`batchpipe.ports.Ledger.succeeded_with` with ``by="source_hash"``) and returns a
+#: callable that waits for the answer: those keys. So the ledger looks one chunk up while the next is read.
+UnchangedLookup = Callable[[list[tuple[str, str]]], Callable[[], set[str]]]
+
+
+def source_prefix(spec: JobSpec) -> bytes | None:
+    """What a catalog row's source hash covers besides the row (32 bytes, sha256), or None when the job's rows
+    keep none (not catalog mode, or a model the job's model table does not know).
+
+    Covered: :data:`SOURCE_HASH_VERSION` and the batchpipe version, the endpoint, ``[defaults]`` (the body every
+    row shares, in order), the key and prompt templates, ``on_empty_field``, ``skip_if_empty``,
+    ``max_shard_bytes`` (the line size check) and the model's row of the model table (what its checks read). Not
+    covered (they do not change the request): metadata columns, paths, run options. A model with a lifecycle
+    problem today turns the skipping off in :class:`_CatalogMode` (every row is checked and reported)."""
+    if spec.key_template is None or spec.prompt_template is None or spec.matrix is not None:
+        return None
+    model = spec.defaults.get("model")
+    facts = spec.models.get(model) if isinstance(model, str) else None
+    if facts is None:
+        return None
+    from batchpipe import __version__
+
+    try:
+        defaults = orjson.dumps(spec.defaults)
+    except orjson.JSONEncodeError:
+        return None
+    parts = [
+        f"batchpipe source hash {SOURCE_HASH_VERSION} {__version__} {_GENERATIONS}".encode(),
+        defaults,
+        orjson.dumps([spec.key_template.source, spec.prompt_template.source, spec.on_empty_field]),
+        orjson.dumps([list(spec.skip_if_empty), spec.run.max_shard_bytes]),
+        facts.model_dump_json().encode(),
+    ]
+    return hashlib.sha256(b"\x00".join(parts)).digest()
+
+
+def _skip_unchanged(
+    rows: Iterator[ManifestRow | ManifestError],
+    mode: _CatalogMode,
+    lookup: UnchangedLookup,
+    seen: dict[str, int],
+) -> Iterator[ManifestRow | ManifestError | Unchanged]:
+    """``rows`` in order, with :class:`Unchanged` in place of each row whose item already succeeded from the same
+    source. A chunk of :data:`_UNCHANGED_CHUNK` rows is read (key and source hash of each, :meth:`_CatalogMode.
+    fast_key`) and its lookup started; the chunk before it is then settled while the ledger answers. A row is
+    :class:`Unchanged` only when it is the first of its chunk with its key, the lookup named the key, and no row
+    before it in the manifest had the key (``seen``, which the row loop fills as it goes): a repeated key is renamed
+    by the row loop as always. Its key is then registered in ``seen``. The other rows go on to the row loop, their
+    source hash handed to the mode (:meth:`_CatalogMode.remember`) so it is not computed twice.
+
+    Once :data:`_DRY_CHUNKS` chunks in a row found nothing unchanged (a first build, a catalog rewritten), only
+    every :data:`_PROBE_EVERY`-th chunk is looked up (the others go straight to the row loop) until one finds
+    something: a first build of 1,000,000 rows asks about 34 chunks, not 1,000."""
+
+    def settle(
+        chunk: list[ManifestRow | ManifestError], firsts: dict[int, str], hashes: dict[int, str], same: set[str]
+    ) -> Iterator[ManifestRow | ManifestError | Unchanged]:
+        for index, row in enumerate(chunk):
+            key = firsts.get(index) if same else None  # only a ManifestRow has one
+            if key is not None and key in same and key not in seen and isinstance(row, ManifestRow):
+                seen[key] = row.line
+                yield Unchanged(key, row.line)
+                continue
+            digest = hashes.get(index)
+            if digest is not None and isinstance(row, ManifestRow):
+                remember(row.line, digest)
+            yield row
+
+    Waiting = tuple[list[ManifestRow | ManifestError], dict[int, str], dict[int, str], Callable[[], set[str]] | None]
+    waiting: Waiting | None = None
+    fast_key, remember = mode.fast_key, mode.remember
+    dry = 0  # chunks in a row whose lookup found nothing unchanged
+    for number in itertools.count():
+        chunk = list(itertools.islice(rows, _UNCHANGED_CHUNK))
+        if not chunk:
+            break
+        pairs: dict[str, str] = {}
+        firsts: dict[int, str] = {}
+        hashes: dict[int, str] = {}
+        if dry < _DRY_CHUNKS or number % _PROBE_EVERY == 0:
+            for index, row in enumerate(chunk):
+                if isinstance(row, ManifestRow):
+                    found = fast_key(row)
+                    if found is not None:
+                        hashes[index] = found[1]
+                        if found[0] not in pairs:
+                            pairs[found[0]] = found[1]
+                            firsts[index] = found[0]
+        answer = lookup(list(pairs.items())) if pairs else None
+        if waiting is not None:
+            before, before_firsts, before_hashes, asked = waiting
+            same = asked() if asked is not None else set()
+            if asked is not None:
+                dry = 0 if same else dry + 1
+            yield from settle(before, before_firsts, before_hashes, same)
+        waiting = (chunk, firsts, hashes, answer)
+    if waiting is not None:
+        before, before_firsts, before_hashes, asked = waiting
+        yield from settle(before, before_firsts, before_hashes, asked() if asked is not None else set())
+
+
 # ------------------------------------------------------------------------------------------- the row loop
 
 
@@ -148,6 +286,7 @@ class _Mode(Protocol):
         ...
 
 
+@overload
 def make_items(
     spec: JobSpec,
     *,
@@ -155,7 +294,31 @@ def make_items(
     on_warning: Callable[[Problem], None] | None = None,
     resolver: ReferenceResolver | None = None,
     stats: MatrixStats | None = None,
-) -> Iterator[Item | Problem]:
+    unchanged: None = None,
+) -> Iterator[Item | Problem]: ...
+
+
+@overload
+def make_items(
+    spec: JobSpec,
+    *,
+    limit: int | None = None,
+    on_warning: Callable[[Problem], None] | None = None,
+    resolver: ReferenceResolver | None = None,
+    stats: MatrixStats | None = None,
+    unchanged: UnchangedLookup,
+) -> Iterator[Item | Problem | Unchanged]: ...
+
+
+def make_items(
+    spec: JobSpec,
+    *,
+    limit: int | None = None,
+    on_warning: Callable[[Problem], None] | None = None,
+    resolver: ReferenceResolver | None = None,
+    stats: MatrixStats | None = None,
+    unchanged: UnchangedLookup | None = None,
+) -> Iterator[Item | Problem | Unchanged]:
     r"""Stream ``spec``'s manifest as checked items and problems, in manifest order.
 
     ``limit``: read at most this many data rows (each row counts, valid or not). ``on_warning`` receives
@@ -172,6 +335,10 @@ def make_items(
     ``product_key``, ``variant`` and ``inputs`` set; ``resolver`` turns reference texts into request params
     (default: a checking resolver with placeholder ``file_id``\ s for local files, enough for validation);
     ``stats`` (optional) receives the matrix counts. ``limit`` then counts manifest rows read.
+
+    Catalog items carry a ``source_hash`` (see the module docstring). ``unchanged`` (a re-run's ledger lookup,
+    :data:`UnchangedLookup`): rows whose item already succeeded from the same source are yielded as
+    :class:`Unchanged`, neither rendered nor checked; without it (the default) no :class:`Unchanged` is yielded.
     """
     warn = on_warning or _log_warning
     mode: _Mode
@@ -194,7 +361,7 @@ def make_items(
     )
     if limit is not None:
         rows = itertools.islice(rows, limit)
-    results = _row_loop(spec, rows, mode, warn)
+    results = _row_loop(spec, rows, mode, warn, unchanged)
     if matrix_stats is None:
         yield from results
         return
@@ -204,24 +371,53 @@ def make_items(
         yield result
 
 
+@dataclass(frozen=True)
+class ManifestItems:
+    """The items of ``spec``'s manifest as a build reads them: ``ManifestItems(spec)()`` is
+    ``make_items(spec, limit=limit)``; a re-run's build calls it with its ledger's ``unchanged`` lookup
+    (:data:`UnchangedLookup`) so rows already succeeded from the same source come as :class:`Unchanged`, unrendered.
+    (Any other item source of a run is called with no argument.)"""
+
+    spec: JobSpec
+    limit: int | None = None
+
+    def __call__(self, unchanged: UnchangedLookup | None = None) -> Iterator[Item | Problem | Unchanged]:
+        """The items, problems and (with ``unchanged``) unchanged rows, in manifest order."""
+        if unchanged is None:
+            return make_items(self.spec, limit=self.limit)
+        return make_items(self.spec, limit=self.limit, unchanged=unchanged)
+
+
 def _row_loop(
-    spec: JobSpec, rows: Iterator[ManifestRow | ManifestError], mode: _Mode, warn: Callable[[Problem], None]
-) -> Iterator[Item | Problem]:
+    spec: JobSpec,
+    rows: Iterator[ManifestRow | ManifestError],
+    mode: _Mode,
+    warn: Callable[[Problem], None],
+    unchanged: UnchangedLookup | None = None,
+) -> Iterator[Item | Problem | Unchanged]:
     """The one loop of every mode: rows → the mode's drafts → checked :class:`Item` or :class:`Problem`.
 
     Per draft, in this order: the mode's own problems; the key (:func:`key_problem`, then de-duplicated per
     ``spec.on_duplicate_key``, registered even when the draft has other problems); the service's checks of the
     body (those about a field already reported are dropped); the size of the request line against
     ``spec.run.max_shard_bytes`` (only for an otherwise valid draft). A draft with any problem yields them all
-    (each with the draft's ``note``) and no item. Row errors of the manifest become problems.
+    (each with the draft's ``note``) and no item. Row errors of the manifest become problems. With ``unchanged``
+    and a catalog mode that keeps source hashes, rows already succeeded from the same source pass through as
+    :class:`Unchanged` (:func:`_skip_unchanged`).
     """
     file = str(spec.manifest_path)
     max_bytes = spec.run.max_shard_bytes
     seen: dict[str, int] = {}  # key → the line it was first seen on
     suffixes: dict[str, int] = {}  # repeated key → the last ~n suffix it was renamed with
-    for row in rows:
+    stream: Iterator[ManifestRow | ManifestError | Unchanged] = rows
+    if unchanged is not None and isinstance(mode, _CatalogMode) and mode.keeps_source_hash:
+        stream = _skip_unchanged(rows, mode, unchanged, seen)
+    for row in stream:
         if isinstance(row, ManifestError):
             yield Problem.from_error(row)
+            continue
+        if isinstance(row, Unchanged):  # its key is registered in ``seen`` already
+            yield row
             continue
         for line, key, item, problems, checks, note in mode.drafts(row):
             if key is not None:
@@ -333,11 +529,70 @@ class _CatalogMode:
         self._check = rules.ImageRequestCheck(_GENERATIONS, {"model": self._model, **self._shared}, advice=spec.policy)
         self._metadata_columns = spec.metadata_columns
         self._skip_if_empty = spec.skip_if_empty
+        #: the source hash's fixed part (:func:`source_prefix`); None keeps none: every row is rendered and checked
+        #: (a model with a problem today is reported for every row, as before)
+        self._source_prefix = None if self._check.job_problems else source_prefix(spec)
+        #: the columns a row's request depends on: what its source hash reads
+        self._source_columns = tuple(
+            dict.fromkeys((*spec.key_template.fields, *spec.prompt_template.fields, *spec.skip_if_empty))
+        )
+        #: their values as a tuple, when every one is present (a CSV row: the header was checked at load)
+        pick = operator.itemgetter(*self._source_columns)
+        self._pick: Callable[[Mapping[str, object]], object] = (
+            pick if len(self._source_columns) > 1 else (lambda values: (pick(values),))
+        )
+        #: source hashes computed ahead (:meth:`remember`), by row line; each taken by its row's :meth:`drafts`
+        self._known: dict[int, str] = {}
+
+    def remember(self, line: int, digest: str) -> None:
+        """Keep the source hash :meth:`fast_key` computed for the row at ``line``, for :meth:`drafts` to take (once)."""
+        self._known[line] = digest
+
+    @property
+    def keeps_source_hash(self) -> bool:
+        """True when rows get a source hash (and a re-run may skip them unrendered)."""
+        return self._source_prefix is not None
+
+    def source_hash(self, values: Mapping[str, object]) -> str | None:
+        """The row's source hash: 32 hex characters of blake2b over :func:`source_prefix` and the values of the
+        columns its request reads (None for a missing column, as rendering reads it); None when this mode keeps
+        none or a value is not JSON (an integer over 64 bits)."""
+        prefix = self._source_prefix
+        if prefix is None:
+            return None
+        try:
+            try:
+                picked = self._pick(values)
+            except KeyError:  # a JSONL row without some column: None, as rendering reads it
+                picked = [values.get(column) for column in self._source_columns]
+            encoded = orjson.dumps(picked)
+        except orjson.JSONEncodeError:
+            return None
+        return hashlib.blake2b(prefix + encoded, digest_size=16).hexdigest()
+
+    def fast_key(self, row: ManifestRow) -> tuple[str, str] | None:
+        """``(key, source hash)`` of a row that may be skipped unrendered, or None for a row that must go the
+        whole way: one a ``skip_if_empty`` column skips (its warning is the row loop's), one whose key does not
+        render, or one without a source hash. The key is not checked (:func:`key_problem`): a key the ledger has a
+        success for under the same source hash (and so the same :data:`SOURCE_HASH_VERSION`) passed these checks
+        then; any other key is never found unchanged and goes the whole way."""
+        values = row.fields
+        for column in self._skip_if_empty:
+            value = values.get(column)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                return None
+        try:
+            key = self._key.render(values).strip()
+        except TypeError:
+            return None
+        digest = self.source_hash(values)
+        return None if digest is None else (key, digest)
 
     def drafts(self, row: ManifestRow) -> tuple[_Draft, ...]:
         """One draft: the row's key and prompt rendered (a value that is a list or object is a problem); none
         for a row skipped by ``[item] skip_if_empty`` or ``on_empty_field = "skip"`` (a warning says so)."""
         values = row.fields
+        known = self._known.pop(row.line, None) if self._known else None  # taken first: a skipped row's too
         for column in self._skip_if_empty:
             value = values.get(column)
             if value is None or (isinstance(value, str) and not value.strip()):
@@ -384,6 +639,8 @@ class _CatalogMode:
         for column in self._metadata_columns:  # a loop, not a comprehension: 0.30 against 0.46 µs (4 columns)
             metadata[column] = values.get(column)
         item = Item(key=key or "", endpoint=_GENERATIONS, body=body, metadata=metadata)
+        if self._source_prefix is not None:
+            item.source_hash = known or self.source_hash(values)
         return ((row.line, key, item, problems, self._check.check_prompt(prompt), ""),)
 
 

@@ -40,6 +40,7 @@ from batchpipe.errors import (
     LedgerError,
     NotFoundError,
 )
+from batchpipe.input.validate import ManifestItems, Unchanged, UnchangedLookup
 from batchpipe.ports import AsyncLedger, BatchApi, Clock, ImageStore, Ledger, Verifier
 from batchpipe.runtime import costguard
 from batchpipe.runtime.settings import RunOptions
@@ -592,11 +593,14 @@ class Runner:
     async def _build(
         self, job: str, run_id: str, items: Callable[[], Iterator[Any]], *, source_name: str
     ) -> dict[str, int]:
-        """Validate every item and write it to a shard and, in chunks of 2,000 rows (each its own transaction), to the
-        ledger; then :meth:`Ledger.finish_build` records the shards, supersedes earlier attempts and marks the run
-        built, in one transaction. A build that stops part way (invalid items without ``skip_invalid``, an error, a
-        kill) leaves no built run: what it wrote is discarded (now, or by the next run) and it starts over.
-        Raises :class:`ValidationFailed` (nothing kept)."""
+        """Validate every item and write it to a shard and, in chunks of :data:`_ROWS_PER_CHUNK` rows, to the ledger;
+        then :meth:`Ledger.finish_build` records the shards, supersedes earlier attempts and marks the run built, in
+        one transaction. A :class:`~batchpipe.input.validate.ManifestItems` source is given the ledger's lookup of
+        rows already succeeded from the same source (:meth:`_unchanged_lookup`): those come as
+        :class:`~batchpipe.input.validate.Unchanged`, unrendered, and count as skipped (and toward ``limit``).
+        A build that stops part way (invalid items without ``skip_invalid``, an error, a kill) leaves no built run:
+        what it wrote is discarded (now, or by the next run) and it starts over. Raises :class:`ValidationFailed`
+        (nothing kept)."""
         builder = self._builder(run_id)
         problems: list[Any] = []
         rows: list[dict[str, object]] = []
@@ -605,8 +609,15 @@ class Runner:
         count = 0
         tally = costguard.CostTally(self.options.models) if self.on_estimate is not None else None
         writer = _ChunkWriter(self, job, run_id, builder, stats, tally)
+        entries = items(unchanged=self._unchanged_lookup(job)) if isinstance(items, ManifestItems) else items()
         try:
-            for entry in items():
+            for entry in entries:
+                if type(entry) is Unchanged:  # already succeeded from the same row and spec: not even rendered
+                    if self.options.limit is not None and count >= self.options.limit:
+                        break
+                    count += 1
+                    stats["skipped"] += 1
+                    continue
                 if not isinstance(entry, Item):
                     problems.append(entry)
                     key = getattr(entry, "key", None)
@@ -658,6 +669,16 @@ class Runner:
         )
         return stats
 
+    def _unchanged_lookup(self, job: str) -> UnchangedLookup:
+        """The build's :data:`~batchpipe.input.validate.UnchangedLookup`: each chunk's ``(key, source_hash)`` pairs
+        are looked up on the ledger thread (``succeeded_with(..., by="source_hash")``, queued in order with the
+        chunk inserts), and the answer is waited for when the chunk before it has been read."""
+
+        def lookup(pairs: list[tuple[str, str]]) -> Callable[[], set[str]]:
+            return self.db.submit(lambda db: db.succeeded_with(job, pairs, by="source_hash")).result
+
+        return lookup
+
     def _pending_row(self, job: str, run_id: str, item: Item, rhash: str) -> dict[str, object]:
         return {
             "job": job,
@@ -675,6 +696,7 @@ class Runner:
             "inputs_json": _inputs_json(item.inputs),
             "input_tokens_est": estimate_input_tokens(item.body),
             "status": ItemStatus.PENDING,
+            "source_hash": item.source_hash,
             "_item": item,
         }
 

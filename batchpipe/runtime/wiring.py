@@ -24,7 +24,7 @@ from batchpipe.domain.lifecycle import clock_from_env
 from batchpipe.domain.redact import redact, remember_secret
 from batchpipe.errors import BatchpipeError, InputError
 from batchpipe.input.jobspec import JobSpec
-from batchpipe.input.validate import make_items
+from batchpipe.input.validate import ManifestItems, make_items
 from batchpipe.ports import BatchApi, ImageStore, Ledger
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
@@ -262,7 +262,7 @@ def request_from_spec(
     known = {str(spec.defaults["model"])} if isinstance(spec.defaults.get("model"), str) else set()
     if spec.matrix is not None:
         known |= {str(v.request["model"]) for v in spec.matrix.variants if isinstance(v.request.get("model"), str)}
-    items: Callable[[], Iterator[Any]] = partial(make_items, spec)
+    items: Callable[[], Iterator[Any]] = ManifestItems(spec)  # a re-run skips unchanged rows unrendered
     prepare: Callable[[Any, Any], Awaitable[None]] | None = None
     session: Callable[[], AbstractAsyncContextManager[None]] | None = None
     if spec.matrix is not None:  # products x variants: references uploaded/mirrored before the build
