@@ -254,3 +254,32 @@ def test_after_two_chunks_without_an_unchanged_row_only_every_32nd_is_looked_up(
     items = [r for r in results if isinstance(r, Item)]
     assert len(items) == 34_000 and all(i.source_hash == all_hashes[i.key] for i in items)
     assert len(hashed) == 35_000
+
+
+async def test_the_cost_guards_estimate_skips_unchanged_rows_by_their_source_too(tmp_path: Path) -> None:
+    """With a cost cap the estimate is a pass of its own before the run: rows already succeeded from the same source
+    are counted as skipped without rendering them, as the build does, and what changed is priced."""
+    from batchpipe.runtime.costguard import estimate_run
+
+    api, store = MemoryBatchApi(), MemoryImageStore()
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+    rows = _rows(1_200)
+    spec = JobSpec.load(_catalog(tmp_path, rows), workdir=tmp_path)
+    await _runner(tmp_path, ledger, api, store).run("nightly", "h1", ManifestItems(spec), source_name="t")
+    rows[3][1] = "lamp three, redrawn"
+    rows.append(["sku-new", "a new lamp", "", "5"])
+    spec = JobSpec.load(_catalog(tmp_path, rows), workdir=tmp_path)
+    asked: list[str] = []
+    real = ledger.succeeded_with
+
+    def spy(job: str, pairs: list[tuple[str, str]], *, by: str = "request_hash") -> set[str]:
+        asked.append(by)
+        return real(job, pairs, by=by)  # type: ignore[arg-type]
+
+    ledger.succeeded_with = spy  # type: ignore[method-assign]
+    estimate = estimate_run(ledger, "nightly", ManifestItems(spec), models=spec.models)
+    assert estimate.requests == 2 and estimate.skipped == 1_199
+    assert asked == ["source_hash", "source_hash", "request_hash"]  # two chunks by source; the 2 rendered, once
+    plain = estimate_run(ledger, "nightly", lambda: make_items(spec), models=spec.models)  # any other source
+    assert (plain.requests, plain.skipped) == (2, 1_199) and asked.count("source_hash") == 2
+    ledger.close()

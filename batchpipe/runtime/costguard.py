@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from batchpipe.domain.items import Item, request_hash
@@ -24,6 +25,7 @@ from batchpipe.domain.modeltable import ModelTable
 from batchpipe.domain.records import ItemRow
 from batchpipe.domain.spec import estimate_usage, request_cost_usd
 from batchpipe.errors import InputError
+from batchpipe.input.validate import ManifestItems, Unchanged
 from batchpipe.ports import Ledger
 
 __all__ = [
@@ -174,7 +176,10 @@ def estimate_run(
 
     The items that already succeeded are asked of the ledger :data:`_SUCCEEDED_CHUNK` at a time
     (:meth:`~batchpipe.ports.Ledger.succeeded_with`), as the build does: memory stays flat however many the job
-    has (issue 12: holding every hash of a 1,000,000-item job took 467 MB)."""
+    has (issue 12: holding every hash of a 1,000,000-item job took 467 MB). A
+    :class:`~batchpipe.input.validate.ManifestItems` source is first given the ledger's lookup by source hash, as
+    the build's: rows already succeeded from the same catalog row come as ``Unchanged``, unrendered, and count as
+    skipped."""
     if ledger is None:
         return estimate_items(items(), models=models)
     resumed = estimate_resumed(ledger, job, models=models)
@@ -194,14 +199,25 @@ def estimate_run(
                 tally.add(item.model, item.body)
         chunk.clear()
 
-    for item in items():
-        if isinstance(item, Item):
+    if isinstance(items, ManifestItems):
+        entries: Iterable[object] = items(unchanged=lambda pairs: partial(_by_source, ledger, job, pairs))
+    else:
+        entries = items()
+    for item in entries:
+        if isinstance(item, Unchanged):
+            skipped += 1
+        elif isinstance(item, Item):
             chunk.append(item)
             if len(chunk) >= _SUCCEEDED_CHUNK:
                 settle()
     if chunk:
         settle()
     return tally.estimate(skipped=skipped)
+
+
+def _by_source(ledger: Ledger, job: str, pairs: list[tuple[str, str]]) -> set[str]:
+    """The keys of ``pairs`` whose latest success was built from the same source (``by="source_hash"``)."""
+    return ledger.succeeded_with(job, pairs, by="source_hash")
 
 
 def check_cap(estimate: SpendEstimate, cap_usd: float | None, *, source: str, field: str, raise_hint: str) -> None:

@@ -11,7 +11,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from batchpipe.domain.lifecycle import clock_from_env
 from batchpipe.domain.redact import redact, remember_secret
 from batchpipe.errors import BatchpipeError, InputError
 from batchpipe.input.jobspec import JobSpec
-from batchpipe.input.validate import ManifestItems, make_items
+from batchpipe.input.validate import ManifestItems
 from batchpipe.ports import BatchApi, ImageStore, Ledger
 from batchpipe.provenance.trust import TrustConfig
 from batchpipe.provenance.verify import C2paVerifier
@@ -283,7 +282,8 @@ def request_from_spec(
         known_models=frozenset(known),
         model_line=spec.model_line,
         max_cost_usd=spec.run.max_cost_usd,
-        estimate_items=partial(make_items, spec, limit=limit),  # plain items: no reference uploads to estimate
+        # plain items (no reference uploads to estimate); rows already succeeded from the same source unrendered
+        estimate_items=ManifestItems(spec, limit=limit),
     )
 
 
