@@ -63,7 +63,8 @@ class _Lookup:
 
 
 def _hashes(spec: JobSpec) -> dict[str, str]:
-    return {i.key: str(i.source_hash) for i in make_items(spec) if isinstance(i, Item)}
+    """Each item's source hash, as a build that keeps them makes it (a lookup that finds nothing)."""
+    return {i.key: str(i.source_hash) for i in make_items(spec, unchanged=_Lookup({})) if isinstance(i, Item)}
 
 
 def test_catalog_items_carry_a_source_hash_that_follows_the_columns_the_request_reads(tmp_path: Path) -> None:
@@ -84,6 +85,14 @@ def test_catalog_items_carry_a_source_hash_that_follows_the_columns_the_request_
     ):
         assert source_prefix(changed) != source_prefix(spec)
         assert not set(_hashes(changed).values()) & set(first.values())
+
+
+def test_without_a_lookup_no_source_hash_is_made(tmp_path: Path) -> None:
+    """Validation and shard-only builds (no ledger lookup) pay nothing for source hashes."""
+    spec = JobSpec.load(_catalog(tmp_path, _rows(3)), workdir=tmp_path)
+    items = [i for i in make_items(spec) if isinstance(i, Item)]
+    assert len(items) == 3 and all(i.source_hash is None for i in items)
+    assert all(i.source_hash for i in make_items(spec, unchanged=_Lookup({})) if isinstance(i, Item))
 
 
 def test_rows_found_unchanged_are_not_rendered_and_every_other_row_goes_the_whole_way(

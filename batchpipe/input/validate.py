@@ -336,9 +336,10 @@ def make_items(
     (default: a checking resolver with placeholder ``file_id``\ s for local files, enough for validation);
     ``stats`` (optional) receives the matrix counts. ``limit`` then counts manifest rows read.
 
-    Catalog items carry a ``source_hash`` (see the module docstring). ``unchanged`` (a re-run's ledger lookup,
-    :data:`UnchangedLookup`): rows whose item already succeeded from the same source are yielded as
-    :class:`Unchanged`, neither rendered nor checked; without it (the default) no :class:`Unchanged` is yielded.
+    ``unchanged`` (a build's ledger lookup, :data:`UnchangedLookup`): catalog items carry a ``source_hash`` (see the
+    module docstring), and rows whose item already succeeded from the same source are yielded as
+    :class:`Unchanged`, neither rendered nor checked. Without it (the default: validation, shard-only builds) items
+    carry no source hash and no :class:`Unchanged` is yielded.
     """
     warn = on_warning or _log_warning
     mode: _Mode
@@ -353,7 +354,7 @@ def make_items(
             return
         mode = opened
     elif spec.prompt_template is not None:
-        mode = _CatalogMode(spec, warn)
+        mode = _CatalogMode(spec, warn, source_hashes=unchanged is not None)
     else:
         mode = _PlainMode(spec)
     rows = iter_manifest(
@@ -513,7 +514,9 @@ class _CatalogMode:
     each full body).
     """
 
-    def __init__(self, spec: JobSpec, warn: Callable[[Problem], None] | None = None) -> None:
+    def __init__(
+        self, spec: JobSpec, warn: Callable[[Problem], None] | None = None, *, source_hashes: bool = False
+    ) -> None:
         assert spec.key_template is not None and spec.prompt_template is not None
         self._on_empty = spec.on_empty_field
         self._warn = warn
@@ -530,8 +533,9 @@ class _CatalogMode:
         self._metadata_columns = spec.metadata_columns
         self._skip_if_empty = spec.skip_if_empty
         #: the source hash's fixed part (:func:`source_prefix`); None keeps none: every row is rendered and checked
-        #: (a model with a problem today is reported for every row, as before)
-        self._source_prefix = None if self._check.job_problems else source_prefix(spec)
+        #: (a model with a problem today is reported for every row, as before). Only a build that keeps its rows in
+        #: a ledger asks for them (``source_hashes``): 2 µs a row that validation and shard-only builds do not pay
+        self._source_prefix = None if self._check.job_problems or not source_hashes else source_prefix(spec)
         #: the columns a row's request depends on: what its source hash reads
         self._source_columns = tuple(
             dict.fromkeys((*spec.key_template.fields, *spec.prompt_template.fields, *spec.skip_if_empty))
