@@ -21,7 +21,7 @@ from batchpipe.domain.problems import Problem
 from batchpipe.fakes import MemoryBatchApi, MemoryImageStore, MemoryLedger
 from batchpipe.input import templates
 from batchpipe.input.jobspec import JobSpec
-from batchpipe.input.validate import ManifestItems, Unchanged, make_items, source_prefix
+from batchpipe.input.validate import ManifestItems, Unchanged, _CatalogMode, make_items, source_prefix
 from batchpipe.ports import Ledger
 from batchpipe.runtime.runner import Runner
 from batchpipe.runtime.settings import RunOptions
@@ -292,3 +292,30 @@ async def test_the_cost_guards_estimate_skips_unchanged_rows_by_their_source_too
     plain = estimate_run(ledger, "nightly", lambda: make_items(spec), models=spec.models)  # any other source
     assert (plain.requests, plain.skipped) == (2, 1_199) and asked.count("source_hash") == 2
     ledger.close()
+
+
+def test_a_jsonl_catalog_row_without_a_column_hashes_as_one_with_it_null(tmp_path: Path) -> None:
+    from batchpipe.input.validate import _tuple_getter
+
+    assert _tuple_getter(())({"a": 1}) == ()
+    assert _tuple_getter(("a",))({"a": 1, "b": 2}) == (1,)
+    assert _tuple_getter(("b", "a"))({"a": 1, "b": 2}) == (2, 1)
+    with pytest.raises(KeyError):
+        _tuple_getter(("a", "c"))({"a": 1})
+    (tmp_path / "c.jsonl").write_text(
+        '{"sku": "a", "name": "lamp", "brand": null}\n{"sku": "b", "name": "lamp"}\n{"sku": "c", "name": "lamp", '
+        '"brand": "Acme"}\n',
+        encoding="utf-8",
+    )
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[job]\nname = "j"\n[manifest]\npath = "c.jsonl"\n[item]\nkey = "{sku}"\n'
+        'prompt = "Photo of {name}{? by {brand}}"\n[defaults]\nmodel = "gpt-image-2"\n',
+        encoding="utf-8",
+    )
+    spec = JobSpec.load(job, workdir=tmp_path)
+    hashes = _hashes(spec)
+    mode = _CatalogMode(spec, source_hashes=True)  # the catalog mode of a build that keeps source hashes
+    assert hashes["a"] == mode.source_hash({"sku": "a", "name": "lamp"})  # missing reads as null, as rendering does
+    assert hashes["b"] == mode.source_hash({"sku": "b", "name": "lamp", "brand": None})
+    assert len(set(hashes.values())) == 3

@@ -541,10 +541,7 @@ class _CatalogMode:
             dict.fromkeys((*spec.key_template.fields, *spec.prompt_template.fields, *spec.skip_if_empty))
         )
         #: their values as a tuple, when every one is present (a CSV row: the header was checked at load)
-        pick = operator.itemgetter(*self._source_columns)
-        self._pick: Callable[[Mapping[str, object]], object] = (
-            pick if len(self._source_columns) > 1 else (lambda values: (pick(values),))
-        )
+        self._pick: Callable[[Mapping[str, object]], object] = _tuple_getter(self._source_columns)
         #: source hashes computed ahead (:meth:`remember`), by row line; each taken by its row's :meth:`drafts`
         self._known: dict[int, str] = {}
 
@@ -646,6 +643,17 @@ class _CatalogMode:
         if self._source_prefix is not None:
             item.source_hash = known or self.source_hash(values)
         return ((row.line, key, item, problems, self._check.check_prompt(prompt), ""),)
+
+
+def _tuple_getter(columns: tuple[str, ...]) -> Callable[[Mapping[str, object]], tuple[object, ...]]:
+    """``values -> tuple(values[c] for c in columns)`` at ``operator.itemgetter``'s speed, whatever the count
+    (itemgetter gives a bare value for one column and refuses none). Raises ``KeyError`` for a missing column."""
+    if not columns:
+        return lambda values: ()
+    if len(columns) == 1:
+        one = operator.itemgetter(columns[0])
+        return lambda values: (one(values),)
+    return operator.itemgetter(*columns)
 
 
 class _PlainMode:
