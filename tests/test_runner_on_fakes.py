@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from runner_helpers import fake_runner
 
 from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.cli.exits import EXIT_STOPPED, exit_code
@@ -36,19 +37,7 @@ def _items(n: int, *, failing: frozenset[int] = frozenset()) -> Iterator[Item]:
         yield Item(key=f"sku-{i}", endpoint=GEN, body={"model": "gpt-image-2", "prompt": prompt}, metadata={})
 
 
-def _runner(tmp_path: Path, ledger: Ledger, api: MemoryBatchApi, store: MemoryImageStore) -> Runner:
-    async def no_sleep(_: float) -> None:
-        await asyncio.sleep(0)  # no waiting, but a turn of the loop, as a real sleep gives other tasks
-
-    options = RunOptions(
-        workdir=tmp_path,
-        max_shard_requests=4,
-        poll_interval_s=0.01,
-        max_poll_interval_s=0.01,
-        output_grace_s=0.0,
-        max_attempts=1,
-    )
-    return Runner(ledger, api, options=options, output_dir=tmp_path / "out", store=store, sleep=no_sleep)  # type: ignore[arg-type]
+_runner = fake_runner
 
 
 async def test_submit_poll_collect_settle(tmp_path: Path) -> None:

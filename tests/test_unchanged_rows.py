@@ -7,13 +7,13 @@ of their own, so what it is asked and what it yields can be seen.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from runner_helpers import fake_runner
 
 from batchpipe.adapters.sqlite_ledger import SqliteLedger
 from batchpipe.domain.items import Item, ItemStatus
@@ -24,7 +24,6 @@ from batchpipe.input.jobspec import JobSpec
 from batchpipe.input.validate import ManifestItems, Unchanged, _CatalogMode, make_items, source_prefix
 from batchpipe.ports import Ledger
 from batchpipe.runtime.runner import Runner
-from batchpipe.runtime.settings import RunOptions
 
 HEADER = ["sku", "name", "brand", "price"]
 
@@ -165,18 +164,7 @@ def test_a_model_with_a_problem_today_turns_the_skipping_off(tmp_path: Path) -> 
 
 
 def _runner(tmp_path: Path, ledger: Ledger, api: MemoryBatchApi, store: MemoryImageStore) -> Runner:
-    async def no_sleep(_: float) -> None:
-        await asyncio.sleep(0)
-
-    options = RunOptions(
-        workdir=tmp_path,
-        max_shard_requests=400,
-        poll_interval_s=0.01,
-        max_poll_interval_s=0.01,
-        output_grace_s=0.0,
-        max_attempts=1,
-    )
-    return Runner(ledger, api, options=options, output_dir=tmp_path / "out", store=store, sleep=no_sleep)  # type: ignore[arg-type]
+    return fake_runner(tmp_path, ledger, api, store, max_shard_requests=400)
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
