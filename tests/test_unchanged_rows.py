@@ -307,3 +307,33 @@ def test_a_jsonl_catalog_row_without_a_column_hashes_as_one_with_it_null(tmp_pat
     assert hashes["a"] == mode.source_hash({"sku": "a", "name": "lamp"})  # missing reads as null, as rendering does
     assert hashes["b"] == mode.source_hash({"sku": "b", "name": "lamp", "brand": None})
     assert len(set(hashes.values())) == 3
+
+
+#: What these catalog rows render to under SOURCE_HASH_VERSION 1. A re-run skips a row whose source hash matches
+#: without rendering it, so the same row and spec must render the same request for as long as the version stands.
+RENDERED_V1 = {
+    "sku-0": {"model": "gpt-image-2", "prompt": "Studio photo of lamp 0", "size": "1024x1024", "quality": "low"},
+    "sku-1": {
+        "model": "gpt-image-2",
+        "prompt": "Studio photo of lamp 1 by Acme",
+        "size": "1024x1024",
+        "quality": "low",
+    },
+    "sku-x": {
+        "model": "gpt-image-2",
+        "prompt": "Studio photo of a café lamp by Ac me",
+        "size": "1024x1024",
+        "quality": "low",
+    },
+}
+
+
+def test_a_change_to_what_rows_render_to_comes_with_a_new_source_hash_version(tmp_path: Path) -> None:
+    """If this fails, the same catalog rows and spec now render other requests: bump ``SOURCE_HASH_VERSION`` (so
+    re-runs render every row again instead of skipping rows built the old way) and pin the new rendering here."""
+    from batchpipe.input.validate import SOURCE_HASH_VERSION
+
+    rows = [*_rows(2), [" sku-x ", "  a café\tlamp\n ", " Ac  me ", "1"]]
+    spec = JobSpec.load(_catalog(tmp_path, rows), workdir=tmp_path)
+    rendered = {i.key: i.body for i in make_items(spec) if isinstance(i, Item)}
+    assert (SOURCE_HASH_VERSION, rendered) == (1, RENDERED_V1)
