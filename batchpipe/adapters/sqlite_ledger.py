@@ -260,14 +260,15 @@ _RETRIED_CTE: Final = (
     "WHERE attempt > 1 AND {where} GROUP BY job, item_key)"
 )
 
+#: The rows (``i``) a higher attempt of their item follows, from ``retried`` (:data:`_RETRIED_CTE`): one
+#: UNIQUE-index search per retried item.
+_OLDER_JOIN: Final = "retried r JOIN items i ON i.job = r.job AND i.item_key = r.item_key AND i.attempt < r.top"
+
 #: The rowids of the attempts a higher attempt of their item follows (not "latest"): one UNIQUE-index search per
 #: retried item, so its cost follows the retried items, not the ledger. What an export keeps aside once, in a
 #: temporary table, instead of :data:`_LATEST_ATTEMPT`'s index search per row (a random page each: 17-18 s against
 #: 12.7-13.5 s for the export of a 1M-item ledger whose keys are not in insertion order).
-_OLDER_ATTEMPTS_SQL: Final = (
-    "WITH " + _RETRIED_CTE.format(where="1 = 1") + " SELECT i.rowid FROM retried r JOIN items i "
-    "ON i.job = r.job AND i.item_key = r.item_key AND i.attempt < r.top"
-)
+_OLDER_ATTEMPTS_SQL: Final = "WITH " + _RETRIED_CTE.format(where="1 = 1") + " SELECT i.rowid FROM " + _OLDER_JOIN
 
 #: One pass over the items for ``batchpipe status`` (:meth:`SqliteLedger.item_summary`), grouped by (status, error
 #: code): a handful of groups whatever the size, in the shape :func:`~batchpipe.domain.records.item_summary` reads.
@@ -280,8 +281,7 @@ _OLDER_ATTEMPTS_SQL: Final = (
 #: Measured at 1M items, 1,000 retried: 1.27 s against 2.04 s for a ``LEFT JOIN`` of every row to ``retried``.
 _SUMMARY_SQL: Final = (
     "WITH {retried}, "
-    "older AS MATERIALIZED (SELECT i.rowid AS id, i.status, i.error_code FROM retried r JOIN items i "
-    "ON i.job = r.job AND i.item_key = r.item_key AND i.attempt < r.top) "
+    "older AS MATERIALIZED (SELECT i.rowid AS id, i.status, i.error_code FROM " + _OLDER_JOIN + ") "
     "SELECT 0 AS superseded, status, error_code, COUNT(*) AS n, SUM(cost_usd) AS cost, "
     "MAX(CASE WHEN status IN ({errors}) AND rowid NOT IN (SELECT id FROM older) THEN COALESCE(retryable, 0) END) AS r, "
     "MIN(CASE WHEN status IN ({errors}) AND rowid NOT IN (SELECT id FROM older) THEN custom_id END) AS example "

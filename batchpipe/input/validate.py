@@ -40,6 +40,7 @@ from typing import Final, Literal, NamedTuple, Protocol, overload
 import orjson
 import structlog
 
+from batchpipe import __version__
 from batchpipe.domain import spec as rules
 from batchpipe.domain.items import ImageRef, Item
 from batchpipe.domain.problems import Problem
@@ -178,8 +179,6 @@ def source_prefix(spec: JobSpec) -> bytes | None:
     facts = spec.models.get(model) if isinstance(model, str) else None
     if facts is None:
         return None
-    from batchpipe import __version__
-
     try:
         defaults = orjson.dumps(spec.defaults)
     except orjson.JSONEncodeError:
@@ -192,6 +191,12 @@ def source_prefix(spec: JobSpec) -> bytes | None:
         facts.model_dump_json().encode(),
     ]
     return hashlib.sha256(b"\x00".join(parts)).digest()
+
+
+#: A chunk :func:`_skip_unchanged` has read and not settled: its rows, the key of each row that is the first of
+#: its chunk with it (by index), the source hash of every row that has one (by index), and the wait for its lookup
+#: (None when it was not looked up).
+_ReadChunk = tuple[list[ManifestRow | ManifestError], dict[int, str], dict[int, str], Callable[[], set[str]] | None]
 
 
 def _skip_unchanged(
@@ -226,8 +231,7 @@ def _skip_unchanged(
                 remember(row.line, digest)
             yield row
 
-    Waiting = tuple[list[ManifestRow | ManifestError], dict[int, str], dict[int, str], Callable[[], set[str]] | None]
-    waiting: Waiting | None = None
+    waiting: _ReadChunk | None = None
     fast_key, remember = mode.fast_key, mode.remember
     dry = 0  # chunks in a row whose lookup found nothing unchanged
     for number in itertools.count():
