@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ledger_reads import every_read_the_code_makes, populate
 
 from batchpipe.adapters import sqlite_ledger
 from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
@@ -260,85 +261,19 @@ def _indexes(db: sqlite3.Connection, table: str) -> dict[str, list[str]]:
 
 
 def _populated(path: Path, *, analyze: bool) -> SqliteLedger:
-    """A ledger with two jobs, three runs, retries, shards, batches, files and events."""
+    """A ledger with two jobs, three runs, retries, shards, batches, files and events (``ledger_reads.populate``)."""
     ledger = SqliteLedger(path)
-    for run in range(3):
-        run_id, _ = ledger.open_run("job", "spec", "api")
-        job = "job" if run < 2 else "other"
-        rows = []
-        for i in range(600):
-            row = {**_row(f"r{run}-c{i:04d}", f"k{i}"), "run_id": run_id, "job": job, "shard": f"{run_id}-s{i // 200}"}
-            row["attempt"] = 2 if run == 1 else 1
-            rows.append(row)
-        ledger.insert_items(rows)
-        ledger.finish_build(run_id, [_shard_row(f"{run_id}-s{s}", run_id) for s in range(3)])
-        ids = [str(r["custom_id"]) for r in rows]
-        ledger.transition_items(ids, ItemStatus.SUBMITTED, fields={"batch_id": f"batch-{run}"})
-        ledger.transition_items(ids[:500], ItemStatus.SUCCEEDED, fields={"c2pa_state": "Trusted", "cost_usd": 0.04})
-        ledger.transition_items(ids[500:], ItemStatus.FAILED, fields={"error_code": "server_error", "retryable": 1})
-        batch = {"id": f"batch-{run}", "status": "completed", "input_file_id": f"file-{run}", "created_at": 100 + run}
-        ledger.record_batch(batch, shard=f"{run_id}-s0", run_id=run_id, model="gpt-image-2")
-        ledger.record_file({"id": f"file-{run}", "purpose": "batch", "created_at": 100 + run}, role="input")
-        ledger.finish_run(run_id, "finished")
-    ledger.open_run("job", "spec", "api")
+    populate(ledger)
     if not analyze:
         ledger._db.execute("DROP TABLE IF EXISTS sqlite_stat1")
         ledger._db.execute("ANALYZE sqlite_schema")  # the planner forgets the statistics
     return ledger
 
 
-def _shard_row(name: str, run_id: str) -> dict[str, object]:
-    return {
-        "name": name, "run_id": run_id, "job": "job", "endpoint": "/v1/images/generations", "model": "gpt-image-2",
-        "path": f"shards/{name}.jsonl", "requests": 200, "bytes": 1, "sha256": "0" * 64, "input_tokens": 1,
-    }  # fmt: skip
-
-
 def _every_read_the_code_makes(ledger: SqliteLedger) -> None:
     """Each read of the ledger with the filter combinations the runner, the stages and the CLI use."""
     built = [r["run_id"] for r in ledger._db.execute("SELECT run_id FROM runs ORDER BY started_at")]
-    some = str(built[0])
-    reads = [
-        lambda: ledger.items(),  # ledger export (all attempts)
-        lambda: ledger.items(latest_only=True),  # ledger export
-        lambda: ledger.items(run_id=some),  # ledger export --run --all-attempts
-        lambda: ledger.items(run_id=some, latest_only=True),  # ledger export --run
-        lambda: ledger.items(run_id=some, statuses=["failed", "expired", "cancelled", "missing"]),  # follow-up
-        lambda: ledger.items(shard=f"{some}-s0", statuses=["pending"]),  # submit
-        lambda: ledger.items(batch_id="batch-0"),  # collect: the batch's targets
-        lambda: ledger.items(batch_id="batch-0", statuses=["succeeded", "failed"]),  # collect: decided rows
-        lambda: ledger.items(statuses=["pending", "submitted"]),  # references still in use
-        lambda: ledger.items(job="job"),
-        lambda: ledger.items(  # retry: select_rows
-            job="job",
-            statuses=["failed"],
-            error_codes=["server_error"],
-            c2pa_states=None,
-            since=0.0,
-            until=2e9,
-            latest_only=True,
-        ),
-        lambda: [ledger.latest_attempts("job", [f"k{i}" for i in range(600)])],
-        lambda: [ledger.succeeded_with("job", [(f"k{i}", "h") for i in range(600)])],
-        lambda: [ledger.count_items(), ledger.count_items(run_id=some), ledger.count_items(latest_only=True)],
-        lambda: [ledger.cost_usd(), ledger.cost_usd(run_id=some)],
-        lambda: [ledger.item_summary(["failed", "missing"]), ledger.item_summary(["failed"], job="job")],  # status
-        lambda: ledger.export_jsonl(),  # ledger export (jsonl)
-        lambda: ledger.export_jsonl(latest_only=False),  # ledger export --all-attempts
-        lambda: ledger.export_jsonl(run_id=some),  # ledger export --run
-        lambda: ledger.shards(run_id=some),
-        lambda: ledger.shards(run_id=some, statuses=["built", "uploaded"]),
-        lambda: ledger.batches(),
-        lambda: ledger.batches(run_id=some),
-        lambda: ledger.batches(run_id=some, unfinished=True),
-        lambda: ledger.events(entity="item", entity_id="r0-c0001"),
-        lambda: ledger.item_history("r0-c0001"),
-        lambda: [ledger.latest_run(), ledger.latest_run("job"), ledger.open_run("job", "spec", "api")],
-        lambda: [ledger.file_by_sha256("0" * 64, role="reference", not_expired_at=0.0)],
-        lambda: ledger.files(role="input", deleted=False),
-    ]
-    for read in reads:
-        list(read())
+    every_read_the_code_makes(ledger, str(built[0]))
 
 
 def _recreate_export_tables(ledger: SqliteLedger, statements: list[str]) -> None:

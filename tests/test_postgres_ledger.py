@@ -4,13 +4,16 @@ tests cannot show because one ledger object runs its calls one at a time."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any, Final
 
 import psycopg
 import pytest
+from ledger_reads import every_read_the_code_makes, populate
 
 from batchpipe.adapters.postgres_ledger import MIGRATIONS, SCHEMA_VERSION, PostgresLedger
 from batchpipe.domain.items import ItemStatus
@@ -108,6 +111,48 @@ def test_a_version_1_schema_gains_the_source_hash_column_and_keeps_its_rows(url:
         assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
+def test_a_version_2_schema_gains_the_ordered_indexes_and_keeps_its_rows(url: str) -> None:
+    """Version 3 replaces the indexes that could not serve a page in order (see ``_V3``) on a ledger with rows."""
+    with psycopg.connect(url, autocommit=True) as conn:  # the schema as batchpipe made it before version 3
+        for _version, sql in MIGRATIONS[:2]:
+            conn.execute(sql.encode())
+        conn.execute("CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 0), (2, 0)")
+        columns = ", ".join(_row("old"))
+        values = ", ".join(["%s"] * len(_row("old")))
+        row = {**_row("old"), "batch_id": "batch-1", "shard": "s1"}
+        conn.execute(
+            f"INSERT INTO items ({columns}, batch_id, shard, created_at, updated_at) VALUES ({values}, %s, %s, 0, 0)",
+            list(row.values()),
+        )
+
+    def indexes() -> dict[str, str]:
+        with psycopg.connect(url) as conn:
+            found = conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+            ).fetchall()
+        return {str(name): str(definition).split(" USING btree ", 1)[1] for name, definition in found}
+
+    before = indexes()
+    assert before["items_run_status"] == "(run_id, status)" and before["items_batch"] == "(batch_id)"
+    ledger = PostgresLedger(url)
+    try:
+        assert [r.custom_id for r in ledger.items(batch_id="batch-1")] == ["old"]
+        assert [r.custom_id for r in ledger.items(shard="s1")] == ["old"]
+    finally:
+        ledger.close()
+    after = indexes()
+    assert not {"items_batch", "items_shard", "events_entity", "shards_run", "batches_run", "files_sha"} & set(after)
+    assert after["items_run"] == "(run_id, custom_id)" and after["items_run_status"] == "(run_id, status)"
+    assert after["items_batch_custom"] == "(batch_id, custom_id)"
+    assert after["items_shard_custom"] == "(shard, custom_id)"
+    assert after["events_entity_order"] == "(entity_id, entity, event_id)"
+    assert after["shards_run_order"] == "(run_id, created_at, name)"
+    assert after["batches_run_order"] == "(run_id, created_at)" and after["batches_created"] == "(created_at)"
+    assert after["runs_started"] == "(started_at)" and after["runs_job"] == "(job, started_at)"
+    assert after["files_sha_created"] == "(sha256, role, created_at)"
+
+
 def test_a_schema_newer_than_the_code_is_refused(url: str) -> None:
     PostgresLedger(url).close()
     with psycopg.connect(url) as conn:
@@ -173,3 +218,65 @@ def test_a_transaction_holds_its_rows_until_it_commits(handles: list[PostgresLed
     assert result == [0]  # the other worker saw the committed row (succeeded), not the one in between
     row = b.item("c1")
     assert row is not None and row.status == "succeeded"
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of an ``EXPLAIN (FORMAT JSON)`` plan, depth first."""
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
+#: The filters whose rows are a small part of a ledger (a run, a batch, a shard, one item's events): each page of
+#: them must come from an index that starts with the column, never from a walk of a bigger index that tests it.
+_SELECTIVE: Final = (("items", "run_id"), ("items", "batch_id"), ("items", "shard"), ("events", "entity_id"))
+
+
+def test_every_read_is_served_in_index_order_without_a_sort_or_a_scan_of_the_ledger(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PostgreSQL ledger's reads stay linear as the SQLite ledger's do (issue 12): every SELECT the code makes,
+    planned with sorts and sequential scans priced out (``enable_sort``, ``enable_seqscan`` off: the planner then
+    sorts or scans only when no index can do it), has no Sort node when it has ORDER BY, never scans ``items`` or
+    ``events`` whole (aggregates excepted), and reads a run's, a batch's or a shard's items and an item's events
+    through an index that starts with that column (its ``Index Cond``), not by walking the primary key and
+    testing every row of the ledger on each page. The ledger is shaped like a real one: 6 runs, 36 batches, and
+    ``custom_id`` values that are hashes."""
+    ledger = PostgresLedger(url)
+    runs = populate(ledger, runs=6, items=600, batch_items=100, hashed_ids=True)
+    item = next(ledger.items(run_id=runs[0])).custom_id
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    statements: dict[str, object] = {}
+    execute = psycopg.Cursor.execute
+
+    def recording(self: psycopg.Cursor[Any], query: Any, params: Any = None, **kwargs: Any) -> Any:
+        text = query.decode() if isinstance(query, bytes) else str(query)
+        if text.lstrip().upper().startswith(("SELECT", "WITH")) and "pg_advisory" not in text:
+            statements.setdefault(text, params)
+        return execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recording)
+    every_read_the_code_makes(ledger, runs[0], item)
+    monkeypatch.undo()
+    ledger.close()
+    ordered = [sql for sql in statements if "ORDER BY" in sql.upper()]
+    assert len(statements) >= 25 and len(ordered) >= 15, list(statements)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET enable_sort = off")
+        conn.execute("SET enable_seqscan = off")
+        for sql, params in statements.items():
+            (plan,) = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}".encode(), params).fetchone()  # type: ignore[misc]
+            nodes = list(_plan_nodes(plan[0]["Plan"]))
+            kinds = [node["Node Type"] for node in nodes]
+            if "ORDER BY" in sql.upper():
+                assert "Sort" not in kinds and "Incremental Sort" not in kinds, (sql, kinds)
+            aggregate = "GROUP BY" in sql.upper() or "SUM(" in sql.upper()
+            for node in nodes:
+                table = node.get("Relation Name")
+                if table in ("items", "events") and not aggregate:
+                    assert node["Node Type"] != "Seq Scan", (sql, kinds)
+                for selective_table, column in _SELECTIVE:
+                    if node.get("Alias") == selective_table and re.search(rf"\b{column} = %s", sql):  # the outer scan
+                        found = str(node.get("Index Cond", "")) + str(node.get("Recheck Cond", ""))  # a bitmap's
+                        assert column in found, (sql, node)
