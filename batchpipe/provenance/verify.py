@@ -25,7 +25,10 @@ identity) and c2pa already gave its trust verdict for the same chain, time cell 
 reports (``signingCredential.trusted`` and ``trustListUri``, or ``signingCredential.untrusted``; c2pa-rs
 ``validation_results.rs`` gives ``Trusted`` / ``Valid`` from those). Anything else (a first chain, a new time
 cell, a failure, ingredients, OCSP, a file the fast read cannot read) gets today's full check, whose verdict is
-then remembered. After a file with stapled OCSP or CAWG, the next 32 files skip the trust-off read.
+then remembered. After a file with stapled OCSP or CAWG, the next 32 files skip the trust-off read. The trust-off
+read's context holds no trust lists: with ``verify_trust`` off c2pa consults none, its validation results are the
+same (400 emulator PNGs, compared), and a context holding the lists took 1.13 ms a file against 0.95 without
+(median of 6 interleaved runs, c2pa-python 0.38.1).
 ``ManifestNotFound`` is final on the fast read: trust plays no part in finding no manifest.
 """
 
@@ -301,6 +304,7 @@ class C2paVerifier:
         settings = trust.context_settings()
         fast_settings = json.loads(json.dumps(settings))
         fast_settings["verify"]["verify_trust"] = False
+        fast_settings.pop("trust", None)  # trust off: the anchors play no part, and holding them slows each read
         try:
             self._context = c2pa.Context.from_dict(settings)
             self._fast_context = c2pa.Context.from_dict(fast_settings) if chain_cache is not False else None
