@@ -69,7 +69,8 @@ class ImageStore(Protocol):
         ...
 
     def put(self, location: str, data: bytes) -> StoredImage:
-        """Store ``data`` at ``location`` atomically and durably (all or nothing); returns what was stored."""
+        """Store ``data`` at ``location`` atomically (all or nothing; durable by the next :meth:`sync` at the
+        latest); returns what was stored."""
         ...
 
     def exists(self, location: str) -> bool:

@@ -109,3 +109,54 @@ def test_put_makes_each_folder_once_and_again_if_removed(tmp_path: Path, monkeyp
     loc = store.location_for("shoes/again", 0, "png")
     assert store.put(loc, b"yy").size_bytes == 2
     assert store.read(loc) == b"yy"
+
+
+def test_sync_makes_every_file_put_since_and_its_folder_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put writes and renames without waiting for the disk; :meth:`LocalImageStore.sync` (before each ledger
+    commit) fsyncs each file put since the last sync, the last one under a name that was written twice, then each
+    folder. A file removed before the sync is an error (its row must not be committed), and is tried again by the
+    next sync, with the folders."""
+    import os
+
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append((info.st_dev, info.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = LocalImageStore(tmp_path)
+    locations = [store.location_for(key, 0, "png") for key in ("shoes/red", "shoes/blue", "hats/green")]
+    for location in locations:
+        store.put(location, b"\x89PNG first")
+    store.put(locations[0], b"\x89PNG second")  # the same name again: the file now there is the one synced
+    assert synced == []  # nothing waited for the disk yet
+
+    def identity(path: Path) -> tuple[int, int]:
+        info = path.stat()
+        return info.st_dev, info.st_ino
+
+    files = [local_path(location) for location in locations]
+    assert all(path is not None for path in files)
+    store.sync()
+    expected_files = {identity(path) for path in files if path is not None}
+    expected_folders = {identity(tmp_path / "shoes"), identity(tmp_path / "hats")}
+    assert len(synced) == 5 and set(synced[:3]) == expected_files and set(synced[3:]) == expected_folders
+    synced.clear()
+    store.sync()
+    assert synced == []  # each put is synced once
+
+    store.put(locations[1], b"\x89PNG third")
+    gone = local_path(store.put(store.location_for("socks/grey", 0, "png"), b"\x89PNG lost").location)
+    assert gone is not None
+    gone.unlink()
+    with pytest.raises(FileNotFoundError):
+        store.sync()
+    gone.write_bytes(b"\x89PNG back")  # put back: the next sync completes the pending ones
+    synced.clear()
+    store.sync()
+    assert identity(gone) in synced and identity(tmp_path / "socks") in synced

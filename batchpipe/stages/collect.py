@@ -4,8 +4,9 @@ Pipeline for one file (all stages concurrent, every queue bounded, so memory is 
 whatever the file size)::
 
     HTTP stream ──chunks──▶ line splitter ──(line, end offset)──▶ bounded queue
-        ──▶ worker threads: orjson parse, base64 decode, store.put (tmp+fsync+rename), C2PA check, cost
-        ──▶ ledger writer: one transaction per group of lines + the committed byte offset
+        ──▶ worker threads: orjson parse, base64 decode, store.put (tmp + rename), C2PA check, cost
+        ──▶ ledger writer: store.sync() (the group's fsyncs), then one transaction per group of lines + the
+            committed byte offset
 
 *Join on custom_id in any order* (gotchas #1): each line names its ``custom_id``; the batch's items are
 loaded once as a dict. *Exact bytes* (gotchas #12): the decoded ``b64_json`` bytes are what is stored and
