@@ -237,6 +237,16 @@ MIGRATIONS: Final[Sequence[tuple[int, str]]] = ((1, _V1), (2, _V2), (3, _V3))
 #: The schema version this code writes and reads.
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
+#: An item's latest attempt: no higher attempt of its (job, key). Written as an anti-join, not as ``attempt = (SELECT
+#: MAX(attempt) ...)``: PostgreSQL guesses 0.5 % of rows pass that comparison, so for a run's pages it chose to read
+#: every remaining row of the run and sort them on each page (a top-N sort; 168 ms a page at 50,000 items, 5.1 s for
+#: the run), where the anti-join's estimate keeps the pages on ``items_run`` in order with one index probe per row
+#: (4.4 ms a page).
+_LATEST_ATTEMPT: Final = (
+    "NOT EXISTS (SELECT 1 FROM items i2 WHERE i2.job = items.job AND i2.item_key = items.item_key "
+    "AND i2.attempt > items.attempt)"
+)
+
 _CLAIM_SQL: Final = (
     "INSERT INTO claims (kind, key, owner, expires_at) VALUES (%s, %s, %s, %s) "
     "ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
@@ -647,10 +657,7 @@ class PostgresLedger:
             where.append("updated_at < %s")
             params.append(until)
         if latest_only:
-            where.append(
-                "attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job "
-                "AND i2.item_key = items.item_key)"
-            )
+            where.append(_LATEST_ATTEMPT)
         last = ""
         while True:
             rows = self._rows(
@@ -711,10 +718,7 @@ class PostgresLedger:
         elif job is not None:
             where, params = ["job = %s"], [job]
         if latest_only:
-            where.append(
-                "attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job "
-                "AND i2.item_key = items.item_key)"
-            )
+            where.append(_LATEST_ATTEMPT)
         rows = self._rows(
             f"SELECT status, COUNT(*) AS n FROM items WHERE {' AND '.join(where)} GROUP BY status", params
         )
@@ -746,10 +750,7 @@ class PostgresLedger:
             where.append("job = %s")
             params.append(job)
         if latest_only:
-            where.append(
-                "attempt = (SELECT MAX(i2.attempt) FROM items i2 WHERE i2.job = items.job "
-                "AND i2.item_key = items.item_key)"
-            )
+            where.append(_LATEST_ATTEMPT)
         rows = self._rows(
             "SELECT COALESCE(error_code, status) AS code, status, COUNT(*) AS n, MAX(COALESCE(retryable, 0)) AS r, "
             f"MIN(custom_id) AS example FROM items WHERE {' AND '.join(where)} "
