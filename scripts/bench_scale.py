@@ -19,7 +19,9 @@ that many item rows inserted as a build does (``insert_items``, 2,000 rows a tra
 every item to ``submitted`` in batches of 1,000 (``transition_items`` with ``batch_id``, as ``_adopt_batch``
 does); the per-item moves to ``succeeded`` with their result fields, 64 to a transaction, as the collector does,
 over ``--collect-sample`` items; claims (``claim`` + ``release``, one round trip each) from one process; and 4
-processes racing to claim the same 2,000 keys (every key must be won exactly once).
+processes racing to claim the same 2,000 keys (every key must be won exactly once); then the paged reads
+(:func:`_ledger_reads`: a batch's rows, a run's rows and its latest attempts, both exports, one item's history) once
+a second run has retried every 10th item.
 
 Prints one line per figure and ``FINAL bench=scale ...`` last (see ``scripts/bench_common.py``).
 """
@@ -232,6 +234,7 @@ def ledger_figures(server: str, items: int, sample: int, report: bc.Report) -> N
             ledger.claim("output", f"batch_{i}", owner="w1", lease_s=600)
             ledger.release("output", f"batch_{i}", owner="w1")
         claim_s = time.perf_counter() - began
+        reads = _ledger_reads(ledger, run_id, ids)
     finally:
         ledger.close()
     context = multiprocessing.get_context("spawn")
@@ -263,6 +266,44 @@ def ledger_figures(server: str, items: int, sample: int, report: bc.Report) -> N
     report.value("collect_transitions_per_s", round(len(picked) / collect_s))
     report.value("claim_release_pairs_per_s", round(claims / claim_s))
     report.value("claim_race_double_wins", sum(wins) - race_keys)
+    for name, (seconds, rows) in reads.items():
+        print(f"ledger: read {name}: {rows:,} rows in {seconds:.2f} s")
+        report.value(f"read_{name}_s", round(seconds, 3))
+
+
+def _ledger_reads(ledger: Any, run_id: str, ids: list[str]) -> dict[str, tuple[float, int]]:
+    """The paged reads of the ledger, timed on the table the moves above left (one run; a second run retries every
+    10th item, so each item's latest attempt is a real question): ``(seconds, rows)`` by name. A read whose pages
+    sort the run, or walk the whole table, on every page shows here as time growing faster than its rows."""
+    from batchpipe.domain.items import ItemStatus
+
+    ledger.finish_run(run_id, "finished")
+    retry_id, _ = ledger.open_run("bench", "h2", "emulator")
+    retried = [
+        {**row, "custom_id": f"{row['custom_id'][:-2]}:2", "attempt": 2, "run_id": retry_id}
+        for start in range(0, len(ids), 20_000)
+        for row in _rows(run_id, start, min(len(ids), start + 20_000))
+        if int(str(row["item_key"])[4:]) % 10 == 0
+    ]
+    for start in range(0, len(retried), 2000):
+        ledger.insert_items(retried[start : start + 2000])
+    ledger.finish_build(retry_id, [])
+    ledger.transition_items([str(r["custom_id"]) for r in retried], ItemStatus.SUBMITTED, fields={"batch_id": "retry"})
+    ledger.finish_run(retry_id, "finished")
+
+    def timed(read: Any) -> tuple[float, int]:
+        began = time.perf_counter()
+        rows = read()
+        return time.perf_counter() - began, rows
+
+    return {
+        "batch_rows": timed(lambda: sum(1 for _ in ledger.items(batch_id="retry"))),
+        "run_rows": timed(lambda: sum(1 for _ in ledger.items(run_id=run_id))),
+        "run_latest_rows": timed(lambda: sum(1 for _ in ledger.items(run_id=run_id, latest_only=True))),
+        "export_run": timed(lambda: sum(chunk.count("\n") for chunk in ledger.export_jsonl(run_id=run_id))),
+        "export_all": timed(lambda: sum(chunk.count("\n") for chunk in ledger.export_jsonl())),
+        "item_history": timed(lambda: len(ledger.item_history(ids[len(ids) // 2]))),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ledger_reads import every_read_the_code_makes, populate
+from ledger_reads import every_read_the_code_makes, item_row, populate
 
 from batchpipe.adapters import sqlite_ledger
 from batchpipe.adapters.sqlite_ledger import SqliteLedger, open_ledger
@@ -31,23 +31,6 @@ from batchpipe.domain.records import (
     new_item_params,
 )
 from batchpipe.errors import LedgerError
-
-
-def _row(custom_id: str, key: str) -> dict[str, object]:
-    return {
-        "custom_id": custom_id,
-        "job": "job",
-        "item_key": key,
-        "attempt": 1,
-        "run_id": "r1",
-        "endpoint": "/v1/images/generations",
-        "model": "gpt-image-2",
-        "request_hash": "h-" + key,
-        "body_json": '{"prompt": "p"}',
-        "metadata_json": "{}",
-        "source": "m.jsonl:1",
-        "status": "pending",
-    }
 
 
 def test_every_status_has_a_transition_entry() -> None:
@@ -69,10 +52,10 @@ def test_batch_statuses_end_where_the_service_says_and_unknown_ones_are_not_term
 def test_the_ledger_is_a_wal_file_that_survives_reopening(tmp_path: Path) -> None:
     ledger = open_ledger(tmp_path / "work")
     assert ledger.path == tmp_path / "work" / "ledger.sqlite" and ledger.path.is_file()
-    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2")])
+    ledger.insert_items([item_row("c1", "k1"), item_row("c2", "k2")])
     ledger.transition_items(["c1"], ItemStatus.SUBMITTED)
     with pytest.raises(RuntimeError), ledger.transaction():
-        ledger.insert_items([_row("c3", "k3")])
+        ledger.insert_items([item_row("c3", "k3")])
         raise RuntimeError("crash")
     ledger.close()
     ledger.close()  # idempotent
@@ -97,14 +80,14 @@ def test_only_a_chunk_insert_of_its_own_skips_the_disk_sync(tmp_path: Path, monk
         return int(ledger._db.execute("PRAGMA synchronous").fetchone()[0])
 
     assert synchronous() == 2  # FULL
-    ledger.insert_items([_row("c1", "k1")])
+    ledger.insert_items([item_row("c1", "k1")])
     assert synchronous() == 1 and len(seen) == 1  # NORMAL while the build's group is open
     with pytest.raises(LedgerError):
-        ledger.insert_items([_row("c1", "k1")])  # a duplicate: nothing inserted, the group goes on
+        ledger.insert_items([item_row("c1", "k1")])  # a duplicate: nothing inserted, the group goes on
     assert synchronous() == 1 and len(seen) == 1
     with ledger.transaction():  # any other write commits the group first and puts FULL back
         assert synchronous() == 2
-        ledger.insert_items([_row("c2", "k2")])
+        ledger.insert_items([item_row("c2", "k2")])
     assert len(seen) == 1 and synchronous() == 2
     assert ledger.count_items() == {"pending": 2}
     ledger.close()
@@ -125,23 +108,23 @@ def test_a_builds_chunks_share_a_transaction_until_it_is_full_old_or_another_wri
     monkeypatch.setattr(sqlite_ledger, "_GROUP_ROWS", 3)
     monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 60.0)  # the timer commits only where the test lowers this
     ledger = SqliteLedger(path)
-    ledger.insert_items([_row("c1", "k1"), _row("c2", "k2")])
+    ledger.insert_items([item_row("c1", "k1"), item_row("c2", "k2")])
     assert _committed(path) == [] and ledger.count_items() == {"pending": 2}  # this connection sees its own rows
-    ledger.insert_items([_row("c3", "k3")])  # 3 rows: the group is full
+    ledger.insert_items([item_row("c3", "k3")])  # 3 rows: the group is full
     assert _committed(path) == ["c1", "c2", "c3"]
-    ledger.insert_items([_row("c4", "k4")])
+    ledger.insert_items([item_row("c4", "k4")])
     assert _committed(path) == ["c1", "c2", "c3"]
     ledger.claim("build", "r1", owner="w", lease_s=60)  # another write
     assert _committed(path) == ["c1", "c2", "c3", "c4"]
     monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 0.2)
-    ledger.insert_items([_row("c5", "k5")])  # and then no chunk: the build pauses
+    ledger.insert_items([item_row("c5", "k5")])  # and then no chunk: the build pauses
     deadline = time.monotonic() + 10
     while _committed(path)[-1:] != ["c5"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _committed(path) == ["c1", "c2", "c3", "c4", "c5"]
     assert int(ledger._db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL again
     monkeypatch.setattr(sqlite_ledger, "_GROUP_S", 60.0)
-    ledger.insert_items([_row("c6", "k6")])
+    ledger.insert_items([item_row("c6", "k6")])
     time.sleep(0.4)
     assert _committed(path) == ["c1", "c2", "c3", "c4", "c5"]
     ledger.close()
@@ -154,10 +137,10 @@ def test_a_refused_chunk_leaves_the_groups_other_chunks_and_a_rolled_back_group_
     new group."""
     path = tmp_path / "ledger.sqlite"
     ledger = SqliteLedger(path)
-    ledger.insert_items([_row("c1", "k1")])
+    ledger.insert_items([item_row("c1", "k1")])
     with pytest.raises(LedgerError, match="duplicate"):
-        ledger.insert_items([_row("c2", "k2"), _row("c1", "k9")])  # c2 is undone with the refused c1
-    ledger.insert_items([_row("c3", "k3")])
+        ledger.insert_items([item_row("c2", "k2"), item_row("c1", "k9")])  # c2 is undone with the refused c1
+    ledger.insert_items([item_row("c3", "k3")])
     ledger.close()
     assert _committed(path) == ["c1", "c3"]
 
@@ -166,11 +149,11 @@ def test_a_refused_chunk_leaves_the_groups_other_chunks_and_a_rolled_back_group_
         "CREATE TEMP TRIGGER boom BEFORE INSERT ON items WHEN NEW.item_key = 'boom'"
         " BEGIN SELECT RAISE(ROLLBACK, 'disk full'); END"
     )
-    ledger.insert_items([_row("c4", "k4")])
+    ledger.insert_items([item_row("c4", "k4")])
     with pytest.raises(LedgerError, match="uncommitted chunks were rolled back"):
-        ledger.insert_items([_row("c5", "boom")])
+        ledger.insert_items([item_row("c5", "boom")])
     assert int(ledger._db.execute("PRAGMA synchronous").fetchone()[0]) == 2
-    ledger.insert_items([_row("c6", "k6")])
+    ledger.insert_items([item_row("c6", "k6")])
     ledger.close()
     assert _committed(path) == ["c1", "c3", "c6"]  # c4 went with its group, and the error said so
 
@@ -178,7 +161,7 @@ def test_a_refused_chunk_leaves_the_groups_other_chunks_and_a_rolled_back_group_
 def test_an_older_ledger_file_gains_claims_and_the_events_index(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     ledger = SqliteLedger(path)
-    ledger.insert_items([_row("c1", "k1")])
+    ledger.insert_items([item_row("c1", "k1")])
     ledger.transition_items(["c1"], ItemStatus.SUBMITTED)
     ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db, db:  # the file as the ledger wrote it before claims
@@ -404,7 +387,7 @@ def test_the_bounded_and_the_incremental_reads_are_index_lookups(
 def test_items_has_no_redundant_index_and_an_older_file_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     ledger = SqliteLedger(path)
-    ledger.insert_items([_row("c1", "k1")])
+    ledger.insert_items([item_row("c1", "k1")])
     ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db, db:  # the indexes as batchpipe made them before
         for name in ("items_run", "items_shard", "items_batch_set", "files_sha_created"):
@@ -450,7 +433,7 @@ def test_an_older_file_gains_the_source_hash_column_and_keeps_its_rows(tmp_path:
 def test_a_build_refreshes_the_planners_statistics(tmp_path: Path) -> None:
     ledger = SqliteLedger(tmp_path / "ledger.sqlite")
     run_id, _ = ledger.open_run("job", "spec", "api")
-    ledger.insert_items([{**_row(f"c{i}", f"k{i}"), "run_id": run_id} for i in range(50)])
+    ledger.insert_items([{**item_row(f"c{i}", f"k{i}"), "run_id": run_id} for i in range(50)])
     ledger.finish_build(run_id, [])
     stats = {str(r[0]): str(r[2]) for r in ledger._db.execute("SELECT tbl, idx, stat FROM sqlite_stat1")}
     assert stats["items"].startswith("50 ")
@@ -500,7 +483,7 @@ def test_a_chunk_is_stored_as_executemany_would_store_it_value_for_value(tmp_pat
     texts = ["plain", 'q"uo\\te', "é\u2028\u2029😀", "tab\tnew\nline\r", "\x01\x1f\x7f", '{"json": [1, 2.5]}', ""]
     rows = []
     for i, text in enumerate(texts * 3):
-        row = _row(f"c{i:03d}", f"k{i}")
+        row = item_row(f"c{i:03d}", f"k{i}")
         row.update(
             metadata_json=text,
             source=f"m.jsonl:{i}",

@@ -28,8 +28,9 @@ primary key (a run's or a job's pages follow it and test the run or job: an inde
 would make every insert of a build touch a random page, 4x slower at 1M items); one shard's or batch's rows are one
 lookup of ``items_shard`` / ``items_batch_set`` (partial: rows not yet submitted have no entry); the re-run check
 and attempt numbering use UNIQUE (job, item_key, attempt); counts are ``GROUP BY`` aggregates. Each build ends with
-a sampled ``ANALYZE`` and :meth:`SqliteLedger.close` runs ``PRAGMA optimize``. The same indexes (and ``ANALYZE``)
-serve a PostgreSQL ledger.
+a sampled ``ANALYZE`` and :meth:`SqliteLedger.close` runs ``PRAGMA optimize``. The PostgreSQL ledger keeps the same
+rule with its own indexes (a run's, batch's and shard's pages through ``(column, custom_id)``: its schema version 3)
+and an ``ANALYZE items`` after each build (:mod:`batchpipe.adapters.postgres_ledger`).
 
 The two whole-ledger reads add no index (an index is paid by every insert of a build, and one on columns that change
 at collection by every collected item): ``batchpipe status`` is one aggregate pass over the table
