@@ -8,21 +8,24 @@ from batchpipe.domain.items import ItemStatus, make_custom_id
 from batchpipe.ports import Ledger
 
 
-def item_row(custom_id: str, key: str) -> dict[str, object]:
-    """A pending item row of job ``job`` (run ``r1``, attempt 1) for :meth:`Ledger.insert_items`."""
+def item_row(
+    custom_id: str, key: str, *, attempt: int = 1, run_id: str = "r1", status: str = "pending", **extra: object
+) -> dict[str, object]:
+    """An item row of job ``job`` for :meth:`Ledger.insert_items` (``extra``: more columns)."""
     return {
         "custom_id": custom_id,
         "job": "job",
         "item_key": key,
-        "attempt": 1,
-        "run_id": "r1",
+        "attempt": attempt,
+        "run_id": run_id,
         "endpoint": "/v1/images/generations",
         "model": "gpt-image-2",
         "request_hash": "h-" + key,
         "body_json": '{"prompt": "p"}',
         "metadata_json": "{}",
         "source": "m.jsonl:1",
-        "status": "pending",
+        "status": status,
+        **extra,
     }
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
+from ledger_reads import item_row as _row
 from structlog.testing import capture_logs
 
 from batchpipe.adapters.postgres_ledger import PostgresLedger
@@ -106,26 +107,6 @@ def workers(request: pytest.FixtureRequest, make_ledger: MakeLedger, clock: Cloc
         return
     yield first, second
     second.close()
-
-
-def _row(
-    custom_id: str, key: str, *, attempt: int = 1, run_id: str = "r1", status: str = "pending", **extra: object
-) -> dict[str, object]:
-    return {
-        "custom_id": custom_id,
-        "job": "job",
-        "item_key": key,
-        "attempt": attempt,
-        "run_id": run_id,
-        "endpoint": "/v1/images/generations",
-        "model": "gpt-image-2",
-        "request_hash": "h-" + key,
-        "body_json": '{"prompt": "p"}',
-        "metadata_json": "{}",
-        "source": "m.jsonl:1",
-        "status": status,
-        **extra,
-    }
 
 
 def _shard(name: str, *, run_id: str = "r1") -> dict[str, object]:
