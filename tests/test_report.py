@@ -279,3 +279,24 @@ def test_ledger_verify_reads_back_every_local_image(emulator_run: Path) -> None:
     problems = {p["key"]: p["problem"] for p in summary["problems"]}
     assert problems.keys() == {done[0]["key"], done[1]["key"]} and summary["matched"] == 8
     assert problems[done[0]["key"]].startswith("other bytes") and problems[done[1]["key"]].startswith("missing")
+
+
+def test_the_report_of_a_run_that_sent_nothing_says_why_and_points_to_the_jobs(
+    tmp_path: Path, emulator_run: Path
+) -> None:
+    """A nightly re-run of an unchanged catalog sends nothing, and its run has no item: its contact sheet says so,
+    and names the report of the job's items, instead of a bare "0 item(s)". A run with items says nothing of it."""
+    ledger = open_ledger(tmp_path / "ledger.sqlite")
+    try:
+        run_id, _ = ledger.open_run("nightly <shoes>", "spec", "emulator")
+        ledger.finish_build(run_id, [])
+        ledger.finish_run(run_id, "finished")
+        result = write_report(ledger, tmp_path / "report", run_id=run_id)
+    finally:
+        ledger.close()
+    page = result.index.read_text(encoding="utf-8")
+    assert result.items == 0 and "0 item(s)" in page
+    assert "No item in this run" in page and "batchpipe report --job nightly &lt;shoes&gt;" in page
+    code, _, err = _invoke("report", "--workdir", str(emulator_run), "--output", str(tmp_path / "full"))
+    assert code == 0, err
+    assert "No item in this run" not in (tmp_path / "full" / "index.html").read_text(encoding="utf-8")

@@ -202,12 +202,14 @@ def write_report(
             raise InputError(f"no run {run_id!r} in the ledger", file="ledger", field="--run")
         rows: Iterable[ItemRow] = ledger.items(run_id=run_id)
         title = f"run {run_id} (job {info['job']}, {info['status']}, api {info['api']})"
+        report_job: str | None = str(info["job"])
     else:
         assert job is not None
         if ledger.latest_run(job) is None:
             raise InputError(f"no job {job!r} in the ledger", file="ledger", field="--job")
         rows = ledger.items(job=job, latest_only=True)
         title = f"job {job} (latest attempt of each item)"
+        report_job = None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "records").mkdir(exist_ok=True)
@@ -387,6 +389,7 @@ def write_report(
         estimated_items=estimated_items,
         actual=actual,
         unknown_cost=unknown_cost,
+        empty_run_of=report_job if not data else None,
     )
     result.index.write_text(_page(title, summary), encoding="utf-8")
     result.total_bytes = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
@@ -456,7 +459,10 @@ def _summary_html(
     estimated_items: int,
     actual: float,
     unknown_cost: int,
+    empty_run_of: str | None = None,
 ) -> str:
+    """The summary block. ``empty_run_of``: the job of a run with no item, which the block then explains (a nightly
+    re-run of an unchanged catalog sends nothing) and points to the job's own report."""
     total = sum(counts.values())
     chips = " ".join(f'<span class="chip st-{_e(k)}">{_e(k)} <b>{v}</b></span>' for k, v in counts.most_common())
     c2pa_chips = (
@@ -491,9 +497,16 @@ def _summary_html(
         if batch_rows
         else ""
     )
+    empty = (
+        "<p>No item in this run: a re-run sends nothing for the rows whose item already succeeded from the same row "
+        "and job spec (the run's summary line says how many it skipped). Each item's latest attempt: "
+        f"<code>batchpipe report --job {_e(empty_run_of)}</code>.</p>"
+        if empty_run_of is not None
+        else ""
+    )
     return (
-        f'<section class="summary"><p>{total} item(s): {chips}</p><p>C2PA: {c2pa_chips}</p><p>Cost: {cost}</p>'
-        f"{batches}{errors}</section>"
+        f'<section class="summary"><p>{total} item(s): {chips}</p>{empty}<p>C2PA: {c2pa_chips}</p>'
+        f"<p>Cost: {cost}</p>{batches}{errors}</section>"
     )
 
 
