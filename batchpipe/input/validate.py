@@ -575,6 +575,15 @@ class _CatalogMode:
             return None
         return hashlib.blake2b(prefix + encoded, digest_size=16).hexdigest()
 
+    def _empty_column(self, values: Mapping[str, object]) -> str | None:
+        """The first ``[item] skip_if_empty`` column that is missing or blank in ``values`` (the row is skipped), or
+        None."""
+        for column in self._skip_if_empty:
+            value = values.get(column)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                return column
+        return None
+
     def fast_key(self, row: ManifestRow) -> tuple[str, str] | None:
         """``(key, source hash)`` of a row that may be skipped unrendered, or None for a row that must go the
         whole way: one a ``skip_if_empty`` column skips (its warning is the row loop's), one whose key does not
@@ -582,10 +591,8 @@ class _CatalogMode:
         success for under the same source hash (and so the same :data:`SOURCE_HASH_VERSION`) passed these checks
         then; any other key is never found unchanged and goes the whole way."""
         values = row.fields
-        for column in self._skip_if_empty:
-            value = values.get(column)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                return None
+        if self._skip_if_empty and self._empty_column(values) is not None:
+            return None
         try:
             key = self._key.render(values).strip()
         except TypeError:
@@ -598,15 +605,13 @@ class _CatalogMode:
         for a row skipped by ``[item] skip_if_empty`` or ``on_empty_field = "skip"`` (a warning says so)."""
         values = row.fields
         known = self._known.pop(row.line, None) if self._known else None  # taken first: a skipped row's too
-        for column in self._skip_if_empty:
-            value = values.get(column)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                if self._warn is not None:
-                    self._warn(
-                        Problem(f"column {column!r} is empty; row skipped ([item] skip_if_empty)", field=column,
-                                file=self._file, line=row.line, severity="warning")
-                    )  # fmt: skip
-                return ()
+        if self._skip_if_empty and (column := self._empty_column(values)) is not None:
+            if self._warn is not None:
+                self._warn(
+                    Problem(f"column {column!r} is empty; row skipped ([item] skip_if_empty)", field=column,
+                            file=self._file, line=row.line, severity="warning")
+                )  # fmt: skip
+            return ()
         problems: list[tuple[str | None, str]] = []
         key: str | None
         try:
