@@ -49,7 +49,7 @@ check: $(STAMP)
 ## 1-minute load, its target and met/missed; each prints a `FINAL bench=NAME name=value ...` line last.
 ## About 16 minutes on 2 cores (measured 2026-12-01 04:03 at 1f73fa4: build 5.5, poll 0.9, collect 2.4, e2e 4.4,
 ## ledger 3.2 with its 1,000,000-item ledger built, then status and export against the sqlite3 shell; the ledger
-## floor only with `scripts/bench_build.py --floor`, 2 minutes more); `make bench QUICK=1` (or
+## floors only with `scripts/bench_build.py --floor`: with and without sequential custom_ids, 4 minutes more); `make bench QUICK=1` (or
 ## `make bench-quick`) runs small sizes in about 2 (110 s measured at 7f8d550: build 25,000 rows, e2e 150 fast and
 ## 10 realistic images, collect 40, ledger 50,000 items, poll 200 batches).
 ## The targets are for the full sizes (quick runs are smoke runs: fixed start-up costs weigh more there).

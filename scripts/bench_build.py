@@ -16,11 +16,14 @@ rounds (default 3; ``bench_common.run_interleaved``: orjson, run, build, then bu
   kept because another issue cites its figure;
 - ``orjson``: a bare loop: ``csv.DictReader``, the same prompt and body, ``orjson.dumps`` of the same
   ``{custom_id, method, url, body}`` lines, written to files of the same size, no validation, no fsync;
-- ``floor`` (with ``--floor``, not by default: 40 s a round at 1M): the bare loop plus each request's ledger row as
-  plain ``sqlite3`` inserts into a ledger made by ``SqliteLedger``'s schema (:func:`ledger_floor_child`).
+- ``floor`` (with ``--floor``, not by default: 40-50 s a round at 1M, and as much again for ``floor_seq``): the bare
+  loop plus each request's ledger row as plain ``sqlite3`` inserts into a ledger made by ``SqliteLedger``'s schema
+  (:func:`ledger_floor_child`).
   ``ledger_floor_vs_orjson`` (no target) is the most the build phase of ``run`` could reach while it keeps a row
   per request in this schema: when it is below 0.35, that target needs another schema, not faster code. It moves
   only with the schema or the commit grouping, so ``make bench`` leaves it out; run it after changing either.
+  ``--floor`` also runs ``floor_seq``: the same inserts with sequential custom_ids in the ledger rows
+  (``ledger_floor_seq_vs_orjson``): how much of the floor is the random inserts into the ``custom_id`` index.
 
 Then the nightly re-run with nothing changed (unless ``--skip-run``): the last ``run`` round's ledger is made to
 look collected (every item ``succeeded``, the run finished), and in ``--rounds`` interleaved rounds:
@@ -303,13 +306,22 @@ def orjson_child(csv_path: str, job: str, shard_requests: int, out_dir: str) -> 
     return {"elapsed_s": elapsed, "items": items, "shards": files, "sha256": digest, "bytes": total}
 
 
-def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: str) -> dict[str, Any]:
+def ledger_floor_child(
+    csv_path: str, job: str, shard_requests: int, out_dir: str, ids: str = "hashed"
+) -> dict[str, Any]:
     """The bare loop plus each request's ledger row as plain ``sqlite3`` inserts: the same lines as
     :func:`orjson_child`, and per item the row a build writes (the 16 columns it gives, ``request_hash`` and the
     body and metadata JSON included) into a fresh ledger made by ``SqliteLedger``'s own schema and page cache, in
     1,000-row ``executemany`` calls (a build's chunks) committed every ``_GROUP_ROWS`` (50,000) rows at
     ``synchronous=NORMAL``, as ``insert_items`` groups a build's chunks; no validation, no ledger code around the
-    inserts. What a build that keeps a row per request in this schema cannot go below."""
+    inserts. What a build that keeps a row per request in this schema cannot go below.
+
+    ``ids="sequential"`` gives each ledger row the custom_id ``bp-<row number as 20 hex digits>-a1`` instead of the
+    hashed one the shard line carries (:func:`~batchpipe.domain.items.make_custom_id`): the same row, but the
+    ``custom_id`` primary-key index then grows at its end instead of at a random page. The difference between the
+    two floors is what that index's random inserts cost a build. The real build cannot use these ids: a custom_id is
+    derived from the job and item key alone (deterministic across runs and free of user text,
+    :func:`~batchpipe.domain.items.make_custom_id`), so it lands at a random place in that index."""
     import sqlite3
 
     import orjson
@@ -374,8 +386,9 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
             out.write(b"\n")
             metadata = {column: row.get(column) for column in ("uniq_id", "pid", "product_name", "brand")}
             now = time.time()
+            row_id = custom_id if ids == "hashed" else f"bp-{items:020x}-a1"
             rows.append(
-                (custom_id, job, key, 1, run_id, ENDPOINT, "gpt-image-2", request_hash(ENDPOINT, body),
+                (row_id, job, key, 1, run_id, ENDPOINT, "gpt-image-2", request_hash(ENDPOINT, body),
                  orjson.dumps(body).decode(), orjson.dumps(metadata).decode(), f"{csv_path}:{line}",
                  estimate_input_tokens(body), name, "pending", now, now)
             )  # fmt: skip
@@ -392,6 +405,11 @@ def ledger_floor_child(csv_path: str, job: str, shard_requests: int, out_dir: st
     return {"elapsed_s": elapsed, "items": items, "shards": files, "sha256": digest, "bytes": total}
 
 
+def ledger_floor_sequential_child(csv_path: str, job: str, shard_requests: int, out_dir: str) -> dict[str, Any]:
+    """:func:`ledger_floor_child` with sequential custom_ids in the ledger rows (``floor_seq``)."""
+    return ledger_floor_child(csv_path, job, shard_requests, out_dir, ids="sequential")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=1_000_000, help="Catalog rows (default 1,000,000).")
@@ -404,7 +422,9 @@ def main() -> None:
         "--skip-run", action="store_true", help="Leave out the run contender (its ledger writes take minutes at 1M)."
     )
     parser.add_argument(
-        "--floor", action="store_true", help="Also the ledger floor (bare loop + plain inserts; 40 s a round at 1M)."
+        "--floor",
+        action="store_true",
+        help="Also the ledger floors (bare loop + plain inserts, hashed and sequential ids; 80 s a round at 1M).",
     )
     args = parser.parse_args()
     n = 25_000 if args.quick else args.items
@@ -436,7 +456,7 @@ def main() -> None:
             return run
 
         def show(r: int, name: str, result: dict[str, Any]) -> None:
-            ledger = f"  ledger {result['ledger_mb']:.0f} MB" if name in ("run", "floor") else ""
+            ledger = f"  ledger {result['ledger_mb']:.0f} MB" if name in ("run", "floor", "floor_seq") else ""
             print(
                 f"  round {r} {name:10s} {result['items_per_s']:10,.0f} items/s  {result['elapsed_s']:7.2f} s  "
                 f"peak RSS {result['peak_rss_mb']:7.1f} MB  shards={result['shards']}  "
@@ -449,16 +469,18 @@ def main() -> None:
             "run": contender("run", run_build_child, str(spec_path)),
             "build": contender("build", batchpipe_child, str(spec_path)),
             "floor": contender("floor", ledger_floor_child, str(csv_path), job, args.shard_requests),
+            "floor_seq": contender("floor_seq", ledger_floor_sequential_child, str(csv_path), job, args.shard_requests),
         }
         if args.skip_run:
             del contenders["run"]
         if args.skip_run or not args.floor:
-            del contenders["floor"]
+            del contenders["floor"], contenders["floor_seq"]
         described = {
             "orjson": "orjson (bare loop)",
             "run": "run (build phase of run, ledger on)",
             "build": "build (shards only, no ledger)",
             "floor": "floor (bare loop + plain ledger inserts)",
+            "floor_seq": "floor_seq (the same with sequential custom_ids)",
         }
         names = ", ".join(described[name] for name in contenders)
         print(f"{args.rounds} interleaved rounds of: {names}; each run in a fresh process")
@@ -518,6 +540,7 @@ def main() -> None:
         # the bare loop plus plain inserts of the same ledger rows: above it, the 0.35 target needs another schema
         if "floor" in paired.runs:
             report.figure("ledger_floor_vs_orjson", paired.ratio("floor", "orjson", "items_per_s"))
+            report.figure("ledger_floor_seq_vs_orjson", paired.ratio("floor_seq", "orjson", "items_per_s"))
     report.figure("build_vs_orjson", paired.ratio("build", "orjson", "items_per_s"), Target(">=", 0.5))
     report.figure("build_peak_rss_mb", paired.spread("build", "peak_rss_mb"), Target("<=", 300, "max"), unit="MB")
     report.figure("build_items_per_s", paired.spread("build", "items_per_s"), unit="items/s")
