@@ -177,6 +177,48 @@ def test_the_same_export_without_the_options_says_what_to_set(tmp_path: Path) ->
     assert f"{manifest}:2:" in out and "not valid UTF-8: byte 0xc9" in out and "[manifest] encoding" in out
 
 
+def test_a_semicolon_export_read_with_commas_says_which_delimiter_to_set(tmp_path: Path) -> None:
+    manifest = _european_export(tmp_path)
+    code, out = _invoke("validate", str(_eu_spec(tmp_path, manifest, 'encoding = "cp1252"')))
+    assert code == 2, out
+    assert "field 'item.key'" in out and "template field '{Handle}' names no manifest column" in out, out
+    assert 'if the file is semicolon-separated, set [manifest] delimiter = ";"' in out, out
+
+
+def _one_file_spec(tmp_path: Path, header: str, row: str, *, key: str = "{sku}", options: str = "") -> Path:
+    (tmp_path / "cat.csv").write_text(f"{header}\n{row}\n", encoding="utf-8")
+    path = tmp_path / "one.toml"
+    path.write_text(
+        f'[job]\nname = "one"\n[manifest]\npath = "cat.csv"\n{options}\n[item]\nkey = "{key}"\n'
+        'prompt = "Photo of {title}"\n[defaults]\nmodel = "gpt-image-2"\nquality = "low"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_tab_separated_file_gets_the_tab_hint_and_reads_once_it_is_set(tmp_path: Path) -> None:
+    code, out = _invoke("validate", str(_one_file_spec(tmp_path, "sku\ttitle", "a1\tMug")))
+    assert code == 2 and 'if the file is tab-separated, set [manifest] delimiter = "\\t"' in out, out
+    code, out = _invoke("validate", str(_one_file_spec(tmp_path, "sku\ttitle", "a1\tMug", options='delimiter = "\\t"')))
+    assert code == 0 and "items=1" in out, out
+
+
+@pytest.mark.parametrize(
+    ("header", "suggested"),
+    [("SKU,title", "'SKU'"), (" sku,title", "' sku'")],
+)
+def test_a_column_spelt_otherwise_is_suggested(tmp_path: Path, header: str, suggested: str) -> None:
+    code, out = _invoke("validate", str(_one_file_spec(tmp_path, header, "a1,Mug")))
+    assert code == 2 and f"(did you mean {suggested}? column names are matched exactly" in out, out
+
+
+def test_a_column_that_is_simply_missing_gets_no_guess(tmp_path: Path) -> None:
+    code, out = _invoke("validate", str(_one_file_spec(tmp_path, "id,title", "a1,Mug")))
+    assert code == 2 and "template field '{sku}' names no manifest column; columns: 'id', 'title'" in out, out
+    code, out = _invoke("validate", str(_one_file_spec(tmp_path, "skutitle", "a1")))  # one column, no separator
+    assert code == 2 and "names no manifest column; columns: 'skutitle'" in out, out
+
+
 @pytest.mark.parametrize(
     ("options", "field", "words"),
     [

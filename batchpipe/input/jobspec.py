@@ -490,7 +490,8 @@ class JobSpec:
             for loc, template in ((("item", "key"), key_template), (("item", "prompt"), prompt_template)):
                 for column in template.fields:
                     if column not in known:
-                        raise fail(_unknown_column(column, columns), loc)
+                        delimiter = csv_options.delimiter if fmt == "csv" else None
+                        raise fail(_unknown_column(column, columns, delimiter), loc)
             metadata_columns = tuple(
                 item.metadata
                 if item.metadata is not None
@@ -675,10 +676,34 @@ def _parse_template(text: str, loc: tuple[str, ...], fail: _Fail) -> Template:
         raise fail(f"bad template: {exc}", loc) from exc
 
 
-def _unknown_column(column: str, columns: tuple[str, ...]) -> str:
+#: Separators a CSV export may use instead of the configured one, with their names and TOML spellings.
+_OTHER_DELIMITERS: Final = (
+    (";", "semicolon", '";"'),
+    ("\t", "tab", '"\\t"'),
+    ("|", "pipe", '"|"'),
+    (",", "comma", '","'),
+)
+
+
+def _unknown_column(column: str, columns: tuple[str, ...], delimiter: str | None = None) -> str:
+    """The message for template field ``column`` missing from the manifest's ``columns``, with a hint when the
+    cause is likely: a field written as an expression, a column spelt with another case or surrounding spaces, or
+    (``delimiter``: the CSV delimiter in use; None for JSONL) a header read as one column because the file is
+    separated by another character (a European spreadsheet's ``;``, a tab)."""
     hint = ""
+    near = [c for c in columns if c.strip().casefold() == column.strip().casefold()]
     if SUSPICIOUS_FIELD_CHARS.search(column):
         hint = " (templates substitute plain fields only: no attribute/index access, conversions, format specs)"
+    elif near:
+        hint = f" (did you mean {near[0]!r}? column names are matched exactly, case and spaces included)"
+    elif delimiter is not None and len(columns) == 1:
+        for char, name, toml in _OTHER_DELIMITERS:
+            if char != delimiter and char in columns[0]:
+                hint = (
+                    f" (the header reads as one column: if the file is {name}-separated, set [manifest] "
+                    f"delimiter = {toml})"
+                )
+                break
     shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
     return f"template field '{{{column}}}' names no manifest column{hint}; columns: {shown}"
 
