@@ -358,3 +358,15 @@ def test_the_real_200_mb_limit_holds_in_the_builder_arithmetic(tmp_path: Path) -
     assert asyncio.run(build()) == [(10, 200_000_000), (1, 20_000_000)]
     sizes = sorted(p.stat().st_size for p in (tmp_path / "shards").glob("*.jsonl"))
     assert sizes == [20_000_000, 200_000_000]
+
+
+def test_a_semicolon_catalog_for_a_matrix_job_says_which_delimiter_to_set(tmp_path: Path) -> None:
+    """The product-level template is checked first in a [matrix] job: its error carries the delimiter hint too."""
+    path = _job(tmp_path, csv=CSV.replace(",", ";"))
+    with pytest.raises(JobSpecError) as refused:
+        JobSpec.load(path)
+    assert refused.value.field == "matrix.product", refused.value
+    assert "template field '{Handle}' names no manifest column" in str(refused.value)
+    assert 'if the file is semicolon-separated, set [manifest] delimiter = ";"' in str(refused.value)
+    path.write_text(SPEC.replace('path = "catalog.csv"', 'path = "catalog.csv"\ndelimiter = ";"'))
+    assert JobSpec.load(path).matrix is not None

@@ -470,7 +470,16 @@ class JobSpec:
             known = set(columns)
             if parsed.matrix is not None:
                 matrix = _load_matrix(
-                    parsed, path, text, manifest_path, columns, defaults, fail, policy, lifecycle=not defer_lifecycle
+                    parsed,
+                    path,
+                    text,
+                    manifest_path,
+                    columns,
+                    defaults,
+                    fail,
+                    policy,
+                    lifecycle=not defer_lifecycle,
+                    delimiter=csv_options.delimiter if fmt == "csv" else None,
                 )
                 known |= matrix.variant_fields
                 if "variant" not in key_template.fields:
@@ -755,9 +764,11 @@ def _load_matrix(
     policy: ModelPolicy,
     *,
     lifecycle: bool = True,
+    delimiter: str | None = None,
 ) -> VariantMatrix:
     """Check ``[matrix]`` and ``[references]`` and build the :class:`VariantMatrix` (raises ``JobSpecError``,
-    or ``ManifestError`` for a variants CSV, naming file, line and field)."""
+    or ``ManifestError`` for a variants CSV, naming file, line and field). ``delimiter``: the manifest's CSV
+    delimiter (None for JSONL), for the hint of an unknown column."""
     assert parsed.matrix is not None
     section = parsed.matrix
     refs = parsed.references or _ReferencesSection()
@@ -816,7 +827,8 @@ def _load_matrix(
     ):
         for column in template.fields:
             if column not in row_fields:
-                raise fail(_unknown_column(column, columns) + " (product-level templates see columns and vars)", loc)
+                message = _unknown_column(column, columns, delimiter)
+                raise fail(message + " (product-level templates see columns and vars)", loc)
     mirror: list[tuple[str, Path]] = []
     for prefix, directory in refs.mirror.items():
         if not prefix.startswith(("http://", "https://")):
