@@ -228,6 +228,27 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _plan_nodes(child)
 
 
+def _recorded_statements(
+    monkeypatch: pytest.MonkeyPatch, keep: Callable[[str], bool], calls: Callable[[], None]
+) -> dict[str, object]:
+    """The SQL texts (with their first parameters) that ``calls()`` sends through psycopg and ``keep`` accepts."""
+    statements: dict[str, object] = {}
+    execute = psycopg.Cursor.execute
+
+    def recording(self: psycopg.Cursor[Any], query: Any, params: Any = None, **kwargs: Any) -> Any:
+        text = query.decode() if isinstance(query, bytes) else str(query)
+        if keep(text):
+            statements.setdefault(text, params)
+        return execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recording)
+    try:
+        calls()
+    finally:
+        monkeypatch.undo()
+    return statements
+
+
 #: The filters whose rows are a small part of a ledger (a run, a batch, a shard, one item's events): each page of
 #: them must come from an index that starts with the column, never from a walk of a bigger index that tests it.
 _SELECTIVE: Final = (("items", "run_id"), ("items", "batch_id"), ("items", "shard"), ("events", "entity_id"))
@@ -248,18 +269,11 @@ def test_every_read_is_served_in_index_order_without_a_sort_or_a_scan_of_the_led
     item = next(ledger.items(run_id=runs[0])).custom_id
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
-    statements: dict[str, object] = {}
-    execute = psycopg.Cursor.execute
-
-    def recording(self: psycopg.Cursor[Any], query: Any, params: Any = None, **kwargs: Any) -> Any:
-        text = query.decode() if isinstance(query, bytes) else str(query)
-        if text.lstrip().upper().startswith(("SELECT", "WITH")) and "pg_advisory" not in text:
-            statements.setdefault(text, params)
-        return execute(self, query, params, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", recording)
-    every_read_the_code_makes(ledger, runs[0], item)
-    monkeypatch.undo()
+    statements = _recorded_statements(
+        monkeypatch,
+        lambda text: text.lstrip().upper().startswith(("SELECT", "WITH")) and "pg_advisory" not in text,
+        lambda: every_read_the_code_makes(ledger, runs[0], item),
+    )
     ledger.close()
     ordered = [sql for sql in statements if "ORDER BY" in sql.upper()]
     assert len(statements) >= 25 and len(ordered) >= 15, list(statements)
@@ -301,23 +315,16 @@ def test_a_runs_pages_are_planned_in_index_order_as_the_server_plans_them_right_
             "SELECT last_analyze FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = 'items'"
         ).fetchone()
     assert analyzed is not None and analyzed[0] is not None  # finish_build refreshed the statistics
-    statements: dict[str, object] = {}
-    execute = psycopg.Cursor.execute
 
-    def recording(self: psycopg.Cursor[Any], query: Any, params: Any = None, **kwargs: Any) -> Any:
-        text = query.decode() if isinstance(query, bytes) else str(query)
-        if "LIMIT 1000" in text:
-            statements.setdefault(text, params)
-        return execute(self, query, params, **kwargs)
+    def reads() -> None:
+        for read in (
+            lambda: ledger.items(run_id=runs[1]),
+            lambda: ledger.export_jsonl(),
+            lambda: ledger.export_jsonl(run_id=runs[1]),  # run 1 retried every item of run 0
+        ):
+            assert sum(1 for _ in read()) > 0
 
-    monkeypatch.setattr(psycopg.Cursor, "execute", recording)
-    for read in (
-        lambda: ledger.items(run_id=runs[1]),
-        lambda: ledger.export_jsonl(),
-        lambda: ledger.export_jsonl(run_id=runs[1]),  # run 1 retried every item of run 0
-    ):
-        assert sum(1 for _ in read()) > 0
-    monkeypatch.undo()
+    statements = _recorded_statements(monkeypatch, lambda text: "LIMIT 1000" in text, reads)
     middle = sorted(row.custom_id for row in ledger.items(run_id=runs[1]))[10000]
     ledger.close()
     assert len(statements) == 3, list(statements)

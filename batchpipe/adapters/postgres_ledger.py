@@ -60,6 +60,7 @@ from batchpipe.domain.records import (
     error_groups,
     export_lines,
     hash_column,
+    highest_attempts,
     item_summary,
     new_item_params,
 )
@@ -700,15 +701,14 @@ class PostgresLedger:
             last = str(rows[-1]["custom_id"])
 
     def latest_attempts(self, job: str, keys: Sequence[str]) -> dict[str, ItemRow]:
-        """For each key of ``job`` that has rows, its highest attempt (picked here: no sort of a chunk's rows)."""
-        latest: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = [str(k) for k in keys[start : start + _CHUNK]]
-            for row in self._rows("SELECT * FROM items WHERE job = %s AND item_key = ANY(%s)", (job, chunk)):
-                key = str(row["item_key"])
-                if key not in latest or row["attempt"] > latest[key]["attempt"]:
-                    latest[key] = row
-        return {key: ItemRow(**row) for key, row in latest.items()}
+        """For each key of ``job`` that has rows, its highest attempt (:func:`~batchpipe.domain.records.
+        highest_attempts`: no sort of a chunk's rows)."""
+        chunks = ([str(k) for k in keys[start : start + _CHUNK]] for start in range(0, len(keys), _CHUNK))
+        return highest_attempts(
+            row
+            for chunk in chunks
+            for row in self._rows("SELECT * FROM items WHERE job = %s AND item_key = ANY(%s)", (job, chunk))
+        )
 
     def succeeded_hashes(self, job: str) -> Iterator[tuple[str, str]]:
         """``(item_key, request_hash)`` of every succeeded item of ``job`` (for skip-unchanged re-runs)."""

@@ -71,6 +71,7 @@ from batchpipe.domain.records import (
     batch_may_move,
     error_groups,
     hash_column,
+    highest_attempts,
     iso_seconds,
     item_summary,
     new_item_params,
@@ -943,18 +944,16 @@ class SqliteLedger:
             last = str(rows[-1]["custom_id"])
 
     def latest_attempts(self, job: str, keys: Sequence[str]) -> dict[str, ItemRow]:
-        """For each key of ``job`` that has rows, its highest attempt."""
-        latest: dict[str, sqlite3.Row] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = list(keys[start : start + _CHUNK])
-            rows = self._rows(
+        """For each key of ``job`` that has rows, its highest attempt (:func:`~batchpipe.domain.records.
+        highest_attempts`)."""
+        chunks = (list(keys[start : start + _CHUNK]) for start in range(0, len(keys), _CHUNK))
+        return highest_attempts(
+            row
+            for chunk in chunks
+            for row in self._rows(
                 f"SELECT * FROM items WHERE job = ? AND item_key IN ({', '.join('?' for _ in chunk)})", [job, *chunk]
             )
-            for row in rows:  # the highest attempt wins (picked here: no sort of the chunk's rows)
-                key = str(row["item_key"])
-                if key not in latest or row["attempt"] > latest[key]["attempt"]:
-                    latest[key] = row
-        return {key: ItemRow(**dict(row)) for key, row in latest.items()}
+        )
 
     def succeeded_with(
         self, job: str, pairs: Sequence[tuple[str, str]], *, by: HashColumn = "request_hash"

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 
@@ -38,6 +38,7 @@ __all__ = [
     "error_groups",
     "export_lines",
     "hash_column",
+    "highest_attempts",
     "iso_seconds",
     "item_summary",
     "new_item_params",
@@ -301,6 +302,27 @@ class ItemRow:
         for name in ("created_at", "updated_at"):
             record[name] = iso_seconds(record.get(name))
         return record
+
+
+class _ColumnRow(Protocol):
+    """A database row read by column name: a ``dict`` (psycopg's ``dict_row``) or a ``sqlite3.Row``."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+
+def highest_attempts(rows: Iterable[_ColumnRow]) -> dict[str, ItemRow]:
+    """``{item_key: ItemRow}`` of each key's highest ``attempt`` among ``rows`` (items-table rows, in any order):
+    what a SQL ledger's ``latest_attempts`` makes of one job's rows, picked here rather than by sorting each chunk
+    of them in the database. Only the winners become :class:`ItemRow`."""
+    latest: dict[str, _ColumnRow] = {}
+    for row in rows:
+        key = str(row["item_key"])
+        if key not in latest or row["attempt"] > latest[key]["attempt"]:
+            latest[key] = row
+    # keys(), not iteration: a sqlite3.Row iterates over its values
+    return {key: ItemRow(**{name: row[name] for name in row.keys()}) for key, row in latest.items()}  # noqa: SIM118
 
 
 def iso_seconds(ts: object) -> str | None:
